@@ -1,0 +1,21 @@
+//! quiesce: application-consistent snapshots for Linux.
+//!
+//! The modules mirror the flow of one run:
+//! [`config`] (native and Azure formats into one model) -> [`trust`] checks ->
+//! [`hooks`] (pre scripts) -> [`freeze`] (syncfs, FIFREEZE, guard) -> [`snapshot`] providers ->
+//! thaw -> [`hooks`] (post scripts) -> [`pipeline`] (outcomes into codes and a consistency
+//! level) -> [`report`], [`catalog`], [`metrics`]. [`server`] is the host-driven mode.
+
+pub mod catalog;
+pub mod cli;
+pub mod codes;
+pub mod config;
+pub mod freeze;
+pub mod hooks;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod report;
+pub mod server;
+pub mod snapshot;
+pub mod trust;

@@ -1,0 +1,140 @@
+//! The report of one run: what was reached, what went wrong, how long each phase took.
+
+use crate::codes::Problem;
+use crate::hooks::ScriptResult;
+use serde::{Deserialize, Serialize};
+
+/// Overall outcome; maps to the exit code (SPEC section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Reached the configured consistency, no error: exit 0.
+    Succeeded,
+    /// A snapshot exists, but at a lower consistency or with a post-hook error: exit 3.
+    Degraded,
+    /// No usable outcome: exit 1.
+    Failed,
+}
+
+impl Status {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Succeeded => 0,
+            Status::Degraded => 3,
+            Status::Failed => 1,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Degraded => "degraded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// The consistency level that held at the moment of the snapshot (SPEC section 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    None,
+    Crash,
+    FileSystem,
+    Application,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::None => "none",
+            Consistency::Crash => "crash",
+            Consistency::FileSystem => "file-system",
+            Consistency::Application => "application",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Consistency> {
+        Some(match s {
+            "none" => Consistency::None,
+            "crash" => Consistency::Crash,
+            "file-system" => Consistency::FileSystem,
+            "application" => Consistency::Application,
+            _ => return None,
+        })
+    }
+}
+
+/// A snapshot that a provider made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub provider: String,
+    pub id: String,
+}
+
+/// Milliseconds spent in each phase (absent when the phase did not run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thaw_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_ms: Option<u64>,
+    pub total_ms: u64,
+}
+
+/// One run, as printed by `quiesce snapshot --json` and stored in the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub operation_id: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: String,
+    pub status: Status,
+    pub consistency: Consistency,
+    /// What a fully successful run of this configuration reaches.
+    pub target_consistency: Consistency,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+    pub snapshots: Vec<SnapshotRef>,
+    pub timings: Timings,
+    /// From the first FIFREEZE to the last FITHAW; absent when nothing was frozen.
+    pub frozen_ms: Option<u64>,
+    /// Mount points that were frozen.
+    pub frozen: Vec<String>,
+    pub hooks: Vec<ScriptResult>,
+    pub dry_run: bool,
+}
+
+impl Report {
+    /// A short human summary (the output without `--json`).
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "quiesce {}: {} (consistency {}, target {})\n",
+            self.operation_id,
+            self.status.as_str(),
+            self.consistency.as_str(),
+            self.target_consistency.as_str()
+        );
+        for snap in &self.snapshots {
+            s.push_str(&format!("  snapshot {}: {}\n", snap.provider, snap.id));
+        }
+        if let Some(ms) = self.frozen_ms {
+            s.push_str(&format!(
+                "  frozen {} ms: {}\n",
+                ms,
+                self.frozen.join(", ")
+            ));
+        }
+        for e in &self.errors {
+            s.push_str(&format!("  error {e}\n"));
+        }
+        for w in &self.warnings {
+            s.push_str(&format!("  warning {w}\n"));
+        }
+        s
+    }
+}

@@ -1,0 +1,236 @@
+//! Shared test support: loop-backed filesystems that clean up after themselves, scratch
+//! directories that pass the trust checks, and a harmless "is it frozen?" probe.
+//!
+//! Every guard here thaws, unmounts and detaches on drop, including during a panic, so a
+//! failing test never leaves a frozen filesystem, a mount or a loop device behind.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Run a command, panicking with its output if it fails.
+pub fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh directory under the cargo target dir, owned by root, mode 0700, removed on drop.
+/// Its parents (the checkout) are root-owned and not group/other writable, so scripts in it
+/// pass the trust checks.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = base.join(format!("{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Scratch { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+
+    /// Write a file with the given mode.
+    pub fn file(&self, name: &str, content: &str, mode: u32) -> PathBuf {
+        let p = self.path.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    /// Write an executable script (mode 0700).
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        self.file(name, body, 0o700)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Thaw a mount point, ignoring "not frozen".
+pub fn thaw(mount_point: &Path) {
+    let _ = Command::new("fsfreeze")
+        .arg("-u")
+        .arg(mount_point)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A filesystem of the given type on a fresh loop device, mounted under a scratch dir.
+/// On drop: thaw, unmount, detach, remove the image.
+pub struct LoopFs {
+    pub image: PathBuf,
+    pub device: String,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    _dir: Option<Scratch>,
+}
+
+impl LoopFs {
+    /// Create `size_mb` MiB of `fstype` ("ext4", "xfs", "btrfs") with its image in a new
+    /// scratch directory.
+    pub fn new(fstype: &str, size_mb: u64) -> LoopFs {
+        let dir = Scratch::new(&format!("loop-{fstype}"));
+        let image = dir.join("image");
+        let mnt = dir.join("mnt");
+        let mut fs = LoopFs::create(fstype, size_mb, &image, &mnt);
+        fs._dir = Some(dir);
+        fs
+    }
+
+    /// Create the image at `image` (which may live on another test filesystem) and mount it
+    /// at `mount_point`.
+    pub fn create(fstype: &str, size_mb: u64, image: &Path, mount_point: &Path) -> LoopFs {
+        let f = std::fs::File::create(image).unwrap();
+        f.set_len(size_mb * 1024 * 1024).unwrap();
+        drop(f);
+        let device = sh("losetup", &["-f", "--show", image.to_str().unwrap()])
+            .trim()
+            .to_string();
+        // From here on, Drop cleans up even if mkfs or mount fails.
+        let fs = LoopFs {
+            image: image.to_path_buf(),
+            device: device.clone(),
+            mount_point: mount_point.to_path_buf(),
+            fstype: fstype.to_string(),
+            _dir: None,
+        };
+        match fstype {
+            "ext4" => sh("mkfs.ext4", &["-q", "-F", &device]),
+            "xfs" => sh("mkfs.xfs", &["-q", "-f", &device]),
+            "btrfs" => sh("mkfs.btrfs", &["-q", "-f", &device]),
+            other => panic!("unsupported fstype {other}"),
+        };
+        std::fs::create_dir_all(mount_point).unwrap();
+        sh("mount", &[&device, mount_point.to_str().unwrap()]);
+        fs
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mount_point.join(rel)
+    }
+
+    /// `major:minor` of the mounted filesystem as mountinfo shows it.
+    pub fn dev_string(&self) -> String {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mp = self.mount_point.to_str().unwrap();
+        for line in info.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() > 4 && f[4] == mp {
+                return f[2].to_string();
+            }
+        }
+        panic!("{mp} not in mountinfo");
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        thaw(&self.mount_point);
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|s| {
+                s.lines().any(|l| {
+                    l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or(""))
+                })
+            })
+            .unwrap_or(false);
+        if mounted {
+            let _ = Command::new("umount")
+                .arg(&self.mount_point)
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("losetup")
+            .args(["-d", &self.device])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// A bind mount, unmounted on drop.
+pub struct BindMount {
+    pub target: PathBuf,
+}
+
+impl BindMount {
+    pub fn new(source: &Path, target: &Path) -> BindMount {
+        std::fs::create_dir_all(target).unwrap();
+        sh(
+            "mount",
+            &["--bind", source.to_str().unwrap(), target.to_str().unwrap()],
+        );
+        BindMount {
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg(&self.target)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Is the filesystem at `mount_point` writable right now? Writes and fsyncs a file from a
+/// child process with a deadline. If the write hangs (frozen), the filesystem is thawed by
+/// hand so the probe never wedges the test, and `false` is returned.
+pub fn writable_within(mount_point: &Path, deadline: Duration) -> bool {
+    let probe = mount_point.join(format!(".probe-{}", std::process::id()));
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("echo probe > \"$1\" && sync \"$1\" && rm -f \"$1\"")
+        .arg("probe")
+        .arg(&probe)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.success();
+        }
+        if start.elapsed() > deadline {
+            thaw(mount_point);
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Path of the quiesce binary under test.
+pub fn quiesce_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quiesce"))
+}
