@@ -157,9 +157,8 @@ impl Drop for LoopFs {
         thaw(&self.mount_point);
         let mounted = std::fs::read_to_string("/proc/self/mountinfo")
             .map(|s| {
-                s.lines().any(|l| {
-                    l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or(""))
-                })
+                s.lines()
+                    .any(|l| l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or("")))
             })
             .unwrap_or(false);
         if mounted {
@@ -233,4 +232,63 @@ pub fn writable_within(mount_point: &Path, deadline: Duration) -> bool {
 /// Path of the quiesce binary under test.
 pub fn quiesce_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quiesce"))
+}
+
+/// A write+fsync probe that, unlike [`writable_within`], never thaws anything: it shows
+/// that a filesystem is frozen (the probe does not finish) without disturbing the freeze
+/// under test. A probe stuck on a frozen filesystem finishes once somebody thaws it (the
+/// code under test, or a LoopFs guard on drop); it is reaped in the background then.
+pub struct WriteProbe {
+    child: Option<std::process::Child>,
+    done: Option<bool>,
+}
+
+impl WriteProbe {
+    /// Start writing and fsyncing a small file in `dir`.
+    pub fn start(dir: &Path) -> WriteProbe {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let probe = dir.join(format!(".wprobe-{}-{n}", std::process::id()));
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("echo probe > \"$1\" && sync \"$1\" && rm -f \"$1\"")
+            .arg("probe")
+            .arg(&probe)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        WriteProbe {
+            child: Some(child),
+            done: None,
+        }
+    }
+
+    /// `Some(success)` if the probe finished within `deadline`, `None` if it is still
+    /// blocked (the filesystem is frozen).
+    pub fn finished_within(&mut self, deadline: Duration) -> Option<bool> {
+        let start = Instant::now();
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return self.done;
+            };
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                self.done = Some(st.success());
+                return self.done;
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for WriteProbe {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+    }
 }
