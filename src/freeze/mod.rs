@@ -501,3 +501,9 @@ impl Drop for Frozen {
         }
     }
 }
+
+// The server keeps a Frozen between its prepare and release requests, across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Frozen>();
+};
