@@ -269,7 +269,8 @@ impl GuardHandle {
             .collect();
 
         let mut cmd = std::process::Command::new(program());
-        cmd.arg(GUARD_ARG)
+        cmd.arg0("quiesce-guard")
+            .arg(GUARD_ARG)
             .arg(format!(
                 "timeout_ns={}",
                 timeout.as_nanos().min(u64::MAX as u128)
@@ -324,7 +325,11 @@ impl GuardHandle {
         while !self.status.ready {
             if self.status.exited {
                 self.kill_and_reap();
-                return Err("the freeze guard exited before it was ready".into());
+                return Err(format!(
+                    "the freeze guard ({} {GUARD_ARG}) exited before it was ready (does that \
+                     program's main call quiesce::freeze::run_if_requested() first?)",
+                    program().display()
+                ));
             }
             let left = within.saturating_sub(start.elapsed());
             if left.is_zero() {
@@ -605,6 +610,9 @@ impl GuardProcess {
             });
         }
 
+        // The OOM killer must not pick the process that holds the thaw (best effort; a
+        // write to procfs, before anything is frozen).
+        let _ = std::fs::write("/proc/self/oom_score_adj", b"-1000");
         // Keep our pages in memory: no page-in stall while the system is under pressure.
         let _ = rustix::mm::mlockall(
             rustix::mm::MlockAllFlags::CURRENT | rustix::mm::MlockAllFlags::FUTURE,

@@ -59,8 +59,12 @@ pub fn fithaw<Fd: AsFd>(fd: Fd) -> Result<(), Errno> {
     unsafe { rustix::ioctl::ioctl(fd, NoPointer::<FITHAW>) }
 }
 
-/// Flush the filesystem holding `fd` to disk while everything still runs (see the module
-/// documentation for why this precedes every freeze).
+/// Flush the filesystem holding `fd` to disk.
+///
+/// Called right before every `FIFREEZE`: the freeze would write back all dirty data
+/// itself, but with writers already blocked, so a large flush would happen inside the
+/// frozen window. Flushing first, while the applications still run, keeps the window
+/// down to the last moment's writes (measured here: seconds down to tens of ms).
 pub fn syncfs<Fd: AsFd>(fd: Fd) -> Result<(), Errno> {
     rustix::fs::syncfs(fd)
 }
