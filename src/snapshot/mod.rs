@@ -2,6 +2,7 @@
 
 pub mod btrfs;
 pub mod command;
+pub mod retention;
 
 use crate::codes::ErrorCode;
 use crate::config::{ProviderConfig, SnapshotConfig};
