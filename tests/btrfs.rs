@@ -226,7 +226,7 @@ fn several_subvolumes_in_one_take() {
     let mut p = BtrfsProvider::new(config(&[&a, &b, &c], &snaps));
     assert!(p.must_not_freeze().contains(&snaps));
     assert!(p.must_not_freeze().contains(&b));
-    p.check().unwrap();
+    assert!(p.check().is_empty());
 
     let refs = p.take_at(&ctx("op-multi"), at(T)).unwrap();
     assert_eq!(refs.len(), 3);
@@ -437,7 +437,9 @@ fn clear_errors_and_nothing_left_behind() {
         &["snapshot directory", "is not on btrfs"],
     );
     eprintln!("{m}");
-    assert_eq!(p.check().unwrap_err().message, m);
+    let problems = p.check();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].message, m);
     assert!(entries(&elsewhere.path).is_empty());
 
     // A plain directory on the btrfs is not a subvolume.
@@ -477,6 +479,20 @@ fn clear_errors_and_nothing_left_behind() {
     expect_failed(p.take(&ctx("op")), &["listed twice"]);
     let mut p = BtrfsProvider::new(config(&[], &snaps));
     expect_failed(p.take(&ctx("op")), &["no subvolumes"]);
+    assert!(entries(&snaps).is_empty());
+
+    // check() reports every problem at once, and makes nothing.
+    let missing = fs.path("missing");
+    let p = BtrfsProvider::new(config(&[&a, &plain, &missing, &a], &elsewhere.path));
+    let problems = p.check();
+    let text: Vec<&str> = problems.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(problems.len(), 4, "{text:#?}");
+    assert!(problems.iter().all(|e| e.code == ErrorCode::SnapshotFailed));
+    assert!(text[0].contains("listed twice"), "{text:#?}");
+    assert!(text[1].contains("is not on btrfs"), "{text:#?}");
+    assert!(text[2].contains("is not a btrfs subvolume"), "{text:#?}");
+    assert!(text[3].contains("does not exist"), "{text:#?}");
+    assert!(BtrfsProvider::new(config(&[&a], &snaps)).check().is_empty());
     assert!(entries(&snaps).is_empty());
 
     // The second snapshot fails (its name exists): the first is removed again.

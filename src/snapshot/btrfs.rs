@@ -28,9 +28,9 @@
 //! The directory and every subvolume must exist, be on btrfs (statfs magic
 //! `BTRFS_SUPER_MAGIC`), every subvolume must be a subvolume root (inode 256), all must be
 //! on the same btrfs (filesystem UUID), and the names must be distinct (two subvolumes with
-//! the same base name cannot share a directory). [`BtrfsProvider::check`] runs exactly these
-//! checks for `quiesce check`. If creating the n-th snapshot fails, the ones this run already
-//! made are removed again, so a failed `take` leaves nothing behind.
+//! the same base name cannot share a directory). [`Provider::check`] runs these checks for
+//! `quiesce check` and reports every problem. If creating the n-th snapshot fails, the ones
+//! this run already made are removed again, so a failed `take` leaves nothing behind.
 //!
 //! # Retention
 //! [`Provider::prune`] applies `keep_last` / `max_age` per run (see
@@ -101,13 +101,6 @@ impl BtrfsProvider {
     /// Where the snapshot with this id lives.
     pub fn snapshot_path(&self, id: &str) -> PathBuf {
         self.cfg.directory.join(id)
-    }
-
-    /// Run every check `take` runs first (paths, btrfs, subvolume roots, one filesystem,
-    /// distinct names) and make nothing. For `quiesce check`.
-    pub fn check(&self) -> Result<(), SnapshotError> {
-        let time = name::format_time(SystemTime::now()).unwrap_or_default();
-        self.prepare("check", &time, &[]).map(drop)
     }
 
     /// [`Provider::take`] with the run's time given (tests inject it; `take` uses now).
@@ -212,40 +205,44 @@ impl BtrfsProvider {
         }
     }
 
-    /// Open and check everything, compute the names; make nothing.
+    /// Open and check everything, compute the names; make nothing. Stops at the first
+    /// problem (the run fails anyway); [`Provider::check`] reports them all.
     fn prepare(
         &self,
         operation_id: &str,
         time: &str,
         frozen: &[Target],
     ) -> Result<Prepared, SnapshotError> {
-        if self.cfg.subvolumes.is_empty() {
+        let names = self.names(operation_id, time)?;
+        let (dir, dir_fsid) = self.open_directory()?;
+        refuse_if_frozen(dir_fsid, &self.cfg.directory, frozen)?;
+        let mut sources = Vec::with_capacity(names.len());
+        for (path, name) in self.cfg.subvolumes.iter().zip(names) {
+            let fd = self.open_subvolume(path, Some(dir_fsid))?;
+            sources.push(Source {
+                path: path.clone(),
+                fd,
+                name,
+            });
+        }
+        Ok(Prepared { dir, sources })
+    }
+
+    /// The snapshot names of one run, in subvolume order; fails if there are no subvolumes,
+    /// one is listed twice, or two would get the same name.
+    fn names(&self, operation_id: &str, time: &str) -> Result<Vec<String>, SnapshotError> {
+        let subvolumes = &self.cfg.subvolumes;
+        if subvolumes.is_empty() {
             return Err(SnapshotError::failed(
                 "btrfs provider: no subvolumes configured",
             ));
         }
-        let dir_path = &self.cfg.directory;
-        let dir = open_dir(dir_path, "snapshot directory")?;
-        require_btrfs(&dir, dir_path, "snapshot directory")?;
-        let dir_fsid = fsid_of(&dir, dir_path)?;
-        refuse_if_frozen(dir_fsid, dir_path, frozen)?;
-        let mut sources: Vec<Source> = Vec::with_capacity(self.cfg.subvolumes.len());
-        for path in &self.cfg.subvolumes {
-            if sources.iter().any(|s| s.path == *path) {
+        let mut names: Vec<String> = Vec::with_capacity(subvolumes.len());
+        for (i, path) in subvolumes.iter().enumerate() {
+            if subvolumes[..i].contains(path) {
                 return Err(SnapshotError::failed(format!(
                     "subvolume {} is listed twice",
                     path.display()
-                )));
-            }
-            let fd = open_dir(path, "subvolume")?;
-            require_btrfs(&fd, path, "subvolume")?;
-            require_subvolume_root(&fd, path)?;
-            if fsid_of(&fd, path)? != dir_fsid {
-                return Err(SnapshotError::failed(format!(
-                    "subvolume {} is on another btrfs than the snapshot directory {}; a btrfs \
-                     snapshot can only be created on the filesystem of its subvolume",
-                    path.display(),
-                    dir_path.display()
                 )));
             }
             let name = name::compose(&label(path), time, operation_id).map_err(|e| {
@@ -254,22 +251,51 @@ impl BtrfsProvider {
                     path.display()
                 ))
             })?;
-            if let Some(other) = sources.iter().find(|s| s.name == name) {
+            if let Some(j) = names.iter().position(|n| *n == name) {
                 return Err(SnapshotError::failed(format!(
                     "subvolumes {} and {} would get the same snapshot name {name} in {} (same \
                      base name); use a separate directory for one of them",
-                    other.path.display(),
+                    subvolumes[j].display(),
                     path.display(),
-                    dir_path.display()
+                    self.cfg.directory.display()
                 )));
             }
-            sources.push(Source {
-                path: path.clone(),
-                fd,
-                name,
-            });
+            names.push(name);
         }
-        Ok(Prepared { dir, sources })
+        Ok(names)
+    }
+
+    /// Open the snapshot directory and check it is on btrfs; returns it and its fs UUID.
+    fn open_directory(&self) -> Result<(OwnedFd, [u8; 16]), SnapshotError> {
+        let path = &self.cfg.directory;
+        let dir = open_dir(path, "snapshot directory")?;
+        require_btrfs(&dir, path, "snapshot directory")?;
+        let fsid = fsid_of(&dir, path)?;
+        Ok((dir, fsid))
+    }
+
+    /// Open a subvolume and check it is a subvolume root on the directory's btrfs (when the
+    /// directory's fs UUID is known).
+    fn open_subvolume(
+        &self,
+        path: &Path,
+        dir_fsid: Option<[u8; 16]>,
+    ) -> Result<OwnedFd, SnapshotError> {
+        let fd = open_dir(path, "subvolume")?;
+        require_btrfs(&fd, path, "subvolume")?;
+        require_subvolume_root(&fd, path)?;
+        let Some(dir_fsid) = dir_fsid else {
+            return Ok(fd);
+        };
+        if fsid_of(&fd, path)? != dir_fsid {
+            return Err(SnapshotError::failed(format!(
+                "subvolume {} is on another btrfs than the snapshot directory {}; a btrfs \
+                 snapshot can only be created on the filesystem of its subvolume",
+                path.display(),
+                self.cfg.directory.display()
+            )));
+        }
+        Ok(fd)
     }
 
     /// Our snapshots in the directory: parseable names that are subvolume roots.
@@ -323,6 +349,29 @@ impl Provider for BtrfsProvider {
         let mut v = self.cfg.subvolumes.clone();
         v.push(self.cfg.directory.clone());
         v
+    }
+
+    /// Every problem `take` would stop at (paths, btrfs, subvolume roots, one filesystem,
+    /// distinct names), without making anything.
+    fn check(&self) -> Vec<SnapshotError> {
+        let mut problems = Vec::new();
+        let time = name::format_time(SystemTime::now()).unwrap_or_default();
+        if let Err(e) = self.names("check", &time) {
+            problems.push(e);
+        }
+        let dir_fsid = match self.open_directory() {
+            Ok((_, fsid)) => Some(fsid),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
+        for path in &self.cfg.subvolumes {
+            if let Err(e) = self.open_subvolume(path, dir_fsid) {
+                problems.push(e);
+            }
+        }
+        problems
     }
 
     fn take(&mut self, ctx: &SnapshotContext<'_>) -> Result<Vec<SnapshotRef>, SnapshotError> {

@@ -64,6 +64,12 @@ pub trait Provider: Send {
         true
     }
 
+    /// Every problem that would make `take` fail, found without making anything (paths,
+    /// kinds of filesystem, ...). For `quiesce check`, the dry run. Empty: nothing found.
+    fn check(&self) -> Vec<SnapshotError> {
+        Vec::new()
+    }
+
     /// Take the snapshot; called while the freeze holds.
     fn take(&mut self, ctx: &SnapshotContext<'_>) -> Result<Vec<SnapshotRef>, SnapshotError>;
 
