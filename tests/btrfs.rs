@@ -514,6 +514,22 @@ fn clear_errors_and_nothing_left_behind() {
     );
     eprintln!("{m}");
     assert_eq!(entries(&snaps), [first[1].id.clone()]);
+
+    // Past the deadline after the first snapshot: SnapshotTimeout, and the first is removed.
+    let zero = SnapshotContext {
+        operation_id: "late",
+        frozen: &[],
+        timeout: Duration::ZERO,
+    };
+    let e = p.take(&zero).unwrap_err();
+    assert_eq!(e.code, ErrorCode::SnapshotTimeout, "{e}");
+    assert!(e.message.contains("not snapshotted"), "{}", e.message);
+    assert!(
+        e.message.contains("removed the 1 snapshot(s)"),
+        "{}",
+        e.message
+    );
+    assert_eq!(entries(&snaps), [first[1].id.clone()]);
 }
 
 #[test]
