@@ -157,9 +157,8 @@ impl Drop for LoopFs {
         thaw(&self.mount_point);
         let mounted = std::fs::read_to_string("/proc/self/mountinfo")
             .map(|s| {
-                s.lines().any(|l| {
-                    l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or(""))
-                })
+                s.lines()
+                    .any(|l| l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or("")))
             })
             .unwrap_or(false);
         if mounted {
