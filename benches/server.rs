@@ -46,8 +46,22 @@ fn main() {
     for i in 0..n {
         let id = format!("bench-{i}");
         let start = Instant::now();
-        let (c1, a) = call(&socket, "POST", &format!("/v1/operations/{id}/prepare"), None, t).unwrap();
-        let (c2, r) = call(&socket, "POST", &format!("/v1/operations/{id}/release"), None, t).unwrap();
+        let (c1, a) = call(
+            &socket,
+            "POST",
+            &format!("/v1/operations/{id}/prepare"),
+            None,
+            t,
+        )
+        .unwrap();
+        let (c2, r) = call(
+            &socket,
+            "POST",
+            &format!("/v1/operations/{id}/release"),
+            None,
+            t,
+        )
+        .unwrap();
         times.push(start.elapsed().as_secs_f64() * 1000.0);
         assert_eq!((c1, c2), (200, 200), "{a} {r}");
         assert_eq!(r["status"], "succeeded", "{r:#}");

@@ -212,7 +212,7 @@ fn config_failure_report(problems: &[Problem]) -> Report {
     let cfg = Config::defaults(std::path::Path::new(""));
     pipeline::bare_report(
         &cfg,
-        &pipeline::opid::new(),
+        &pipeline::opid::generate(),
         std::time::Instant::now(),
         std::time::SystemTime::now(),
         problems.to_vec(),
@@ -245,6 +245,12 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
         }
     }
     let provider = crate::snapshot::from_config(&cfg.snapshot);
+    problems.extend(
+        provider
+            .check()
+            .into_iter()
+            .map(|e| Problem::new(e.code, e.message)),
+    );
     let mut freeze = Vec::new();
     if cfg.freeze.enabled {
         match crate::freeze::plan::plan_system(&cfg.freeze, &provider.must_not_freeze()) {

@@ -51,7 +51,14 @@ fn prepare(socket: &Path, id: &str, deadline: &str) -> (u16, Value) {
 }
 
 fn release(socket: &Path, id: &str) -> (u16, Value) {
-    call(socket, "POST", &format!("/v1/operations/{id}/release"), None, T).unwrap()
+    call(
+        socket,
+        "POST",
+        &format!("/v1/operations/{id}/release"),
+        None,
+        T,
+    )
+    .unwrap()
 }
 
 fn frozen(fs: &LoopFs) -> bool {
@@ -98,7 +105,10 @@ fn never_released_is_thawed_at_the_deadline_and_reported_inconsistent() {
     assert_eq!(answer["state"], "frozen");
     let start = Instant::now();
     while frozen(&s.fs) {
-        assert!(start.elapsed() < Duration::from_secs(3), "not thawed at the deadline");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "not thawed at the deadline"
+        );
     }
     // The watchdog finishes the operation shortly after the deadline.
     std::thread::sleep(Duration::from_millis(1200));
@@ -196,10 +206,14 @@ fn server_killed_while_frozen_is_thawed_by_the_guard() {
     assert_eq!(answer["state"], "frozen");
     assert!(frozen(&s.fs));
     srv.signal("KILL");
-    srv.wait_exit(Duration::from_secs(5)).expect("server exited");
+    srv.wait_exit(Duration::from_secs(5))
+        .expect("server exited");
     let start = Instant::now();
     while frozen(&s.fs) {
-        assert!(start.elapsed() < Duration::from_secs(2), "guard did not thaw");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "guard did not thaw"
+        );
     }
 }
 
@@ -210,7 +224,9 @@ fn sigterm_thaws_and_shuts_down_cleanly() {
     let (_, answer) = prepare(&s.socket, "op-term", "30s");
     assert_eq!(answer["state"], "frozen");
     srv.signal("TERM");
-    let st = srv.wait_exit(Duration::from_secs(10)).expect("server exited");
+    let st = srv
+        .wait_exit(Duration::from_secs(10))
+        .expect("server exited");
     assert!(st.success(), "{st:?}");
     assert!(!frozen(&s.fs));
     assert!(!s.socket.exists(), "socket removed");

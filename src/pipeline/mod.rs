@@ -40,7 +40,7 @@ pub struct RunOptions {
 /// Run the whole flow once and return its report (the catalog and metrics are written by
 /// [`finish`]).
 pub fn run_snapshot(cfg: &Config, opts: &RunOptions) -> Report {
-    let op_id = opts.operation_id.clone().unwrap_or_else(opid::new);
+    let op_id = opts.operation_id.clone().unwrap_or_else(opid::generate);
     let mut op = match Operation::begin(cfg, op_id) {
         Ok(op) => op,
         Err(report) => return *report,
@@ -450,9 +450,9 @@ impl<'a> Operation<'a> {
 
     /// Build the report. Retention is applied after a successful snapshot.
     pub fn into_report(mut self) -> Report {
-        if let Some(frozen) = self.frozen.take() {
+        if self.frozen.is_some() {
             // Never leave anything frozen, whatever the caller forgot.
-            drop(frozen);
+            self.thaw();
         }
         let consistency = self.reached();
         let target = self.target();
