@@ -1,1 +1,4 @@
-fn main(){}
+//! The `quiesce` binary: everything lives in the library; see `quiesce --help`.
+fn main() {
+    std::process::exit(quiesce::cli::main());
+}

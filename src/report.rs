@@ -123,11 +123,7 @@ impl Report {
             s.push_str(&format!("  snapshot {}: {}\n", snap.provider, snap.id));
         }
         if let Some(ms) = self.frozen_ms {
-            s.push_str(&format!(
-                "  frozen {} ms: {}\n",
-                ms,
-                self.frozen.join(", ")
-            ));
+            s.push_str(&format!("  frozen {} ms: {}\n", ms, self.frozen.join(", ")));
         }
         for e in &self.errors {
             s.push_str(&format!("  error {e}\n"));

@@ -340,10 +340,14 @@ fn background_leftovers_are_terminated_and_never_block_the_runner() {
 #[test]
 fn daemon_that_left_the_group_does_not_hang_the_runner() {
     let d = Scratch::new("hooks-daemon");
-    // setsid: a real daemon, outside the group, holding stdout open for 3 s.
+    // setsid: a real daemon, outside the group, holding stdout open for 3 s. (A job still in
+    // the group when the script exits is a leftover and is terminated: a start script must
+    // return only once its daemon has detached, as daemons' own start commands do.)
     let s = d.script(
         "pre",
-        "#!/bin/sh\nsetsid sh -c 'echo $$ > \"$1/daemon\"; exec sleep 3' sh \"$1\" &\necho hi\nexit 0\n",
+        "#!/bin/sh\nsetsid sh -c 'echo $$ > \"$1/daemon\"; exec sleep 3' sh \"$1\" &\n\
+         # like a daemon's start script, return once it has detached\n\
+         while [ ! -s \"$1/daemon\" ]; do sleep 0.01; done\necho hi\nexit 0\n",
     );
     let started = Instant::now();
     let r = run_script(

@@ -57,3 +57,9 @@ pub fn plan_system(cfg: &FreezeConfig, never_freeze: &[PathBuf]) -> Result<Plan,
     let _ = (cfg, never_freeze, Path::new("/"));
     todo!()
 }
+
+/// The table shown by `quiesce mounts`.
+pub fn render_table(plan: &Plan) -> String {
+    let _ = plan;
+    todo!()
+}

@@ -18,7 +18,9 @@
 //! terminated: SIGTERM, then SIGKILL after the grace period, verified by pid. Nothing a hook
 //! started survives it, and a post script never runs beside leftovers of its pre script.
 //! Output those leftovers write before dying still lands in the tails. A process that left
-//! the group on purpose (`setsid`, i.e. a real daemon) is not ours to kill; if it holds the
+//! the group on purpose (`setsid`, i.e. a real daemon) is not ours to kill (so a script that
+//! starts a daemon must return only once it has detached, as `pg_ctl -w start` or
+//! `systemctl start` do; a plain `cmd &` is a leftover); if such a daemon holds the
 //! output pipes, quiesce reads what is there for [`LINGER`] and then closes its read ends
 //! (the daemon gets `EPIPE`/`SIGPIPE` on its next write) instead of waiting for an EOF that
 //! may never come.
