@@ -598,3 +598,21 @@ fn hold_releases_when_the_agent_dies() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn absurd_timeouts_do_not_overflow() {
+    let d = Scratch::new("hooks-huge");
+    let s = d.script("pre", "#!/bin/sh\necho READY\nexit 0\n");
+    let huge = Limits {
+        timeout: Duration::MAX,
+        retries: u32::MAX,
+        kill_grace: Duration::MAX,
+    };
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), huge);
+    assert!(r.succeeded(), "{r:?}");
+    assert_eq!(r.attempts.len(), 1);
+    let held = start_held(&spec(&s, &[]), &ctx(Phase::Pre), huge).expect("READY");
+    // It exits right after READY: the hold is lost, and release reports its exit status.
+    let r = held.release(&ctx(Phase::Post), huge);
+    assert!(r.succeeded(), "{r:?}");
+}

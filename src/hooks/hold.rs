@@ -79,7 +79,7 @@ pub fn start_held(
     limits: Limits,
 ) -> Result<Held, ScriptResult> {
     let start = Instant::now();
-    let deadline = start + limits.timeout;
+    let deadline = process::deadline_after(start, limits.timeout);
     let deadline_unix = export_deadline(ctx, limits.timeout);
     let max_attempts = limits.retries.saturating_add(1);
     let mut result = ScriptResult::empty(spec, ctx);
@@ -309,7 +309,7 @@ impl Held {
     /// `ctx` is the post context (hook name, phase `Post`) the result is reported under.
     pub fn release(mut self, ctx: &RunContext, limits: Limits) -> ScriptResult {
         let start = Instant::now();
-        let deadline = start + limits.timeout;
+        let deadline = process::deadline_after(start, limits.timeout);
         let mut result = ScriptResult {
             hook: ctx.hook.clone(),
             phase: ctx.phase,
@@ -327,7 +327,7 @@ impl Held {
         let mut p = self.take_process();
         tracing::info!(hook = %ctx.hook, pid = self.pid, held_ms = ms(self.held_for()), "releasing held hook");
 
-        let stage = |d: Duration| (Instant::now() + d).min(deadline);
+        let stage = |d: Duration| process::deadline_after(Instant::now(), d).min(deadline);
         let mut how = "after stdin EOF";
         let mut end = p.wait_exit(stage(limits.kill_grace));
         if end.is_none() {

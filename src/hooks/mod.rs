@@ -139,7 +139,7 @@ pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 /// `limits.timeout`. Never panics on script misbehaviour; every failure has a code.
 pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> ScriptResult {
     let start = Instant::now();
-    let deadline = start + limits.timeout;
+    let deadline = process::deadline_after(start, limits.timeout);
     let deadline_unix = export_deadline(ctx, limits.timeout);
     let max_attempts = limits.retries.saturating_add(1);
     let mut result = ScriptResult::empty(spec, ctx);
@@ -277,7 +277,7 @@ pub(crate) fn export_deadline(ctx: &RunContext, timeout: Duration) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    (now + timeout).as_secs() + 1
+    now.saturating_add(timeout).as_secs().saturating_add(1)
 }
 
 pub(crate) fn log_attempt(

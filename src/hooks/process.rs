@@ -53,6 +53,14 @@ pub const LINGER: Duration = Duration::from_millis(50);
 pub const KILL_WAIT: Duration = Duration::from_secs(2);
 
 const READ_CHUNK: usize = 64 * 1024;
+
+/// `start + d`, saturating far in the future instead of panicking on overflow (a configured
+/// timeout may be absurdly large).
+pub fn deadline_after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600))
+}
 /// Longest line the line watcher keeps; longer lines cannot be the watched line.
 const MAX_WATCHED_LINE: usize = 256;
 
@@ -426,7 +434,7 @@ impl Process {
             return (self.exit.clone(), false);
         }
         self.signal_group(Signal::TERM);
-        if self.wait_group_gone(Instant::now() + grace) {
+        if self.wait_group_gone(deadline_after(Instant::now(), grace)) {
             return (self.exit.clone(), false);
         }
         self.signal_group(Signal::KILL);

@@ -19,7 +19,7 @@
 //! which are not passed: wrap them in a script that sets what they need.
 use super::{Provider, SnapshotContext, SnapshotError};
 use crate::codes::ErrorCode;
-use crate::hooks::process::Launch;
+use crate::hooks::process::{deadline_after, Launch};
 use crate::hooks::AttemptEnd;
 use crate::report::SnapshotRef;
 use std::path::PathBuf;
@@ -91,7 +91,7 @@ impl Provider for CommandProvider {
             SnapshotError::failed(format!("cannot start `{}`: {e}", self.display()))
         })?;
         tracing::info!(pid = p.pid(), command = %self.display(), frozen = ctx.frozen.len(), "snapshot command started");
-        let end = p.run(start + ctx.timeout, self.kill_grace);
+        let end = p.run(deadline_after(start, ctx.timeout), self.kill_grace);
         let elapsed = start.elapsed();
         let stderr = p.stderr_tail().to_string_lossy();
         let stderr_quote = {
