@@ -1,11 +1,437 @@
-//! Azure's plugin host INI file and plugin JSON files.
-use super::{Config, ConfigErrors};
-use std::path::Path;
-pub fn load_plugin_host(path: &Path) -> Result<Config, ConfigErrors> {
-    let _ = path;
-    todo!()
+//! Azure Backup's files: the plugin host INI (`VMSnapshotPluginHost.conf`) and the plugin
+//! JSON (`VMSnapshotScriptPluginConfig.json` / `VMSnapshotPluginConfig.json`).
+//!
+//! Decisions where Azure is silent:
+//! - plugin JSON keys: `preScriptLocation`, `postScriptLocation`, `timeoutInSeconds`,
+//!   `continueBackupOnFailure` and `fsFreezeEnabled` are required; `pluginName`,
+//!   `*ScriptParams` (default `[]`) and `*ScriptNoOfRetries` (default 0) are optional. An
+//!   empty script location means "no script for that phase". Types are strict.
+//! - plugin host: section `[pre_post]`, `numberOfPlugins`, and for each plugin
+//!   `pluginName{i}`, `pluginPath{i}` (Azure's own runner; quiesce records it and ignores it)
+//!   and `pluginConfigPath{i}`, indexed from 0 (indices 1..=n are accepted too).
+//!   `timeoutInSeconds` there caps every plugin's script timeout.
+//! - freezing is enabled only if every plugin has `fsFreezeEnabled: true`.
+
+use super::native::{line_col, read_trusted};
+use super::{Config, ConfigErrors, HookConfig, ScriptSpec};
+use crate::codes::{ErrorCode, Location, Problem};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const JSON: ErrorCode = ErrorCode::IncorrectJsonConfigFile;
+const HOST: ErrorCode = ErrorCode::IncorrectPluginhostFile;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPlugin {
+    plugin_name: Option<String>,
+    pre_script_location: String,
+    post_script_location: String,
+    #[serde(default)]
+    pre_script_params: Vec<String>,
+    #[serde(default)]
+    post_script_params: Vec<String>,
+    #[serde(default)]
+    pre_script_no_of_retries: u32,
+    #[serde(default)]
+    post_script_no_of_retries: u32,
+    timeout_in_seconds: u64,
+    continue_backup_on_failure: bool,
+    fs_freeze_enabled: bool,
 }
+
+/// One plugin JSON file, as a hook plus the plugin-wide setting.
+#[derive(Debug, Clone)]
+pub struct PluginJson {
+    pub hook: HookConfig,
+    pub fs_freeze_enabled: bool,
+    pub warnings: Vec<Problem>,
+}
+
+fn loc(path: &Path, line: Option<usize>, column: Option<usize>) -> Location {
+    Location {
+        file: path.to_path_buf(),
+        line,
+        column,
+    }
+}
+
+/// Load one plugin JSON file (trust-checked). Problems carry `IncorrectJSONConfigFile`.
+pub fn load_plugin_json(path: &Path) -> Result<PluginJson, Vec<Problem>> {
+    let text = read_trusted(path, JSON).map_err(|p| vec![p])?;
+    parse_plugin_json(path, &text)
+}
+
+/// Parse plugin JSON text.
+pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Problem>> {
+    let mut ignored = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw: RawPlugin = match serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        &mut de,
+        &mut |p: serde_ignored::Path| ignored.push(p.to_string()),
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let mut msg = inner.to_string();
+            // serde_json appends " at line L column C"; the location says it already.
+            if let Some(i) = msg.rfind(" at line ") {
+                msg.truncate(i);
+            }
+            if !key.is_empty() && key != "." {
+                msg = format!("`{key}`: {msg}");
+            }
+            return Err(vec![Problem::new(JSON, msg).at(loc(
+                path,
+                Some(inner.line()),
+                Some(inner.column()),
+            ))]);
+        }
+    };
+    if let Err(e) = de.end() {
+        return Err(vec![Problem::new(
+            JSON,
+            "trailing characters after the JSON object",
+        )
+        .at(loc(path, Some(e.line()), Some(e.column())))]);
+    }
+    let mut warnings: Vec<Problem> = ignored
+        .into_iter()
+        .map(|k| {
+            let (l, c) = text
+                .find(&format!("\"{k}\""))
+                .map(|off| line_col(text, off))
+                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+            Problem::new(JSON, format!("unknown key `{k}` ignored")).at(loc(path, l, c))
+        })
+        .collect();
+    if let Some(name) = &raw.plugin_name {
+        if name != "ScriptRunner" {
+            warnings.push(
+                Problem::new(
+                    JSON,
+                    format!("`pluginName` is {name:?}; Azure documents \"ScriptRunner\""),
+                )
+                .at(loc(path, None, None)),
+            );
+        }
+    }
+    if raw.timeout_in_seconds == 0 {
+        let (l, c) = text
+            .find("\"timeoutInSeconds\"")
+            .map(|o| line_col(text, o))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        return Err(vec![Problem::new(
+            JSON,
+            "`timeoutInSeconds` must be more than 0",
+        )
+        .at(loc(path, l, c))]);
+    }
+    let spec = |location: &str, params: &[String]| {
+        (!location.trim().is_empty()).then(|| ScriptSpec {
+            path: PathBuf::from(location),
+            args: params.to_vec(),
+        })
+    };
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    Ok(PluginJson {
+        hook: HookConfig {
+            name,
+            pre: spec(&raw.pre_script_location, &raw.pre_script_params),
+            post: spec(&raw.post_script_location, &raw.post_script_params),
+            timeout: Duration::from_secs(raw.timeout_in_seconds),
+            pre_retries: raw.pre_script_no_of_retries,
+            post_retries: raw.post_script_no_of_retries,
+            continue_on_failure: raw.continue_backup_on_failure,
+            hold: false,
+            origin: path.to_path_buf(),
+        },
+        fs_freeze_enabled: raw.fs_freeze_enabled,
+        warnings,
+    })
+}
+
+/// A configuration made of one plugin JSON file and defaults for everything else.
 pub fn load_plugin_json_config(path: &Path) -> Result<Config, ConfigErrors> {
-    let _ = path;
-    todo!()
+    let p = load_plugin_json(path).map_err(ConfigErrors)?;
+    let mut cfg = Config::defaults(path);
+    cfg.freeze.enabled = p.fs_freeze_enabled;
+    cfg.warnings = p.warnings;
+    cfg.hooks.push(p.hook);
+    Ok(cfg)
+}
+
+/// A parsed INI file: section -> key -> (value, line).
+type Ini = BTreeMap<String, BTreeMap<String, (String, usize)>>;
+
+/// Parse INI text: `[section]`, `key = value` or `key: value`, `#`/`;` comments.
+fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
+    let mut ini = Ini::new();
+    let mut section: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let Some(name) = rest.strip_suffix(']') else {
+                return Err(Problem::new(HOST, "unterminated section header").at(loc(
+                    path,
+                    Some(n),
+                    Some(1),
+                )));
+            };
+            section = Some(name.trim().to_string());
+            ini.entry(name.trim().to_string()).or_default();
+            continue;
+        }
+        let Some(sep) = line.find(['=', ':']) else {
+            return Err(
+                Problem::new(HOST, format!("expected `key = value`, found {line:?}")).at(loc(
+                    path,
+                    Some(n),
+                    Some(1),
+                )),
+            );
+        };
+        let Some(sec) = &section else {
+            return Err(Problem::new(HOST, "key outside of any section").at(loc(
+                path,
+                Some(n),
+                Some(1),
+            )));
+        };
+        let key = line[..sep].trim().to_string();
+        let value = line[sep + 1..].trim().to_string();
+        ini.get_mut(sec).unwrap().insert(key, (value, n));
+    }
+    Ok(ini)
+}
+
+/// Load the plugin host INI file and every plugin JSON it names.
+pub fn load_plugin_host(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = read_trusted(path, HOST).map_err(|p| ConfigErrors(vec![p]))?;
+    parse_plugin_host(path, &text, &|p| load_plugin_json(p))
+}
+
+/// Parse plugin host text; `load_json` loads each named plugin file.
+pub fn parse_plugin_host(
+    path: &Path,
+    text: &str,
+    load_json: &dyn Fn(&Path) -> Result<PluginJson, Vec<Problem>>,
+) -> Result<Config, ConfigErrors> {
+    let ini = parse_ini(path, text).map_err(|p| ConfigErrors(vec![p]))?;
+    let Some(sec) = ini.get("pre_post") else {
+        return Err(ConfigErrors(vec![Problem::new(
+            HOST,
+            "missing section [pre_post]",
+        )
+        .at(loc(path, None, None))]));
+    };
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let int = |key: &str, problems: &mut Vec<Problem>| -> Option<u64> {
+        let (v, line) = sec.get(key)?;
+        match v.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                problems.push(
+                    Problem::new(HOST, format!("`{key}` must be a whole number, not {v:?}"))
+                        .at(loc(path, Some(*line), None)),
+                );
+                None
+            }
+        }
+    };
+    let count = int("numberOfPlugins", &mut problems);
+    let host_timeout = int("timeoutInSeconds", &mut problems);
+    if count.is_none() && !sec.contains_key("numberOfPlugins") {
+        problems.push(
+            Problem::new(HOST, "missing `numberOfPlugins` in [pre_post]").at(loc(path, None, None)),
+        );
+    }
+    let count = count.unwrap_or(0);
+    let first = if sec.contains_key("pluginConfigPath0") || count == 0 {
+        0
+    } else {
+        1
+    };
+    let mut cfg = Config::defaults(path);
+    for i in first..first + count {
+        for k in ["pluginName", "pluginPath"] {
+            if !sec.contains_key(&format!("{k}{i}")) {
+                warnings.push(
+                    Problem::new(HOST, format!("`{k}{i}` is missing")).at(loc(path, None, None)),
+                );
+            }
+        }
+        let Some((json, _)) = sec.get(&format!("pluginConfigPath{i}")) else {
+            problems.push(
+                Problem::new(HOST, format!("missing `pluginConfigPath{i}` in [pre_post]"))
+                    .at(loc(path, None, None)),
+            );
+            continue;
+        };
+        match load_json(Path::new(json)) {
+            Ok(mut p) => {
+                if let Some(t) = host_timeout.filter(|t| *t > 0) {
+                    p.hook.timeout = p.hook.timeout.min(Duration::from_secs(t));
+                }
+                if !p.fs_freeze_enabled {
+                    cfg.freeze.enabled = false;
+                }
+                warnings.append(&mut p.warnings);
+                cfg.hooks.push(p.hook);
+            }
+            Err(mut e) => problems.append(&mut e),
+        }
+    }
+    for key in sec.keys() {
+        let known = ["numberOfPlugins", "timeoutInSeconds"].contains(&key.as_str())
+            || ["pluginName", "pluginPath", "pluginConfigPath"]
+                .iter()
+                .any(|p| {
+                    key.strip_prefix(p)
+                        .is_some_and(|n| n.parse::<u64>().is_ok())
+                });
+        if !known {
+            warnings.push(
+                Problem::new(HOST, format!("unknown key `{key}` ignored")).at(loc(
+                    path,
+                    Some(sec[key].1),
+                    None,
+                )),
+            );
+        }
+    }
+    super::dedupe_hook_names(&mut cfg.hooks);
+    cfg.warnings = warnings;
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+    "pluginName" : "ScriptRunner",
+    "preScriptLocation" : "/etc/azure/pre.sh",
+    "postScriptLocation" : "/etc/azure/post.sh",
+    "preScriptParams" : ["a", "b"],
+    "postScriptParams" : [],
+    "preScriptNoOfRetries" : 1,
+    "postScriptNoOfRetries" : 0,
+    "timeoutInSeconds" : 30,
+    "continueBackupOnFailure" : true,
+    "fsFreezeEnabled" : true
+}"#;
+
+    fn pj(text: &str) -> Result<PluginJson, Vec<Problem>> {
+        parse_plugin_json(
+            Path::new("/etc/azure/VMSnapshotScriptPluginConfig.json"),
+            text,
+        )
+    }
+
+    #[test]
+    fn documented_file_parses() {
+        let p = pj(GOOD).unwrap();
+        assert_eq!(p.hook.pre.as_ref().unwrap().args, vec!["a", "b"]);
+        assert_eq!(p.hook.pre_retries, 1);
+        assert_eq!(p.hook.timeout, Duration::from_secs(30));
+        assert!(p.hook.continue_on_failure && p.fs_freeze_enabled);
+        assert_eq!(p.hook.name, "VMSnapshotScriptPluginConfig");
+    }
+
+    #[test]
+    fn string_false_rejected_with_line_and_column() {
+        let text = GOOD.replace(
+            "\"continueBackupOnFailure\" : true",
+            "\"continueBackupOnFailure\" : \"false\"",
+        );
+        let e = pj(&text).unwrap_err();
+        assert_eq!(e[0].code, ErrorCode::IncorrectJsonConfigFile);
+        let l = e[0].location.as_ref().unwrap();
+        assert_eq!(l.line, Some(10));
+        assert!(l.column.unwrap() > 30);
+        assert!(
+            e[0].message.contains("continueBackupOnFailure"),
+            "{}",
+            e[0].message
+        );
+        assert!(e[0].message.contains("boolean"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn string_number_and_missing_key_rejected() {
+        let e = pj(&GOOD.replace(": 30", ": \"30\"")).unwrap_err();
+        assert!(e[0].message.contains("timeoutInSeconds"));
+        let e = pj(&GOOD.replace("\"fsFreezeEnabled\" : true", "\"x\" : 1")).unwrap_err();
+        assert!(e[0].message.contains("fsFreezeEnabled"), "{}", e[0].message);
+        let e = pj("{ not json").unwrap_err();
+        assert_eq!(e[0].location.as_ref().unwrap().line, Some(1));
+    }
+
+    #[test]
+    fn unknown_key_warns_and_empty_location_means_no_script() {
+        let text = GOOD
+            .replace("\"/etc/azure/post.sh\"", "\"\"")
+            .replace("\"pluginName\"", "\"colour\": 1, \"pluginName\"");
+        let p = pj(&text).unwrap();
+        assert!(p.hook.post.is_none());
+        assert_eq!(p.warnings.len(), 1);
+        assert!(p.warnings[0].message.contains("colour"));
+    }
+
+    #[test]
+    fn plugin_host_with_two_plugins() {
+        let host = "[pre_post]\ntimeoutInSeconds = 10\nnumberOfPlugins = 2\n\
+            pluginName0 = ScriptRunner\npluginPath0 = x\npluginConfigPath0 = /a/one.json\n\
+            pluginName1 = ScriptRunner\npluginPath1 = x\npluginConfigPath1 = /a/two.json\n";
+        let cfg = parse_plugin_host(Path::new("/h.conf"), host, &|p| {
+            let mut j = pj(GOOD)?;
+            j.hook.name = p.file_stem().unwrap().to_str().unwrap().into();
+            Ok(j)
+        })
+        .unwrap();
+        assert_eq!(cfg.hooks.len(), 2);
+        assert_eq!(cfg.hooks[1].name, "two");
+        assert_eq!(cfg.hooks[0].timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn broken_plugin_host() {
+        let load = |_: &Path| pj(GOOD);
+        let e = parse_plugin_host(
+            Path::new("/h"),
+            "[pre_post]\nnumberOfPlugins = two\n",
+            &load,
+        )
+        .unwrap_err();
+        assert_eq!(e.0[0].code, ErrorCode::IncorrectPluginhostFile);
+        assert_eq!(e.0[0].location.as_ref().unwrap().line, Some(2));
+        let e = parse_plugin_host(Path::new("/h"), "garbage\n", &load).unwrap_err();
+        assert_eq!(e.0[0].code, ErrorCode::IncorrectPluginhostFile);
+        let e = parse_plugin_host(Path::new("/h"), "[other]\n", &load).unwrap_err();
+        assert!(e.0[0].message.contains("pre_post"));
+        let e = parse_plugin_host(Path::new("/h"), "[pre_post]\nnumberOfPlugins = 1\n", &load)
+            .unwrap_err();
+        assert!(
+            e.0[0].message.contains("pluginConfigPath"),
+            "{}",
+            e.0[0].message
+        );
+    }
 }

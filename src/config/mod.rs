@@ -278,3 +278,16 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigErrors> {
         Format::PluginJson => azure::load_plugin_json_config(&path),
     }
 }
+
+/// Make hook names unique by suffixing `-2`, `-3`, ... (several Azure plugins share a stem).
+pub(crate) fn dedupe_hook_names(hooks: &mut [HookConfig]) {
+    let mut seen = std::collections::HashSet::new();
+    for h in hooks.iter_mut() {
+        let base = h.name.clone();
+        let mut n = 1;
+        while !seen.insert(h.name.clone()) {
+            n += 1;
+            h.name = format!("{base}-{n}");
+        }
+    }
+}

@@ -1,7 +1,483 @@
-//! The native TOML configuration.
-use super::{Config, ConfigErrors};
-use std::path::Path;
+//! The native TOML configuration (`/etc/quiesce/quiesce.toml`).
+//!
+//! The annotated example in `examples/quiesce.toml` documents every key and its default.
+//! Types are strict (`"false"` is not a boolean, `30` is not a duration: durations are
+//! strings like `"30s"`); unknown keys are warnings, not errors.
+
+use super::{
+    azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
+    Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
+};
+use crate::codes::{ErrorCode, Location, Problem};
+use serde::Deserialize;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const CODE: ErrorCode = ErrorCode::IncorrectConfigFile;
+
+/// A duration written as a string (`"30s"`, `"5m"`, `"7d"`).
+#[derive(Debug, Clone, Copy)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration string such as \"30s\", \"5m\" or \"7d\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s)
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawFile {
+    azure_plugins: Vec<PathBuf>,
+    paths: RawPaths,
+    log: RawLog,
+    freeze: RawFreeze,
+    snapshot: RawSnapshot,
+    #[serde(rename = "hook")]
+    hooks: Vec<RawHook>,
+    server: RawServer,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPaths {
+    state_dir: Option<PathBuf>,
+    catalog: Option<PathBuf>,
+    metrics_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawLog {
+    file: Option<PathBuf>,
+    format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawFreeze {
+    enabled: Option<bool>,
+    timeout: Option<Dur>,
+    include: Vec<PathBuf>,
+    exclude: Vec<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawSnapshot {
+    provider: Option<String>,
+    command: Option<Vec<String>>,
+    timeout: Option<Dur>,
+    subvolumes: Option<Vec<PathBuf>>,
+    directory: Option<PathBuf>,
+    keep_last: Option<u32>,
+    max_age: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+struct RawHook {
+    name: String,
+    pre: Option<Vec<String>>,
+    post: Option<Vec<String>>,
+    timeout: Option<Dur>,
+    retries: Option<u32>,
+    pre_retries: Option<u32>,
+    post_retries: Option<u32>,
+    continue_on_failure: Option<bool>,
+    hold: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawServer {
+    socket: Option<PathBuf>,
+    allowed_uids: Vec<u32>,
+    tcp_listen: Option<String>,
+    token_file: Option<PathBuf>,
+    default_deadline: Option<Dur>,
+}
+
+/// Default per-script timeout of a native hook.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+/// Location of the first `key =` assignment in TOML text (for warnings about unknown keys).
+fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return Some((i + 1, line.len() - t.len() + 1));
+            }
+        }
+    }
+    None
+}
+
+/// Read a configuration file after the trust check, mapping failures to `code`.
+pub(crate) fn read_trusted(path: &Path, code: ErrorCode) -> Result<String, Problem> {
+    let loc = Location {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+    };
+    let mut file = crate::trust::open_config(path)
+        .map_err(|e| Problem::new(code, format!("refused: {e}")).at(loc.clone()))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Problem::new(code, format!("cannot read: {e}")).at(loc))?;
+    Ok(text)
+}
+
+/// Load and validate a native configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let _ = path;
-    todo!()
+    let text = read_trusted(path, CODE).map_err(|p| ConfigErrors(vec![p]))?;
+    parse(path, &text)
+}
+
+/// Parse native TOML text (already read and trusted) into the model.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let at = |line: Option<usize>, column: Option<usize>| Location {
+        file: path.to_path_buf(),
+        line,
+        column,
+    };
+    let mut ignored = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let raw: RawFile = match serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        de,
+        &mut |p: serde_ignored::Path| ignored.push(p.to_string()),
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, col) = inner
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+            let msg = inner.message().trim().to_string();
+            let msg = if key.is_empty() || key == "." {
+                msg
+            } else {
+                format!("`{key}`: {msg}")
+            };
+            return Err(ConfigErrors(
+                vec![Problem::new(CODE, msg).at(at(line, col))],
+            ));
+        }
+    };
+
+    let mut cfg = Config::defaults(path);
+    let mut problems = Vec::new();
+    for key in ignored {
+        let leaf = key.rsplit('.').next().unwrap_or(&key).to_string();
+        let (l, c) = find_key(text, &leaf).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        cfg.warnings
+            .push(Problem::new(CODE, format!("unknown key `{key}` ignored")).at(at(l, c)));
+    }
+    let problem = |msg: String, key: &str| {
+        let (l, c) = find_key(text, key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        Problem::new(CODE, msg).at(at(l, c))
+    };
+
+    let defaults = Paths::default();
+    cfg.paths = Paths {
+        state_dir: raw.paths.state_dir.unwrap_or(defaults.state_dir),
+        catalog: raw.paths.catalog.unwrap_or(defaults.catalog),
+        metrics_file: raw.paths.metrics_file,
+    };
+    cfg.log = LogConfig {
+        file: raw.log.file,
+        format: match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                problems.push(problem(
+                    format!("`log.format` must be \"text\" or \"json\", not {other:?}"),
+                    "format",
+                ));
+                LogFormat::Text
+            }
+        },
+    };
+    let fd = FreezeConfig::default();
+    cfg.freeze = FreezeConfig {
+        enabled: raw.freeze.enabled.unwrap_or(fd.enabled),
+        timeout: raw.freeze.timeout.map_or(fd.timeout, |d| d.0),
+        include: raw.freeze.include,
+        exclude: raw.freeze.exclude,
+    };
+    for p in cfg.freeze.include.iter().chain(&cfg.freeze.exclude) {
+        if !p.is_absolute() {
+            problems.push(problem(
+                format!(
+                    "freeze mount point {} must be an absolute path",
+                    p.display()
+                ),
+                if cfg.freeze.include.contains(p) {
+                    "include"
+                } else {
+                    "exclude"
+                },
+            ));
+        }
+    }
+    if cfg.freeze.timeout.is_zero() {
+        problems.push(problem(
+            "`freeze.timeout` must be more than 0".into(),
+            "timeout",
+        ));
+    }
+
+    let sd = SnapshotConfig::default();
+    let s = raw.snapshot;
+    let provider = match s.provider.as_deref().unwrap_or("none") {
+        "none" => ProviderConfig::None,
+        "command" => match s.command {
+            Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {
+                ProviderConfig::Command { argv }
+            }
+            _ => {
+                problems.push(problem(
+                    "provider \"command\" needs `snapshot.command`, a non-empty argv list".into(),
+                    "provider",
+                ));
+                ProviderConfig::None
+            }
+        },
+        "btrfs" => match (s.subvolumes, s.directory) {
+            (Some(subvolumes), Some(directory)) if !subvolumes.is_empty() => {
+                ProviderConfig::Btrfs(BtrfsConfig {
+                    subvolumes,
+                    directory,
+                    keep_last: s.keep_last,
+                    max_age: s.max_age.map(|d| d.0),
+                })
+            }
+            _ => {
+                problems.push(problem(
+                    "provider \"btrfs\" needs `snapshot.subvolumes` (non-empty) and \
+                     `snapshot.directory`"
+                        .into(),
+                    "provider",
+                ));
+                ProviderConfig::None
+            }
+        },
+        other => {
+            problems.push(problem(
+                format!(
+                    "unknown snapshot provider {other:?} (use \"command\", \"btrfs\" or \"none\")"
+                ),
+                "provider",
+            ));
+            ProviderConfig::None
+        }
+    };
+    cfg.snapshot = SnapshotConfig {
+        provider,
+        timeout: s.timeout.map_or(sd.timeout, |d| d.0),
+    };
+
+    let svd = ServerConfig::default();
+    cfg.server = ServerConfig {
+        socket: raw.server.socket.unwrap_or(svd.socket),
+        allowed_uids: raw.server.allowed_uids,
+        tcp_listen: raw.server.tcp_listen,
+        token_file: raw.server.token_file,
+        default_deadline: raw
+            .server
+            .default_deadline
+            .map_or(svd.default_deadline, |d| d.0),
+    };
+    if cfg.server.tcp_listen.is_some() && cfg.server.token_file.is_none() {
+        problems.push(problem(
+            "`server.tcp_listen` requires `server.token_file`".into(),
+            "tcp_listen",
+        ));
+    }
+
+    for h in raw.hooks {
+        let spec = |argv: Option<Vec<String>>, which: &str, problems: &mut Vec<Problem>| {
+            let argv = argv?;
+            if argv.is_empty() || argv[0].is_empty() {
+                problems.push(
+                    problem(format!("hook `{}`: `{which}` is empty", h.name), which)
+                        .with_hook(&h.name),
+                );
+                return None;
+            }
+            Some(ScriptSpec {
+                path: PathBuf::from(&argv[0]),
+                args: argv[1..].to_vec(),
+            })
+        };
+        let pre = spec(h.pre.clone(), "pre", &mut problems);
+        let post = spec(h.post.clone(), "post", &mut problems);
+        let hold = h.hold.unwrap_or(false);
+        if h.name.trim().is_empty() {
+            problems.push(problem("a hook has an empty `name`".into(), "name"));
+        }
+        if hold && pre.is_none() {
+            problems.push(
+                problem(
+                    format!("hook `{}`: hold mode needs a `pre` command", h.name),
+                    "hold",
+                )
+                .with_hook(&h.name),
+            );
+        }
+        if hold && post.is_some() {
+            problems.push(
+                problem(
+                    format!(
+                        "hook `{}`: a held hook has no separate `post`; its exit status is the \
+                         post result",
+                        h.name
+                    ),
+                    "hold",
+                )
+                .with_hook(&h.name),
+            );
+        }
+        let timeout = h.timeout.map_or(DEFAULT_HOOK_TIMEOUT, |d| d.0);
+        if timeout.is_zero() {
+            problems.push(
+                problem(
+                    format!("hook `{}`: timeout must be more than 0", h.name),
+                    "timeout",
+                )
+                .with_hook(&h.name),
+            );
+        }
+        cfg.hooks.push(HookConfig {
+            name: h.name.clone(),
+            pre,
+            post,
+            timeout,
+            pre_retries: h.pre_retries.or(h.retries).unwrap_or(0),
+            post_retries: h.post_retries.or(h.retries).unwrap_or(0),
+            continue_on_failure: h.continue_on_failure.unwrap_or(true),
+            hold,
+            origin: path.to_path_buf(),
+        });
+    }
+
+    for plugin in &raw.azure_plugins {
+        match azure::load_plugin_json(plugin) {
+            Ok(p) => {
+                if !p.fs_freeze_enabled {
+                    cfg.freeze.enabled = false;
+                }
+                cfg.warnings.extend(p.warnings);
+                cfg.hooks.push(p.hook);
+            }
+            Err(mut e) => problems.append(&mut e),
+        }
+    }
+    super::dedupe_hook_names(&mut cfg.hooks);
+
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigErrors> {
+        parse(Path::new("/etc/quiesce/quiesce.toml"), text)
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let cfg = p(include_str!("../../examples/quiesce.toml")).unwrap();
+        assert_eq!(cfg.freeze.timeout, Duration::from_secs(60));
+        assert_eq!(cfg.hooks.len(), 1);
+        assert_eq!(cfg.hooks[0].name, "postgres");
+        assert_eq!(cfg.hooks[0].pre.as_ref().unwrap().args, vec!["--fast"]);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn string_false_is_not_a_boolean() {
+        let e = p("[freeze]\nenabled = \"false\"\n").unwrap_err();
+        let pr = &e.0[0];
+        assert_eq!(pr.code, ErrorCode::IncorrectConfigFile);
+        let loc = pr.location.as_ref().unwrap();
+        assert_eq!((loc.line, loc.column), (Some(2), Some(11)));
+        assert!(pr.message.contains("freeze.enabled"), "{}", pr.message);
+    }
+
+    #[test]
+    fn durations_must_be_strings() {
+        let e = p("[freeze]\ntimeout = 30\n").unwrap_err();
+        assert!(e.0[0].message.contains("duration"), "{}", e.0[0].message);
+        let e = p("[freeze]\ntimeout = \"soon\"\n").unwrap_err();
+        assert!(
+            e.0[0].message.contains("invalid duration"),
+            "{}",
+            e.0[0].message
+        );
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let cfg = p("colour = 1\n[freeze]\nenabeld = true\n").unwrap();
+        assert_eq!(cfg.warnings.len(), 2);
+        assert!(cfg.warnings[1].message.contains("freeze.enabeld"));
+        assert_eq!(cfg.warnings[1].location.as_ref().unwrap().line, Some(3));
+    }
+
+    #[test]
+    fn several_problems_are_all_reported() {
+        let e = p(concat!(
+            "[snapshot]\nprovider = \"zfs\"\n",
+            "[[hook]]\nname = \"a\"\nhold = true\n",
+            "[[hook]]\nname = \"b\"\npre = []\n",
+        ))
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn retries_default_and_override() {
+        let cfg =
+            p("[[hook]]\nname = \"a\"\npre = [\"/x\"]\nretries = 2\npost_retries = 0\n").unwrap();
+        assert_eq!(
+            (cfg.hooks[0].pre_retries, cfg.hooks[0].post_retries),
+            (2, 0)
+        );
+        assert!(cfg.hooks[0].continue_on_failure);
+    }
 }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install what quiesce's example and test suite need on a fresh Debian machine (as root).
+set -euo pipefail
+need=()
+for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-linux:fsfreeze \
+               prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
+               qemu-utils:qemu-img procps:pgrep; do
+  command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi

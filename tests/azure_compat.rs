@@ -1,0 +1,441 @@
+//! Azure compatibility through the real binary: every row of the seed's troubleshooting
+//! table produced by the situation that causes it, `continueBackupOnFailure` and the
+//! single-volume rule, several plugins, and `quiesce check`.
+//!
+//! Safety: configs made only of Azure files use `fsFreezeEnabled: false` (an Azure config has
+//! no include list, so freezing would mean "every eligible filesystem" of this machine).
+//! Tests that freeze use a native TOML with an explicit include list of loop filesystems.
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use support::{LoopFs, Scratch};
+
+struct Run {
+    code: i32,
+    report: Value,
+    stderr: String,
+}
+
+fn quiesce(args: &[&str]) -> Run {
+    let out = Command::new(support::quiesce_bin())
+        .args(args)
+        .output()
+        .expect("run quiesce");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn codes(report: &Value) -> Vec<String> {
+    report["errors"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|e| e["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// An Azure plugin JSON with the given script paths and settings, mode 0600.
+fn plugin_json(dir: &Scratch, name: &str, pre: &Path, post: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"{{
+    "pluginName" : "ScriptRunner",
+    "preScriptLocation" : "{}",
+    "postScriptLocation" : "{}",
+    "preScriptParams" : ["p1", "p 2"],
+    "postScriptParams" : [],
+    "preScriptNoOfRetries" : 0,
+    "postScriptNoOfRetries" : 0,
+    "timeoutInSeconds" : 5,
+    "continueBackupOnFailure" : true,
+    "fsFreezeEnabled" : false{extra}
+}}"#,
+        pre.display(),
+        post.display()
+    );
+    // Later keys override earlier ones in `extra`: rebuild with serde to keep it valid JSON.
+    let mut v: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    if !extra.is_empty() {
+        let e: serde_json::Map<String, Value> =
+            serde_json::from_str(&format!("{{{}}}", extra.trim_start_matches(','))).unwrap();
+        v.extend(e);
+    }
+    dir.file(
+        name,
+        &serde_json::to_string_pretty(&Value::Object(v)).unwrap(),
+        0o600,
+    )
+}
+
+fn plugin_host(dir: &Scratch, jsons: &[&Path]) -> PathBuf {
+    let mut text = format!(
+        "[pre_post]\ntimeoutInSeconds = 60\nnumberOfPlugins = {}\n",
+        jsons.len()
+    );
+    for (i, j) in jsons.iter().enumerate() {
+        text += &format!(
+            "pluginName{i} = ScriptRunner\npluginPath{i} = main/ScriptRunner.py\npluginConfigPath{i} = {}\n",
+            j.display()
+        );
+    }
+    dir.file("VMSnapshotPluginHost.conf", &text, 0o600)
+}
+
+/// A native config importing Azure plugins, with a command provider and no freezing unless
+/// `include` names loop filesystems.
+fn native(dir: &Scratch, plugins: &[&Path], include: &[&Path]) -> PathBuf {
+    let list = |ps: &[&Path]| {
+        ps.iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let freeze = if include.is_empty() {
+        "enabled = false".to_string()
+    } else {
+        format!(
+            "enabled = true\ntimeout = \"30s\"\ninclude = [{}]",
+            list(include)
+        )
+    };
+    let text = format!(
+        "azure_plugins = [{}]\n[paths]\nstate_dir = {:?}\ncatalog = {:?}\n[freeze]\n{freeze}\n\
+         [snapshot]\nprovider = \"command\"\ncommand = [\"/bin/echo\", \"snap-1\"]\ntimeout = \"20s\"\n",
+        list(plugins),
+        dir.join("state").display().to_string(),
+        dir.join("catalog.db").display().to_string(),
+    );
+    dir.file("quiesce.toml", &text, 0o600)
+}
+
+const OK: &str = "#!/bin/sh\nexit 0\n";
+const FAIL: &str = "#!/bin/sh\necho failing >&2\nexit 7\n";
+const SLOW: &str = "#!/bin/sh\nsleep 30\n";
+
+fn snapshot_json(config: &Path) -> Run {
+    quiesce(&["snapshot", "--json", "--config", config.to_str().unwrap()])
+}
+
+/// Run one Azure plugin (through the plugin host file) with the given pre and post bodies.
+fn azure_run(pre: Option<&str>, post: Option<&str>, tweak: impl Fn(&Scratch, &Path, &Path)) -> Run {
+    let d = Scratch::new("azure");
+    let pre_p = d.join("pre.sh");
+    let post_p = d.join("post.sh");
+    if let Some(b) = pre {
+        d.script("pre.sh", b);
+    }
+    if let Some(b) = post {
+        d.script("post.sh", b);
+    }
+    tweak(&d, &pre_p, &post_p);
+    let json = plugin_json(&d, "VMSnapshotScriptPluginConfig.json", &pre_p, &post_p, "");
+    let host = plugin_host(&d, &[&json]);
+    snapshot_json(&host)
+}
+
+fn assert_code(run: &Run, code: &str) {
+    assert!(
+        codes(&run.report).contains(&code.to_string()),
+        "expected {code} in {:#}\nstderr: {}",
+        run.report,
+        run.stderr
+    );
+}
+
+#[test]
+fn pre_script_execution_failed() {
+    let r = azure_run(Some(FAIL), Some(OK), |_, _, _| {});
+    assert_code(&r, "Pre-ScriptExecutionFailed");
+    let hooks = r.report["hooks"].as_array().unwrap();
+    assert!(hooks[0]["stderr_tail"]
+        .as_str()
+        .unwrap()
+        .contains("failing"));
+    // The post script of a started pre still runs.
+    assert!(hooks.iter().any(|h| h["phase"] == "post"));
+}
+
+#[test]
+fn post_script_execution_failed() {
+    let r = azure_run(Some(OK), Some(FAIL), |_, _, _| {});
+    assert_code(&r, "Post-ScriptExecutionFailed");
+}
+
+#[test]
+fn pre_script_not_found() {
+    let r = azure_run(None, Some(OK), |_, _, _| {});
+    assert_code(&r, "Pre-ScriptNotFound");
+}
+
+#[test]
+fn post_script_not_found() {
+    let r = azure_run(Some(OK), None, |_, _, _| {});
+    assert_code(&r, "Post-ScriptNotFound");
+}
+
+#[test]
+fn insufficient_permission_for_pre_script() {
+    let r = azure_run(Some(OK), Some(OK), |_, pre, _| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(pre, std::fs::Permissions::from_mode(0o755)).unwrap();
+    });
+    assert_code(&r, "InsufficientPermissionforPre-Script");
+}
+
+#[test]
+fn insufficient_permission_for_post_script() {
+    let r = azure_run(Some(OK), Some(OK), |_, _, post| {
+        std::os::unix::fs::chown(post, Some(65534), None).unwrap();
+    });
+    assert_code(&r, "InsufficientPermissionforPost-Script");
+}
+
+#[test]
+fn pre_script_timeout() {
+    let d = Scratch::new("azure-timeout");
+    let pre = d.script("pre.sh", SLOW);
+    let post = d.script("post.sh", OK);
+    let json = plugin_json(&d, "p.json", &pre, &post, r#", "timeoutInSeconds": 1"#);
+    let started = std::time::Instant::now();
+    let r = snapshot_json(&plugin_host(&d, &[&json]));
+    assert_code(&r, "Pre-ScriptTimeout");
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "the timeout was not enforced"
+    );
+}
+
+#[test]
+fn post_script_timeout() {
+    let d = Scratch::new("azure-timeout");
+    let pre = d.script("pre.sh", OK);
+    let post = d.script("post.sh", SLOW);
+    let json = plugin_json(&d, "p.json", &pre, &post, r#", "timeoutInSeconds": 1"#);
+    let r = snapshot_json(&plugin_host(&d, &[&json]));
+    assert_code(&r, "Post-ScriptTimeout");
+}
+
+#[test]
+fn incorrect_pluginhost_file_broken_and_unsafe() {
+    let d = Scratch::new("azure-host");
+    let pre = d.script("pre.sh", OK);
+    let json = plugin_json(&d, "p.json", &pre, &pre, "");
+    let host = d.file("broken.conf", "[pre_post\nnumberOfPlugins = 1\n", 0o600);
+    let r = snapshot_json(&host);
+    assert_code(&r, "IncorrectPluginhostFile");
+    assert_eq!(r.code, 1);
+    assert_eq!(r.report["errors"][0]["location"]["line"], 1);
+
+    let unsafe_host = plugin_host(&d, &[&json]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = snapshot_json(&unsafe_host);
+    assert_code(&r, "IncorrectPluginhostFile");
+    assert_eq!(
+        r.report["hooks"].as_array().unwrap().len(),
+        0,
+        "no script may run"
+    );
+}
+
+#[test]
+fn incorrect_json_config_file_broken_and_unsafe() {
+    let d = Scratch::new("azure-json");
+    let marker = d.join("ran");
+    let pre = d.script(
+        "pre.sh",
+        &format!("#!/bin/sh\ntouch {}\n", marker.display()),
+    );
+    let json = plugin_json(&d, "p.json", &pre, &pre, "");
+    let text = std::fs::read_to_string(&json).unwrap();
+    let broken = d.file(
+        "broken.json",
+        &text.replace(
+            "\"fsFreezeEnabled\": false",
+            "\"fsFreezeEnabled\": \"false\"",
+        ),
+        0o600,
+    );
+    let r = snapshot_json(&plugin_host(&d, &[&broken]));
+    assert_code(&r, "IncorrectJSONConfigFile");
+    let err = &r.report["errors"][0];
+    assert!(err["message"].as_str().unwrap().contains("fsFreezeEnabled"));
+    assert!(err["location"]["line"].as_u64().unwrap() > 1);
+    assert!(err["location"]["column"].as_u64().is_some());
+
+    std::os::unix::fs::chown(&json, Some(65534), None).unwrap();
+    let r = snapshot_json(&plugin_host(&d, &[&json]));
+    assert_code(&r, "IncorrectJSONConfigFile");
+    assert!(
+        !marker.exists(),
+        "a script of an unsafe config must never run"
+    );
+}
+
+#[test]
+fn two_plugins_first_fails_second_succeeds_not_masked() {
+    let d = Scratch::new("azure-two");
+    let ok_marker = d.join("second-ran");
+    let second = d.script(
+        "second.sh",
+        &format!("#!/bin/sh\necho \"$@\" > {}\n", ok_marker.display()),
+    );
+    let missing = d.join("missing.sh");
+    let one = plugin_json(&d, "one.json", &missing, &second, "");
+    let two = plugin_json(&d, "two.json", &second, &second, "");
+    let r = snapshot_json(&plugin_host(&d, &[&one, &two]));
+    assert_code(&r, "Pre-ScriptNotFound");
+    let err = r.report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["code"] == "Pre-ScriptNotFound")
+        .unwrap();
+    assert_eq!(err["hook"], "one");
+    assert!(ok_marker.exists(), "the second plugin's pre script ran");
+    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(r.code, 3);
+}
+
+#[test]
+fn params_are_passed_as_argv_without_a_shell() {
+    let d = Scratch::new("azure-argv");
+    let out = d.join("argv");
+    let pre = d.script(
+        "pre.sh",
+        &format!(
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done > {}\necho \"$QUIESCE_PHASE $PWD\" >> {}\n",
+            out.display(),
+            out.display()
+        ),
+    );
+    let json = plugin_json(&d, "p.json", &pre, &pre, "");
+    let r = snapshot_json(&plugin_host(&d, &[&json]));
+    assert_eq!(r.report["status"], "succeeded", "{:#}", r.report);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with("[p1]\n[p 2]\n"), "{text}");
+}
+
+#[test]
+fn check_lists_every_problem_and_runs_nothing() {
+    let d = Scratch::new("check");
+    let marker = d.join("ran");
+    let good = d.script(
+        "good.sh",
+        &format!("#!/bin/sh\ntouch {}\n", marker.display()),
+    );
+    let loose = d.file("loose.sh", OK, 0o750);
+    let missing = d.join("missing.sh");
+    let one = plugin_json(&d, "one.json", &missing, &good, "");
+    let two = plugin_json(&d, "two.json", &good, &loose, "");
+    let host = plugin_host(&d, &[&one, &two]);
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--json", "--config", host.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Vec<String> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        found.contains(&"Pre-ScriptNotFound".to_string()),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&"InsufficientPermissionforPost-Script".to_string()),
+        "{found:?}"
+    );
+    assert_eq!(found.len(), 2, "{v:#}");
+    assert!(!marker.exists(), "check must not run any script");
+}
+
+// ---- continueBackupOnFailure and the single-volume rule, with real freezes ----
+
+fn failing_pre_run(continue_on_failure: bool, volumes: usize) -> (Run, Vec<LoopFs>) {
+    let d = Scratch::new("continue");
+    let fss: Vec<LoopFs> = (0..volumes).map(|_| LoopFs::new("ext4", 64)).collect();
+    let pre = d.script("pre.sh", FAIL);
+    let post = d.script("post.sh", OK);
+    let json = plugin_json(
+        &d,
+        "p.json",
+        &pre,
+        &post,
+        &format!(r#", "continueBackupOnFailure": {continue_on_failure}, "fsFreezeEnabled": true"#),
+    );
+    let mounts: Vec<&Path> = fss.iter().map(|f| f.mount_point.as_path()).collect();
+    let r = snapshot_json(&native(&d, &[&json], &mounts));
+    for fs in &fss {
+        assert!(
+            support::writable_within(&fs.mount_point, std::time::Duration::from_secs(2)),
+            "left frozen"
+        );
+    }
+    (r, fss)
+}
+
+#[test]
+fn continue_on_failure_true_falls_back_to_file_system() {
+    let (r, _fs) = failing_pre_run(true, 2);
+    assert_eq!(r.report["consistency"], "file-system", "{:#}", r.report);
+    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(r.code, 3);
+    assert_eq!(r.report["snapshots"][0]["id"], "snap-1");
+    assert_eq!(r.report["frozen"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn continue_on_failure_false_fails_the_job() {
+    let (r, _fs) = failing_pre_run(false, 2);
+    assert_eq!(r.report["consistency"], "none", "{:#}", r.report);
+    assert_eq!(r.report["status"], "failed");
+    assert_eq!(r.code, 1);
+    assert!(r.report["snapshots"].as_array().unwrap().is_empty());
+    assert!(r.report["frozen_ms"].is_null(), "nothing may be frozen");
+}
+
+#[test]
+fn continue_on_failure_false_single_volume_takes_crash_snapshot() {
+    let (r, _fs) = failing_pre_run(false, 1);
+    assert_eq!(r.report["consistency"], "crash", "{:#}", r.report);
+    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(r.code, 3);
+    assert_eq!(r.report["snapshots"][0]["id"], "snap-1");
+}
+
+#[test]
+fn all_good_reaches_application_consistency() {
+    let d = Scratch::new("appcons");
+    let fs = LoopFs::new("xfs", 300);
+    let pre = d.script("pre.sh", OK);
+    let json = plugin_json(&d, "p.json", &pre, &pre, r#", "fsFreezeEnabled": true"#);
+    let r = snapshot_json(&native(&d, &[&json], &[&fs.mount_point]));
+    assert_eq!(r.report["consistency"], "application", "{:#}", r.report);
+    assert_eq!(r.report["status"], "succeeded");
+    assert_eq!(r.code, 0);
+    assert!(r.report["frozen_ms"].as_u64().is_some());
+    for k in [
+        "pre_ms",
+        "freeze_ms",
+        "snapshot_ms",
+        "thaw_ms",
+        "post_ms",
+        "total_ms",
+    ] {
+        assert!(r.report["timings"][k].as_u64().is_some(), "missing {k}");
+    }
+    assert!(support::writable_within(
+        &fs.mount_point,
+        std::time::Duration::from_secs(2)
+    ));
+}
