@@ -25,18 +25,32 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("__agent") {
         agent(Path::new(&args[2]), Path::new(&args[3]), &args[4]);
     }
-    // `cargo test -- --list` and filters: this binary has one test.
+    let tests: [(&str, fn()); 2] = [
+        (
+            "kill_agent_inside_the_frozen_window",
+            kill_agent_inside_the_frozen_window,
+        ),
+        (
+            "kill_quiesce_snapshot_inside_the_frozen_window",
+            kill_quiesce_snapshot_inside_the_frozen_window,
+        ),
+    ];
+    // `cargo test -- --list` and name filters.
     if args.iter().any(|a| a == "--list") {
-        println!("freeze_kill: test");
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
         return;
     }
-    if let Some(filter) = args.iter().skip(1).find(|a| !a.starts_with('-')) {
-        if !"kill_agent_inside_the_frozen_window".contains(filter.as_str()) {
-            return;
+    let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    for (name, f) in tests {
+        if filter.is_some_and(|flt| !name.contains(flt.as_str())) {
+            continue;
         }
+        f();
+        println!("test {name} ... ok");
     }
-    kill_agent_inside_the_frozen_window();
-    println!("test kill_agent_inside_the_frozen_window ... ok");
 }
 
 /// The agent: lock, recover (as every start of quiesce does), plan, freeze, hold the
@@ -181,13 +195,13 @@ fn one_round(
     }
 }
 
-/// Guards whose agent was killed are re-parented to us (child subreaper): reap them.
+/// Guards (and snapshot commands) whose agent was killed are re-parented to us (child
+/// subreaper): reap them.
 fn reap_orphans() {
-    while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG) {}
+    while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
 }
 
 fn kill_agent_inside_the_frozen_window() {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     let fs = LoopFs::new("ext4", 64);
     let st = Scratch::new("kill-state");
     let state_dir: PathBuf = st.join("run");
@@ -273,4 +287,141 @@ fn kill_agent_inside_the_frozen_window() {
         }
     }
     reap_orphans();
+}
+
+/// Wait until the lock under `state_dir` is free (the previous run's guard has exited).
+fn wait_lock_free(state_dir: &Path) {
+    let t = Instant::now();
+    loop {
+        match OpLock::acquire(state_dir) {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(15),
+                    "lock still held: {e}"
+                );
+                reap_orphans();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// The real binary: `quiesce snapshot --config X` with a native config freezing one loop
+/// filesystem around a 3 s snapshot command, killed (SIGKILL, then SIGTERM) at a random
+/// moment inside the frozen window, 50 times each.
+fn kill_quiesce_snapshot_inside_the_frozen_window() {
+    const TIMEOUT_S: u64 = 10;
+    let fs = LoopFs::new("ext4", 64);
+    let st = Scratch::new("kill-bin");
+    let state_dir = st.join("run");
+    let config = st.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {:?}\ncatalog = {:?}\n\n[freeze]\ninclude = [{:?}]\n\
+             timeout = \"{TIMEOUT_S}s\"\n\n[snapshot]\nprovider = \"command\"\n\
+             command = [\"/bin/sleep\", \"3\"]\ntimeout = \"30s\"\n",
+            state_dir,
+            st.join("c.db"),
+            fs.mount_point
+        ),
+        0o600,
+    );
+    // One undisturbed run first: the configuration works and freezes.
+    let out = Command::new(support::quiesce_bin())
+        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "report: {e}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    assert_eq!(report["consistency"], "file-system", "{report:#}");
+    assert!(report["frozen_ms"].as_u64().unwrap() >= 2900, "{report:#}");
+
+    let seed = freeze::monotonic_ns() | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let mut results = Vec::new();
+    for signal in ["KILL", "TERM"] {
+        let mut failures = 0;
+        let mut worst = Duration::ZERO;
+        for i in 0..ROUNDS {
+            wait_lock_free(&state_dir);
+            let mut child = Command::new(support::quiesce_bin())
+                .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            // Inside the window: this run's state file exists (written just before the
+            // first FIFREEZE) and a write probe blocks.
+            let t = Instant::now();
+            let mut probes = Vec::new();
+            let mut in_window = false;
+            while t.elapsed() < Duration::from_secs(15) {
+                let ours =
+                    matches!(state::StateFile::read(&state_dir), Ok(Some(s)) if s.agent_pid == pid);
+                if ours {
+                    let mut p = support::WriteProbe::start(&fs.mount_point);
+                    if p.finished_within(Duration::from_millis(15)).is_none() {
+                        probes.push(p);
+                        in_window = true;
+                        break;
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            assert!(in_window, "round {i}: quiesce never froze");
+            std::thread::sleep(Duration::from_micros(rng.below(500_000)));
+            let killed_at = Instant::now();
+            support::sh("kill", &[&format!("-{signal}"), &pid.to_string()]);
+            let _ = child.wait();
+            let ok = writable_within(&fs.mount_point, Duration::from_secs(TIMEOUT_S + 1));
+            worst = worst.max(killed_at.elapsed());
+            if !ok {
+                failures += 1;
+                eprintln!("round {i} (SIG{signal}): still frozen after the guard timeout + 1 s");
+            }
+            drop(probes);
+            reap_orphans();
+        }
+        println!(
+            "quiesce snapshot, SIG{signal}: {ROUNDS} kills inside the frozen window, {failures} \
+             left frozen, slowest thaw after the kill {worst:?}"
+        );
+        results.push((signal, failures, worst));
+    }
+    wait_lock_free(&state_dir);
+    let lock = OpLock::acquire(&state_dir).unwrap();
+    let leftover = state::recover(&state_dir).unwrap();
+    assert!(leftover.is_empty(), "recover had to thaw {leftover:?}");
+    drop(lock);
+    // Let the orphaned snapshot commands (sleep 3) finish and reap them.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+            Ok(Some(_)) => {}
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break, // ECHILD: none left
+        }
+    }
+    for (signal, failures, worst) in results {
+        assert_eq!(
+            failures, 0,
+            "SIG{signal}: {failures} rounds left the filesystem frozen"
+        );
+        assert!(
+            worst < Duration::from_secs(2),
+            "SIG{signal}: a thaw took {worst:?}"
+        );
+    }
 }
