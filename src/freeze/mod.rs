@@ -392,6 +392,9 @@ fn interrupted() -> Problem {
 }
 
 fn guard_fired_problem(f: GuardFired) -> Problem {
+    if f.reason == GuardReason::Signal && termination_requested() {
+        return interrupted();
+    }
     let why = match f.reason {
         GuardReason::Deadline => "its deadline passed",
         GuardReason::Signal => "it was told to by a signal",
