@@ -221,6 +221,7 @@ impl<'a> Operation<'a> {
             let failure = if hook.hold {
                 match hooks::hold::start_held(spec, &ctx, limits) {
                     Ok(held) => {
+                        self.hook_results.push(held.pre_result().clone());
                         self.held.push((i, held));
                         None
                     }
