@@ -137,6 +137,14 @@ fn print_problems(problems: &[Problem]) {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> i32 {
+    // Only the commands that freeze trade the default "die on SIGTERM" for "tell the guard to
+    // thaw now, then finish cleanly" (a second signal still exits at once).
+    if matches!(
+        cli.command,
+        Command::Snapshot { dry_run: false, .. } | Command::Serve
+    ) {
+        let _ = crate::freeze::install_signal_handlers();
+    }
     match cli.command {
         Command::Snapshot { json, dry_run } => {
             if dry_run {
