@@ -536,7 +536,10 @@ pub fn serve(cfg: Config) -> i32 {
                 if allowed {
                     serve_connection(&server, stream, true);
                 } else {
+                    // Read the (bounded) request first so the caller gets the answer rather
+                    // than a reset connection.
                     let mut s = stream;
+                    let _ = http::read_request(&mut s);
                     let _ = problem_json(403, ErrorCode::Unauthorized, "caller not allowed")
                         .write_to(&mut s);
                 }
