@@ -58,8 +58,14 @@ fn log_and_state_on_the_frozen_filesystem() {
         .find("snapshot command succeeded")
         .unwrap_or_else(|| panic!("no end line in:\n{text}"));
     assert!(started < finished, "{text}");
-    assert!(!fs.path("state/freeze.json").exists(), "state file removed after thaw");
-    assert!(support::writable_within(&fs.mount_point, Duration::from_secs(2)));
+    assert!(
+        !fs.path("state/freeze.json").exists(),
+        "state file removed after thaw"
+    );
+    assert!(support::writable_within(
+        &fs.mount_point,
+        Duration::from_secs(2)
+    ));
     // The catalog on the same filesystem recorded the run after the thaw.
     let (_, hist) = quiesce_json(&["history", "--json", "--config", cfg.to_str().unwrap()]);
     assert_eq!(hist[0]["operation_id"], report["operation_id"]);
@@ -99,7 +105,11 @@ fn history_across_outcomes_and_a_killed_run() {
     let fs2 = LoopFs::new("ext4", 64);
     let text = std::fs::read_to_string(&failed).unwrap().replace(
         &format!("include = [{}]", q(&fs.mount_point)),
-        &format!("include = [{}, {}]", q(&fs.mount_point), q(&fs2.mount_point)),
+        &format!(
+            "include = [{}, {}]",
+            q(&fs.mount_point),
+            q(&fs2.mount_point)
+        ),
     );
     std::fs::write(&failed, text).unwrap();
     let slow = write_cfg("slow.toml", &ok, &slow_snap, true);
@@ -126,7 +136,10 @@ fn history_across_outcomes_and_a_killed_run() {
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(support::writable_within(&fs.mount_point, Duration::from_secs(3)));
+    assert!(support::writable_within(
+        &fs.mount_point,
+        Duration::from_secs(3)
+    ));
 
     // The next run records normally (and recovers the state the killed run left).
     let (code, r) = quiesce_json(&["snapshot", "--json", "--config", good.to_str().unwrap()]);
@@ -137,7 +150,10 @@ fn history_across_outcomes_and_a_killed_run() {
     assert_eq!(code, 0);
     let rows = hist.as_array().unwrap();
     assert_eq!(rows.len(), 4, "exactly the four completed runs: {hist:#}");
-    let got: Vec<&str> = rows.iter().map(|r| r["operation_id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = rows
+        .iter()
+        .map(|r| r["operation_id"].as_str().unwrap())
+        .collect();
     let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
     want.reverse();
     assert_eq!(got, want, "newest first");
@@ -160,5 +176,8 @@ fn history_across_outcomes_and_a_killed_run() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("degraded") && table.contains("failed"), "{table}");
+    assert!(
+        table.contains("degraded") && table.contains("failed"),
+        "{table}"
+    );
 }

@@ -261,7 +261,12 @@ pub(crate) fn script_launch(
     attempt: u32,
     deadline_unix: u64,
 ) -> std::io::Result<process::Launch> {
-    Ok(process::Launch::trusted(file, &spec.args)?
+    let launch = process::Launch::trusted(file, &spec.args)?;
+    let launch = match ctx.phase {
+        Phase::Pre => launch.interruptible(),
+        Phase::Post => launch,
+    };
+    Ok(launch
         .env("QUIESCE_PHASE", ctx.phase.as_str())
         .env("QUIESCE_OPERATION_ID", &ctx.operation_id)
         .env("QUIESCE_HOOK", &ctx.hook)

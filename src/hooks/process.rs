@@ -88,6 +88,7 @@ pub struct Launch {
     exec_fd: Option<OwnedFd>,
     capture_stdout: usize,
     watch_line: Option<Vec<u8>>,
+    interruptible: bool,
 }
 
 impl Launch {
@@ -148,6 +149,7 @@ impl Launch {
             exec_fd: None,
             capture_stdout: 0,
             watch_line: None,
+            interruptible: false,
         }
     }
 
@@ -175,6 +177,15 @@ impl Launch {
     /// [`Process::wait_for_line`].
     pub fn watch_line(mut self, line: &str) -> Launch {
         self.watch_line = Some(line.as_bytes().to_vec());
+        self
+    }
+
+    /// Let SIGTERM/SIGINT to quiesce cut the waits short, as if the deadline had passed (the
+    /// group is then terminated as on a timeout). Used for pre scripts and the snapshot
+    /// command: once quiesce is told to stop, nothing new should be waited for. Post scripts
+    /// are not interruptible: they resume the applications.
+    pub fn interruptible(mut self) -> Launch {
+        self.interruptible = true;
         self
     }
 
@@ -241,6 +252,7 @@ impl Launch {
             capture_limit: self.capture_stdout,
             capture_overflow: false,
             watch: self.watch_line.clone(),
+            interruptible: self.interruptible,
             line: Vec::new(),
             line_overlong: false,
             line_seen: false,
@@ -290,6 +302,8 @@ pub struct Process {
     capture_limit: usize,
     capture_overflow: bool,
     watch: Option<Vec<u8>>,
+    /// Waits end early once SIGTERM/SIGINT was received (see [`Launch::interruptible`]).
+    interruptible: bool,
     line: Vec<u8>,
     line_overlong: bool,
     line_seen: bool,
@@ -303,6 +317,21 @@ pub struct Process {
 }
 
 impl Process {
+    /// True when this process may be cut short and quiesce was asked to terminate.
+    fn interrupted(&self) -> bool {
+        self.interruptible && crate::freeze::termination_requested()
+    }
+
+    /// How long one poll may sleep: interruptible waits wake at least every 100 ms, so a
+    /// signal that lands just before `poll` is still noticed promptly.
+    fn poll_budget(&self, left: Duration) -> Duration {
+        if self.interruptible {
+            left.min(Duration::from_millis(100))
+        } else {
+            left
+        }
+    }
+
     /// Pid of the leader, which is also the process group id.
     pub fn pid(&self) -> i32 {
         self.pid.as_raw_nonzero().get()
@@ -367,10 +396,10 @@ impl Process {
                 return Some(e.clone());
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.interrupted() {
                 return None;
             }
-            self.poll_once(Some(deadline - now), None);
+            self.poll_once(Some(self.poll_budget(deadline - now)), None);
         }
     }
 
@@ -385,10 +414,10 @@ impl Process {
                 return LineWait::Exited(e.clone());
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.interrupted() {
                 return LineWait::Deadline;
             }
-            self.poll_once(Some(deadline - now), None);
+            self.poll_once(Some(self.poll_budget(deadline - now)), None);
         }
     }
 

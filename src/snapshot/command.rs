@@ -82,6 +82,7 @@ impl Provider for CommandProvider {
         );
         let devices = join(ctx.frozen.iter().map(|t| t.source.as_str()));
         let launch = Launch::argv(&self.argv)
+            .interruptible()
             .env("QUIESCE_OPERATION_ID", ctx.operation_id)
             .env("QUIESCE_FROZEN_MOUNTS", mounts)
             .env("QUIESCE_FROZEN_DEVICES", devices)
@@ -108,6 +109,15 @@ impl Provider for CommandProvider {
         };
         match end {
             AttemptEnd::Exited { code: 0 } => {}
+            AttemptEnd::TimedOut if crate::freeze::termination_requested() => {
+                return Err(SnapshotError {
+                    code: ErrorCode::Interrupted,
+                    message: format!(
+                        "`{}` was stopped: quiesce received SIGTERM/SIGINT{stderr_quote}",
+                        self.display()
+                    ),
+                });
+            }
             AttemptEnd::TimedOut => {
                 tracing::error!(command = %self.display(), stderr = %stderr, "snapshot command timed out");
                 return Err(SnapshotError {
