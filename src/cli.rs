@@ -78,6 +78,32 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
+    /// Host side: ask a running `quiesce serve` to run the pre hooks and freeze.
+    Prepare {
+        /// Operation id (letters, digits, '-', '_', '.'); the same id makes a repeat idempotent.
+        #[arg(long)]
+        id: String,
+        /// The guard thaws at this deadline if release never comes ("30s").
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Socket of the server (default: server.socket of the configuration).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Host side: thaw and run the post hooks; prints the final report.
+    Release {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Host side: the state of an operation.
+    Status {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 /// Parse the command line, run, and return the process exit code.
@@ -128,7 +154,45 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check { json } => check(cli.config, json),
         Command::Mounts { json } => mounts(cli.config, json),
         Command::Recover { json } => recover(cli.config, json),
-        Command::Snapshots { .. } | Command::History { .. } | Command::Serve => {
+        Command::Serve => {
+            let cfg = match config::load(cli.config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(errs) => {
+                    print_problems(&errs.0);
+                    return 1;
+                }
+            };
+            crate::server::serve(cfg)
+        }
+        Command::Prepare {
+            id,
+            deadline,
+            socket,
+        } => {
+            let body = deadline.map(|d| serde_json::json!({ "deadline": d }));
+            client(
+                cli.config,
+                socket,
+                "POST",
+                &format!("/v1/operations/{id}/prepare"),
+                body,
+            )
+        }
+        Command::Release { id, socket } => client(
+            cli.config,
+            socket,
+            "POST",
+            &format!("/v1/operations/{id}/release"),
+            None,
+        ),
+        Command::Status { id, socket } => client(
+            cli.config,
+            socket,
+            "GET",
+            &format!("/v1/operations/{id}"),
+            None,
+        ),
+        Command::Snapshots { .. } | Command::History { .. } => {
             eprintln!("quiesce: not implemented yet");
             1
         }
@@ -148,7 +212,7 @@ fn config_failure_report(problems: &[Problem]) -> Report {
     let cfg = Config::defaults(std::path::Path::new(""));
     pipeline::bare_report(
         &cfg,
-        &pipeline::opid::new(),
+        &pipeline::opid::generate(),
         std::time::Instant::now(),
         std::time::SystemTime::now(),
         problems.to_vec(),
@@ -181,6 +245,12 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
         }
     }
     let provider = crate::snapshot::from_config(&cfg.snapshot);
+    problems.extend(
+        provider
+            .check()
+            .into_iter()
+            .map(|e| Problem::new(e.code, e.message)),
+    );
     let mut freeze = Vec::new();
     if cfg.freeze.enabled {
         match crate::freeze::plan::plan_system(&cfg.freeze, &provider.must_not_freeze()) {
@@ -296,6 +366,39 @@ fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
             } else {
                 print_problems(&[p]);
             }
+            1
+        }
+    }
+}
+
+fn client(
+    config_path: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> i32 {
+    let socket = socket.unwrap_or_else(|| load_or_defaults(config_path).server.socket);
+    match crate::server::client::call(
+        &socket,
+        method,
+        path,
+        body.as_ref(),
+        std::time::Duration::from_secs(3600),
+    ) {
+        Ok((status, value)) => {
+            print_json(&value);
+            let report_status = value["status"].as_str();
+            match (status, report_status) {
+                (200, Some("degraded")) => Status::Degraded.exit_code(),
+                (200, Some("failed")) => 1,
+                (200, _) if value["state"] == "failed" => 1,
+                (200, _) => 0,
+                _ => 1,
+            }
+        }
+        Err(e) => {
+            eprintln!("quiesce: {e}");
             1
         }
     }

@@ -99,7 +99,10 @@ fn native(dir: &Scratch, plugins: &[&Path], include: &[&Path]) -> PathBuf {
     let freeze = if include.is_empty() {
         "enabled = false".to_string()
     } else {
-        format!("enabled = true\ntimeout = \"30s\"\ninclude = [{}]", list(include))
+        format!(
+            "enabled = true\ntimeout = \"30s\"\ninclude = [{}]",
+            list(include)
+        )
     };
     let text = format!(
         "azure_plugins = [{}]\n[paths]\nstate_dir = {:?}\ncatalog = {:?}\n[freeze]\n{freeze}\n\
@@ -150,7 +153,10 @@ fn pre_script_execution_failed() {
     let r = azure_run(Some(FAIL), Some(OK), |_, _, _| {});
     assert_code(&r, "Pre-ScriptExecutionFailed");
     let hooks = r.report["hooks"].as_array().unwrap();
-    assert!(hooks[0]["stderr_tail"].as_str().unwrap().contains("failing"));
+    assert!(hooks[0]["stderr_tail"]
+        .as_str()
+        .unwrap()
+        .contains("failing"));
     // The post script of a started pre still runs.
     assert!(hooks.iter().any(|h| h["phase"] == "post"));
 }
@@ -199,7 +205,10 @@ fn pre_script_timeout() {
     let started = std::time::Instant::now();
     let r = snapshot_json(&plugin_host(&d, &[&json]));
     assert_code(&r, "Pre-ScriptTimeout");
-    assert!(started.elapsed().as_secs() < 10, "the timeout was not enforced");
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "the timeout was not enforced"
+    );
 }
 
 #[test]
@@ -228,19 +237,29 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
     std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o644)).unwrap();
     let r = snapshot_json(&unsafe_host);
     assert_code(&r, "IncorrectPluginhostFile");
-    assert_eq!(r.report["hooks"].as_array().unwrap().len(), 0, "no script may run");
+    assert_eq!(
+        r.report["hooks"].as_array().unwrap().len(),
+        0,
+        "no script may run"
+    );
 }
 
 #[test]
 fn incorrect_json_config_file_broken_and_unsafe() {
     let d = Scratch::new("azure-json");
     let marker = d.join("ran");
-    let pre = d.script("pre.sh", &format!("#!/bin/sh\ntouch {}\n", marker.display()));
+    let pre = d.script(
+        "pre.sh",
+        &format!("#!/bin/sh\ntouch {}\n", marker.display()),
+    );
     let json = plugin_json(&d, "p.json", &pre, &pre, "");
     let text = std::fs::read_to_string(&json).unwrap();
     let broken = d.file(
         "broken.json",
-        &text.replace("\"fsFreezeEnabled\": false", "\"fsFreezeEnabled\": \"false\""),
+        &text.replace(
+            "\"fsFreezeEnabled\": false",
+            "\"fsFreezeEnabled\": \"false\"",
+        ),
         0o600,
     );
     let r = snapshot_json(&plugin_host(&d, &[&broken]));
@@ -253,7 +272,10 @@ fn incorrect_json_config_file_broken_and_unsafe() {
     std::os::unix::fs::chown(&json, Some(65534), None).unwrap();
     let r = snapshot_json(&plugin_host(&d, &[&json]));
     assert_code(&r, "IncorrectJSONConfigFile");
-    assert!(!marker.exists(), "a script of an unsafe config must never run");
+    assert!(
+        !marker.exists(),
+        "a script of an unsafe config must never run"
+    );
 }
 
 #[test]
@@ -304,7 +326,10 @@ fn params_are_passed_as_argv_without_a_shell() {
 fn check_lists_every_problem_and_runs_nothing() {
     let d = Scratch::new("check");
     let marker = d.join("ran");
-    let good = d.script("good.sh", &format!("#!/bin/sh\ntouch {}\n", marker.display()));
+    let good = d.script(
+        "good.sh",
+        &format!("#!/bin/sh\ntouch {}\n", marker.display()),
+    );
     let loose = d.file("loose.sh", OK, 0o750);
     let missing = d.join("missing.sh");
     let one = plugin_json(&d, "one.json", &missing, &good, "");
@@ -322,7 +347,10 @@ fn check_lists_every_problem_and_runs_nothing() {
         .iter()
         .map(|p| p["code"].as_str().unwrap().to_string())
         .collect();
-    assert!(found.contains(&"Pre-ScriptNotFound".to_string()), "{found:?}");
+    assert!(
+        found.contains(&"Pre-ScriptNotFound".to_string()),
+        "{found:?}"
+    );
     assert!(
         found.contains(&"InsufficientPermissionforPost-Script".to_string()),
         "{found:?}"
@@ -396,7 +424,14 @@ fn all_good_reaches_application_consistency() {
     assert_eq!(r.report["status"], "succeeded");
     assert_eq!(r.code, 0);
     assert!(r.report["frozen_ms"].as_u64().is_some());
-    for k in ["pre_ms", "freeze_ms", "snapshot_ms", "thaw_ms", "post_ms", "total_ms"] {
+    for k in [
+        "pre_ms",
+        "freeze_ms",
+        "snapshot_ms",
+        "thaw_ms",
+        "post_ms",
+        "total_ms",
+    ] {
         assert!(r.report["timings"][k].as_u64().is_some(), "missing {k}");
     }
     assert!(support::writable_within(

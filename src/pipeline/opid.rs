@@ -2,7 +2,7 @@
 //! and safe in file names.
 
 /// A new operation id.
-pub fn new() -> String {
+pub fn generate() -> String {
     let mut rnd = [0u8; 4];
     // getrandom only fails before the pool is initialised at early boot; fall back to the pid.
     if rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty()).is_err() {
@@ -32,8 +32,8 @@ pub fn is_valid(s: &str) -> bool {
 mod tests {
     #[test]
     fn ids_are_valid_and_distinct() {
-        let a = super::new();
-        let b = super::new();
+        let a = super::generate();
+        let b = super::generate();
         assert_ne!(a, b);
         assert!(super::is_valid(&a), "{a}");
         assert_eq!(a.len(), "20261125T213000Z-1a2b3c4d".len(), "{a}");

@@ -2,6 +2,7 @@
 
 pub mod btrfs;
 pub mod command;
+pub mod retention;
 
 use crate::codes::ErrorCode;
 use crate::config::{ProviderConfig, SnapshotConfig};
@@ -61,6 +62,12 @@ pub trait Provider: Send {
     /// Whether this provider takes a snapshot at all (`none` does not).
     fn takes_snapshots(&self) -> bool {
         true
+    }
+
+    /// Every problem that would make `take` fail, found without making anything (paths,
+    /// kinds of filesystem, ...). For `quiesce check`, the dry run. Empty: nothing found.
+    fn check(&self) -> Vec<SnapshotError> {
+        Vec::new()
     }
 
     /// Take the snapshot; called while the freeze holds.

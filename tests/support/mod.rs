@@ -157,9 +157,8 @@ impl Drop for LoopFs {
         thaw(&self.mount_point);
         let mounted = std::fs::read_to_string("/proc/self/mountinfo")
             .map(|s| {
-                s.lines().any(|l| {
-                    l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or(""))
-                })
+                s.lines()
+                    .any(|l| l.split(' ').nth(4) == Some(self.mount_point.to_str().unwrap_or("")))
             })
             .unwrap_or(false);
         if mounted {
@@ -233,4 +232,70 @@ pub fn writable_within(mount_point: &Path, deadline: Duration) -> bool {
 /// Path of the quiesce binary under test.
 pub fn quiesce_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quiesce"))
+}
+
+/// A `quiesce serve` process, stopped (SIGTERM, then SIGKILL) and reaped on drop.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl ServeProcess {
+    /// Start `quiesce serve --config <config>` and wait until `socket` accepts connections.
+    pub fn start(config: &Path, socket: &Path) -> ServeProcess {
+        let child = Command::new(quiesce_bin())
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start quiesce serve");
+        let server = ServeProcess {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "quiesce serve did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send a signal to the server.
+    pub fn signal(&self, sig: &str) {
+        sh("kill", &[&format!("-{sig}"), &self.pid().to_string()]);
+    }
+
+    /// Wait for the server to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
 }
