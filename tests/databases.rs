@@ -1149,8 +1149,9 @@ fn mariadb_hold_killed_while_holding_is_hold_lost() {
     let m = mariadb_setup("db-my3");
     let snaps = m.private.join("snaps");
     std::fs::create_dir_all(&snaps).unwrap();
-    // Kill the hook itself (the top bash process running the installed script).
-    let snap = killing_snapshot_script(&m.private, &snaps, &m.vol.image, p(&m.hook), None);
+    // Kill the hook itself: the top bash process whose arguments name this test's --out-dir
+    // (quiesce runs it as `/bin/bash /proc/self/fd/N ARGS`).
+    let snap = killing_snapshot_script(&m.private, &snaps, &m.vol.image, p(&m.positions), None);
     let config = write_config(
         &ConfigSpec {
             private: &m.private,
