@@ -69,7 +69,9 @@ fn snapshot_script(
 ) -> PathBuf {
     let mut body = format!(
         "#!/bin/sh\n# Test snapshot provider: copies of the loop images.\nset -eu\n\
+         exec 2>>{}\nset -x\n\
          dest={}/\"${{QUIESCE_OPERATION_ID:-$(date +%s%N)}}\"\nmkdir \"$dest\"\n",
+        p(&snaps.join("stderr.log")),
         p(snaps)
     );
     for (i, (img, name)) in images.iter().enumerate() {
@@ -758,10 +760,10 @@ fn postgres_two_volumes_held_backup_restores_with_backup_label() {
     let (pg, open) = (&env.pg, &env.open);
 
     for (i, (dir, backup, before)) in taken.iter().enumerate() {
-        let pair = attach_pair(&open, dir, &format!("r{i}"));
+        let pair = attach_pair(open, dir, &format!("r{i}"));
         pg_restore_prepare(&pair.data, backup, &pair.wal);
         let mut restored = Postgres::start(
-            &pg,
+            pg,
             &pair.data,
             &open.path().join(format!("rsock{i}")),
             &open.path().join(format!("restore{i}.log")),
@@ -846,7 +848,7 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
         let text = text.replacen(
             "set -eu\n",
             &format!(
-                "set -eu\ntrap '{ff} -u {w} 2>/dev/null; {ff} -u {d} 2>/dev/null' EXIT\n",
+                "set -eu\ntrap 'rc=$?; set +e; {ff} -u {w} 2>/dev/null; {ff} -u {d} 2>/dev/null; exit $rc' EXIT\n",
                 ff = p(&fsfreeze),
                 w = p(&env.walvol.mount_point),
                 d = p(&env.datavol.mount_point)
@@ -886,7 +888,14 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
         "b.toml",
     );
     let run_b = quiesce_snapshot(&config_b);
-    assert_eq!(run_b.consistency(), "crash", "{}", run_b.describe());
+    assert_eq!(
+        run_b.consistency(),
+        "crash",
+        "{}\nscript:\n{}\nsnapshot stderr: {}",
+        run_b.describe(),
+        std::fs::read_to_string(&snap_b).unwrap_or_default(),
+        std::fs::read_to_string(env.snaps.join("stderr.log")).unwrap_or_default()
+    );
     assert_not_frozen(&[&env.walvol.mount_point, &env.datavol.mount_point]);
 
     let config_c = write_config(
@@ -914,10 +923,10 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
 
     // A: crash recovery, invariant holds.
     let dir_a = PathBuf::from(&run_a.snapshot_ids()[0]);
-    let pair = attach_pair(&open, &dir_a, "a");
+    let pair = attach_pair(open, &dir_a, "a");
     crash_restore_prepare(&pair);
     let mut restored = Postgres::start(
-        &pg,
+        pg,
         &pair.data,
         &open.path().join("sock-a"),
         &open.path().join("a.log"),
@@ -930,10 +939,10 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
 
     // B: the same crash recovery refuses to start.
     let dir_b = PathBuf::from(&run_b.snapshot_ids()[0]);
-    let pair = attach_pair(&open, &dir_b, "b");
+    let pair = attach_pair(open, &dir_b, "b");
     crash_restore_prepare(&pair);
     let err = match Postgres::start(
-        &pg,
+        pg,
         &pair.data,
         &open.path().join("sock-b"),
         &open.path().join("b.log"),
@@ -959,10 +968,10 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
 
     // C: the same copies with the held backup: backup recovery, invariant holds.
     let dir_c = PathBuf::from(&run_c.snapshot_ids()[0]);
-    let pair = attach_pair(&open, &dir_c, "c");
+    let pair = attach_pair(open, &dir_c, "c");
     pg_restore_prepare(&pair.data, &backup_c, &pair.wal);
     let mut restored = Postgres::start(
-        &pg,
+        pg,
         &pair.data,
         &open.path().join("sock-c"),
         &open.path().join("c.log"),
@@ -1032,7 +1041,7 @@ fn killing_snapshot_script(
         None => "! tr '\\0' ' ' < /proc/$ppid/cmdline | grep -qF -- \"$mark\"".to_string(),
     };
     let body = format!(
-        "#!/bin/bash\nset -u\nmark={mark}\nkilled=\"\"\n\
+        "#!/bin/bash\nset -u\nmark='{mark}'\nkilled=\"\"\n\
          for d in /proc/[0-9]*; do\n\
            pid=${{d#/proc/}}\n\
            [ \"$pid\" = $$ ] && continue\n\
@@ -1044,7 +1053,7 @@ fn killing_snapshot_script(
          echo \"killed$killed\" >&2\nsleep 1\n\
          dest={snaps}/\"${{QUIESCE_OPERATION_ID:-$(date +%s%N)}}\"\nmkdir \"$dest\"\n\
          cp --reflink=auto --sparse=always {image} \"$dest/data.img\"\necho \"$dest\"\n",
-        mark = format!("'{mark}'"),
+        mark = mark,
         snaps = p(snaps),
         image = p(image),
     );
