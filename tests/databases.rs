@@ -1212,14 +1212,24 @@ fn mariadb_hold_killed_while_holding_is_hold_lost() {
     eprintln!("my3 figures: total {}", secs(t0.elapsed()));
 }
 
-#[test]
-fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
-    require_root();
-    let _slot = SLOTS.take();
-    let t0 = Instant::now();
+/// A PostgreSQL server on one ext4 loop volume with the hook's role, pgbench tables, a
+/// passfile and the pg-backup-hold hook installed. Fields drop server first.
+struct PgOne {
+    server: Postgres,
+    vol: LoopFs,
+    open: OpenDir,
+    private: Scratch,
+    data: PathBuf,
+    snaps: PathBuf,
+    backups: PathBuf,
+    passfile: PathBuf,
+    hook: PathBuf,
+}
+
+fn pg_one_volume(tag: &str) -> PgOne {
     let pg = User::get("postgres");
-    let open = OpenDir::new("db-pg4");
-    let private = Scratch::new("db-pg4-priv");
+    let open = OpenDir::new(tag);
+    let private = Scratch::new(&format!("{tag}-priv"));
     let snaps = private.join("snaps");
     let backups = private.join("backups");
     std::fs::create_dir_all(&snaps).unwrap();
@@ -1232,7 +1242,7 @@ fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
     );
     let data = vol.path("pgdata");
     pg_initdb(&pg, &data, None);
-    let mut server = Postgres::start(
+    let server = Postgres::start(
         &pg,
         &data,
         &open.path().join("sock"),
@@ -1247,31 +1257,171 @@ fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
         0o600,
     );
     let hook = install_hook(&private, "pg-backup-hold");
-    // Kill the hook's psql (its command line names this test's socket directory).
-    let snap = killing_snapshot_script(&private, &snaps, &vol.image, p(&server.sock), Some("psql"));
+    PgOne {
+        server,
+        vol,
+        open,
+        private,
+        data,
+        snaps,
+        backups,
+        passfile,
+        hook,
+    }
+}
+
+impl PgOne {
+    fn hold_hook_argv(&self) -> Vec<String> {
+        vec![
+            s(&self.hook),
+            "--out-dir".into(),
+            s(&self.backups),
+            "--conninfo".into(),
+            self.server.quiesce_conninfo(),
+            "--passfile".into(),
+            s(&self.passfile),
+            "--copy-wal-from".into(),
+            s(&self.data.join("pg_wal")),
+        ]
+    }
+
+    /// No hook session or replication slot left (polls: the server notices a closed
+    /// connection when its backend next looks), then a write and a whole new backup work.
+    fn assert_clean_and_writable(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.server.psql(
+                "postgres",
+                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'quiesce%') \
+                      + (SELECT count(*) FROM pg_replication_slots)",
+            );
+            if left == "0" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hook session or slot left: {left}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.server.psql(
+            "postgres",
+            "CREATE TABLE IF NOT EXISTS after_broken_hold (x int); \
+             INSERT INTO after_broken_hold VALUES (1)",
+        );
+        self.server.psql(
+            "postgres",
+            "SELECT pg_backup_start('after', true); SELECT lsn FROM pg_backup_stop(false)",
+        );
+    }
+}
+
+/// A filesystem frozen by the test itself (as a crashed tool or an operator may leave one),
+/// thawed on drop.
+struct FrozenByTest<'a>(&'a Path);
+
+impl Drop for FrozenByTest<'_> {
+    fn drop(&mut self) {
+        support::thaw(self.0);
+    }
+}
+
+#[test]
+fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
+    require_root();
+    let _slot = SLOTS.take();
+    let t0 = Instant::now();
+    let env = pg_one_volume("db-pg5");
+    let snap = snapshot_script(
+        &env.private,
+        &env.snaps,
+        &[(&env.vol.image, "data.img")],
+        &[],
+    );
+    // pg_backup_start waits for an immediate checkpoint; with the data volume frozen (left
+    // so by someone else: quiesce's own freeze is off here) the checkpoint cannot finish,
+    // so READY never comes and quiesce's pre timeout ends the hook.
     let config = write_config(
         &ConfigSpec {
-            private: &private,
-            freeze: Some(&[&vol.mount_point]),
+            private: &env.private,
+            freeze: None,
             snapshot: &snap,
             hook_name: "postgres",
-            hook: Some(vec![
-                s(&hook),
-                "--out-dir".into(),
-                s(&backups),
-                "--conninfo".into(),
-                server.quiesce_conninfo(),
-                "--passfile".into(),
-                s(&passfile),
-                "--copy-wal-from".into(),
-                s(&data.join("pg_wal")),
-            ]),
+            hook: Some(env.hold_hook_argv()),
+            hold: true,
+            hook_timeout: "3s",
+        },
+        "quiesce.toml",
+    );
+    let frozen = FrozenByTest(&env.vol.mount_point);
+    support::sh("fsfreeze", &["-f", p(&env.vol.mount_point)]);
+    let run = quiesce_snapshot(&config);
+    assert!(
+        run.error_codes().contains(&"Pre-ScriptTimeout".to_string()),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.consistency(), "crash", "{}", run.describe());
+    // The hook's process group is gone: no psql of this test's server is left.
+    let sock = p(&env.server.sock).to_string();
+    let leftover: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (comm.trim() == "psql" && cmd.contains(&sock)).then_some(cmd)
+        })
+        .collect();
+    assert!(leftover.is_empty(), "psql left running: {leftover:?}");
+    drop(frozen);
+    assert_not_frozen(&[&env.vol.mount_point]);
+    assert!(!env.backups.join(run.operation_id()).exists());
+    env.assert_clean_and_writable();
+    eprintln!(
+        "pg5 READY never sent (checkpoint blocked): {:?} after {} ms; database writable, no session left",
+        run.error_codes(),
+        run.elapsed.as_millis()
+    );
+    eprintln!("pg5 figures: total {}", secs(t0.elapsed()));
+}
+
+#[test]
+fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
+    require_root();
+    let _slot = SLOTS.take();
+    let t0 = Instant::now();
+    let mut env = pg_one_volume("db-pg4");
+    // Kill the hook's psql (its command line names this test's socket directory).
+    let snap = killing_snapshot_script(
+        &env.private,
+        &env.snaps,
+        &env.vol.image,
+        p(&env.server.sock),
+        Some("psql"),
+    );
+    let config = write_config(
+        &ConfigSpec {
+            private: &env.private,
+            freeze: Some(&[&env.vol.mount_point]),
+            snapshot: &snap,
+            hook_name: "postgres",
+            hook: Some(env.hold_hook_argv()),
             hold: true,
             hook_timeout: "30s",
         },
         "quiesce.toml",
     );
-    let mut load = server.pgbench_load(2, &open.path().join("pgbench.log"));
+    let mut load = env
+        .server
+        .pgbench_load(2, &env.open.path().join("pgbench.log"));
     std::thread::sleep(Duration::from_secs(1));
     let run = quiesce_snapshot(&config);
     assert!(
@@ -1286,45 +1436,26 @@ fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
         "the hook did not say why: {}",
         run.describe()
     );
-    assert_not_frozen(&[&vol.mount_point]);
+    assert_not_frozen(&[&env.vol.mount_point]);
     assert!(
-        !backups.join(run.operation_id()).exists(),
+        !env.backups.join(run.operation_id()).exists(),
         "a backup label was stored although pg_backup_stop never ran"
     );
-    // No session, slot or backup left behind; writes and a new backup work.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = server.psql(
-            "postgres",
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'quiesce%') \
-                  + (SELECT count(*) FROM pg_replication_slots)",
-        );
-        if left == "0" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "hook session or slot left: {left}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let before = server.psql("bench", "SELECT count(*) FROM pgbench_history");
+    // No session, slot or backup left behind; pgbench goes on, writes and a new backup work.
+    env.assert_clean_and_writable();
+    let before = env
+        .server
+        .psql("bench", "SELECT count(*) FROM pgbench_history");
     std::thread::sleep(Duration::from_millis(500));
-    let after = server.psql("bench", "SELECT count(*) FROM pgbench_history");
+    let after = env
+        .server
+        .psql("bench", "SELECT count(*) FROM pgbench_history");
     assert_ne!(
         before, after,
         "pgbench makes no progress after the lost hold"
     );
-    server.psql(
-        "postgres",
-        "CREATE TABLE after_hold_lost (x int); INSERT INTO after_hold_lost VALUES (1)",
-    );
-    server.psql(
-        "postgres",
-        "SELECT pg_backup_start('after', true); SELECT lsn FROM pg_backup_stop(false)",
-    );
     load.stop();
-    server.stop();
+    env.server.stop();
     eprintln!(
         "pg4 psql killed while holding: {:?}, consistency {}; database writable, no backup left",
         run.error_codes(),
