@@ -467,14 +467,18 @@ impl Postgres {
 pub const MARIADB_QUIESCE_PASSWORD: &str = "quiesce-test-secret";
 
 /// `mariadb-install-db` into `datadir` (owned by mysql; root authenticates by unix socket).
-pub fn mariadb_install(my: &User, datadir: &Path) {
+/// Temporary tables go to `tmpdir` (created), not to the machine's shared /tmp.
+pub fn mariadb_install(my: &User, datadir: &Path, tmpdir: &Path) {
     mkdir_owned(datadir, Some(my));
+    mkdir_owned(tmpdir, Some(my));
     let (ok, out, err) = run(Command::new(need("mariadb-install-db"))
         .env_clear()
         .env("PATH", PATH)
+        .env("TMPDIR", tmpdir)
         .arg("--no-defaults")
         .arg(format!("--user={}", my.name))
         .arg(format!("--datadir={}", datadir.display()))
+        .arg(format!("--tmpdir={}", tmpdir.display()))
         .args([
             "--auth-root-authentication-method=socket",
             "--skip-test-db",
@@ -492,8 +496,9 @@ pub struct MariaDb {
 }
 
 impl MariaDb {
-    /// Start `mariadbd` as mysql on `datadir`, socket and pid file in `rundir` (created),
-    /// error log at `log`, binary log on (`binlog.*` in the datadir), durable commits.
+    /// Start `mariadbd` as mysql on `datadir`, socket, pid file and temporary files in
+    /// `rundir` (created), error log at `log`, binary log on (`binlog.*` in the datadir),
+    /// durable commits.
     pub fn start(my: &User, datadir: &Path, rundir: &Path, log: &Path) -> Result<MariaDb, String> {
         mkdir_owned(rundir, Some(my));
         let logf = log_file(log, my);
@@ -503,6 +508,7 @@ impl MariaDb {
             .arg(format!("--datadir={}", datadir.display()))
             .arg(format!("--socket={}", sock.display()))
             .arg(format!("--pid-file={}", rundir.join("pid").display()))
+            .arg(format!("--tmpdir={}", rundir.display()))
             .arg(format!("--log-error={}", logf.display()))
             .args([
                 "--skip-networking",
@@ -512,6 +518,8 @@ impl MariaDb {
                 "--innodb-flush-log-at-trx-commit=1",
                 "--innodb-buffer-pool-size=32M",
                 "--skip-name-resolve",
+                // No silent repair on open: a MyISAM table left open in a copy must show.
+                "--myisam-recover-options=OFF",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -605,9 +613,10 @@ impl MariaDb {
     }
 }
 
-/// A writer that inserts ids 1, 2, 3, ... into `w.log`, one autocommit transaction each,
-/// through one client session, and records when each insert was acknowledged (the client
-/// prints the id only after the INSERT returned). Stops on drop.
+/// A writer that inserts ids 1, 2, 3, ... into `w.log` (InnoDB), then the same id into
+/// `w.mlog` (MyISAM: not transactional, so only FLUSH TABLES closes it cleanly), autocommit,
+/// through one client session, and records when each id was acknowledged (the client prints
+/// it only after both INSERTs returned). Stops on drop.
 pub struct MariaWriter {
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<(u64, SystemTime)>>>,
@@ -615,8 +624,7 @@ pub struct MariaWriter {
 }
 
 impl MariaWriter {
-    /// `w.log` must exist: `CREATE TABLE w.log (id BIGINT PRIMARY KEY, at DATETIME(6),
-    /// payload VARCHAR(200))`.
+    /// `w.log` and `w.mlog` must exist (see the database tests' setup).
     pub fn start(server: &MariaDb) -> MariaWriter {
         let mut cmd = server.client();
         cmd.arg("--unbuffered")
@@ -642,7 +650,8 @@ impl MariaWriter {
                 }
                 id += 1;
                 let stmt = format!(
-                    "INSERT INTO w.log (id, at, payload) VALUES ({id}, NOW(6), REPEAT('x', 150));\nSELECT {id};\n"
+                    "INSERT INTO w.log (id, at, payload) VALUES ({id}, NOW(6), REPEAT('x', 150));\n\
+                     INSERT INTO w.mlog (id) VALUES ({id});\nSELECT {id};\n"
                 );
                 if let Err(e) = stdin.write_all(stmt.as_bytes()) {
                     break Err(format!("writer: {e}"));
