@@ -11,8 +11,10 @@
 //!   balance invariant holds, and every transaction committed before quiesce started is in it.
 //! - `mariadb_held_ftwrl_10_snapshots_under_write_load`: the mariadb-hold hook (FLUSH TABLES
 //!   WITH READ LOCK held across the snapshot): every insert acknowledged before the snapshot
-//!   started is in each restored copy, without gaps, and the binlog position the hook
-//!   recorded is exactly the one of the restored data.
+//!   started is in each restored copy, without gaps, in InnoDB and in a MyISAM table, which
+//!   checks clean (CHECK TABLE, no repair); the binlog position the hook recorded is exactly
+//!   the one of the restored data. A control copy taken with the freeze alone has the MyISAM
+//!   table "not closed properly": that is what the lock adds to a file-system-consistent copy.
 //! - `postgres_two_volumes_held_backup_restores_with_backup_label`: WAL and data on two
 //!   volumes, the pg-backup-hold hook; each copy restored with its backup_label and WAL
 //!   (pg-restore-prepare) runs "backup recovery" to the end-of-backup record and is
@@ -22,11 +24,13 @@
 //!   recovery suffices. Copied one after the other (as a provider that snapshots disks one
 //!   by one does), with a checkpoint in between, the copy does not start without the hook
 //!   ("could not locate a valid checkpoint record"), and does with it.
-//! - `mariadb_hold_never_ready_*` and `*_killed_while_holding_*`: broken holds. The READY
-//!   line never comes (FTWRL blocked by another session's LOCK TABLES): Pre-ScriptTimeout,
-//!   or the hook's own lock_wait_timeout (Pre-ScriptExecutionFailed). The hook or its client
-//!   killed while holding: HoldLost, consistency lowered to file-system. Afterwards the
-//!   database takes writes, no FTWRL or backup session is left, nothing is frozen.
+//! - `*_hold_never_ready_*` and `*_killed_while_holding_*`: broken holds. The READY line
+//!   never comes (MariaDB: FTWRL blocked by another session's LOCK TABLES; PostgreSQL:
+//!   pg_backup_start's checkpoint blocked by a volume someone else left frozen):
+//!   Pre-ScriptTimeout, or for MariaDB the hook's own lock_wait_timeout
+//!   (Pre-ScriptExecutionFailed). The hook (MariaDB) or its psql (PostgreSQL) killed while
+//!   holding: HoldLost, consistency lowered to file-system. Afterwards the database takes
+//!   writes, no FTWRL, backup session or replication slot is left, nothing is frozen.
 //!
 //! Run: `cargo test --test databases -- --nocapture` (as root; PostgreSQL 15 and MariaDB
 //! installed). The figures (durations, frozen time, recovery) are printed to stderr.
