@@ -30,6 +30,9 @@ pub struct Cli {
     /// Configuration file (.toml native, .json Azure plugin config, else Azure plugin host INI).
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// More log detail on stderr (-v debug, -vv trace); QUIESCE_LOG overrides.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -142,12 +145,16 @@ pub fn run(cli: Cli) -> i32 {
             let cfg = match config::load(cli.config.as_deref()) {
                 Ok(cfg) => cfg,
                 Err(errs) => {
+                    init_logging(&config::LogConfig::default(), cli.verbose);
                     let report = config_failure_report(&errs.0);
+                    tracing::error!(errors = %errs, "configuration refused; nothing was run");
                     emit(&report, json);
                     return report.status.exit_code();
                 }
             };
-            let report = pipeline::run_snapshot(&cfg, &RunOptions::default());
+            init_logging(&cfg.log, cli.verbose);
+            let mut report = pipeline::run_snapshot(&cfg, &RunOptions::default());
+            pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
             emit(&report, json);
             report.status.exit_code()
         }
@@ -162,6 +169,7 @@ pub fn run(cli: Cli) -> i32 {
                     return 1;
                 }
             };
+            init_logging(&cfg.log, cli.verbose);
             crate::server::serve(cfg)
         }
         Command::Prepare {
@@ -192,10 +200,8 @@ pub fn run(cli: Cli) -> i32 {
             &format!("/v1/operations/{id}"),
             None,
         ),
-        Command::Snapshots { .. } | Command::History { .. } => {
-            eprintln!("quiesce: not implemented yet");
-            1
-        }
+        Command::History { json, limit, since } => history(cli.config, json, limit, since),
+        Command::Snapshots { json } => snapshots(cli.config, json),
     }
 }
 
@@ -402,4 +408,92 @@ fn client(
             1
         }
     }
+}
+
+fn init_logging(cfg: &config::LogConfig, verbosity: u8) {
+    if let Err(e) = crate::logging::init(cfg, verbosity) {
+        eprintln!("quiesce: logging: {e}");
+    }
+}
+
+fn history(
+    config_path: Option<PathBuf>,
+    json: bool,
+    limit: Option<usize>,
+    since: Option<std::time::Duration>,
+) -> i32 {
+    let cfg = load_or_defaults(config_path);
+    let catalog = match crate::catalog::Catalog::open_read_only(&cfg.paths.catalog) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            if json {
+                println!("[]");
+            } else {
+                println!("no runs recorded yet ({})", cfg.paths.catalog.display());
+            }
+            return 0;
+        }
+        Err(e) => {
+            print_problems(&[e.problem()]);
+            return 1;
+        }
+    };
+    let since = since.map(|d| std::time::SystemTime::now() - d);
+    match catalog.history(limit, since) {
+        Ok(runs) => {
+            if json {
+                println!("{}", crate::catalog::render_history_json(&runs));
+            } else {
+                print!("{}", crate::catalog::render_history_table(&runs));
+            }
+            0
+        }
+        Err(e) => {
+            print_problems(&[e.problem()]);
+            1
+        }
+    }
+}
+
+fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
+    let cfg = load_or_defaults(config_path);
+    let provider = crate::snapshot::from_config(&cfg.snapshot);
+    let mut list = match provider.list() {
+        Ok(l) => l,
+        Err(e) => {
+            print_problems(&[Problem::new(e.code, e.message)]);
+            return 1;
+        }
+    };
+    if let Ok(Some(catalog)) = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog) {
+        for s in &mut list {
+            s.consistency = catalog
+                .consistency_of_snapshot(&s.provider, &s.id)
+                .ok()
+                .flatten();
+        }
+    }
+    if json {
+        print_json(&list);
+    } else if list.is_empty() {
+        println!("no snapshots (provider {})", provider.name());
+    } else {
+        println!(
+            "{:<26} {:<12} {:<8} ID",
+            "CREATED", "CONSISTENCY", "PROVIDER"
+        );
+        for s in &list {
+            let created = s
+                .created_unix
+                .map(|t| {
+                    pipeline::rfc3339(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t as u64),
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            let cons = s.consistency.map(|c| c.as_str()).unwrap_or("unknown");
+            println!("{created:<26} {cons:<12} {:<8} {}", s.provider, s.id);
+        }
+    }
+    0
 }

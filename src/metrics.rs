@@ -1,1 +1,366 @@
-//! TODO
+//! Metrics in the Prometheus text exposition format (version 0.0.4): the last run's
+//! outcome, per-hook figures of the last run, and totals over the catalog.
+//!
+//! The same text is written to a node_exporter textfile-collector file after each run
+//! ([`write_textfile`]) and served on `/metrics` by `quiesce serve`. Families:
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `quiesce_last_run_status` | gauge, 1 for the last run's status, 0 for the others | `status` |
+//! | `quiesce_last_run_consistency` | gauge, 1 for the level reached, 0 for the others | `consistency` |
+//! | `quiesce_last_run_consistency_level` | gauge: 0 none, 1 crash, 2 file-system, 3 application | |
+//! | `quiesce_last_run_target_consistency_level` | gauge, same scale: what the configuration aims at | |
+//! | `quiesce_last_run_frozen_seconds` | gauge, first freeze to last thaw (0: nothing frozen) | |
+//! | `quiesce_last_run_duration_seconds` | gauge, whole run | |
+//! | `quiesce_last_run_timestamp_seconds` | gauge, when the last run finished (epoch seconds) | |
+//! | `quiesce_last_run_hook_duration_seconds` | gauge | `hook`, `phase` |
+//! | `quiesce_last_run_hook_failed` | gauge, 1 if the script failed | `hook`, `phase` |
+//! | `quiesce_last_run_hook_attempts` | gauge | `hook`, `phase` |
+//! | `quiesce_runs_total` | counter, recorded runs | `status` |
+//! | `quiesce_errors_total` | counter, recorded errors (not warnings) | `code` |
+//!
+//! The `quiesce_last_run_*` families are absent until a run exists. Alert on
+//! `quiesce_last_run_consistency_level < quiesce_last_run_target_consistency_level` or on
+//! `time() - quiesce_last_run_timestamp_seconds` growing.
+
+use crate::report::{Consistency, Report, Status};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub use crate::catalog::Totals;
+
+/// One hook script of the last run, as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookMetric {
+    pub hook: String,
+    /// `pre` or `post`.
+    pub phase: String,
+    pub duration_ms: u64,
+    pub failed: bool,
+    pub attempts: u32,
+}
+
+/// What the metrics need of the last run. Built from a [`Report`] in the process that ran
+/// it, or from the catalog ([`crate::catalog::Catalog::last_run`]) in another process
+/// (`quiesce serve` showing the last timer-driven `quiesce snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub status: Status,
+    pub consistency: Consistency,
+    pub target_consistency: Consistency,
+    pub frozen_ms: Option<u64>,
+    pub total_ms: u64,
+    /// When it finished, seconds since the epoch (None if the report's time is unreadable).
+    pub finished_unix: Option<i64>,
+    pub hooks: Vec<HookMetric>,
+}
+
+impl LastRun {
+    pub fn from_report(r: &Report) -> LastRun {
+        LastRun {
+            status: r.status,
+            consistency: r.consistency,
+            target_consistency: r.target_consistency,
+            frozen_ms: r.frozen_ms,
+            total_ms: r.timings.total_ms,
+            finished_unix: humantime::parse_rfc3339_weak(&r.finished_at)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64),
+            hooks: r
+                .hooks
+                .iter()
+                .map(|h| HookMetric {
+                    hook: h.hook.clone(),
+                    phase: h.phase.as_str().to_string(),
+                    duration_ms: h.duration_ms,
+                    failed: !h.succeeded(),
+                    attempts: h.attempts.len() as u32,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The metrics text for the last run (if any) and the catalog totals.
+pub fn render(last: Option<&Report>, totals: &Totals) -> String {
+    render_last_run(last.map(LastRun::from_report).as_ref(), totals)
+}
+
+/// [`render`] from a [`LastRun`] (e.g. read back from the catalog).
+pub fn render_last_run(last: Option<&LastRun>, totals: &Totals) -> String {
+    let mut out = String::new();
+    if let Some(l) = last {
+        family(
+            &mut out,
+            "quiesce_last_run_status",
+            "gauge",
+            "Status of the last run: 1 for the status it ended with, 0 for the others.",
+        );
+        for s in [Status::Succeeded, Status::Degraded, Status::Failed] {
+            sample(
+                &mut out,
+                "quiesce_last_run_status",
+                &[("status", s.as_str())],
+                &bool_value(l.status == s),
+            );
+        }
+        family(
+            &mut out,
+            "quiesce_last_run_consistency",
+            "gauge",
+            "Consistency reached by the last run: 1 for the level reached, 0 for the others.",
+        );
+        for c in ALL_CONSISTENCIES {
+            sample(
+                &mut out,
+                "quiesce_last_run_consistency",
+                &[("consistency", c.as_str())],
+                &bool_value(l.consistency == c),
+            );
+        }
+        single(
+            &mut out,
+            "quiesce_last_run_consistency_level",
+            "Consistency reached by the last run: 0 none, 1 crash, 2 file-system, 3 application.",
+            &level(l.consistency).to_string(),
+        );
+        single(
+            &mut out,
+            "quiesce_last_run_target_consistency_level",
+            "Consistency a fully successful run of the configuration reaches (same scale).",
+            &level(l.target_consistency).to_string(),
+        );
+        single(
+            &mut out,
+            "quiesce_last_run_frozen_seconds",
+            "Time from the first freeze to the last thaw in the last run (0: nothing frozen).",
+            &seconds(l.frozen_ms.unwrap_or(0)),
+        );
+        single(
+            &mut out,
+            "quiesce_last_run_duration_seconds",
+            "Duration of the whole last run.",
+            &seconds(l.total_ms),
+        );
+        if let Some(t) = l.finished_unix {
+            single(
+                &mut out,
+                "quiesce_last_run_timestamp_seconds",
+                "When the last run finished, in seconds since the epoch.",
+                &t.to_string(),
+            );
+        }
+
+        // One series per (hook, phase); a pair seen twice is merged (durations and
+        // attempts added, failed if either failed) so no series is duplicated.
+        let mut hooks: BTreeMap<(&str, &str), HookMetric> = BTreeMap::new();
+        for h in &l.hooks {
+            hooks
+                .entry((h.hook.as_str(), h.phase.as_str()))
+                .and_modify(|m| {
+                    m.duration_ms += h.duration_ms;
+                    m.attempts += h.attempts;
+                    m.failed |= h.failed;
+                })
+                .or_insert_with(|| h.clone());
+        }
+        type PerHook = (&'static str, &'static str, fn(&HookMetric) -> String);
+        let per_hook: [PerHook; 3] = [
+            (
+                "quiesce_last_run_hook_duration_seconds",
+                "Time one hook script took in the last run, all attempts included.",
+                |m| seconds(m.duration_ms),
+            ),
+            (
+                "quiesce_last_run_hook_failed",
+                "1 if the hook script failed in the last run, else 0.",
+                |m| bool_value(m.failed),
+            ),
+            (
+                "quiesce_last_run_hook_attempts",
+                "Attempts the hook script needed in the last run.",
+                |m| m.attempts.to_string(),
+            ),
+        ];
+        for (name, help, value) in per_hook {
+            if hooks.is_empty() {
+                continue;
+            }
+            family(&mut out, name, "gauge", help);
+            for ((hook, phase), m) in &hooks {
+                sample(
+                    &mut out,
+                    name,
+                    &[("hook", hook), ("phase", phase)],
+                    &value(m),
+                );
+            }
+        }
+    }
+
+    family(
+        &mut out,
+        "quiesce_runs_total",
+        "counter",
+        "Runs recorded in the catalog, by status.",
+    );
+    for s in [Status::Succeeded, Status::Degraded, Status::Failed] {
+        let n = totals.runs_by_status.get(s.as_str()).copied().unwrap_or(0);
+        sample(
+            &mut out,
+            "quiesce_runs_total",
+            &[("status", s.as_str())],
+            &n.to_string(),
+        );
+    }
+    family(
+        &mut out,
+        "quiesce_errors_total",
+        "counter",
+        "Errors recorded in the catalog, by code.",
+    );
+    for (code, n) in &totals.errors_by_code {
+        sample(
+            &mut out,
+            "quiesce_errors_total",
+            &[("code", code)],
+            &n.to_string(),
+        );
+    }
+    out
+}
+
+const ALL_CONSISTENCIES: [Consistency; 4] = [
+    Consistency::None,
+    Consistency::Crash,
+    Consistency::FileSystem,
+    Consistency::Application,
+];
+
+fn level(c: Consistency) -> u8 {
+    match c {
+        Consistency::None => 0,
+        Consistency::Crash => 1,
+        Consistency::FileSystem => 2,
+        Consistency::Application => 3,
+    }
+}
+
+fn bool_value(b: bool) -> String {
+    if b { "1" } else { "0" }.to_string()
+}
+
+/// Milliseconds as decimal seconds ("1.234", "0", "0.05"); never exponent notation.
+fn seconds(ms: u64) -> String {
+    let (s, frac) = (ms / 1000, ms % 1000);
+    if frac == 0 {
+        s.to_string()
+    } else {
+        format!("{s}.{frac:03}").trim_end_matches('0').to_string()
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn single(out: &mut String, name: &str, help: &str, value: &str) {
+    family(out, name, "gauge", help);
+    sample(out, name, &[], value);
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: &str) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    out.push_str(value);
+    out.push('\n');
+}
+
+/// Label values escape backslash, double quote and line feed.
+pub fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// HELP text escapes backslash and line feed.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Writing the textfile failed.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics file {}: {source}", path.display())]
+pub struct MetricsError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Write `text` to `path` atomically for node_exporter's textfile collector: a temporary
+/// file in the same directory (named `.NAME.PID.tmp`, which the collector ignores since it
+/// only reads `*.prom`), fsync, mode 0644 (node_exporter runs unprivileged), rename over
+/// `path`, fsync the directory. A scrape never sees a half-written file. Call after the
+/// thaw (it writes to the directory's filesystem).
+pub fn write_textfile(path: &Path, text: &str) -> Result<(), MetricsError> {
+    let err = |source| MetricsError {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file name",
+        ))
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        // The umask may have narrowed the creation mode.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}

@@ -556,13 +556,47 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// After a run (never while frozen): record it in the catalog and write the metrics file.
-/// Failures here are logged, not fatal: the snapshot exists whatever the catalog says.
-pub fn finish(cfg: &Config, report: &Report, kind: &str) {
-    let _ = (cfg, report, kind);
+/// Failures here become `CatalogError` warnings, not failures: the snapshot exists whatever
+/// the catalog says.
+pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) {
+    use crate::catalog::Catalog;
+    let mut catalog = match Catalog::open(&cfg.paths.catalog) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the catalog");
+            report.warnings.push(e.problem());
+            return;
+        }
+    };
+    if let Err(e) = catalog.record(report, kind) {
+        tracing::error!(error = %e, "cannot record the run in the catalog");
+        report.warnings.push(e.problem());
+    }
+    if let Some(path) = &cfg.paths.metrics_file {
+        let result = catalog
+            .totals()
+            .map_err(|e| e.to_string())
+            .and_then(|totals| {
+                crate::metrics::write_textfile(path, &crate::metrics::render(Some(report), &totals))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot write the metrics file");
+            report.warnings.push(Problem::new(
+                ErrorCode::CatalogError,
+                format!("metrics file: {e}"),
+            ));
+        }
+    }
 }
 
-/// The Prometheus text for `/metrics` and the textfile collector.
+/// The Prometheus text for `/metrics`: the last run and the totals, read from the catalog
+/// (so runs made by other processes, e.g. a timer, show too).
 pub fn metrics_text(cfg: &Config) -> String {
-    let _ = cfg;
-    String::new()
+    use crate::catalog::Catalog;
+    let (last, totals) = match Catalog::open_read_only(&cfg.paths.catalog) {
+        Ok(Some(c)) => (c.last_run().ok().flatten(), c.totals().unwrap_or_default()),
+        _ => (None, Default::default()),
+    };
+    crate::metrics::render_last_run(last.as_ref(), &totals)
 }

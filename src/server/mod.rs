@@ -276,8 +276,8 @@ impl Server {
         }
         op.thaw();
         op.post_hooks();
-        let report = op.into_report();
-        pipeline::finish(self.cfg, &report, "served");
+        let mut report = op.into_report();
+        pipeline::finish(self.cfg, &mut report, crate::catalog::RunKind::Served);
         self.finish_done(id, answer, report.clone());
         Some(report)
     }

@@ -234,6 +234,65 @@ pub fn quiesce_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quiesce"))
 }
 
+/// A write+fsync probe that, unlike [`writable_within`], never thaws anything: it shows
+/// that a filesystem is frozen (the probe does not finish) without disturbing the freeze
+/// under test. A probe stuck on a frozen filesystem finishes once somebody thaws it (the
+/// code under test, or a LoopFs guard on drop); it is reaped in the background then.
+pub struct WriteProbe {
+    child: Option<std::process::Child>,
+    done: Option<bool>,
+}
+
+impl WriteProbe {
+    /// Start writing and fsyncing a small file in `dir`.
+    pub fn start(dir: &Path) -> WriteProbe {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let probe = dir.join(format!(".wprobe-{}-{n}", std::process::id()));
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("echo probe > \"$1\" && sync \"$1\" && rm -f \"$1\"")
+            .arg("probe")
+            .arg(&probe)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        WriteProbe {
+            child: Some(child),
+            done: None,
+        }
+    }
+
+    /// `Some(success)` if the probe finished within `deadline`, `None` if it is still
+    /// blocked (the filesystem is frozen).
+    pub fn finished_within(&mut self, deadline: Duration) -> Option<bool> {
+        let start = Instant::now();
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return self.done;
+            };
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                self.done = Some(st.success());
+                return self.done;
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for WriteProbe {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+    }
+}
+
 /// A `quiesce serve` process, stopped (SIGTERM, then SIGKILL) and reaped on drop.
 pub struct ServeProcess {
     pub child: std::process::Child,

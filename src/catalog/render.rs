@@ -1,0 +1,118 @@
+//! `quiesce history` output: a table for people, JSON for programs.
+
+use super::RunSummary;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// A readable table, newest run first as given: start time (UTC, seconds), operation id,
+/// kind, status, consistency (with the target when it was not reached), frozen
+/// milliseconds, and the error codes (repeats counted as `code x2`).
+pub fn render_history_table(runs: &[RunSummary]) -> String {
+    if runs.is_empty() {
+        return "no runs recorded\n".to_string();
+    }
+    let header = [
+        "STARTED (UTC)",
+        "OPERATION",
+        "KIND",
+        "STATUS",
+        "CONSISTENCY",
+        "FROZEN MS",
+        "ERRORS",
+    ];
+    let rows: Vec<[String; 7]> = runs.iter().map(row).collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == cells.len() - 1 {
+                l.push_str(cell);
+            } else if i == 5 {
+                // Numbers right-aligned.
+                l.push_str(&format!("{cell:>w$}  "));
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for r in &rows {
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+fn row(r: &RunSummary) -> [String; 7] {
+    let started = if r.started_unix >= 0 {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(r.started_unix as u64))
+            .to_string()
+    } else {
+        r.started_at.clone()
+    };
+    let kind = if r.dry_run {
+        format!("{} (dry run)", r.kind.as_str())
+    } else {
+        r.kind.as_str().to_string()
+    };
+    let consistency = if r.consistency < r.target_consistency {
+        format!(
+            "{} (target {})",
+            r.consistency.as_str(),
+            r.target_consistency.as_str()
+        )
+    } else {
+        r.consistency.as_str().to_string()
+    };
+    let frozen = r
+        .frozen_ms
+        .map(|ms| ms.to_string())
+        .unwrap_or_else(|| "-".to_string());
+    [
+        started,
+        r.operation_id.clone(),
+        kind,
+        r.status.as_str().to_string(),
+        consistency,
+        frozen,
+        error_list(&r.error_codes),
+    ]
+}
+
+/// Codes in first-seen order, repeats counted.
+fn error_list(codes: &[String]) -> String {
+    if codes.is_empty() {
+        return "-".to_string();
+    }
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    for c in codes {
+        match seen.iter_mut().find(|(s, _)| *s == c.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((c, 1)),
+        }
+    }
+    seen.iter()
+        .map(|(c, n)| {
+            if *n > 1 {
+                format!("{c} x{n}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A JSON array of the runs (pretty-printed, newline-terminated), for `history --json`.
+pub fn render_history_json(runs: &[RunSummary]) -> String {
+    let mut s = serde_json::to_string_pretty(runs).expect("RunSummary serializes");
+    s.push('\n');
+    s
+}
