@@ -1445,6 +1445,35 @@ fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
     assert_not_frozen(&[&env.vol.mount_point]);
     assert!(!env.backups.join(run.operation_id()).exists());
     env.assert_clean_and_writable();
+
+    // The same hook configured as a normal (not held) hook refuses to run: with stdin at
+    // /dev/null its backup would end before the snapshot.
+    let config = write_config(
+        &ConfigSpec {
+            private: &env.private,
+            freeze: Some(&[&env.vol.mount_point]),
+            snapshot: &snap,
+            hook_name: "postgres",
+            hook: Some(env.hold_hook_argv()),
+            hold: false,
+            hook_timeout: "10s",
+        },
+        "not-held.toml",
+    );
+    let misconfigured = quiesce_snapshot(&config);
+    assert!(
+        misconfigured
+            .error_codes()
+            .contains(&"Pre-ScriptExecutionFailed".to_string())
+            && misconfigured.json.to_string().contains("hold = true"),
+        "{}",
+        misconfigured.describe()
+    );
+    assert_eq!(misconfigured.consistency(), "file-system");
+    eprintln!(
+        "pg5 hold hook configured without hold: {:?}",
+        misconfigured.error_codes()
+    );
     eprintln!(
         "pg5 READY never sent (checkpoint blocked): {:?} after {} ms; database writable, no session left",
         run.error_codes(),
