@@ -4,9 +4,14 @@ set -euo pipefail
 need=()
 for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-linux:fsfreeze \
                prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
-               qemu-utils:qemu-img procps:pgrep; do
+               qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
+               postgresql-client:pgbench; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
+# PostgreSQL server binaries (initdb, pg_ctl, postgres): on PATH, or Debian's layout.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
