@@ -20,8 +20,9 @@
 //!    loses the hold (`HoldLost`), and the snapshot is not application-consistent.
 //! 3. Release when stdin reaches EOF: undo the quiescing and exit 0. quiesce closes stdin
 //!    after the snapshot and thaw; **if the agent dies, the pipe closes too**, so the hook
-//!    releases on its own. Treat SIGTERM as "release now" as well: it arrives `kill_grace`
-//!    after EOF if the hook has not exited; SIGKILL follows after another `kill_grace`.
+//!    releases on its own. The release work may take the post `timeout` less two
+//!    `kill_grace` periods; then SIGTERM arrives (treat it as "release now" as well), and
+//!    SIGKILL after another `kill_grace`.
 //!    When the agent died, nobody reads the hook's stdout/stderr any more: a write to them
 //!    then raises SIGPIPE, so after `READY` log to a file (or ignore SIGPIPE) rather than to
 //!    stdout if the release work must finish in that case.
@@ -303,7 +304,8 @@ impl Held {
     }
 
     /// Release the hook (after the snapshot and thaw): close its stdin, wait up to
-    /// `limits.kill_grace` for it to exit, then SIGTERM to its group and another grace, then
+    /// `limits.timeout` less two `limits.kill_grace` (at least one grace) for it to exit, then
+    /// SIGTERM to its group and another grace, then
     /// SIGKILL; all within `limits.timeout`. Exit 0 is success, anything else
     /// `Post-ScriptExecutionFailed`, running past `limits.timeout` `Post-ScriptTimeout`.
     /// `ctx` is the post context (hook name, phase `Post`) the result is reported under.
@@ -329,7 +331,13 @@ impl Held {
 
         let stage = |d: Duration| process::deadline_after(Instant::now(), d).min(deadline);
         let mut how = "after stdin EOF";
-        let mut end = p.wait_exit(stage(limits.kill_grace));
+        // The hook's own release work (e.g. pg_backup_stop waiting for WAL archiving) may use
+        // the post timeout, less what SIGTERM and SIGKILL need after it.
+        let eof_wait = limits
+            .timeout
+            .saturating_sub(limits.kill_grace * 2)
+            .max(limits.kill_grace);
+        let mut end = p.wait_exit(stage(eof_wait));
         if end.is_none() {
             how = "after SIGTERM";
             p.signal_group(rustix::process::Signal::TERM);
