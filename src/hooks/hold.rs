@@ -335,7 +335,7 @@ impl Held {
         // the post timeout, less what SIGTERM and SIGKILL need after it.
         let eof_wait = limits
             .timeout
-            .saturating_sub(limits.kill_grace * 2)
+            .saturating_sub(limits.kill_grace.saturating_mul(2))
             .max(limits.kill_grace);
         let mut end = p.wait_exit(stage(eof_wait));
         if end.is_none() {
