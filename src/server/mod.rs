@@ -43,7 +43,6 @@ enum Phase {
     Prepared {
         op: Box<Operation<'static>>,
         answer: Value,
-        deadline: Instant,
     },
     /// release (or the watchdog) is running.
     Releasing { answer: Value },
@@ -167,7 +166,6 @@ impl Server {
         drop(st);
 
         // Pre hooks and freeze run outside the lock; a same-id repeat waits on `changed`.
-        let started = Instant::now();
         let (answer, phase) = match Operation::begin(self.cfg, id.to_string()) {
             Err(report) => {
                 let answer = prepare_answer(id, "failed", &[], &report.errors, None);
@@ -207,7 +205,6 @@ impl Server {
                     Phase::Prepared {
                         op: Box::new(op),
                         answer,
-                        deadline: started + deadline,
                     },
                 )
             }
@@ -231,21 +228,29 @@ impl Server {
         Response::json(200, &answer)
     }
 
-    /// After the deadline, finish an operation nobody released.
+    /// After the deadline, finish an operation nobody released. Exits as soon as the
+    /// operation is released (woken through `changed`), so no thread lingers per operation.
     fn watchdog(self: Arc<Self>, id: &str, deadline: Duration) {
-        std::thread::sleep(deadline + Duration::from_millis(500));
-        let due = {
-            let st = self.state.lock().unwrap();
-            matches!(&st.active, Some(a) if a.id == id && matches!(
-                &a.phase, Phase::Prepared { deadline, .. } if Instant::now() >= *deadline))
-        };
-        if due {
-            tracing::warn!(
-                operation_id = id,
-                "release never came; finishing at the deadline"
-            );
-            self.finalize(id, false);
+        let due_at = Instant::now() + deadline + Duration::from_millis(500);
+        let mut st = self.state.lock().unwrap();
+        loop {
+            let still_prepared = matches!(&st.active, Some(a) if a.id == id
+                && matches!(a.phase, Phase::Prepared { .. }));
+            if !still_prepared {
+                return;
+            }
+            let now = Instant::now();
+            if now >= due_at {
+                break;
+            }
+            st = self.changed.wait_timeout(st, due_at - now).unwrap().0;
         }
+        drop(st);
+        tracing::warn!(
+            operation_id = id,
+            "release never came; finishing at the deadline"
+        );
+        self.finalize(id, false);
     }
 
     /// Thaw, run post hooks, store the report. `released` says the caller released in time.
