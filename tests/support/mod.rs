@@ -162,15 +162,36 @@ impl Drop for LoopFs {
             })
             .unwrap_or(false);
         if mounted {
-            let _ = Command::new("umount")
-                .arg(&self.mount_point)
+            // A process of the test may still be letting go of a file: retry while busy.
+            for _ in 0..50 {
+                let ok = Command::new("umount")
+                    .arg(&self.mount_point)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // The kernel may still hold the device for a moment after umount (udev, a lazy
+        // reference): retry the detach rather than leak the loop device.
+        for _ in 0..50 {
+            let _ = Command::new("losetup")
+                .args(["-d", &self.device])
                 .stderr(Stdio::null())
                 .status();
+            let attached = Command::new("losetup")
+                .args(["-j", self.image.to_str().unwrap_or("")])
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false);
+            if !attached {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("losetup")
-            .args(["-d", &self.device])
-            .stderr(Stdio::null())
-            .status();
         let _ = std::fs::remove_file(&self.image);
     }
 }
