@@ -228,9 +228,10 @@ fn pipeline(fs: &LoopFs, data: &Path, n: usize) {
     let made = std::fs::read_dir(&snaps).unwrap().count();
     println!("quiesce snapshot --config X (provider btrfs, freeze disabled, no hooks), {n} runs:");
     line("whole process, end to end", &stats(&samples));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap_or_default();
     println!(
-        "  report: {}",
-        String::from_utf8_lossy(&first.stdout).trim()
+        "  first run: status {}, consistency {}, snapshot_ms {}",
+        report["status"], report["consistency"], report["timings"]["snapshot_ms"]
     );
     println!("  snapshots in directory afterwards: {made}");
 }
