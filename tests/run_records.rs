@@ -181,3 +181,74 @@ fn history_across_outcomes_and_a_killed_run() {
         "{table}"
     );
 }
+
+#[test]
+fn snapshots_lists_btrfs_snapshots_with_their_consistency_and_retention() {
+    let dir = Scratch::new("snapshots-cli");
+    let btrfs = LoopFs::new("btrfs", 300);
+    let other = LoopFs::new("ext4", 64);
+    support::sh(
+        "btrfs",
+        &[
+            "-q",
+            "subvolume",
+            "create",
+            btrfs.path("data").to_str().unwrap(),
+        ],
+    );
+    support::sh(
+        "btrfs",
+        &[
+            "-q",
+            "subvolume",
+            "create",
+            btrfs.path("snaps").to_str().unwrap(),
+        ],
+    );
+    std::fs::write(btrfs.path("data/file"), b"hello").unwrap();
+    let cfg = dir.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\ninclude = [{}]\n\
+             [snapshot]\nprovider = \"btrfs\"\nsubvolumes = [{}]\ndirectory = {}\nkeep_last = 2\n",
+            q(&dir.join("state")),
+            q(&dir.join("catalog.db")),
+            q(&other.mount_point),
+            q(&btrfs.path("data")),
+            q(&btrfs.path("snaps")),
+        ),
+        0o600,
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (code, r) = quiesce_json(&["snapshot", "--json", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "{r:#}");
+        // The btrfs being snapshotted is never frozen; the other filesystem is.
+        assert_eq!(
+            r["frozen"],
+            serde_json::json!([other.mount_point.to_str().unwrap()])
+        );
+        assert_eq!(r["consistency"], "file-system");
+        ids.push(r["snapshots"][0]["id"].as_str().unwrap().to_string());
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let (code, list) = quiesce_json(&["snapshots", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let listed: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[1].as_str(), ids[2].as_str()], "keep_last = 2");
+    for s in list.as_array().unwrap() {
+        assert_eq!(s["consistency"], "file-system", "{s:#}");
+        assert_eq!(s["provider"], "btrfs");
+    }
+    let snap = btrfs.path("snaps").join(&ids[2]).join("file");
+    assert_eq!(std::fs::read(&snap).unwrap(), b"hello");
+    assert!(
+        std::fs::write(&snap, b"x").is_err(),
+        "snapshots are read-only"
+    );
+}

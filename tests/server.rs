@@ -252,5 +252,29 @@ fn health_and_bad_requests() {
     assert_eq!(code, 400, "{v:#}");
     let (code, _) = call(&s.socket, "GET", "/nope", None, T).unwrap();
     assert_eq!(code, 404);
+    // /metrics is Prometheus text; after one served operation it shows it.
+    let (_, a) = prepare(&s.socket, "op-metrics", "20s");
+    assert_eq!(a["state"], "frozen");
+    release(&s.socket, "op-metrics");
+    let metrics = raw_get(&s.socket, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("text/plain"), "{metrics}");
+    assert!(
+        metrics.contains("quiesce_runs_total{status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
     assert!(!frozen(&s.fs));
+}
+
+fn raw_get(socket: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
