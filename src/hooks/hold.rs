@@ -210,14 +210,7 @@ fn record(
             )
         })
         .unwrap_or_default();
-    log_attempt(ctx, number, end, duration, &out, &err);
-    result.attempts.push(Attempt {
-        number,
-        end: end.clone(),
-        duration_ms: ms(duration),
-    });
-    result.stdout_tail = out;
-    result.stderr_tail = err;
+    super::record_attempt(result, ctx, number, end, duration, out, err);
 }
 
 /// Move the READY process into its drain thread.

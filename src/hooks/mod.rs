@@ -181,14 +181,7 @@ pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> Script
             };
         drop(file);
         let duration = attempt_start.elapsed();
-        log_attempt(ctx, number, &end, duration, &out, &err);
-        result.attempts.push(Attempt {
-            number,
-            end: end.clone(),
-            duration_ms: ms(duration),
-        });
-        result.stdout_tail = out;
-        result.stderr_tail = err;
+        record_attempt(&mut result, ctx, number, &end, duration, out, err);
         let last = number == max_attempts || Instant::now() >= deadline;
         match end {
             AttemptEnd::Exited { code: 0 } => {
@@ -283,6 +276,26 @@ pub(crate) fn export_deadline(ctx: &RunContext, timeout: Duration) -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     now.saturating_add(timeout).as_secs().saturating_add(1)
+}
+
+/// Log one attempt and add it to `result` (its output tails become the result's).
+pub(crate) fn record_attempt(
+    result: &mut ScriptResult,
+    ctx: &RunContext,
+    number: u32,
+    end: &AttemptEnd,
+    duration: Duration,
+    out: String,
+    err: String,
+) {
+    log_attempt(ctx, number, end, duration, &out, &err);
+    result.attempts.push(Attempt {
+        number,
+        end: end.clone(),
+        duration_ms: ms(duration),
+    });
+    result.stdout_tail = out;
+    result.stderr_tail = err;
 }
 
 pub(crate) fn log_attempt(
