@@ -299,7 +299,7 @@ impl<'a> Operation<'a> {
         let ctx = SnapshotContext {
             operation_id: &self.operation_id,
             frozen: &frozen_targets,
-            timeout: self.cfg.snapshot.timeout,
+            timeout: self.snapshot_timeout(),
         };
         match self.provider.take(&ctx) {
             Ok(refs) => {
@@ -311,6 +311,21 @@ impl<'a> Operation<'a> {
         self.snapshot_end_ns = Some(freeze::monotonic_ns());
         self.timings.snapshot_ms = Some(ms(t.elapsed()));
         self.check_holds();
+    }
+
+    /// The provider's timeout, cut to what is left of the freeze guard's deadline: past it
+    /// the snapshot cannot be consistent any more, and held hooks (a database lock) must not
+    /// outlive the freeze.
+    fn snapshot_timeout(&self) -> Duration {
+        let Some(frozen) = &self.frozen else {
+            return self.cfg.snapshot.timeout;
+        };
+        let since_freeze =
+            Duration::from_nanos(freeze::monotonic_ns().saturating_sub(frozen.first_freeze_ns()));
+        self.cfg
+            .snapshot
+            .timeout
+            .min(self.freeze_timeout.saturating_sub(since_freeze))
     }
 
     /// Mark the moment the platform's snapshot completed (host-driven mode), then check holds.
