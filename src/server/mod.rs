@@ -104,33 +104,20 @@ impl Server {
         }))
     }
 
-    /// Route one request (already authenticated).
+    /// Answer one request (already authenticated). Which endpoint it is, and whether it is
+    /// well formed, is decided first by [`route`], which has no side effects.
     pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
-        let path = req.path.split('?').next().unwrap_or("");
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (req.method.as_str(), parts.as_slice()) {
-            ("GET", ["healthz"]) => Response::json(200, &json!({ "status": "ok" })),
-            ("GET", ["metrics"]) => Response::text(
+        match route(req, self.cfg.server.default_deadline) {
+            Err(r) => problem_json(r.status, r.code, r.message),
+            Ok(Route::Health) => Response::json(200, &json!({ "status": "ok" })),
+            Ok(Route::Metrics) => Response::text(
                 200,
                 "text/plain; version=0.0.4",
                 pipeline::metrics_text(self.cfg),
             ),
-            ("POST", ["v1", "operations", id, "prepare"]) => {
-                if !opid::is_valid(id) {
-                    return problem_json(400, ErrorCode::InvalidRequest, "invalid operation id");
-                }
-                let deadline = match parse_deadline(&req.body, self.cfg.server.default_deadline) {
-                    Ok(d) => d,
-                    Err(msg) => return problem_json(400, ErrorCode::InvalidRequest, msg),
-                };
-                self.prepare(id, deadline)
-            }
-            ("POST", ["v1", "operations", id, "release"]) => self.release(id),
-            ("GET", ["v1", "operations", id]) => self.status(id),
-            (_, ["v1", "operations", ..]) | (_, ["healthz"]) | (_, ["metrics"]) => {
-                problem_json(405, ErrorCode::InvalidRequest, "method not allowed")
-            }
-            _ => problem_json(404, ErrorCode::InvalidRequest, "no such endpoint"),
+            Ok(Route::Prepare { id, deadline }) => self.prepare(id, deadline),
+            Ok(Route::Release { id }) => self.release(id),
+            Ok(Route::Status { id }) => self.status(id),
         }
     }
 
@@ -387,6 +374,69 @@ impl Server {
         req.header("authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|given| http::constant_time_eq(given.trim().as_bytes(), token))
+    }
+}
+
+/// What a request asks for, decided from the request alone.
+///
+/// Routing is kept apart from [`Server::handle`] so that it can be fuzzed without any side
+/// effect (`fuzz/fuzz_targets/server_request.rs`): deciding a route runs no hook, takes no
+/// lock and freezes nothing; only `handle` acts on the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /healthz`
+    Health,
+    /// `GET /metrics`
+    Metrics,
+    /// `POST /v1/operations/{id}/prepare`: the id is valid ([`opid::is_valid`]) and the
+    /// deadline is the body's (1 ms ..= 1 h) or the configured default.
+    Prepare { id: &'a str, deadline: Duration },
+    /// `POST /v1/operations/{id}/release`
+    Release { id: &'a str },
+    /// `GET /v1/operations/{id}`
+    Status { id: &'a str },
+}
+
+/// A request [`route`] refuses: the HTTP status, the code (always `InvalidRequest`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code: ErrorCode::InvalidRequest,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decide what `req` asks for (no side effects; see [`Route`]). `default_deadline` is the
+/// prepare deadline when the body names none.
+pub fn route(req: &Request, default_deadline: Duration) -> Result<Route<'_>, Refusal> {
+    let path = req.path.split('?').next().unwrap_or("");
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), parts.as_slice()) {
+        ("GET", ["healthz"]) => Ok(Route::Health),
+        ("GET", ["metrics"]) => Ok(Route::Metrics),
+        ("POST", ["v1", "operations", id, "prepare"]) => {
+            if !opid::is_valid(id) {
+                return Err(Refusal::new(400, "invalid operation id"));
+            }
+            let deadline =
+                parse_deadline(&req.body, default_deadline).map_err(|m| Refusal::new(400, m))?;
+            Ok(Route::Prepare { id, deadline })
+        }
+        ("POST", ["v1", "operations", id, "release"]) => Ok(Route::Release { id }),
+        ("GET", ["v1", "operations", id]) => Ok(Route::Status { id }),
+        (_, ["v1", "operations", ..]) | (_, ["healthz"]) | (_, ["metrics"]) => {
+            Err(Refusal::new(405, "method not allowed"))
+        }
+        _ => Err(Refusal::new(404, "no such endpoint")),
     }
 }
 
