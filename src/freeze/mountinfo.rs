@@ -249,6 +249,33 @@ pub fn escape(p: &std::path::Path) -> String {
     s
 }
 
+/// Serialize a path as a string: itself when it is UTF-8, else escaped the kernel's way
+/// ([`escape`]: `\351` for a Latin-1 `é`). serde's own impl fails on a path that is not
+/// UTF-8, and such mount points exist (see the module doc): `quiesce mounts --json` must not
+/// die on one. Use with `#[serde(serialize_with = "...")]`.
+pub fn serialize_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    match p.to_str() {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&escape(p)),
+    }
+}
+
+/// [`serialize_path`] for a list of paths.
+pub fn serialize_paths<S: serde::Serializer>(ps: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    struct P<'a>(&'a std::path::Path);
+    impl serde::Serialize for P<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize_path(self.0, s)
+        }
+    }
+    let mut seq = s.serialize_seq(Some(ps.len()))?;
+    for p in ps {
+        seq.serialize_element(&P(p))?;
+    }
+    seq.end()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +390,27 @@ mod tests {
         assert_eq!(ms[1].fstype, "ext4");
         let err = parse_bytes(b"\xff\xfe - x y z\n").unwrap_err();
         assert_eq!(err.line, 1);
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_serialize_escaped() {
+        #[derive(serde::Serialize)]
+        struct D {
+            #[serde(serialize_with = "serialize_path")]
+            p: PathBuf,
+            #[serde(serialize_with = "serialize_paths")]
+            ps: Vec<PathBuf>,
+        }
+        use std::os::unix::ffi::OsStringExt;
+        let bad = PathBuf::from(OsString::from_vec(b"/mnt/caf\xe9 x".to_vec()));
+        let d = D {
+            p: bad.clone(),
+            ps: vec![PathBuf::from("/a b"), bad],
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"p":"/mnt/caf\\351\\040x","ps":["/a b","/mnt/caf\\351\\040x"]}"#
+        );
     }
 
     #[test]
