@@ -30,11 +30,88 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Finished operations remembered for idempotent repeats and status.
 const REMEMBERED: usize = 256;
+
+/// Most connections served at once, per listener (the unix socket and the TCP one each have
+/// their own); a connection beyond that is closed at once, unanswered.
+/// Each connection costs a thread, and a TCP listener is reachable by every local user
+/// before the token is checked: without a bound, idle connections would exhaust threads.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time a caller has to send its whole request: one deadline for all reads, so a caller
+/// trickling a byte at a time is cut off too (a per-read timeout would let it stay forever).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a caller has to take the response.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One of the [`MAX_CONNECTIONS`] slots, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connected socket (unix or TCP) with settable timeouts.
+trait Socket: Read + std::io::Write {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()>;
+}
+
+impl Socket for UnixStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+impl Socket for std::net::TcpStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+/// Reads from a socket that all end by one deadline.
+struct ByDeadline<'a, S: Socket> {
+    socket: &'a mut S,
+    deadline: Instant,
+}
+
+impl<S: Socket> Read for ByDeadline<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.socket.set_timeouts(left, RESPONSE_TIMEOUT)?;
+        self.socket.read(buf)
+    }
+}
+
+/// Read one request within [`REQUEST_TIMEOUT`].
+fn read_request_in_time<S: Socket>(socket: &mut S) -> Result<Request, http::HttpError> {
+    http::read_request(&mut ByDeadline {
+        socket,
+        deadline: Instant::now() + REQUEST_TIMEOUT,
+    })
+}
 
 enum Phase {
     /// prepare is running (pre hooks, freeze).
@@ -483,8 +560,8 @@ fn parse_deadline(body: &[u8], default: Duration) -> Result<Duration, String> {
     }
 }
 
-fn serve_connection(server: &Arc<Server>, mut stream: impl Read + std::io::Write, authed: bool) {
-    let resp = match http::read_request(&mut stream) {
+fn serve_connection<S: Socket>(server: &Arc<Server>, mut stream: S, authed: bool) {
+    let resp = match read_request_in_time(&mut stream) {
         Err(http::HttpError::Truncated) => return,
         Err(e) => problem_json(
             if matches!(
@@ -561,6 +638,8 @@ pub fn serve(cfg: Config) -> i32 {
     }
     tracing::info!(socket = %socket_path.display(), tcp = ?tcp, "quiesce serve listening");
     eprintln!("quiesce serve: listening on {}", socket_path.display());
+    let unix_connections = Arc::new(AtomicUsize::new(0));
+    let tcp_connections = Arc::new(AtomicUsize::new(0));
     loop {
         if crate::freeze::guard::termination_requested() {
             break;
@@ -578,10 +657,15 @@ pub fn serve(cfg: Config) -> i32 {
         };
         let _ = rustix::event::poll(&mut fds, Some(&timeout));
         while let Ok((stream, _)) = listener.accept() {
+            // Over the limit: closed unanswered (only root and allowed uids can connect).
+            let Some(slot) = Slot::take(&unix_connections) else {
+                continue;
+            };
             let server = Arc::clone(&server);
             std::thread::spawn(move || {
+                let _slot = slot;
                 stream.set_nonblocking(false).ok();
-                stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                stream.set_timeouts(REQUEST_TIMEOUT, RESPONSE_TIMEOUT).ok();
                 let allowed = server.unix_peer_allowed(&stream);
                 if allowed {
                     serve_connection(&server, stream, true);
@@ -589,7 +673,7 @@ pub fn serve(cfg: Config) -> i32 {
                     // Read the (bounded) request first so the caller gets the answer rather
                     // than a reset connection.
                     let mut s = stream;
-                    let _ = http::read_request(&mut s);
+                    let _ = read_request_in_time(&mut s);
                     let _ = problem_json(403, ErrorCode::Unauthorized, "caller not allowed")
                         .write_to(&mut s);
                 }
@@ -597,10 +681,16 @@ pub fn serve(cfg: Config) -> i32 {
         }
         if let Some(t) = &tcp_listener {
             while let Ok((stream, _)) = t.accept() {
+                // TCP callers have their own limit, so that a flood of unauthenticated
+                // connections cannot lock root out of the unix socket.
+                let Some(slot) = Slot::take(&tcp_connections) else {
+                    continue;
+                };
                 let server = Arc::clone(&server);
                 std::thread::spawn(move || {
+                    let _slot = slot;
                     stream.set_nonblocking(false).ok();
-                    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    stream.set_timeouts(REQUEST_TIMEOUT, RESPONSE_TIMEOUT).ok();
                     serve_connection(&server, stream, false);
                 });
             }
