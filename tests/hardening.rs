@@ -432,3 +432,92 @@ fn config_below_a_writable_or_foreign_directory_is_refused() {
         assert_eq!(e[0].code, ErrorCode::IncorrectJsonConfigFile, "{e:?}");
     }
 }
+
+// ---- a symlink race ----
+
+/// An attacker racing the check: while scripts run, the path is swapped again and again
+/// (atomic renames) between the trusted script, a copy owned by another user, and a
+/// symlink to that copy. Whatever runs is the file that passed the check on its own
+/// descriptor: the other user's file never runs, whichever way the race goes.
+#[test]
+fn racing_swaps_never_run_an_unchecked_file() {
+    use quiesce::config::ScriptSpec;
+    use quiesce::hooks::{run_script, Limits, Phase, RunContext};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let d = Scratch::new("race");
+    let evil_marker = d.join("evil-ran");
+    let good = d.script("good.master", "#!/bin/sh\necho good\n");
+    let evil = d.script(
+        "evil.master",
+        &format!("#!/bin/sh\ntouch {}\necho EVIL\n", evil_marker.display()),
+    );
+    std::os::unix::fs::chown(&evil, Some(65534), Some(65534)).unwrap();
+    let path = d.join("pre");
+    std::fs::hard_link(&good, &path).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, good, evil, path, dir) = (
+            stop.clone(),
+            good.clone(),
+            evil.clone(),
+            path.clone(),
+            d.path.clone(),
+        );
+        std::thread::spawn(move || {
+            let tmp = dir.join("swap.tmp");
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for step in 0..3 {
+                    let _ = std::fs::remove_file(&tmp);
+                    match step {
+                        0 => std::fs::hard_link(&good, &tmp).unwrap(),
+                        1 => std::fs::hard_link(&evil, &tmp).unwrap(),
+                        _ => std::os::unix::fs::symlink(&evil, &tmp).unwrap(),
+                    }
+                    std::fs::rename(&tmp, &path).unwrap();
+                    swaps += 1;
+                }
+            }
+            swaps
+        })
+    };
+    let ctx = RunContext {
+        operation_id: "op-race".into(),
+        hook: "race".into(),
+        phase: Phase::Pre,
+        deadline_unix: 0,
+    };
+    let limits = Limits {
+        timeout: Duration::from_secs(5),
+        retries: 0,
+        kill_grace: Duration::from_millis(200),
+    };
+    let spec = ScriptSpec {
+        path: path.clone(),
+        args: vec![],
+    };
+    let (mut ran_good, mut refused) = (0, 0);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let r = run_script(&spec, &ctx, limits);
+        assert!(!r.stdout_tail.contains("EVIL"), "{r:?}");
+        match r.error {
+            None => {
+                assert_eq!(r.stdout_tail, "good\n");
+                ran_good += 1;
+            }
+            Some(ErrorCode::InsufficientPermissionForPreScript) => {
+                assert!(r.attempts.is_empty(), "{r:?}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}: {r:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    eprintln!("{swaps} swaps; {ran_good} runs of the trusted script, {refused} refusals");
+    assert!(!evil_marker.exists(), "the other user's file ran");
+    assert!(ran_good > 0 && refused > 0, "the race was not exercised");
+}
