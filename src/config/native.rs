@@ -541,6 +541,17 @@ mod tests {
     }
 
     #[test]
+    fn tcp_listener_requires_a_token_file() {
+        let e = p("[server]\ntcp_listen = \"127.0.0.1:7450\"\n").unwrap_err();
+        assert_eq!(e.0[0].code, ErrorCode::IncorrectConfigFile);
+        assert!(e.0[0].message.contains("token_file"), "{e}");
+        let cfg =
+            p("[server]\ntcp_listen = \"127.0.0.1:7450\"\ntoken_file = \"/etc/quiesce/token\"\n")
+                .unwrap();
+        assert_eq!(cfg.server.tcp_listen.as_deref(), Some("127.0.0.1:7450"));
+    }
+
+    #[test]
     fn retries_default_and_override() {
         let cfg =
             p("[[hook]]\nname = \"a\"\npre = [\"/x\"]\nretries = 2\npost_retries = 0\n").unwrap();
