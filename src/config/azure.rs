@@ -9,7 +9,9 @@
 //! - plugin host: section `[pre_post]`, `numberOfPlugins`, and for each plugin
 //!   `pluginName{i}`, `pluginPath{i}` (Azure's own runner; quiesce records it and ignores it)
 //!   and `pluginConfigPath{i}`, indexed from 0 (indices 1..=n are accepted too).
-//!   `timeoutInSeconds` there caps every plugin's script timeout.
+//!   `timeoutInSeconds` there caps every plugin's script timeout. `numberOfPlugins` is at
+//!   most [`MAX_PLUGINS`]: a larger count is refused rather than looped over (found by
+//!   fuzzing: `numberOfPlugins = 999999992` ran for minutes, and `u64::MAX` overflowed).
 //! - freezing is enabled only if every plugin has `fsFreezeEnabled: true`.
 
 use super::native::{line_col, read_trusted};
@@ -19,6 +21,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Most plugins a plugin host file may declare (Azure's own files declare one or two).
+pub const MAX_PLUGINS: u64 = 100;
 
 const JSON: ErrorCode = ErrorCode::IncorrectJsonConfigFile;
 const HOST: ErrorCode = ErrorCode::IncorrectPluginhostFile;
@@ -251,7 +256,21 @@ pub fn parse_plugin_host(
             }
         }
     };
-    let count = int("numberOfPlugins", &mut problems);
+    let count = int("numberOfPlugins", &mut problems).filter(|n| {
+        let ok = *n <= MAX_PLUGINS;
+        if !ok {
+            problems.push(
+                Problem::new(
+                    HOST,
+                    format!(
+                        "`numberOfPlugins` is {n}; at most {MAX_PLUGINS} plugins are supported"
+                    ),
+                )
+                .at(loc(path, sec.get("numberOfPlugins").map(|(_, l)| *l), None)),
+            );
+        }
+        ok
+    });
     let host_timeout = int("timeoutInSeconds", &mut problems);
     if count.is_none() && !sec.contains_key("numberOfPlugins") {
         problems.push(
@@ -409,6 +428,29 @@ mod tests {
         assert_eq!(cfg.hooks.len(), 2);
         assert_eq!(cfg.hooks[1].name, "two");
         assert_eq!(cfg.hooks[0].timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn absurd_plugin_count_is_refused_at_once() {
+        // Found by fuzz/fuzz_targets/azure_host.rs: these looped for minutes or overflowed.
+        let load = |_: &Path| pj(GOOD);
+        for n in ["101", "999999992", "18446744073709551615"] {
+            let host = format!("[pre_post]\nnumberOfPlugins = {n}\npluginConfigPath1 = /a.json\n");
+            let t = std::time::Instant::now();
+            let e = parse_plugin_host(Path::new("/h"), &host, &load).unwrap_err();
+            assert!(t.elapsed() < Duration::from_secs(1));
+            assert_eq!(e.0.len(), 1, "{e}");
+            assert_eq!(e.0[0].code, ErrorCode::IncorrectPluginhostFile);
+            assert!(e.0[0].message.contains("at most 100"), "{}", e.0[0].message);
+            assert_eq!(e.0[0].location.as_ref().unwrap().line, Some(2));
+        }
+        let host = "[pre_post]\nnumberOfPlugins = 100\n";
+        let e = parse_plugin_host(Path::new("/h"), host, &load).unwrap_err();
+        assert_eq!(
+            e.0.len(),
+            100,
+            "one missing pluginConfigPath per declared plugin"
+        );
     }
 
     #[test]

@@ -113,9 +113,19 @@ struct RawServer {
 /// Default per-script timeout of a native hook.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `offset` clamped to the text and moved back to a character boundary, so that slicing at
+/// a position reported by a parser can never panic.
+fn char_boundary(text: &str, offset: usize) -> usize {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
 /// 1-based line and column of a byte offset.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let offset = char_boundary(text, offset);
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before
@@ -125,6 +135,29 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .unwrap_or(0)
         + 1;
     (line, col)
+}
+
+/// A message for a TOML syntax error the parser did not describe. The usual cause is a
+/// control character (TOML allows none but tab, not even in a comment), so name the first
+/// one on the line of the error; otherwise say what is at `offset`.
+fn describe_syntax_error(text: &str, offset: Option<usize>) -> String {
+    let offset = char_boundary(text, offset.unwrap_or(text.len()));
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text.get(start..end).unwrap_or("");
+    if let Some(c) = line
+        .chars()
+        .find(|c| c.is_control() && *c != '\t' && *c != '\r')
+    {
+        return format!(
+            "invalid TOML: control character U+{:04X} is not allowed (not even in a comment)",
+            c as u32
+        );
+    }
+    match text.get(offset..).and_then(|t| t.chars().next()) {
+        Some(c) => format!("invalid TOML: unexpected {c:?}"),
+        None => "invalid TOML: unexpected end of file".to_string(),
+    }
 }
 
 /// Location of the first `key =` assignment in TOML text (for warnings about unknown keys).
@@ -140,18 +173,32 @@ fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
     None
 }
 
-/// Read a configuration file after the trust check, mapping failures to `code`.
+/// Largest configuration file read (native TOML, plugin host INI, plugin JSON). A trusted
+/// path can still name something huge (`azure_plugins = ["/proc/kcore"]`, a log file): it is
+/// refused instead of read into memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Read a configuration file after the trust check (at most [`MAX_CONFIG_BYTES`]), mapping
+/// failures to `code`.
 pub(crate) fn read_trusted(path: &Path, code: ErrorCode) -> Result<String, Problem> {
     let loc = Location {
         file: path.to_path_buf(),
         line: None,
         column: None,
     };
-    let mut file = crate::trust::open_config(path)
+    let file = crate::trust::open_config(path)
         .map_err(|e| Problem::new(code, format!("refused: {e}")).at(loc.clone()))?;
     let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|e| Problem::new(code, format!("cannot read: {e}")).at(loc))?;
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Problem::new(code, format!("cannot read: {e}")).at(loc.clone()))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Problem::new(
+            code,
+            format!("larger than {MAX_CONFIG_BYTES} bytes; not a configuration file"),
+        )
+        .at(loc));
+    }
     Ok(text)
 }
 
@@ -183,6 +230,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 .map(|s| line_col(text, s.start))
                 .map_or((None, None), |(l, c)| (Some(l), Some(c)));
             let msg = inner.message().trim().to_string();
+            // toml leaves the message empty for some syntax errors (a control character in a
+            // comment, found by fuzzing): never report a problem without saying what it is.
+            let msg = if msg.is_empty() {
+                describe_syntax_error(text, inner.span().map(|s| s.start))
+            } else {
+                msg
+            };
             let msg = if key.is_empty() || key == "." {
                 msg
             } else {
@@ -468,6 +522,33 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.0.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_always_say_what_is_wrong() {
+        // Found by fuzz/fuzz_targets/native_toml.rs: toml gives no message for these.
+        for (text, line, want) in [
+            ("# a\0b\n", 1, "U+0000"),
+            ("[freeze]\n# x\u{1}\nenabled = true\n", 2, "U+0001"),
+            ("a = [\n# \u{7f}\n]\n", 2, "U+007F"),
+        ] {
+            let e = p(text).unwrap_err();
+            let pr = &e.0[0];
+            assert_eq!(pr.code, ErrorCode::IncorrectConfigFile);
+            assert!(pr.message.contains(want), "{text:?}: {:?}", pr.message);
+            assert_eq!(pr.location.as_ref().unwrap().line, Some(line), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn tcp_listener_requires_a_token_file() {
+        let e = p("[server]\ntcp_listen = \"127.0.0.1:7450\"\n").unwrap_err();
+        assert_eq!(e.0[0].code, ErrorCode::IncorrectConfigFile);
+        assert!(e.0[0].message.contains("token_file"), "{e}");
+        let cfg =
+            p("[server]\ntcp_listen = \"127.0.0.1:7450\"\ntoken_file = \"/etc/quiesce/token\"\n")
+                .unwrap();
+        assert_eq!(cfg.server.tcp_listen.as_deref(), Some("127.0.0.1:7450"));
     }
 
     #[test]

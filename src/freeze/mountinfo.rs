@@ -12,6 +12,11 @@
 //! optional fields (7) before the `-` separator. The decoder is hand-written so that a
 //! malformed line becomes an error naming the line, never a panic, and so that mount
 //! points that are not UTF-8 survive unchanged (they are decoded to bytes, then to a path).
+//!
+//! The kernel escapes only those four characters: any other byte of a path, including bytes
+//! that are not UTF-8 (a mount point named in Latin-1, say), is written raw. The table is
+//! therefore read and decoded as bytes ([`read_self`], [`parse_bytes`]); one such mount
+//! must not make the whole table unreadable. Fuzzed by `fuzz/fuzz_targets/mountinfo.rs`.
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
@@ -72,24 +77,29 @@ pub enum ReadError {
 /// Where the mount table of the calling process lives.
 pub const SELF_MOUNTINFO: &str = "/proc/self/mountinfo";
 
-/// Read and decode the calling process's mount table.
+/// Read and decode the calling process's mount table (as bytes: see the module doc).
 pub fn read_self() -> Result<Vec<Mount>, ReadError> {
-    let text = std::fs::read_to_string(SELF_MOUNTINFO).map_err(|source| ReadError::Io {
+    let text = std::fs::read(SELF_MOUNTINFO).map_err(|source| ReadError::Io {
         path: SELF_MOUNTINFO.to_string(),
         source,
     })?;
-    Ok(parse(&text)?)
+    Ok(parse_bytes(&text)?)
 }
 
 /// Decode a whole mountinfo text. Empty lines are ignored; the first malformed line is an
 /// error naming its (1-based) line number.
 pub fn parse(text: &str) -> Result<Vec<Mount>, ParseError> {
+    parse_bytes(text.as_bytes())
+}
+
+/// [`parse`] on raw bytes, as the kernel writes them (paths need not be UTF-8).
+pub fn parse_bytes(text: &[u8]) -> Result<Vec<Mount>, ParseError> {
     let mut mounts = Vec::new();
-    for (i, line) in text.split('\n').enumerate() {
-        if line.trim().is_empty() {
+    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        mounts.push(parse_line(line).map_err(|message| ParseError {
+        mounts.push(parse_line_bytes(line).map_err(|message| ParseError {
             line: i + 1,
             message,
         })?);
@@ -99,10 +109,15 @@ pub fn parse(text: &str) -> Result<Vec<Mount>, ParseError> {
 
 /// Decode one line (without its newline).
 pub fn parse_line(line: &str) -> Result<Mount, String> {
-    let fields: Vec<&str> = line.split(' ').collect();
+    parse_line_bytes(line.as_bytes())
+}
+
+/// [`parse_line`] on raw bytes.
+pub fn parse_line_bytes(line: &[u8]) -> Result<Mount, String> {
+    let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
     let sep = fields
         .iter()
-        .position(|f| *f == "-")
+        .position(|f| *f == b"-")
         .ok_or_else(|| "no \"-\" separator before the filesystem type".to_string())?;
     if sep < 6 {
         return Err(format!(
@@ -118,9 +133,8 @@ pub fn parse_line(line: &str) -> Result<Mount, String> {
     }
     let mount_id = number(fields[0], "mount id")?;
     let parent_id = number(fields[1], "parent id")?;
-    let (major, minor) = fields[2]
-        .split_once(':')
-        .ok_or_else(|| format!("device {:?} is not major:minor", fields[2]))?;
+    let (major, minor) = split_once(fields[2], b':')
+        .ok_or_else(|| format!("device {:?} is not major:minor", lossy(fields[2])))?;
     let major = number(major, "major device number")?;
     let minor = number(minor, "minor device number")?;
     let root = path(fields[3], "root")?;
@@ -129,7 +143,7 @@ pub fn parse_line(line: &str) -> Result<Mount, String> {
     let optional_fields = fields[6..sep]
         .iter()
         .filter(|f| !f.is_empty())
-        .map(|f| f.to_string())
+        .map(|f| lossy(f))
         .collect();
     let fstype = text(after[0]);
     if fstype.is_empty() {
@@ -137,7 +151,7 @@ pub fn parse_line(line: &str) -> Result<Mount, String> {
     }
     let source = text(after[1]);
     // Super options never contain an unescaped space, but be tolerant of a trailing one.
-    let super_options = options(&after[2..].join(" "));
+    let super_options = options(&after[2..].join(&b' '));
     Ok(Mount {
         mount_id,
         parent_id,
@@ -153,33 +167,51 @@ pub fn parse_line(line: &str) -> Result<Mount, String> {
     })
 }
 
-fn number(s: &str, what: &str) -> Result<u32, String> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{what} {s:?} is not a number"));
-    }
-    s.parse::<u32>()
-        .map_err(|_| format!("{what} {s:?} is out of range"))
+fn lossy(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).into_owned()
 }
 
-fn path(s: &str, what: &str) -> Result<PathBuf, String> {
+fn split_once(s: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
+    let i = s.iter().position(|b| *b == sep)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+fn number(s: &[u8], what: &str) -> Result<u32, String> {
+    let shown = lossy(s);
+    if s.is_empty() || !s.iter().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{what} {shown:?} is not a number"));
+    }
+    shown
+        .parse::<u32>()
+        .map_err(|_| format!("{what} {shown:?} is out of range"))
+}
+
+fn path(s: &[u8], what: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
         return Err(format!("empty {what}"));
     }
-    Ok(PathBuf::from(OsString::from_vec(unescape(s))))
+    Ok(PathBuf::from(OsString::from_vec(unescape_bytes(s))))
 }
 
-fn text(s: &str) -> String {
-    String::from_utf8_lossy(&unescape(s)).into_owned()
+fn text(s: &[u8]) -> String {
+    String::from_utf8_lossy(&unescape_bytes(s)).into_owned()
 }
 
-fn options(s: &str) -> Vec<String> {
-    s.split(',').filter(|o| !o.is_empty()).map(text).collect()
+fn options(s: &[u8]) -> Vec<String> {
+    s.split(|b| *b == b',')
+        .filter(|o| !o.is_empty())
+        .map(text)
+        .collect()
 }
 
 /// Decode the kernel's `\NNN` octal escapes. A backslash not followed by three octal digits
 /// (which the kernel never writes) is kept literally rather than rejected.
 pub fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
+    unescape_bytes(s.as_bytes())
+}
+
+/// [`unescape`] on raw bytes.
+pub fn unescape_bytes(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -215,6 +247,33 @@ pub fn escape(p: &std::path::Path) -> String {
         }
     }
     s
+}
+
+/// Serialize a path as a string: itself when it is UTF-8, else escaped the kernel's way
+/// ([`escape`]: `\351` for a Latin-1 `é`). serde's own impl fails on a path that is not
+/// UTF-8, and such mount points exist (see the module doc): `quiesce mounts --json` must not
+/// die on one. Use with `#[serde(serialize_with = "...")]`.
+pub fn serialize_path<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    match p.to_str() {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_str(&escape(p)),
+    }
+}
+
+/// [`serialize_path`] for a list of paths.
+pub fn serialize_paths<S: serde::Serializer>(ps: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    struct P<'a>(&'a std::path::Path);
+    impl serde::Serialize for P<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize_path(self.0, s)
+        }
+    }
+    let mut seq = s.serialize_seq(Some(ps.len()))?;
+    for p in ps {
+        seq.serialize_element(&P(p))?;
+    }
+    seq.end()
 }
 
 #[cfg(test)]
@@ -318,6 +377,40 @@ mod tests {
         let m = parse_line(r"102 30 7:4 / /mnt/\377x rw - ext4 /dev/loop4 rw").unwrap();
         use std::os::unix::ffi::OsStrExt;
         assert_eq!(m.mount_point.as_os_str().as_bytes(), b"/mnt/\xffx");
+    }
+
+    #[test]
+    fn raw_non_utf8_bytes_as_the_kernel_writes_them() {
+        // The kernel escapes only space, tab, newline and backslash; other bytes are raw.
+        let text = b"22 27 0:21 / /proc rw - proc proc rw\n\
+103 30 7:5 / /mnt/a\xffb\\040c rw,relatime - ext4 /dev/loop5 rw\n";
+        let ms = parse_bytes(text).unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(ms[1].mount_point.as_os_str().as_bytes(), b"/mnt/a\xffb c");
+        assert_eq!(ms[1].fstype, "ext4");
+        let err = parse_bytes(b"\xff\xfe - x y z\n").unwrap_err();
+        assert_eq!(err.line, 1);
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_serialize_escaped() {
+        #[derive(serde::Serialize)]
+        struct D {
+            #[serde(serialize_with = "serialize_path")]
+            p: PathBuf,
+            #[serde(serialize_with = "serialize_paths")]
+            ps: Vec<PathBuf>,
+        }
+        use std::os::unix::ffi::OsStringExt;
+        let bad = PathBuf::from(OsString::from_vec(b"/mnt/caf\xe9 x".to_vec()));
+        let d = D {
+            p: bad.clone(),
+            ps: vec![PathBuf::from("/a b"), bad],
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"p":"/mnt/caf\\351\\040x","ps":["/a b","/mnt/caf\\351\\040x"]}"#
+        );
     }
 
     #[test]

@@ -28,8 +28,10 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Target {
     /// The mount point used to open the filesystem.
+    #[serde(serialize_with = "mountinfo::serialize_path")]
     pub mount_point: PathBuf,
     /// Other mount points of the same superblock (bind mounts, btrfs subvolumes).
+    #[serde(serialize_with = "mountinfo::serialize_paths")]
     pub also_mounted_at: Vec<PathBuf>,
     /// `major:minor` from mountinfo.
     pub major: u32,
@@ -41,6 +43,7 @@ pub struct Target {
 /// What was decided for one mount (shown by `quiesce mounts`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MountDecision {
+    #[serde(serialize_with = "mountinfo::serialize_path")]
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,

@@ -313,10 +313,12 @@ pub(crate) fn log_attempt(
             duration_ms = ms(duration), "hook attempt succeeded"
         );
     } else {
+        // The tails are logged escaped (`?`): hook output is data, and a newline or a
+        // terminal escape in it must not forge log lines or rewrite the operator's terminal.
         tracing::warn!(
             hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
             duration_ms = ms(duration), end = %describe_end(end),
-            stdout_tail = %stdout, stderr_tail = %stderr, "hook attempt failed"
+            stdout_tail = ?stdout, stderr_tail = ?stderr, "hook attempt failed"
         );
     }
 }
@@ -339,7 +341,19 @@ pub(crate) fn stderr_hint(stderr: &str) -> String {
             while !line.is_char_boundary(cut) {
                 cut -= 1;
             }
-            format!("; stderr: {}", &line[..cut])
+            // Escaped: the hint ends up in messages printed to terminals and logs, and a
+            // control character (a terminal escape, a carriage return) must not act there.
+            let shown: String = line[..cut]
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            format!("; stderr: {shown}")
         }
         None => String::new(),
     }

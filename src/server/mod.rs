@@ -30,11 +30,88 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Finished operations remembered for idempotent repeats and status.
 const REMEMBERED: usize = 256;
+
+/// Most connections served at once, per listener (the unix socket and the TCP one each have
+/// their own); a connection beyond that is closed at once, unanswered.
+/// Each connection costs a thread, and a TCP listener is reachable by every local user
+/// before the token is checked: without a bound, idle connections would exhaust threads.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time a caller has to send its whole request: one deadline for all reads, so a caller
+/// trickling a byte at a time is cut off too (a per-read timeout would let it stay forever).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a caller has to take the response.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One of the [`MAX_CONNECTIONS`] slots, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Slot> {
+        if count.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot(Arc::clone(count)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connected socket (unix or TCP) with settable timeouts.
+trait Socket: Read + std::io::Write {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()>;
+}
+
+impl Socket for UnixStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+impl Socket for std::net::TcpStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+/// Reads from a socket that all end by one deadline.
+struct ByDeadline<'a, S: Socket> {
+    socket: &'a mut S,
+    deadline: Instant,
+}
+
+impl<S: Socket> Read for ByDeadline<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.socket.set_timeouts(left, RESPONSE_TIMEOUT)?;
+        self.socket.read(buf)
+    }
+}
+
+/// Read one request within [`REQUEST_TIMEOUT`].
+fn read_request_in_time<S: Socket>(socket: &mut S) -> Result<Request, http::HttpError> {
+    http::read_request(&mut ByDeadline {
+        socket,
+        deadline: Instant::now() + REQUEST_TIMEOUT,
+    })
+}
 
 enum Phase {
     /// prepare is running (pre hooks, freeze).
@@ -103,33 +180,20 @@ impl Server {
         }))
     }
 
-    /// Route one request (already authenticated).
+    /// Answer one request (already authenticated). Which endpoint it is, and whether it is
+    /// well formed, is decided first by [`route`], which has no side effects.
     pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
-        let path = req.path.split('?').next().unwrap_or("");
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (req.method.as_str(), parts.as_slice()) {
-            ("GET", ["healthz"]) => Response::json(200, &json!({ "status": "ok" })),
-            ("GET", ["metrics"]) => Response::text(
+        match route(req, self.cfg.server.default_deadline) {
+            Err(r) => problem_json(r.status, r.code, r.message),
+            Ok(Route::Health) => Response::json(200, &json!({ "status": "ok" })),
+            Ok(Route::Metrics) => Response::text(
                 200,
                 "text/plain; version=0.0.4",
                 pipeline::metrics_text(self.cfg),
             ),
-            ("POST", ["v1", "operations", id, "prepare"]) => {
-                if !opid::is_valid(id) {
-                    return problem_json(400, ErrorCode::InvalidRequest, "invalid operation id");
-                }
-                let deadline = match parse_deadline(&req.body, self.cfg.server.default_deadline) {
-                    Ok(d) => d,
-                    Err(msg) => return problem_json(400, ErrorCode::InvalidRequest, msg),
-                };
-                self.prepare(id, deadline)
-            }
-            ("POST", ["v1", "operations", id, "release"]) => self.release(id),
-            ("GET", ["v1", "operations", id]) => self.status(id),
-            (_, ["v1", "operations", ..]) | (_, ["healthz"]) | (_, ["metrics"]) => {
-                problem_json(405, ErrorCode::InvalidRequest, "method not allowed")
-            }
-            _ => problem_json(404, ErrorCode::InvalidRequest, "no such endpoint"),
+            Ok(Route::Prepare { id, deadline }) => self.prepare(id, deadline),
+            Ok(Route::Release { id }) => self.release(id),
+            Ok(Route::Status { id }) => self.status(id),
         }
     }
 
@@ -395,6 +459,69 @@ impl Server {
     }
 }
 
+/// What a request asks for, decided from the request alone.
+///
+/// Routing is kept apart from [`Server::handle`] so that it can be fuzzed without any side
+/// effect (`fuzz/fuzz_targets/server_request.rs`): deciding a route runs no hook, takes no
+/// lock and freezes nothing; only `handle` acts on the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /healthz`
+    Health,
+    /// `GET /metrics`
+    Metrics,
+    /// `POST /v1/operations/{id}/prepare`: the id is valid ([`opid::is_valid`]) and the
+    /// deadline is the body's (1 ms ..= 1 h) or the configured default.
+    Prepare { id: &'a str, deadline: Duration },
+    /// `POST /v1/operations/{id}/release`
+    Release { id: &'a str },
+    /// `GET /v1/operations/{id}`
+    Status { id: &'a str },
+}
+
+/// A request [`route`] refuses: the HTTP status, the code (always `InvalidRequest`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code: ErrorCode::InvalidRequest,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decide what `req` asks for (no side effects; see [`Route`]). `default_deadline` is the
+/// prepare deadline when the body names none.
+pub fn route(req: &Request, default_deadline: Duration) -> Result<Route<'_>, Refusal> {
+    let path = req.path.split('?').next().unwrap_or("");
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), parts.as_slice()) {
+        ("GET", ["healthz"]) => Ok(Route::Health),
+        ("GET", ["metrics"]) => Ok(Route::Metrics),
+        ("POST", ["v1", "operations", id, "prepare"]) => {
+            if !opid::is_valid(id) {
+                return Err(Refusal::new(400, "invalid operation id"));
+            }
+            let deadline =
+                parse_deadline(&req.body, default_deadline).map_err(|m| Refusal::new(400, m))?;
+            Ok(Route::Prepare { id, deadline })
+        }
+        ("POST", ["v1", "operations", id, "release"]) => Ok(Route::Release { id }),
+        ("GET", ["v1", "operations", id]) => Ok(Route::Status { id }),
+        (_, ["v1", "operations", ..]) | (_, ["healthz"]) | (_, ["metrics"]) => {
+            Err(Refusal::new(405, "method not allowed"))
+        }
+        _ => Err(Refusal::new(404, "no such endpoint")),
+    }
+}
+
 fn report_response(report: &Report) -> Response {
     Response::json(200, &serde_json::to_value(report).unwrap_or(Value::Null))
 }
@@ -438,8 +565,8 @@ fn parse_deadline(body: &[u8], default: Duration) -> Result<Duration, String> {
     }
 }
 
-fn serve_connection(server: &Arc<Server>, mut stream: impl Read + std::io::Write, authed: bool) {
-    let resp = match http::read_request(&mut stream) {
+fn serve_connection<S: Socket>(server: &Arc<Server>, mut stream: S, authed: bool) {
+    let resp = match read_request_in_time(&mut stream) {
         Err(http::HttpError::Truncated) => return,
         Err(e) => problem_json(
             if matches!(
@@ -516,6 +643,8 @@ pub fn serve(cfg: Config) -> i32 {
     }
     tracing::info!(socket = %socket_path.display(), tcp = ?tcp, "quiesce serve listening");
     eprintln!("quiesce serve: listening on {}", socket_path.display());
+    let unix_connections = Arc::new(AtomicUsize::new(0));
+    let tcp_connections = Arc::new(AtomicUsize::new(0));
     loop {
         if crate::freeze::guard::termination_requested() {
             break;
@@ -533,10 +662,15 @@ pub fn serve(cfg: Config) -> i32 {
         };
         let _ = rustix::event::poll(&mut fds, Some(&timeout));
         while let Ok((stream, _)) = listener.accept() {
+            // Over the limit: closed unanswered (only root and allowed uids can connect).
+            let Some(slot) = Slot::take(&unix_connections) else {
+                continue;
+            };
             let server = Arc::clone(&server);
             std::thread::spawn(move || {
+                let _slot = slot;
                 stream.set_nonblocking(false).ok();
-                stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                stream.set_timeouts(REQUEST_TIMEOUT, RESPONSE_TIMEOUT).ok();
                 let allowed = server.unix_peer_allowed(&stream);
                 if allowed {
                     serve_connection(&server, stream, true);
@@ -544,7 +678,7 @@ pub fn serve(cfg: Config) -> i32 {
                     // Read the (bounded) request first so the caller gets the answer rather
                     // than a reset connection.
                     let mut s = stream;
-                    let _ = http::read_request(&mut s);
+                    let _ = read_request_in_time(&mut s);
                     let _ = problem_json(403, ErrorCode::Unauthorized, "caller not allowed")
                         .write_to(&mut s);
                 }
@@ -552,10 +686,16 @@ pub fn serve(cfg: Config) -> i32 {
         }
         if let Some(t) = &tcp_listener {
             while let Ok((stream, _)) = t.accept() {
+                // TCP callers have their own limit, so that a flood of unauthenticated
+                // connections cannot lock root out of the unix socket.
+                let Some(slot) = Slot::take(&tcp_connections) else {
+                    continue;
+                };
                 let server = Arc::clone(&server);
                 std::thread::spawn(move || {
+                    let _slot = slot;
                     stream.set_nonblocking(false).ok();
-                    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    stream.set_timeouts(REQUEST_TIMEOUT, RESPONSE_TIMEOUT).ok();
                     serve_connection(&server, stream, false);
                 });
             }
