@@ -42,7 +42,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     println!("command: cargo bench --bench freeze   (QUIESCE_BENCH_REPS={reps})");
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = support::scratch_base();
     std::fs::create_dir_all(&base).unwrap();
     let avail = support::sh("df", &["--output=avail", "-B1M", base.to_str().unwrap()]);
     let avail_mb: u64 = avail

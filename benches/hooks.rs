@@ -3,10 +3,12 @@
 //!
 //! Run with: `cargo bench --bench hooks` (optionally `-- 500` for the number of runs).
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use quiesce::config::ScriptSpec;
 use quiesce::hooks::{run_script, Limits, Phase, RunContext};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -32,12 +34,8 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200);
-    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = base.join(format!("bench-hooks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let scratch = support::Scratch::new("bench-hooks");
+    let dir = scratch.path.clone();
     let script = dir.join("noop");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -104,5 +102,4 @@ fn main() {
     report("  of which spawn..exit", spawn);
     report("  /proc group scan (slow path)", scan);
     report("baseline std Command::status", baseline);
-    let _ = std::fs::remove_dir_all(&dir);
 }

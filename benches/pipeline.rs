@@ -4,10 +4,12 @@
 //! Prints the median and p90 per hook (pre+post pair) next to the floor of spawning
 //! `/bin/true` directly, and Azure's figure (its runner polls every 3 s).
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use quiesce::config::{Config, HookConfig, ScriptSpec};
 use quiesce::pipeline::{run_snapshot, RunOptions};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -16,10 +18,8 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-pipeline");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let scratch = support::Scratch::new("bench-pipeline");
+    let dir = scratch.path.clone();
     let script = dir.join("noop");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -82,5 +82,4 @@ fn main() {
     );
     println!("  Azure's runner: polls every 3000 ms, so >= 3000 ms per script it waits on");
     println!("  target: < 5 ms per hook");
-    let _ = std::fs::remove_dir_all(&dir);
 }

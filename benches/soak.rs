@@ -3,7 +3,7 @@
 //! accumulated: descriptors, threads, memory, processes, loop devices, mounts, frozen
 //! filesystems, and a catalog row for every run.
 //!
-//! Run (root; creates two 64 MiB loop ext4 filesystems under target/tmp, removed at the end):
+//! Run (root; creates two 64 MiB loop ext4 filesystems under /var/lib/quiesce-tests, removed at the end):
 //!
 //!     cargo bench --bench soak
 //!     QUIESCE_SOAK_RUNS=200 QUIESCE_SOAK_SEED=7 cargo bench --bench soak

@@ -319,13 +319,14 @@ mod tests {
 
     static N: AtomicU32 = AtomicU32::new(0);
 
-    /// A root-owned 0700 directory under target/tmp (its parents are root-owned, 0755).
+    /// A root-owned 0700 directory under /var/lib/quiesce-tests (root-owned, 0755 parents,
+    /// wherever the checkout is; the integration tests' scratch base).
     struct Dir(PathBuf);
     impl Dir {
         fn new() -> Dir {
-            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
-            std::fs::create_dir_all(&base).unwrap();
-            std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let base = Path::new("/var/lib/quiesce-tests");
+            std::fs::create_dir_all(base).unwrap();
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
             let p = base.join(format!(
                 "trust-unit-{}-{}",
                 std::process::id(),

@@ -29,17 +29,28 @@ pub fn sh(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A fresh directory under the cargo target dir, owned by root, mode 0700, removed on drop.
-/// Its parents (the checkout) are root-owned and not group/other writable, so scripts in it
-/// pass the trust checks.
+/// A fresh directory under [`scratch_base`], owned by root, mode 0700, removed on drop.
+/// Its parents are root-owned and not group/other writable, so scripts in it pass the trust
+/// checks.
 pub struct Scratch {
     pub path: PathBuf,
 }
 
+/// Where scratch directories live: `/var/lib/quiesce-tests` (or `$QUIESCE_TEST_SCRATCH`),
+/// root-owned 0755. Not under the checkout: a checkout below a world-writable directory
+/// (a clone in /tmp) would make every script fail the trust checks, as it should.
+pub fn scratch_base() -> PathBuf {
+    let base = std::env::var_os("QUIESCE_TEST_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/quiesce-tests"));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    base
+}
+
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let base = scratch_base();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let path = base.join(format!("{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
