@@ -49,6 +49,7 @@ use super::{
 };
 use crate::config::ScriptSpec;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -61,13 +62,31 @@ pub const READY_LINE: &str = "READY";
 pub struct Held {
     pid: i32,
     pidfd: OwnedFd,
-    /// Write end of the hook's stdin; closing it is the release signal.
-    stdin: Option<OwnedFd>,
+    /// Write end of the hook's stdin; closing it is the release signal. Shared with
+    /// [`ReleaseTrigger`]s so the release can start early from another thread.
+    stdin: ReleaseTrigger,
     /// Dropping this wakes the drain thread, which then hands the process back.
     wake: Option<OwnedFd>,
     drain: Option<JoinHandle<Process>>,
     pre: ScriptResult,
     ready_at: Instant,
+}
+
+/// Starts the release of a held hook from anywhere: closes the write end of its stdin (the
+/// release signal). Used to end a hold at the freeze guard's deadline while the snapshot
+/// provider is still running, so a hold never outlives the freeze.
+#[derive(Clone, Debug)]
+pub struct ReleaseTrigger(Arc<Mutex<Option<OwnedFd>>>);
+
+impl ReleaseTrigger {
+    /// Close the hook's stdin (idempotent). Returns true if this call closed it.
+    pub fn pull(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
+    }
 }
 
 /// Start a held hook and wait (within `limits.timeout`, retries included) for its `READY`.
@@ -259,7 +278,7 @@ fn hold(mut p: Process, pre: ScriptResult) -> Result<Held, ScriptResult> {
     Ok(Held {
         pid,
         pidfd,
-        stdin,
+        stdin: ReleaseTrigger(Arc::new(Mutex::new(stdin))),
         wake: Some(wake_w),
         drain: Some(drain),
         pre,
@@ -281,6 +300,11 @@ impl Held {
     /// How long the hook has been holding.
     pub fn held_for(&self) -> Duration {
         self.ready_at.elapsed()
+    }
+
+    /// A handle that starts this hook's release from another thread.
+    pub fn release_trigger(&self) -> ReleaseTrigger {
+        self.stdin.clone()
     }
 
     /// Non-blocking: `Some(reason)` when the held process already exited or was killed,
@@ -318,7 +342,7 @@ impl Held {
         };
         let was_lost = self.lost();
         // EOF on stdin: the release signal.
-        self.stdin = None;
+        self.stdin.pull();
         let mut p = self.take_process();
         tracing::info!(hook = %ctx.hook, pid = self.pid, held_ms = ms(self.held_for()), "releasing held hook");
 
@@ -417,7 +441,7 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if self.drain.is_some() {
-            self.stdin = None;
+            self.stdin.pull();
             // Dropping the process kills its group and reaps it.
             drop(self.take_process());
         }

@@ -83,6 +83,8 @@ pub struct Operation<'a> {
     /// Indexes of hooks whose pre was started, in start order.
     started_hooks: Vec<usize>,
     held: Vec<(usize, Held)>,
+    /// Held hooks released at the freeze deadline while the provider was still running.
+    released_at_deadline: Vec<usize>,
     all_pre_ok: bool,
     hold_lost: bool,
     mode: Mode,
@@ -154,6 +156,7 @@ impl<'a> Operation<'a> {
             hook_results: Vec::new(),
             started_hooks: Vec::new(),
             held: Vec::new(),
+            released_at_deadline: Vec::new(),
             all_pre_ok: true,
             hold_lost: false,
             mode: Mode::Normal,
@@ -299,9 +302,43 @@ impl<'a> Operation<'a> {
         let ctx = SnapshotContext {
             operation_id: &self.operation_id,
             frozen: &frozen_targets,
-            timeout: self.snapshot_timeout(),
+            timeout: self.cfg.snapshot.timeout,
         };
-        match self.provider.take(&ctx) {
+        // A hold never outlives the freeze: if the provider is still running at the guard's
+        // deadline, the held hooks are released then (the snapshot may still complete, at a
+        // consistency the report will not overstate).
+        let hold_deadline = self.time_left_frozen().filter(|_| !self.held.is_empty());
+        let (provider, held) = (&mut self.provider, &self.held);
+        let (taken, released) = std::thread::scope(|s| {
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            let watcher = hold_deadline.map(|left| {
+                s.spawn(move || {
+                    let mut released = Vec::new();
+                    if finished.recv_timeout(left)
+                        == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    {
+                        tracing::warn!(
+                            "freeze deadline reached during the snapshot: releasing held hooks"
+                        );
+                        for (i, h) in held {
+                            // A hook that already died lost its hold; it is not "released".
+                            if h.lost().is_none() && h.release_trigger().pull() {
+                                released.push(*i);
+                            }
+                        }
+                    }
+                    released
+                })
+            });
+            let taken = provider.take(&ctx);
+            drop(done);
+            let released = watcher
+                .map(|w| w.join().unwrap_or_default())
+                .unwrap_or_default();
+            (taken, released)
+        });
+        self.released_at_deadline = released;
+        match taken {
             Ok(refs) => {
                 self.snapshots = refs;
                 self.snapshot_taken = true;
@@ -313,19 +350,12 @@ impl<'a> Operation<'a> {
         self.check_holds();
     }
 
-    /// The provider's timeout, cut to what is left of the freeze guard's deadline: past it
-    /// the snapshot cannot be consistent any more, and held hooks (a database lock) must not
-    /// outlive the freeze.
-    fn snapshot_timeout(&self) -> Duration {
-        let Some(frozen) = &self.frozen else {
-            return self.cfg.snapshot.timeout;
-        };
+    /// What is left of the freeze guard's deadline (None when nothing is frozen).
+    fn time_left_frozen(&self) -> Option<Duration> {
+        let frozen = self.frozen.as_ref()?;
         let since_freeze =
             Duration::from_nanos(freeze::monotonic_ns().saturating_sub(frozen.first_freeze_ns()));
-        self.cfg
-            .snapshot
-            .timeout
-            .min(self.freeze_timeout.saturating_sub(since_freeze))
+        Some(self.freeze_timeout.saturating_sub(since_freeze))
     }
 
     /// Mark the moment the platform's snapshot completed (host-driven mode), then check holds.
@@ -339,6 +369,10 @@ impl<'a> Operation<'a> {
 
     fn check_holds(&mut self) {
         for (i, held) in &self.held {
+            if self.released_at_deadline.contains(i) {
+                // Released at the freeze deadline: the guard's report says what that cost.
+                continue;
+            }
             if let Some(reason) = held.lost() {
                 self.hold_lost = true;
                 self.errors.push(
