@@ -186,19 +186,26 @@ impl Drop for LoopFs {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        // The kernel may still hold the device for a moment after umount (udev, a lazy
-        // reference): retry the detach rather than leak the loop device.
+        // Detach until it succeeds once (the device may be busy for a moment after umount),
+        // and never again after that: the number may already belong to another test.
+        let name = self.device.trim_start_matches("/dev/");
+        let ours = || {
+            std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+                .map(|f| {
+                    f.trim().trim_end_matches(" (deleted)") == self.image.to_str().unwrap_or("")
+                })
+                .unwrap_or(false)
+        };
         for _ in 0..50 {
-            let _ = Command::new("losetup")
+            if !ours() {
+                break;
+            }
+            let detached = Command::new("losetup")
                 .args(["-d", &self.device])
                 .stderr(Stdio::null())
-                .status();
-            let attached = Command::new("losetup")
-                .args(["-j", self.image.to_str().unwrap_or("")])
-                .output()
-                .map(|o| !o.stdout.is_empty())
-                .unwrap_or(false);
-            if !attached {
+                .status()
+                .is_ok_and(|s| s.success());
+            if detached {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
