@@ -160,6 +160,18 @@ pub struct Totals {
 }
 
 /// An open catalog database.
+/// Maps a SQLite error to a [`CatalogError`] naming the file and what was being done.
+fn sql_error<'a>(
+    path: &'a Path,
+    context: &'static str,
+) -> impl Fn(rusqlite::Error) -> CatalogError + 'a {
+    move |source| CatalogError::Sqlite {
+        path: path.to_path_buf(),
+        context,
+        source,
+    }
+}
+
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
@@ -209,13 +221,7 @@ impl Catalog {
             Err(e) => return Err(io_err(e)),
         }
 
-        let sql = |context| {
-            move |source| CatalogError::Sqlite {
-                path: path.to_path_buf(),
-                context,
-                source,
-            }
-        };
+        let sql = |context| sql_error(path, context);
         // No SQLITE_OPEN_CREATE: the file was created above with the right mode.
         let conn = Connection::open_with_flags(
             path,
@@ -256,13 +262,7 @@ impl Catalog {
         if !path.exists() {
             return Ok(None);
         }
-        let sql = |context| {
-            move |source| CatalogError::Sqlite {
-                path: path.to_path_buf(),
-                context,
-                source,
-            }
-        };
+        let sql = |context| sql_error(path, context);
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
