@@ -311,11 +311,7 @@ impl Catalog {
     }
 
     fn sql(&self, context: &'static str) -> impl Fn(rusqlite::Error) -> CatalogError + '_ {
-        move |source| CatalogError::Sqlite {
-            path: self.path.clone(),
-            context,
-            source,
-        }
+        sql_error(&self.path, context)
     }
 
     /// Apply the missing migrations in one immediate transaction.
@@ -325,15 +321,9 @@ impl Catalog {
         if found == supported {
             return Ok(());
         }
+        // A copy: the transaction below borrows `self` mutably.
         let path = self.path.clone();
-        let sql = |context| {
-            let path = path.clone();
-            move |source| CatalogError::Sqlite {
-                path,
-                context,
-                source,
-            }
-        };
+        let sql = |context| sql_error(&path, context);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -381,15 +371,9 @@ impl Catalog {
         let started_unix = unix_of(&report.started_at).unwrap_or_else(now_unix);
         let finished_unix = unix_of(&report.finished_at).unwrap_or(started_unix);
         let t = &report.timings;
+        // A copy: the transaction below borrows `self` mutably.
         let path = self.path.clone();
-        let sql = |context| {
-            let path = path.clone();
-            move |source| CatalogError::Sqlite {
-                path,
-                context,
-                source,
-            }
-        };
+        let sql = |context| sql_error(&path, context);
 
         let tx = self
             .conn
@@ -736,15 +720,9 @@ impl Catalog {
     /// implicitly.
     pub fn prune(&mut self, before: SystemTime) -> Result<usize, CatalogError> {
         let cutoff = system_time_unix(before);
+        // A copy: the transaction below borrows `self` mutably.
         let path = self.path.clone();
-        let sql = |context| {
-            let path = path.clone();
-            move |source| CatalogError::Sqlite {
-                path,
-                context,
-                source,
-            }
-        };
+        let sql = |context| sql_error(&path, context);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
