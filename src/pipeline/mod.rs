@@ -97,7 +97,6 @@ pub struct Operation<'a> {
     frozen_mounts: Vec<String>,
     frozen_ms: Option<u64>,
     post_failed_fatal: bool,
-    post_failed: bool,
     serious: bool,
     timings: Timings,
 }
@@ -169,7 +168,6 @@ impl<'a> Operation<'a> {
             frozen_mounts: Vec::new(),
             frozen_ms: None,
             post_failed_fatal: false,
-            post_failed: false,
             serious: false,
             timings: Timings::default(),
         })
@@ -439,7 +437,6 @@ impl<'a> Operation<'a> {
                 continue;
             };
             if let Some(code) = result.error {
-                self.post_failed = true;
                 if !hook.continue_on_failure {
                     self.post_failed_fatal = true;
                 }
@@ -489,7 +486,7 @@ impl<'a> Operation<'a> {
         let has_hooks = self.cfg.hooks.iter().any(|h| h.pre.is_some());
         let freezing =
             self.cfg.freeze.enabled && self.plan.as_ref().is_some_and(|p| !p.targets.is_empty());
-        if hooks_ok && has_hooks && (froze || !freezing) && self.mode == Mode::Normal {
+        if hooks_ok && has_hooks && (froze || !freezing) {
             Consistency::Application
         } else if froze {
             Consistency::FileSystem
