@@ -1,6 +1,8 @@
 //! Operation ids: `YYYYMMDDTHHMMSSZ-xxxxxxxx` (UTC time, 32 random bits), sortable by time
 //! and safe in file names.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 /// A new operation id.
 pub fn generate() -> String {
     let mut rnd = [0u8; 4];
@@ -8,15 +10,22 @@ pub fn generate() -> String {
     if rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty()).is_err() {
         rnd = std::process::id().to_le_bytes();
     }
-    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let compact: String = stamp
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
+    let compact = compact_utc(SystemTime::now()).unwrap_or_default();
     format!(
         "{compact}-{:02x}{:02x}{:02x}{:02x}",
         rnd[0], rnd[1], rnd[2], rnd[3]
     )
+}
+
+/// `YYYYMMDDTHHMMSSZ` for `t` (UTC, whole seconds): sortable and safe in file names.
+/// `None` before 1970 or from the year 10000 on (not four digits any more).
+pub fn compact_utc(t: SystemTime) -> Option<String> {
+    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    if secs >= 253_402_300_800 {
+        return None;
+    }
+    let rfc = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+    Some(rfc.chars().filter(|c| *c != '-' && *c != ':').collect())
 }
 
 /// Is `s` a plausible operation id (used to validate ids given by API callers)?

@@ -11,7 +11,7 @@
 //! tolerant: any non-empty operation id is accepted, not only the agent's
 //! `YYYYMMDDTHHMMSSZ-xxxxxxxx` shape.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest file name btrfs accepts (NAME_MAX).
 pub const NAME_MAX: usize = 255;
@@ -31,13 +31,9 @@ pub struct ParsedName {
 }
 
 /// `YYYYMMDDTHHMMSSZ` for `t` (UTC); `None` before 1970 or after 9999.
+/// The same stamp operation ids start with ([`crate::pipeline::opid::compact_utc`]).
 pub fn format_time(t: SystemTime) -> Option<String> {
-    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    if secs >= 253_402_300_800 {
-        return None; // year 10000: humantime would not format it as 4 digits.
-    }
-    let rfc = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
-    Some(rfc.chars().filter(|c| *c != '-' && *c != ':').collect())
+    crate::pipeline::opid::compact_utc(t)
 }
 
 /// Seconds since the epoch for a `YYYYMMDDTHHMMSSZ` field, if it is one.
@@ -146,6 +142,7 @@ pub fn parse(name: &str) -> Option<ParsedName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const T: i64 = 1_795_728_600; // 2026-11-26T21:30:00Z
 
