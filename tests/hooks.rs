@@ -227,8 +227,9 @@ fn script_without_shebang_runs_under_bin_sh() {
         "{}",
         r.stdout_tail
     );
+    // `$0` is the script's real path (scripts source files next to themselves).
     assert!(
-        r.stdout_tail.contains("zero=/proc/self/fd/"),
+        r.stdout_tail.contains(&format!("zero={}\n", s.display())),
         "{}",
         r.stdout_tail
     );
@@ -274,7 +275,14 @@ fn environment_cwd_stdin_and_process_group() {
         .filter(|(k, _)| !["PWD", "SHLVL", "_", "OLDPWD"].contains(&k.as_str()))
         .collect();
     vars.sort();
+    let lang = std::env::var("LANG")
+        .ok()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "C.UTF-8".into());
     let expect = vec![
+        ("HOME", "/root".to_string()),
+        ("LANG", lang),
+        ("LOGNAME", "root".to_string()),
         (
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -285,6 +293,8 @@ fn environment_cwd_stdin_and_process_group() {
         ("QUIESCE_OPERATION_ID", "op-42".to_string()),
         ("QUIESCE_PHASE", "post".to_string()),
         ("QUIESCE_SCRIPT", s.display().to_string()),
+        ("SHELL", root_shell()),
+        ("USER", "root".to_string()),
     ];
     let expect: Vec<(String, String)> = expect
         .into_iter()
@@ -385,14 +395,51 @@ fn missing_script_is_not_found_for_each_phase() {
     assert!(r.message.contains("no such file"), "{}", r.message);
 }
 
+fn root_shell() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("root:"))
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn shebang_to_missing_interpreter_fails_cleanly() {
+    // Refused before any attempt, with a message naming the interpreter.
     let d = Scratch::new("hooks-badinterp");
     let s = d.script("pre", "#!/nonexistent/interpreter\n");
     let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 1, 100));
-    assert_eq!(r.error, Some(ErrorCode::PreScriptExecutionFailed));
-    assert_eq!(r.attempts.len(), 2);
-    assert!(matches!(r.attempts[0].end, AttemptEnd::SpawnFailed { .. }));
+    assert_eq!(r.error, Some(ErrorCode::PreScriptNotFound));
+    assert!(r.attempts.is_empty());
+    assert!(r.message.contains("/nonexistent/interpreter"), "{}", r.message);
+}
+
+#[test]
+fn interpreter_of_another_user_is_refused() {
+    // A root 0700 script whose interpreter another user can replace runs that user's code.
+    let d = Scratch::new("hooks-foreign-interp");
+    let interp = d.file("fake-sh", "#!/bin/sh\nexec /bin/sh \"$@\"\n", 0o755);
+    std::os::unix::fs::chown(&interp, Some(65534), None).unwrap();
+    let s = d.script("pre", &format!("#!{}\necho ran\n", interp.display()));
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
+    assert_eq!(r.error, Some(ErrorCode::InsufficientPermissionForPreScript));
+    assert!(r.message.contains("interpreter"), "{}", r.message);
+    assert!(r.attempts.is_empty());
+}
+
+#[test]
+fn mode_600_script_runs_and_env_shebang_resolves_on_the_hook_path() {
+    let d = Scratch::new("hooks-600");
+    let s = d.file("pre", "#!/bin/sh\necho \"plain $0\"\n", 0o600);
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
+    assert!(r.succeeded(), "{r:?}");
+    assert!(r.stdout_tail.contains(&format!("plain {}", s.display())));
+    let s = d.file("env", "#!/usr/bin/env sh\necho \"env $HOME\"\n", 0o600);
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
+    assert!(r.succeeded(), "{r:?}");
+    assert!(r.stdout_tail.contains("env /root"), "{}", r.stdout_tail);
 }
 
 // ---------------------------------------------------------------- hold mode

@@ -14,7 +14,7 @@
 //!   fuzzing: `numberOfPlugins = 999999992` ran for minutes, and `u64::MAX` overflowed).
 //! - freezing is enabled only if every plugin has `fsFreezeEnabled: true`.
 
-use super::native::{line_col, read_trusted};
+use super::read::{line_col, read_public, read_trusted};
 use super::{Config, ConfigErrors, HookConfig, ScriptSpec};
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
@@ -223,7 +223,7 @@ fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
 
 /// Load the plugin host INI file and every plugin JSON it names.
 pub fn load_plugin_host(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = read_trusted(path, HOST).map_err(|p| ConfigErrors(vec![p]))?;
+    let text = read_public(path, HOST).map_err(|p| ConfigErrors(vec![p]))?;
     parse_plugin_host(path, &text, &|p| load_plugin_json(p))
 }
 

@@ -1,11 +1,12 @@
 //! Configuration: the native TOML file and Azure's plugin files, read into one model.
 //!
-//! Lookup order when no `--config` is given (SPEC section 2):
+//! Lookup order when no `--config` is given (see README, "Configuration"):
 //! `/etc/quiesce/quiesce.toml`, `/etc/azure/VMSnapshotPluginHost.conf`,
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
 pub mod azure;
 pub mod native;
+pub mod read;
 
 use crate::codes::Problem;
 use std::path::{Path, PathBuf};
@@ -158,7 +159,7 @@ pub struct HookConfig {
     pub post_retries: u32,
     /// `continueBackupOnFailure`.
     pub continue_on_failure: bool,
-    /// Hold mode (SPEC section 4): `pre` runs as one process across the snapshot.
+    /// Hold mode (README, "Hold mode"): `pre` runs as one process across the snapshot.
     pub hold: bool,
     /// Where this hook was defined.
     pub origin: PathBuf,

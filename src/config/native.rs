@@ -8,9 +8,10 @@ use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
     Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
 };
+use super::read::{char_boundary, line_col, read_trusted};
+pub use super::read::MAX_CONFIG_BYTES;
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -113,30 +114,6 @@ struct RawServer {
 /// Default per-script timeout of a native hook.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `offset` clamped to the text and moved back to a character boundary, so that slicing at
-/// a position reported by a parser can never panic.
-fn char_boundary(text: &str, offset: usize) -> usize {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    offset
-}
-
-/// 1-based line and column of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = char_boundary(text, offset);
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, col)
-}
-
 /// A message for a TOML syntax error the parser did not describe. The usual cause is a
 /// control character (TOML allows none but tab, not even in a comment), so name the first
 /// one on the line of the error; otherwise say what is at `offset`.
@@ -171,35 +148,6 @@ fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
         }
     }
     None
-}
-
-/// Largest configuration file read (native TOML, plugin host INI, plugin JSON). A trusted
-/// path can still name something huge (`azure_plugins = ["/proc/kcore"]`, a log file): it is
-/// refused instead of read into memory.
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
-
-/// Read a configuration file after the trust check (at most [`MAX_CONFIG_BYTES`]), mapping
-/// failures to `code`.
-pub(crate) fn read_trusted(path: &Path, code: ErrorCode) -> Result<String, Problem> {
-    let loc = Location {
-        file: path.to_path_buf(),
-        line: None,
-        column: None,
-    };
-    let file = crate::trust::open_config(path)
-        .map_err(|e| Problem::new(code, format!("refused: {e}")).at(loc.clone()))?;
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| Problem::new(code, format!("cannot read: {e}")).at(loc.clone()))?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Problem::new(
-            code,
-            format!("larger than {MAX_CONFIG_BYTES} bytes; not a configuration file"),
-        )
-        .at(loc));
-    }
-    Ok(text)
 }
 
 /// Load and validate a native configuration file.

@@ -1,16 +1,17 @@
 //! The hook runner: pre/post scripts with retries, timeouts that kill the whole process
-//! group, bounded output capture and a clean environment (SPEC section 4).
+//! group, bounded output capture and a clean environment.
 //!
 //! Each attempt:
 //! - trust check ([`crate::trust::open_script`]); a missing script is `*-ScriptNotFound`, an
 //!   unsafe one `InsufficientPermissionfor*-Script`, and nothing runs;
-//! - executed from the checked descriptor ([`process::Launch::trusted`]), argv as configured,
-//!   never through a shell; a script without `#!` runs under `/bin/sh` as in Azure;
-//! - environment cleared, then `PATH` ([`process::SAFE_PATH`]), `QUIESCE_PHASE` (`pre` /
+//! - argv as configured, never through a shell ([`process::Launch::trusted`]);
+//! - run by its checked path (`$0` is the real path), a script without `#!` under
+//!   `/bin/sh`, a `#!` script under its trust-checked interpreter (no execute bit needed);
+//! - environment cleared, then `PATH` ([`process::SAFE_PATH`]), `HOME`, `USER`, `LOGNAME`,
+//!   `SHELL` (password database), `LANG` (inherited or `C.UTF-8`), `QUIESCE_PHASE` (`pre` /
 //!   `post`), `QUIESCE_OPERATION_ID`, `QUIESCE_HOOK`, `QUIESCE_ATTEMPT` (1-based),
 //!   `QUIESCE_DEADLINE` (unix seconds, covering all attempts) and `QUIESCE_SCRIPT` (the
-//!   configured path: `$0` of an interpreted script is `/proc/self/fd/N`); cwd `/`; stdin
-//!   `/dev/null`;
+//!   configured path); cwd `/`; stdin `/dev/null`;
 //! - its own process group; output drained continuously into tails of
 //!   [`OUTPUT_TAIL_BYTES`]; at the deadline SIGTERM to the group, SIGKILL after
 //!   `kill_grace`, reaped; leftovers of a normal exit are terminated too (see [`process`]).
@@ -259,12 +260,53 @@ pub(crate) fn script_launch(
         Phase::Pre => launch.interruptible(),
         Phase::Post => launch,
     };
+    let launch = user_environment()
+        .into_iter()
+        .fold(launch, |l, (k, v)| l.env(k, v));
     Ok(launch
         .env("QUIESCE_PHASE", ctx.phase.as_str())
         .env("QUIESCE_OPERATION_ID", &ctx.operation_id)
         .env("QUIESCE_HOOK", &ctx.hook)
         .env("QUIESCE_ATTEMPT", attempt.to_string())
         .env("QUIESCE_DEADLINE", deadline_unix.to_string()))
+}
+
+/// The login-like part of a hook's environment, as Azure's agent passes it: `HOME`, `USER`,
+/// `LOGNAME` and `SHELL` of the running user from the password database (root: `/root`,
+/// `root`, its shell), and `LANG` inherited from quiesce or `C.UTF-8`. `PATH` is
+/// [`process::SAFE_PATH`]; the `QUIESCE_*` variables are added by [`script_launch`].
+pub fn user_environment() -> Vec<(&'static str, String)> {
+    let uid = rustix::process::getuid().as_raw();
+    let entry = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| passwd_entry(&text, uid));
+    let (name, home, shell) = entry.unwrap_or_else(|| {
+        if uid == 0 {
+            ("root".into(), "/root".into(), "/bin/sh".into())
+        } else {
+            (uid.to_string(), "/".into(), "/bin/sh".into())
+        }
+    });
+    let lang = std::env::var("LANG")
+        .ok()
+        .filter(|l| !l.is_empty() && !l.contains(['\n', '\0']))
+        .unwrap_or_else(|| "C.UTF-8".into());
+    vec![
+        ("HOME", home),
+        ("USER", name.clone()),
+        ("LOGNAME", name),
+        ("SHELL", shell),
+        ("LANG", lang),
+    ]
+}
+
+/// Name, home and shell of `uid` in `/etc/passwd` text.
+fn passwd_entry(text: &str, uid: u32) -> Option<(String, String, String)> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid))
+            .then(|| (f[0].to_string(), f[5].to_string(), f[6].to_string()))
+    })
 }
 
 /// `ctx.deadline_unix`, or now + `timeout` (rounded up) when the caller left it at 0.
@@ -361,4 +403,21 @@ pub(crate) fn stderr_hint(stderr: &str) -> String {
 
 pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_lookup() {
+        let text = "root:x:0:0:root:/root:/bin/bash\nbob:x:1000:1000::/home/bob:/bin/zsh\n";
+        assert_eq!(
+            passwd_entry(text, 1000),
+            Some(("bob".into(), "/home/bob".into(), "/bin/zsh".into()))
+        );
+        assert_eq!(passwd_entry(text, 0).unwrap().1, "/root");
+        assert_eq!(passwd_entry(text, 7), None);
+        assert_eq!(passwd_entry("broken:line\n", 0), None);
+    }
 }

@@ -33,17 +33,17 @@ use super::output::Tail;
 use super::{AttemptEnd, OUTPUT_TAIL_BYTES};
 use crate::trust::TrustedFile;
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::io::{Errno, FdFlags};
+use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The only `PATH` children get.
-pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const SAFE_PATH: &str = crate::trust::HOOK_PATH;
 
 /// How long output pipes are still read after the process group is gone, when something
 /// outside the group (a daemon that called `setsid`) keeps them open.
@@ -82,48 +82,41 @@ pub struct Launch {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     stdin: StdinMode,
-    /// Kept open across exec in the child only (the script an interpreter must open).
-    keep_fd: Option<OwnedFd>,
-    /// Descriptor executed through `/proc/self/fd/N` (kept alive until spawn).
-    exec_fd: Option<OwnedFd>,
     capture_stdout: usize,
     watch_line: Option<Vec<u8>>,
     interruptible: bool,
 }
 
 impl Launch {
-    /// Execute a trusted script from its checked descriptor, never by path again.
+    /// Execute a trusted script by its checked path, so that `$0` is the real path and
+    /// scripts can source files next to themselves.
     ///
-    /// - ELF binary: `execve("/proc/self/fd/N", [path, args..])`.
-    /// - `#!` script: the same; the kernel starts the interpreter with `/proc/self/fd/N` as
-    ///   the script path, so `N` stays open (close-on-exec cleared in the child only) and the
-    ///   interpreter reads exactly the checked file. `$0` is therefore `/proc/self/fd/N`;
-    ///   the configured path is exported as `QUIESCE_SCRIPT`.
-    /// - Anything else: `/bin/sh /proc/self/fd/N args..` as Azure runs such scripts.
+    /// - ELF binary: `execve(path, [path, args..])`.
+    /// - `#!` script: its checked interpreter ([`crate::trust::Interpreter`]) with the
+    ///   `#!` line's argument, then the path and the arguments, as the kernel would start it,
+    ///   but without needing the execute bit (Azure runs every script as `sh <path>`).
+    /// - Anything else: `/bin/sh path args..`, as Azure runs such scripts.
     ///
-    /// The environment starts empty apart from `PATH` ([`SAFE_PATH`]) and `QUIESCE_SCRIPT`.
+    /// Why running by path is safe: the trust check proved every directory on the path
+    /// root-owned and not writable by group/others, so only root can replace the file
+    /// between the check and the exec (see SECURITY.md).
     pub fn trusted(file: &TrustedFile, args: &[String]) -> std::io::Result<Launch> {
-        // A private duplicate numbered >= 3, so the child's stdio setup cannot clobber it and
-        // the caller's descriptor keeps its close-on-exec flag.
-        let dup = rustix::io::fcntl_dupfd_cloexec(&file.fd, 3)?;
-        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", dup.as_raw_fd()));
-        let mut launch = if file.elf || file.shebang {
-            Launch::new(fd_path, file.path.clone().into_os_string(), Vec::new())
-        } else {
+        let path = file.path.clone().into_os_string();
+        let mut launch = if file.elf {
+            Launch::new(file.path.clone(), path, Vec::new())
+        } else if let Some(interp) = &file.interpreter {
+            let mut argv: Vec<OsString> = interp.arg.iter().map(OsString::from).collect();
+            argv.push(path);
             Launch::new(
-                PathBuf::from("/bin/sh"),
-                OsString::from("/bin/sh"),
-                vec![fd_path.into_os_string()],
+                interp.program.clone(),
+                interp.program.clone().into_os_string(),
+                argv,
             )
+        } else {
+            Launch::new(PathBuf::from("/bin/sh"), OsString::from("/bin/sh"), vec![path])
         };
         launch.args.extend(args.iter().map(OsString::from));
         launch = launch.env("QUIESCE_SCRIPT", &file.path);
-        if file.elf {
-            // The kernel opens /proc/self/fd/N itself during execve; nothing must inherit it.
-            launch.exec_fd = Some(dup);
-        } else {
-            launch.keep_fd = Some(dup);
-        }
         Ok(launch)
     }
 
@@ -145,8 +138,6 @@ impl Launch {
             args,
             env: vec![("PATH".into(), SAFE_PATH.into())],
             stdin: StdinMode::Null,
-            keep_fd: None,
-            exec_fd: None,
             capture_stdout: 0,
             watch_line: None,
             interruptible: false,
@@ -210,19 +201,6 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(fd) = &self.keep_fd {
-            let raw = fd.as_raw_fd();
-            // SAFETY: the closure runs in the forked child before exec and only makes one
-            // fcntl system call (async-signal-safe, no allocation). `raw` is open in the child
-            // because `self.keep_fd` is alive in the parent across `spawn`.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let fd = BorrowedFd::borrow_raw(raw);
-                    rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
-                    Ok(())
-                });
-            }
-        }
         let mut child = cmd.spawn()?;
         let pid = Pid::from_raw(child.id() as i32).expect("child pid is positive");
         let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
