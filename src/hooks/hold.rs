@@ -339,6 +339,7 @@ impl Held {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             duration_ms: 0,
+            leftovers: Vec::new(),
         };
         let was_lost = self.lost();
         // EOF on stdin: the release signal.

@@ -125,6 +125,11 @@ pub struct ScriptResult {
     /// Last bytes of stderr (lossy UTF-8).
     pub stderr_tail: String,
     pub duration_ms: u64,
+    /// Pre script: pids of its background processes still running when it exited, kept
+    /// alive until the hook's post script has run. Post script: the pids of those that were
+    /// still alive after it, and were then terminated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<i32>,
 }
 
 impl ScriptResult {
@@ -139,6 +144,48 @@ pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 /// Run a script to completion: trust check, attempts with retries, all bounded by
 /// `limits.timeout`. Never panics on script misbehaviour; every failure has a code.
 pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> ScriptResult {
+    let (result, kept) = run_attempts(spec, ctx, limits, false);
+    drop(kept);
+    result
+}
+
+/// Like [`run_script`], for a pre script whose background processes (a session holding a
+/// lock) must outlive it: what is left of its process group after its last attempt exited
+/// keeps running and is returned, to be ended with [`end_leftovers`] once the hook's post
+/// script has run. Leftovers of an earlier failed attempt, and of a timed-out one, are
+/// terminated as usual.
+pub fn run_pre_keeping(
+    spec: &ScriptSpec,
+    ctx: &RunContext,
+    limits: Limits,
+) -> (ScriptResult, Option<process::KeptGroup>) {
+    run_attempts(spec, ctx, limits, true)
+}
+
+/// Terminate a pre script's kept leftovers after its post script (`post`, when one ran),
+/// recording in `post` which were still alive. Returns those pids.
+pub fn end_leftovers(
+    kept: process::KeptGroup,
+    kill_grace: Duration,
+    post: Option<&mut ScriptResult>,
+) -> Vec<i32> {
+    let pids = kept.end(kill_grace);
+    if !pids.is_empty() {
+        tracing::info!(pids = ?pids, "terminated what the pre script left running, after its post script");
+    }
+    if let Some(r) = post {
+        r.leftovers = pids.clone();
+    }
+    pids
+}
+
+fn run_attempts(
+    spec: &ScriptSpec,
+    ctx: &RunContext,
+    limits: Limits,
+    keep: bool,
+) -> (ScriptResult, Option<process::KeptGroup>) {
+    let mut kept: Option<process::KeptGroup> = None;
     let start = Instant::now();
     let deadline = process::deadline_after(start, limits.timeout);
     let deadline_unix = export_deadline(ctx, limits.timeout);
@@ -153,19 +200,26 @@ pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> Script
                 result.error = Some(code);
                 result.message = message;
                 result.duration_ms = ms(start.elapsed());
-                return result;
+                return (result, kept);
             }
         };
         let attempt_start = Instant::now();
         let (end, out, err) =
             match script_launch(&file, spec, ctx, number, deadline_unix).and_then(|l| l.spawn()) {
                 Ok(mut p) => {
+                    if let Some(k) = kept.take() {
+                        k.end(limits.kill_grace);
+                    }
+                    if keep {
+                        p.keep_leftovers();
+                    }
                     tracing::info!(
                         hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
                         of = max_attempts, pid = p.pid(), path = %spec.path.display(),
                         "hook attempt started"
                     );
                     let end = p.run(deadline, limits.kill_grace);
+                    kept = p.take_kept();
                     (
                         end,
                         p.stdout_tail().to_string_lossy(),
@@ -216,7 +270,14 @@ pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> Script
         }
     }
     result.duration_ms = ms(start.elapsed());
-    result
+    if let Some(k) = &kept {
+        result.leftovers = k.pids.clone();
+        tracing::info!(
+            hook = %ctx.hook, pids = ?k.pids,
+            "the pre script left processes running; they are kept until its post script ran"
+        );
+    }
+    (result, kept)
 }
 
 impl ScriptResult {
@@ -232,8 +293,23 @@ impl ScriptResult {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             duration_ms: 0,
+            leftovers: Vec::new(),
         }
     }
+}
+
+/// Check a hook's pre and post scripts (existence, trust, `#!` interpreter) before anything
+/// runs. Returns the first problem and the phase it belongs to: a hook whose post script is
+/// unusable must not run its pre (nothing could resume the application afterwards).
+pub fn validate(hook: &crate::config::HookConfig) -> Option<(Phase, ErrorCode, String)> {
+    [(Phase::Pre, &hook.pre), (Phase::Post, &hook.post)]
+        .into_iter()
+        .find_map(|(phase, spec)| {
+            let spec = spec.as_ref()?;
+            open_checked(spec, phase)
+                .err()
+                .map(|(code, message)| (phase, code, message))
+        })
 }
 
 /// Trust-check `spec.path`, mapping refusals to the phase's codes.

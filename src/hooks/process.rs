@@ -236,6 +236,8 @@ impl Launch {
             line_seen: false,
             exit: None,
             reaped: false,
+            keep: false,
+            kept: None,
             group_outlives_leader: false,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
@@ -255,7 +257,7 @@ pub enum LineWait {
 }
 
 /// What [`Process::finish`] found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Leftovers {
     /// Group members still alive after the leader exited, which were terminated.
     pub terminated: Vec<i32>,
@@ -264,6 +266,79 @@ pub struct Leftovers {
     /// Something outside the group still held an output pipe after [`LINGER`]; quiesce
     /// closed its ends.
     pub pipes_abandoned: bool,
+    /// Group members left running on purpose ([`Process::keep_leftovers`]): a pre script's
+    /// background session that must live until the hook's post script has run.
+    pub kept: Option<KeptGroup>,
+}
+
+/// Leftovers of a finished script, kept running until [`KeptGroup::end`] (or drop): the
+/// process group id and a thread draining (and discarding) whatever they still write to
+/// the script's output pipes, so they never block on a full pipe nor die of `SIGPIPE`.
+#[derive(Debug)]
+pub struct KeptGroup {
+    pgid: Pid,
+    /// Pids alive when the script exited.
+    pub pids: Vec<i32>,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeptGroup {
+    /// Terminate what is left of the group: SIGTERM, up to `grace`, SIGKILL, up to
+    /// [`KILL_WAIT`]. Signals go to the group only while a live member still pins its id.
+    /// Returns the pids that were still alive (and were terminated).
+    pub fn end(mut self, grace: Duration) -> Vec<i32> {
+        self.end_now(grace)
+    }
+
+    fn end_now(&mut self, grace: Duration) -> Vec<i32> {
+        let pgid = self.pgid.as_raw_nonzero().get();
+        let alive = live_group_members(pgid);
+        for (sig, wait) in [(Signal::TERM, grace), (Signal::KILL, KILL_WAIT)] {
+            if live_group_members(pgid).is_empty() {
+                break;
+            }
+            let _ = rustix::process::kill_process_group(self.pgid, sig);
+            let until = deadline_after(Instant::now(), wait);
+            while !live_group_members(pgid).is_empty() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if let Some(t) = self.drain.take() {
+            if live_group_members(pgid).is_empty() {
+                let _ = t.join();
+            }
+        }
+        alive
+    }
+}
+
+impl Drop for KeptGroup {
+    fn drop(&mut self) {
+        if self.drain.is_some() {
+            self.end_now(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Read and discard `fds` until every one reached EOF (the last writer is gone).
+fn drain_to_eof(fds: Vec<OwnedFd>) {
+    let mut open: Vec<OwnedFd> = fds;
+    let mut buf = vec![0u8; READ_CHUNK];
+    while !open.is_empty() {
+        let mut pfds: Vec<PollFd<'_>> = open.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+        if rustix::event::poll(&mut pfds, None).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let ready: Vec<bool> = pfds.iter().map(|p| !p.revents().is_empty()).collect();
+        drop(pfds);
+        let mut i = 0;
+        open.retain(|fd| {
+            let r = ready[i];
+            i += 1;
+            !r || !matches!(rustix::io::read(fd, &mut buf[..]), Ok(0) | Err(Errno::BADF))
+        });
+    }
 }
 
 /// A running (or exited, not yet reaped) child in its own process group.
@@ -287,6 +362,10 @@ pub struct Process {
     line_seen: bool,
     exit: Option<AttemptEnd>,
     reaped: bool,
+    /// Leave leftovers of a normal exit running (see [`Process::keep_leftovers`]).
+    keep: bool,
+    /// What [`Process::run`] kept running (take it with [`Process::take_kept`]).
+    kept: Option<KeptGroup>,
     /// Set while leftovers of an exited, reaped leader are being terminated: their presence
     /// keeps the group id allocated, so group signals stay safe (see `finish`).
     group_outlives_leader: bool,
@@ -308,6 +387,18 @@ impl Process {
         } else {
             left
         }
+    }
+
+    /// After a normal exit, leave what is left of the group running and hand it over in
+    /// [`Leftovers::kept`] instead of terminating it. A timed-out or killed script's tree is
+    /// still terminated.
+    pub fn keep_leftovers(&mut self) {
+        self.keep = true;
+    }
+
+    /// The leftovers [`Process::run`] kept running, if any.
+    pub fn take_kept(&mut self) -> Option<KeptGroup> {
+        self.kept.take()
     }
 
     /// Pid of the leader, which is also the process group id.
@@ -421,6 +512,7 @@ impl Process {
             }
         };
         let left = self.finish(kill_grace);
+        self.kept = left.kept;
         if !left.terminated.is_empty() || left.pipes_abandoned {
             tracing::warn!(
                 pid = self.pid(),
@@ -497,7 +589,20 @@ impl Process {
                 Err(_) => {}
                 Ok(()) => {
                     let strays = live_group_members(pgid);
-                    if !strays.is_empty() {
+                    let normal = matches!(self.exit, Some(AttemptEnd::Exited { .. }));
+                    if !strays.is_empty() && self.keep && normal {
+                        let fds: Vec<OwnedFd> =
+                            [self.stdout.take(), self.stderr.take()].into_iter().flatten().collect();
+                        let drain = std::thread::Builder::new()
+                            .name(format!("kept-{pgid}"))
+                            .spawn(move || drain_to_eof(fds))
+                            .ok();
+                        left.kept = Some(KeptGroup {
+                            pgid: self.pid,
+                            pids: strays,
+                            drain,
+                        });
+                    } else if !strays.is_empty() {
                         left.terminated = strays;
                         self.group_outlives_leader = true;
                         self.terminate(grace);
