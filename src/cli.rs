@@ -245,7 +245,7 @@ struct CheckOutput {
 
 /// Everything `check` finds wrong with the configuration, the scripts and the freeze plan.
 pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
-    let mut problems = Vec::new();
+    let mut problems = cfg.skipped.clone();
     for hook in &cfg.hooks {
         for (phase, spec) in [(Phase::Pre, &hook.pre), (Phase::Post, &hook.post)] {
             let Some(spec) = spec else { continue };

@@ -239,7 +239,8 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
 
     let unsafe_host = plugin_host(&d, &[&json]);
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // 0644 is how Azure installs it (accepted); writable by others is not.
+    std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = snapshot_json(&unsafe_host);
     assert_code(&r, "IncorrectPluginhostFile");
     assert_eq!(
@@ -267,15 +268,21 @@ fn incorrect_json_config_file_broken_and_unsafe() {
         ),
         0o600,
     );
-    let r = snapshot_json(&plugin_host(&d, &[&broken]));
+    // Safety: a skipped plugin cannot say `fsFreezeEnabled`; the native wrapper names what
+    // to freeze (here: nothing), so this never freezes the machine's own filesystems.
+    let r = snapshot_json(&native(&d, &[&broken], &[]));
     assert_code(&r, "IncorrectJSONConfigFile");
+    // Skipped, not fatal: the snapshot is still taken, the run is degraded.
+    assert_eq!(r.report["status"], "degraded", "{:#}", r.report);
+    assert_eq!(r.report["consistency"], "crash");
+    assert_eq!(r.report["target_consistency"], "application");
     let err = &r.report["errors"][0];
     assert!(err["message"].as_str().unwrap().contains("fsFreezeEnabled"));
     assert!(err["location"]["line"].as_u64().unwrap() > 1);
     assert!(err["location"]["column"].as_u64().is_some());
 
     std::os::unix::fs::chown(&json, Some(65534), None).unwrap();
-    let r = snapshot_json(&plugin_host(&d, &[&json]));
+    let r = snapshot_json(&native(&d, &[&json], &[]));
     assert_code(&r, "IncorrectJSONConfigFile");
     assert!(
         !marker.exists(),

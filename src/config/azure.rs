@@ -310,7 +310,8 @@ pub fn parse_plugin_host(
                 warnings.append(&mut p.warnings);
                 cfg.hooks.push(p.hook);
             }
-            Err(mut e) => problems.append(&mut e),
+            // An unreadable plugin is skipped, not fatal: the backup still happens.
+            Err(mut e) => cfg.skipped.append(&mut e),
         }
     }
     for key in sec.keys() {

@@ -31,6 +31,11 @@ pub struct Config {
     pub log: LogConfig,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
     pub warnings: Vec<Problem>,
+    /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
+    /// not run; a run still takes its snapshot, at most file-system consistent (as for a
+    /// failed pre script with `continueBackupOnFailure: true`), and `quiesce check` reports
+    /// them as errors.
+    pub skipped: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +208,7 @@ impl Config {
             server: ServerConfig::default(),
             log: LogConfig::default(),
             warnings: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 }

@@ -401,7 +401,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 cfg.warnings.extend(p.warnings);
                 cfg.hooks.push(p.hook);
             }
-            Err(mut e) => problems.append(&mut e),
+            // An unreadable plugin is skipped, not fatal: the backup still happens.
+            Err(mut e) => cfg.skipped.append(&mut e),
         }
     }
     super::dedupe_hook_names(&mut cfg.hooks);

@@ -120,7 +120,7 @@ impl<'a> Operation<'a> {
             ))
         };
         let lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
-        let mut errors = Vec::new();
+        let mut errors = cfg.skipped.clone();
         match freeze::state::recover(&cfg.paths.state_dir) {
             Ok(thawed) if !thawed.is_empty() => {
                 tracing::warn!(
@@ -212,6 +212,10 @@ impl<'a> Operation<'a> {
     /// neither (its failure follows `continue_on_failure`, with the script's code).
     pub fn pre_hooks(&mut self) {
         let t = Instant::now();
+        // A skipped Azure plugin counts as a failed pre script with continueBackupOnFailure.
+        if !self.cfg.skipped.is_empty() {
+            self.all_pre_ok = false;
+        }
         let refused: Vec<_> = self.cfg.hooks.iter().map(hooks::validate).collect();
         for (i, hook) in self.cfg.hooks.iter().enumerate() {
             if self.interrupted() {
@@ -517,7 +521,8 @@ impl<'a> Operation<'a> {
         }
         let froze = self.freeze_ok && !self.guard_broke_consistency;
         let hooks_ok = self.all_pre_ok && !self.hold_lost && self.mode == Mode::Normal;
-        let has_hooks = self.cfg.hooks.iter().any(|h| h.pre.is_some());
+        let has_hooks =
+            self.cfg.hooks.iter().any(|h| h.pre.is_some()) || !self.cfg.skipped.is_empty();
         let freezing =
             self.cfg.freeze.enabled && self.plan.as_ref().is_some_and(|p| !p.targets.is_empty());
         if hooks_ok && has_hooks && (froze || !freezing) {
@@ -587,7 +592,7 @@ impl<'a> Operation<'a> {
 pub fn target_consistency(cfg: &Config, takes_snapshots: bool) -> Consistency {
     if !takes_snapshots {
         Consistency::None
-    } else if cfg.hooks.iter().any(|h| h.pre.is_some()) {
+    } else if cfg.hooks.iter().any(|h| h.pre.is_some()) || !cfg.skipped.is_empty() {
         Consistency::Application
     } else if cfg.freeze.enabled {
         Consistency::FileSystem
