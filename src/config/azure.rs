@@ -176,7 +176,17 @@ pub fn load_plugin_json_config(path: &Path) -> Result<Config, ConfigErrors> {
 /// A parsed INI file: section -> key -> (value, line).
 type Ini = BTreeMap<String, BTreeMap<String, (String, usize)>>;
 
-/// Parse INI text: `[section]`, `key = value` or `key: value`, `#`/`;` comments.
+/// The documented spelling of a lowercased plugin host key, for messages.
+fn shown(key: &str) -> &str {
+    match key {
+        "numberofplugins" => "numberOfPlugins",
+        "timeoutinseconds" => "timeoutInSeconds",
+        other => other,
+    }
+}
+
+/// Parse INI text: `[section]`, `key = value` or `key: value`, `#`/`;` comments. Section
+/// names and keys are case-insensitive (lowercased here, as Azure's own parser does).
 fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
     let mut ini = Ini::new();
     let mut section: Option<String> = None;
@@ -194,8 +204,8 @@ fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
                     Some(1),
                 )));
             };
-            section = Some(name.trim().to_string());
-            ini.entry(name.trim().to_string()).or_default();
+            section = Some(name.trim().to_ascii_lowercase());
+            ini.entry(name.trim().to_ascii_lowercase()).or_default();
             continue;
         }
         let Some(sep) = line.find(['=', ':']) else {
@@ -214,7 +224,7 @@ fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
                 Some(1),
             )));
         };
-        let key = line[..sep].trim().to_string();
+        let key = line[..sep].trim().to_ascii_lowercase();
         let value = line[sep + 1..].trim().to_string();
         ini.get_mut(sec).unwrap().insert(key, (value, n));
     }
@@ -249,14 +259,14 @@ pub fn parse_plugin_host(
             Ok(n) => Some(n),
             Err(_) => {
                 problems.push(
-                    Problem::new(HOST, format!("`{key}` must be a whole number, not {v:?}"))
+                    Problem::new(HOST, format!("`{}` must be a whole number, not {v:?}", shown(key)))
                         .at(loc(path, Some(*line), None)),
                 );
                 None
             }
         }
     };
-    let count = int("numberOfPlugins", &mut problems).filter(|n| {
+    let count = int("numberofplugins", &mut problems).filter(|n| {
         let ok = *n <= MAX_PLUGINS;
         if !ok {
             problems.push(
@@ -266,19 +276,19 @@ pub fn parse_plugin_host(
                         "`numberOfPlugins` is {n}; at most {MAX_PLUGINS} plugins are supported"
                     ),
                 )
-                .at(loc(path, sec.get("numberOfPlugins").map(|(_, l)| *l), None)),
+                .at(loc(path, sec.get("numberofplugins").map(|(_, l)| *l), None)),
             );
         }
         ok
     });
-    let host_timeout = int("timeoutInSeconds", &mut problems);
-    if count.is_none() && !sec.contains_key("numberOfPlugins") {
+    let host_timeout = int("timeoutinseconds", &mut problems);
+    if count.is_none() && !sec.contains_key("numberofplugins") {
         problems.push(
             Problem::new(HOST, "missing `numberOfPlugins` in [pre_post]").at(loc(path, None, None)),
         );
     }
     let count = count.unwrap_or(0);
-    let first = if sec.contains_key("pluginConfigPath0") || count == 0 {
+    let first = if sec.contains_key("pluginconfigpath0") || count == 0 {
         0
     } else {
         1
@@ -286,13 +296,13 @@ pub fn parse_plugin_host(
     let mut cfg = Config::defaults(path);
     for i in first..first + count {
         for k in ["pluginName", "pluginPath"] {
-            if !sec.contains_key(&format!("{k}{i}")) {
+            if !sec.contains_key(&format!("{k}{i}").to_ascii_lowercase()) {
                 warnings.push(
                     Problem::new(HOST, format!("`{k}{i}` is missing")).at(loc(path, None, None)),
                 );
             }
         }
-        let Some((json, _)) = sec.get(&format!("pluginConfigPath{i}")) else {
+        let Some((json, _)) = sec.get(&format!("pluginconfigpath{i}")) else {
             problems.push(
                 Problem::new(HOST, format!("missing `pluginConfigPath{i}` in [pre_post]"))
                     .at(loc(path, None, None)),
@@ -315,8 +325,8 @@ pub fn parse_plugin_host(
         }
     }
     for key in sec.keys() {
-        let known = ["numberOfPlugins", "timeoutInSeconds"].contains(&key.as_str())
-            || ["pluginName", "pluginPath", "pluginConfigPath"]
+        let known = ["numberofplugins", "timeoutinseconds"].contains(&key.as_str())
+            || ["pluginname", "pluginpath", "pluginconfigpath"]
                 .iter()
                 .any(|p| {
                     key.strip_prefix(p)

@@ -69,5 +69,9 @@ fn read_with(
         )
         .at(loc));
     }
+    // A UTF-8 byte-order mark (Windows editors write one) is not part of the content.
+    if let Some(rest) = text.strip_prefix('\u{feff}') {
+        text = rest.to_string();
+    }
     Ok(text)
 }
