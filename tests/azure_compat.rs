@@ -452,3 +452,28 @@ fn all_good_reaches_application_consistency() {
         std::time::Duration::from_secs(2)
     ));
 }
+
+#[test]
+fn relative_config_and_mounts_show_what_snapshot_would_do() {
+    let d = Scratch::new("azure-rel");
+    let pre = d.script("pre.sh", OK);
+    let json = plugin_json(&d, "p.json", &pre, &pre, "");
+    let cfg = native(&d, &[&json], &[]);
+    let out = Command::new(support::quiesce_bin())
+        .current_dir(&d.path)
+        .args(["check", "--json", "--config", "quiesce.toml"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["config"], cfg.display().to_string());
+    // A missing explicit config fails; a config that does not freeze lists nothing to freeze.
+    let r = quiesce(&["mounts", "--config", d.join("nope.toml").to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let out = Command::new(support::quiesce_bin())
+        .args(["mounts", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("freezing is disabled"));
+}

@@ -124,16 +124,33 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
             );
         }
     }
-    if raw.timeout_in_seconds == 0 {
-        let (l, c) = text
-            .find("\"timeoutInSeconds\"")
-            .map(|o| line_col(text, o))
-            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    let (l, c) = text
+        .find("\"timeoutInSeconds\"")
+        .map(|o| line_col(text, o))
+        .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    let max = super::read::MAX_TIMEOUT.as_secs();
+    if raw.timeout_in_seconds == 0 || raw.timeout_in_seconds > max {
         return Err(vec![Problem::new(
             JSON,
-            "`timeoutInSeconds` must be more than 0",
+            format!(
+                "`timeoutInSeconds` must be between 1 and {max} (a week), found {}",
+                raw.timeout_in_seconds
+            ),
         )
         .at(loc(path, l, c))]);
+    }
+    if raw.timeout_in_seconds > super::read::AZURE_TIMEOUT_CAP_SECS {
+        warnings.push(
+            Problem::new(
+                JSON,
+                format!(
+                    "`timeoutInSeconds` is {}; Azure caps script timeouts at {} s",
+                    raw.timeout_in_seconds,
+                    super::read::AZURE_TIMEOUT_CAP_SECS
+                ),
+            )
+            .at(loc(path, l, c)),
+        );
     }
     let spec = |location: &str, params: &[String]| {
         (!location.trim().is_empty()).then(|| ScriptSpec {
@@ -423,6 +440,14 @@ mod tests {
         assert!(p.hook.post.is_none());
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].message.contains("colour"));
+    }
+
+    #[test]
+    fn huge_timeouts_are_refused_and_long_ones_warned() {
+        let e = pj(&GOOD.replace(": 30", ": 18446744073709551615")).unwrap_err();
+        assert!(e[0].message.contains("between 1 and"), "{}", e[0].message);
+        let p = pj(&GOOD.replace(": 30", ": 3600")).unwrap();
+        assert!(p.warnings.iter().any(|w| w.message.contains("1800")));
     }
 
     #[test]

@@ -30,9 +30,15 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration string such as \"30s\", \"5m\" or \"7d\"")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s)
-                    .map(Dur)
-                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+                // Refused beyond a century: time arithmetic at run time must never overflow.
+                const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+                match humantime::parse_duration(s) {
+                    Ok(d) if d <= CENTURY => Ok(Dur(d)),
+                    Ok(_) => Err(E::custom(format!(
+                        "duration {s:?} is longer than 100 years; nothing here can wait that long"
+                    ))),
+                    Err(e) => Err(E::custom(format!("invalid duration {s:?}: {e}"))),
+                }
             }
         }
         d.deserialize_str(V)
@@ -440,6 +446,12 @@ mod tests {
         let loc = pr.location.as_ref().unwrap();
         assert_eq!((loc.line, loc.column), (Some(2), Some(11)));
         assert!(pr.message.contains("freeze.enabled"), "{}", pr.message);
+    }
+
+    #[test]
+    fn absurd_durations_are_refused() {
+        let e = p("[freeze]\ntimeout = \"500000000000 years\"\n").unwrap_err();
+        assert!(e.0[0].message.contains("100 years"), "{}", e.0[0].message);
     }
 
     #[test]

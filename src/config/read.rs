@@ -75,3 +75,10 @@ fn read_with(
     }
     Ok(text)
 }
+
+/// Longest timeout or deadline a configuration may set (a week). Longer ones are refused by
+/// the loaders instead of overflowing time arithmetic at run time.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Azure's own cap on a plugin's `timeoutInSeconds`; above it quiesce warns.
+pub const AZURE_TIMEOUT_CAP_SECS: u64 = 1800;

@@ -191,7 +191,10 @@ impl<'a> Operation<'a> {
     }
 
     fn ctx(&self, hook: &HookConfig, phase: Phase) -> RunContext {
-        let deadline = SystemTime::now() + hook.timeout;
+        // Saturating: a configured timeout may be absurdly large, and this must never panic.
+        let deadline = SystemTime::now()
+            .checked_add(hook.timeout)
+            .unwrap_or_else(SystemTime::now);
         RunContext {
             operation_id: self.operation_id.clone(),
             hook: hook.name.clone(),
