@@ -663,3 +663,52 @@ fn absurd_timeouts_do_not_overflow() {
     let r = held.release(&ctx(Phase::Post), huge);
     assert!(r.succeeded(), "{r:?}");
 }
+
+// ---------------------------------------------------------------- the whole tree
+
+/// A timed-out script whose grandchild called `setsid` (it left the process group) and
+/// ignores SIGTERM: the grandchild dies too. With cgroup2 (the tree's own cgroup,
+/// `cgroup.kill`) and with the fallback (process group + `/proc` parent chains).
+#[test]
+fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
+    use quiesce::hooks::process::Launch;
+    use std::time::Instant;
+    for with_cgroup in [true, false] {
+        let d = Scratch::new("hooks-setsid");
+        let pidfile = d.join("daemon.pid");
+        let s = d.script(
+            "pre",
+            &format!(
+                "#!/bin/sh\nsetsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 1000' &\nsleep 1000\n",
+                pidfile.display()
+            ),
+        );
+        let mut launch = Launch::argv(&["/bin/sh".to_string(), s.display().to_string()]);
+        if !with_cgroup {
+            launch = launch.without_cgroup();
+        }
+        let mut p = launch.spawn().unwrap();
+        let t = Instant::now();
+        while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(sid.contains(&format!(" {pid} {pid} ")), "it left the group: {sid}");
+        let end = p.run(
+            Instant::now() + Duration::from_millis(300),
+            Duration::from_millis(200),
+        );
+        assert_eq!(end, AttemptEnd::TimedOut);
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        };
+        let t = Instant::now();
+        while !gone() && t.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone(), "setsid'd grandchild {pid} survived (cgroup: {with_cgroup})");
+    }
+}

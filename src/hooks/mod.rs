@@ -20,6 +20,7 @@
 //! `timeout`. A timeout ends the script at once (no retry after it). The result's tails are
 //! those of the last attempt; every attempt's tails are logged when it fails.
 
+pub mod cgroup;
 pub mod hold;
 pub mod output;
 pub mod process;

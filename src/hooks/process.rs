@@ -29,6 +29,7 @@
 //! prevented by any signal; quiesce waits [`KILL_WAIT`] for it, reports its pid, and hands
 //! the leader to a reaper thread so no zombie is left once it can die.
 
+use super::cgroup::Cgroup;
 use super::output::Tail;
 use super::{AttemptEnd, OUTPUT_TAIL_BYTES};
 use crate::trust::TrustedFile;
@@ -36,7 +37,8 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -85,6 +87,8 @@ pub struct Launch {
     capture_stdout: usize,
     watch_line: Option<Vec<u8>>,
     interruptible: bool,
+    /// Put the tree in its own cgroup when cgroup2 is usable (see [`super::cgroup`]).
+    use_cgroup: bool,
 }
 
 impl Launch {
@@ -141,6 +145,7 @@ impl Launch {
             capture_stdout: 0,
             watch_line: None,
             interruptible: false,
+            use_cgroup: true,
         }
     }
 
@@ -180,6 +185,13 @@ impl Launch {
         self
     }
 
+    /// Track the tree by process group and `/proc` parent chains only, never a cgroup (the
+    /// fallback where cgroup2 is not usable; tests use it to keep that path proven).
+    pub fn without_cgroup(mut self) -> Launch {
+        self.use_cgroup = false;
+        self
+    }
+
     /// The environment the child will get, in order.
     pub fn environment(&self) -> &[(OsString, OsString)] {
         &self.env
@@ -201,6 +213,20 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        let cgroup = self.use_cgroup.then(Cgroup::create).flatten().map(Arc::new);
+        if let Some(cg) = &cgroup {
+            let raw = cg.procs_fd().as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and makes one write
+            // system call on a descriptor the parent keeps open across `spawn` (async-signal
+            // -safe, no allocation). Writing "0" moves the writer into the cgroup.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = BorrowedFd::borrow_raw(raw);
+                    rustix::io::write(fd, b"0")?;
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn()?;
         let pid = Pid::from_raw(child.id() as i32).expect("child pid is positive");
         let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
@@ -241,6 +267,8 @@ impl Launch {
             group_outlives_leader: false,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
+            cgroup,
+            tracked: Default::default(),
         })
     }
 }
@@ -277,6 +305,7 @@ pub struct Leftovers {
 #[derive(Debug)]
 pub struct KeptGroup {
     pgid: Pid,
+    cgroup: Option<Arc<Cgroup>>,
     /// Pids alive when the script exited.
     pub pids: Vec<i32>,
     drain: Option<std::thread::JoinHandle<()>>,
@@ -292,19 +321,26 @@ impl KeptGroup {
 
     fn end_now(&mut self, grace: Duration) -> Vec<i32> {
         let pgid = self.pgid.as_raw_nonzero().get();
-        let alive = live_group_members(pgid);
+        let cg = self.cgroup.clone();
+        let members = move || tree_members(pgid, cg.as_deref(), None);
+        let alive = members();
         for (sig, wait) in [(Signal::TERM, grace), (Signal::KILL, KILL_WAIT)] {
-            if live_group_members(pgid).is_empty() {
+            if members().is_empty() {
                 break;
             }
-            let _ = rustix::process::kill_process_group(self.pgid, sig);
+            if !live_group_members(pgid).is_empty() {
+                let _ = rustix::process::kill_process_group(self.pgid, sig);
+            }
+            if let Some(cg) = &self.cgroup {
+                cg.signal(sig);
+            }
             let until = deadline_after(Instant::now(), wait);
-            while !live_group_members(pgid).is_empty() && Instant::now() < until {
+            while !members().is_empty() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
         if let Some(t) = self.drain.take() {
-            if live_group_members(pgid).is_empty() {
+            if members().is_empty() {
                 let _ = t.join();
             }
         }
@@ -371,6 +407,11 @@ pub struct Process {
     group_outlives_leader: bool,
     started: Instant,
     buf: Vec<u8>,
+    /// The tree's own cgroup, when cgroup2 is usable.
+    cgroup: Option<Arc<Cgroup>>,
+    /// Without a cgroup: descendants seen by parent chain when the tree was signalled,
+    /// remembered because they lose that chain once their parent dies.
+    tracked: std::cell::RefCell<Vec<i32>>,
 }
 
 impl Process {
@@ -447,6 +488,16 @@ impl Process {
     /// Send `sig` to the whole process group. Does nothing once the leader is reaped (the
     /// group id could then belong to someone else).
     pub fn signal_group(&self, sig: Signal) {
+        // Without a cgroup, note the leader's descendants first: once the group signal kills
+        // their parent they lose the parent chain that finds them (a `setsid` daemon).
+        if self.cgroup.is_none() && !self.reaped {
+            let mut tracked = self.tracked.borrow_mut();
+            for pid in descendants(self.pid()) {
+                if !tracked.contains(&pid) {
+                    tracked.push(pid);
+                }
+            }
+        }
         if !self.reaped || self.group_outlives_leader {
             match rustix::process::kill_process_group(self.pid, sig) {
                 Ok(()) | Err(Errno::SRCH) => {}
@@ -455,6 +506,32 @@ impl Process {
                 }
             }
         }
+        // Members that left the group (setsid): by cgroup, else those tracked above.
+        match &self.cgroup {
+            Some(cg) => cg.signal(sig),
+            None => {
+                let mut tracked = self.tracked.borrow_mut();
+                tracked.retain(|p| stat_state_pgrp(*p).is_some_and(|(st, _)| st != 'Z'));
+                for pid in tracked.iter() {
+                    if let Some(pid) = Pid::from_raw(*pid) {
+                        let _ = rustix::process::kill_process(pid, sig);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Live members of the tree: the process group, the cgroup (or, without one, the
+    /// leader's descendants by parent chain while it is unreaped).
+    fn members(&self) -> Vec<i32> {
+        let anchor = (!self.reaped).then(|| self.pid());
+        let mut pids = tree_members(self.pid(), self.cgroup.as_deref(), anchor);
+        for p in self.tracked.borrow().iter() {
+            if !pids.contains(p) && stat_state_pgrp(*p).is_some_and(|(st, _)| st != 'Z') {
+                pids.push(*p);
+            }
+        }
+        pids
     }
 
     /// Drain output until the leader exits or `deadline` passes. Returns its exit (the
@@ -545,7 +622,7 @@ impl Process {
     /// `until` passes. Returns true when the group is gone.
     fn wait_group_gone(&mut self, until: Instant) -> bool {
         loop {
-            if self.exit.is_some() && live_group_members(self.pid()).is_empty() {
+            if self.exit.is_some() && self.members().is_empty() {
                 return true;
             }
             let now = Instant::now();
@@ -585,10 +662,11 @@ impl Process {
             // id is still pinned by our own leftovers (it cannot have been freed and handed
             // to a new group leader in between without the pid space wrapping around), and
             // `/proc` tells the live ones from zombies.
-            match rustix::process::test_kill_process_group(self.pid) {
-                Err(_) => {}
-                Ok(()) => {
-                    let strays = live_group_members(pgid);
+            let pinned = rustix::process::test_kill_process_group(self.pid).is_ok();
+            match pinned || self.cgroup.is_some() {
+                false => {}
+                true => {
+                    let strays = self.members();
                     let normal = matches!(self.exit, Some(AttemptEnd::Exited { .. }));
                     if !strays.is_empty() && self.keep && normal {
                         let fds: Vec<OwnedFd> =
@@ -599,6 +677,7 @@ impl Process {
                             .ok();
                         left.kept = Some(KeptGroup {
                             pgid: self.pid,
+                            cgroup: self.cgroup.clone(),
                             pids: strays,
                             drain,
                         });
@@ -606,13 +685,13 @@ impl Process {
                         left.terminated = strays;
                         self.group_outlives_leader = true;
                         self.terminate(grace);
-                        left.unkillable = live_group_members(pgid);
+                        left.unkillable = self.members();
                         self.group_outlives_leader = false;
                     }
                 }
             }
         } else {
-            left.unkillable = live_group_members(pgid);
+            left.unkillable = self.members();
         }
         let end = Instant::now() + LINGER;
         while self.stdout.is_some() || self.stderr.is_some() {
@@ -832,6 +911,53 @@ fn end_of(st: &WaitIdStatus) -> AttemptEnd {
     } else {
         AttemptEnd::Exited { code: -1 }
     }
+}
+
+/// Live members of a tree: process group `pgid`, plus the cgroup's members, plus (without a
+/// cgroup) the descendants of `anchor` by parent chain.
+fn tree_members(pgid: i32, cgroup: Option<&Cgroup>, anchor: Option<i32>) -> Vec<i32> {
+    let mut pids = live_group_members(pgid);
+    let more = match (cgroup, anchor) {
+        (Some(cg), _) => cg.pids(),
+        (None, Some(a)) => descendants(a),
+        (None, None) => Vec::new(),
+    };
+    for p in more {
+        if !pids.contains(&p) && stat_state_pgrp(p).is_some_and(|(st, _)| st != 'Z' && st != 'X') {
+            pids.push(p);
+        }
+    }
+    pids
+}
+
+/// Live descendants of `root` (not itself), following `/proc/PID/stat` parent pids.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = stat_ppid(pid) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+fn stat_ppid(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// Pids of the live (not zombie) members of process group `pgid`, from `/proc`.
