@@ -34,17 +34,132 @@ struct RawPlugin {
     plugin_name: Option<String>,
     pre_script_location: String,
     post_script_location: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::params")]
     pre_script_params: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::params")]
     post_script_params: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::count")]
     pre_script_no_of_retries: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::count")]
     post_script_no_of_retries: u32,
+    #[serde(deserialize_with = "lenient::seconds")]
     timeout_in_seconds: u64,
+    #[serde(deserialize_with = "lenient::boolean")]
     continue_backup_on_failure: bool,
+    #[serde(deserialize_with = "lenient::boolean")]
     fs_freeze_enabled: bool,
+    // Azure's own optional keys: known, so no "unknown key" warning; quiesce polls nothing.
+    #[serde(default, rename = "ScriptsExecutionPollTimeSeconds")]
+    _poll_time: Option<serde_json::Value>,
+}
+
+/// What Azure accepts, read the way Azure means it, and what is really ambiguous refused in
+/// the user's words: numbers in `*ScriptParams` become their decimal text, whole-number
+/// floats (`30.0`) are whole numbers, `0`/`1` are booleans; the strings `"true"`,
+/// `"false"` and `"30"` are refused (Azure silently treats `"false"` as true).
+mod lenient {
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use std::fmt;
+
+    fn whole(v: f64) -> Option<u64> {
+        (v.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&v)).then_some(v as u64)
+    }
+
+    struct Whole(&'static str);
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("must be {}, found {v}", self.0)))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            whole(v).ok_or_else(|| E::custom(format!("must be {}, found {v}", self.0)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            Err(E::custom(format!(
+                "must be {}, found the string {v:?} (write it without quotes)",
+                self.0
+            )))
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<u64, E> {
+            Err(E::custom(format!("must be {}, found {v}", self.0)))
+        }
+    }
+
+    pub fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Whole("a whole number of seconds"))
+    }
+
+    pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = d.deserialize_any(Whole("a whole number"))?;
+        u32::try_from(n).map_err(|_| de::Error::custom(format!("{n} retries is too many")))
+    }
+
+    struct Bool;
+    impl Visitor<'_> for Bool {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("true or false")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::custom(format!("must be true or false (or 0/1), found {v}"))),
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+            Err(E::custom(format!("must be true or false (or 0/1), found {v}")))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+            Err(E::custom(format!("must be true or false (or 0/1), found {v}")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+            Err(E::custom(format!(
+                "must be true or false without quotes, found the string {v:?} (Azure would \
+                 silently treat any string as true)"
+            )))
+        }
+    }
+
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(Bool)
+    }
+
+    struct Params;
+    impl<'de> Visitor<'de> for Params {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of strings")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<serde_json::Value>()? {
+                out.push(match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "parameters must be strings or numbers, found {other}"
+                        )))
+                    }
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn params<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(Params)
+    }
 }
 
 /// One plugin JSON file, as a hook plus the plugin-wide setting.
@@ -418,7 +533,8 @@ mod tests {
             "{}",
             e[0].message
         );
-        assert!(e[0].message.contains("boolean"), "{}", e[0].message);
+        assert!(e[0].message.contains("true or false"), "{}", e[0].message);
+        assert!(e[0].message.contains("treat any string as true"), "{}", e[0].message);
     }
 
     #[test]
@@ -440,6 +556,33 @@ mod tests {
         assert!(p.hook.post.is_none());
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].message.contains("colour"));
+    }
+
+    #[test]
+    fn lenient_forms_azure_accepts() {
+        let text = GOOD
+            .replace("[\"a\", \"b\"]", "[\"a\", 5, 2.5]")
+            .replace(": 30", ": 30.0")
+            .replace("\"preScriptNoOfRetries\" : 1", "\"preScriptNoOfRetries\" : 1.0")
+            .replace("\"fsFreezeEnabled\" : true", "\"fsFreezeEnabled\" : 0")
+            .replace("\"pluginName\"", "\"ScriptsExecutionPollTimeSeconds\": 5, \"pluginName\"");
+        let p = pj(&text).unwrap();
+        assert_eq!(p.hook.pre.as_ref().unwrap().args, vec!["a", "5", "2.5"]);
+        assert_eq!(p.hook.timeout, Duration::from_secs(30));
+        assert_eq!(p.hook.pre_retries, 1);
+        assert!(!p.fs_freeze_enabled);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let e = pj(&GOOD.replace(": 30", ": \"30\"")).unwrap_err();
+        assert!(
+            e[0].message
+                .contains("must be a whole number of seconds, found the string \"30\""),
+            "{}",
+            e[0].message
+        );
+        assert!(!e[0].message.contains("u64"), "{}", e[0].message);
+        assert_eq!(e[0].location.as_ref().unwrap().line, Some(9));
+        let e = pj(&GOOD.replace(": 30", ": 30.5")).unwrap_err();
+        assert!(e[0].message.contains("whole number"), "{}", e[0].message);
     }
 
     #[test]
