@@ -19,8 +19,17 @@ struct Run {
     stderr: String,
 }
 
+/// Where runs of Azure-only configurations keep their state and catalog (Azure files cannot
+/// name paths): never the machine's own `/run/quiesce` and `/var/lib/quiesce/catalog.db`.
+fn default_paths() -> &'static Scratch {
+    static DIR: std::sync::OnceLock<Scratch> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| Scratch::new("azure-defaults"))
+}
+
 fn quiesce(args: &[&str]) -> Run {
     let out = Command::new(support::quiesce_bin())
+        .env("QUIESCE_STATE_DIR", default_paths().join("run"))
+        .env("QUIESCE_CATALOG", default_paths().join("catalog.db"))
         .args(args)
         .output()
         .expect("run quiesce");
@@ -118,7 +127,7 @@ const OK: &str = "#!/bin/sh\nexit 0\n";
 const FAIL: &str = "#!/bin/sh\necho failing >&2\nexit 7\n";
 const SLOW: &str = "#!/bin/sh\nsleep 30\n";
 
-/// Configs made only of Azure files use the default state dir (`/run/quiesce`), whose lock
+/// Configs made only of Azure files share one default state dir ([`default_paths`]), whose lock
 /// allows one operation at a time: such runs in this file take turns.
 static DEFAULT_STATE_DIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -451,6 +460,13 @@ fn all_good_reaches_application_consistency() {
         &fs.mount_point,
         std::time::Duration::from_secs(2)
     ));
+}
+
+#[test]
+fn azure_only_runs_keep_to_the_test_paths() {
+    let r = azure_run(Some(OK), Some(OK), |_, _, _| {});
+    assert_eq!(r.code, 0, "{:#}", r.report);
+    assert!(default_paths().join("catalog.db").exists());
 }
 
 #[test]

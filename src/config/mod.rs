@@ -48,11 +48,26 @@ pub struct Paths {
     pub metrics_file: Option<PathBuf>,
 }
 
+/// Environment variables that move the *default* state directory and catalog (a value in
+/// the configuration file always wins). Azure files cannot name paths, so this is how the
+/// test suite (and an unusual installation) keeps runs of Azure-only configurations away
+/// from the machine's own `/run/quiesce` and `/var/lib/quiesce/catalog.db`. Only root sets
+/// root's environment, so this opens nothing to other users.
+pub const ENV_STATE_DIR: &str = "QUIESCE_STATE_DIR";
+/// See [`ENV_STATE_DIR`].
+pub const ENV_CATALOG: &str = "QUIESCE_CATALOG";
+
+fn env_path(key: &str, default: &str) -> PathBuf {
+    std::env::var_os(key)
+        .filter(|v| !v.is_empty() && Path::new(v).is_absolute())
+        .map_or_else(|| PathBuf::from(default), PathBuf::from)
+}
+
 impl Default for Paths {
     fn default() -> Self {
         Paths {
-            state_dir: PathBuf::from("/run/quiesce"),
-            catalog: PathBuf::from("/var/lib/quiesce/catalog.db"),
+            state_dir: env_path(ENV_STATE_DIR, "/run/quiesce"),
+            catalog: env_path(ENV_CATALOG, "/var/lib/quiesce/catalog.db"),
             metrics_file: None,
         }
     }
@@ -187,7 +202,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            socket: PathBuf::from("/run/quiesce/quiesce.sock"),
+            socket: env_path(ENV_STATE_DIR, "/run/quiesce").join("quiesce.sock"),
             allowed_uids: Vec::new(),
             tcp_listen: None,
             token_file: None,
