@@ -147,9 +147,7 @@ pub fn run(cli: Cli) -> i32 {
     }
     // A relative --config is taken relative to the current directory, once, here.
     let cli = Cli {
-        config: cli
-            .config
-            .map(|p| std::path::absolute(&p).unwrap_or(p)),
+        config: cli.config.map(|p| std::path::absolute(&p).unwrap_or(p)),
         ..cli
     };
     match cli.command {

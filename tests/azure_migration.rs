@@ -15,14 +15,13 @@
 //! existing one is moved aside and put back on drop.
 
 #[path = "support/db.rs"]
-#[allow(dead_code)]
 mod db;
 mod support;
 
+use db::{mariadb_install, MariaDb, OpenDir, User, MARIADB_QUIESCE_PASSWORD};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use db::{mariadb_install, MariaDb, OpenDir, User, MARIADB_QUIESCE_PASSWORD};
 use support::{LoopFs, Scratch};
 
 /// Root's `~/.my.cnf` for the duration of the test (an existing one is restored on drop).
@@ -82,7 +81,11 @@ fn run(args: &[&str]) -> (i32, Value, String) {
 fn codes(r: &Value) -> Vec<String> {
     r["errors"]
         .as_array()
-        .map(|a| a.iter().map(|e| e["code"].as_str().unwrap().to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| e["code"].as_str().unwrap().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -128,7 +131,11 @@ fn azure_migration_end_to_end_with_a_real_mariadb() {
     std::fs::create_dir(&state).unwrap();
     etc.file(
         "env.sh",
-        &format!("STATE={}\nSOCK={}\n", state.display(), server.sock.display()),
+        &format!(
+            "STATE={}\nSOCK={}\n",
+            state.display(),
+            server.sock.display()
+        ),
         0o600,
     );
     // Mode 0600: Azure runs it with `sh`; no execute bit needed.
@@ -188,7 +195,10 @@ echo "post: session ended"
         0o600,
     );
     let native = |plugins: &[&Path]| {
-        let list: Vec<String> = plugins.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let list: Vec<String> = plugins
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
         etc.file(
             "quiesce.toml",
             &format!(
@@ -234,10 +244,17 @@ echo "post: session ended"
         !post_r["leftovers"].as_array().unwrap().is_empty(),
         "the sleeping half of the session is terminated after the post: {post_r:#}"
     );
-    assert!(state.join("post-only-ran").exists(), "a post-only hook runs");
+    assert!(
+        state.join("post-only-ran").exists(),
+        "a post-only hook runs"
+    );
     assert_eq!(server.sql("SELECT COUNT(*) FROM mig.t"), "0");
     server.sql("INSERT INTO mig.t VALUES (2)");
-    assert!(server.quiesce_sessions().is_empty(), "{:?}", server.quiesce_sessions());
+    assert!(
+        server.quiesce_sessions().is_empty(),
+        "{:?}",
+        server.quiesce_sessions()
+    );
 
     // 2. The plugin host INI as Azure installs it (0644) is accepted.
     let host = etc.file(
@@ -268,7 +285,10 @@ echo "post: session ended"
     assert_eq!(code, 3, "{r:#}\n{stderr}");
     assert_eq!(r["status"], "degraded");
     assert_eq!(r["consistency"], "file-system");
-    assert!(codes(&r).contains(&"IncorrectJSONConfigFile".to_string()), "{r:#}");
+    assert!(
+        codes(&r).contains(&"IncorrectJSONConfigFile".to_string()),
+        "{r:#}"
+    );
     assert_eq!(r["snapshots"].as_array().unwrap().len(), 1, "{r:#}");
     let (code, c, _) = run(&["check", "--json", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "check still reports the broken plugin: {c:#}");

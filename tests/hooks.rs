@@ -413,7 +413,11 @@ fn shebang_to_missing_interpreter_fails_cleanly() {
     let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 1, 100));
     assert_eq!(r.error, Some(ErrorCode::PreScriptNotFound));
     assert!(r.attempts.is_empty());
-    assert!(r.message.contains("/nonexistent/interpreter"), "{}", r.message);
+    assert!(
+        r.message.contains("/nonexistent/interpreter"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
@@ -692,9 +696,16 @@ fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
         while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        assert!(sid.contains(&format!(" {pid} {pid} ")), "it left the group: {sid}");
+        assert!(
+            sid.contains(&format!(" {pid} {pid} ")),
+            "it left the group: {sid}"
+        );
         let end = p.run(
             Instant::now() + Duration::from_millis(300),
             Duration::from_millis(200),
@@ -709,6 +720,9 @@ fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
         while !gone() && t.elapsed() < Duration::from_secs(3) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(gone(), "setsid'd grandchild {pid} survived (cgroup: {with_cgroup})");
+        assert!(
+            gone(),
+            "setsid'd grandchild {pid} survived (cgroup: {with_cgroup})"
+        );
     }
 }

@@ -142,7 +142,6 @@ fn unsafe_config_is_refused() {
     ));
 }
 
-
 fn run_trusted(tf: &quiesce::trust::TrustedFile) -> (AttemptEnd, String) {
     let mut p = Launch::trusted(tf, &[]).unwrap().spawn().unwrap();
     let end = p.run(

@@ -113,14 +113,20 @@ mod lenient {
             match v {
                 0 => Ok(false),
                 1 => Ok(true),
-                _ => Err(E::custom(format!("must be true or false (or 0/1), found {v}"))),
+                _ => Err(E::custom(format!(
+                    "must be true or false (or 0/1), found {v}"
+                ))),
             }
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
-            Err(E::custom(format!("must be true or false (or 0/1), found {v}")))
+            Err(E::custom(format!(
+                "must be true or false (or 0/1), found {v}"
+            )))
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
-            Err(E::custom(format!("must be true or false (or 0/1), found {v}")))
+            Err(E::custom(format!(
+                "must be true or false (or 0/1), found {v}"
+            )))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
             Err(E::custom(format!(
@@ -391,8 +397,11 @@ pub fn parse_plugin_host(
             Ok(n) => Some(n),
             Err(_) => {
                 problems.push(
-                    Problem::new(HOST, format!("`{}` must be a whole number, not {v:?}", shown(key)))
-                        .at(loc(path, Some(*line), None)),
+                    Problem::new(
+                        HOST,
+                        format!("`{}` must be a whole number, not {v:?}", shown(key)),
+                    )
+                    .at(loc(path, Some(*line), None)),
                 );
                 None
             }
@@ -534,7 +543,11 @@ mod tests {
             e[0].message
         );
         assert!(e[0].message.contains("true or false"), "{}", e[0].message);
-        assert!(e[0].message.contains("treat any string as true"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("treat any string as true"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]
@@ -563,9 +576,15 @@ mod tests {
         let text = GOOD
             .replace("[\"a\", \"b\"]", "[\"a\", 5, 2.5]")
             .replace(": 30", ": 30.0")
-            .replace("\"preScriptNoOfRetries\" : 1", "\"preScriptNoOfRetries\" : 1.0")
+            .replace(
+                "\"preScriptNoOfRetries\" : 1",
+                "\"preScriptNoOfRetries\" : 1.0",
+            )
             .replace("\"fsFreezeEnabled\" : true", "\"fsFreezeEnabled\" : 0")
-            .replace("\"pluginName\"", "\"ScriptsExecutionPollTimeSeconds\": 5, \"pluginName\"");
+            .replace(
+                "\"pluginName\"",
+                "\"ScriptsExecutionPollTimeSeconds\": 5, \"pluginName\"",
+            );
         let p = pj(&text).unwrap();
         assert_eq!(p.hook.pre.as_ref().unwrap().args, vec!["a", "5", "2.5"]);
         assert_eq!(p.hook.timeout, Duration::from_secs(30));

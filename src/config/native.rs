@@ -4,12 +4,12 @@
 //! Types are strict (`"false"` is not a boolean, `30` is not a duration: durations are
 //! strings like `"30s"`); unknown keys are warnings, not errors.
 
+pub use super::read::MAX_CONFIG_BYTES;
+use super::read::{char_boundary, line_col, read_trusted};
 use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
     Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
 };
-use super::read::{char_boundary, line_col, read_trusted};
-pub use super::read::MAX_CONFIG_BYTES;
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

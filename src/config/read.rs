@@ -56,8 +56,8 @@ fn read_with(
         line: None,
         column: None,
     };
-    let file = open(path)
-        .map_err(|e| Problem::new(code, format!("refused: {e}")).at(loc.clone()))?;
+    let file =
+        open(path).map_err(|e| Problem::new(code, format!("refused: {e}")).at(loc.clone()))?;
     let mut text = String::new();
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_string(&mut text)

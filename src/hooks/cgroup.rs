@@ -130,7 +130,10 @@ mod tests {
         );
         let unified =
             "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         assert_eq!(cgroup2_mount("garbage\n"), None);
         assert_eq!(
             own_cgroup("1:cpu:/\n0::/system.slice/quiesce.service\n"),

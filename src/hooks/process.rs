@@ -38,10 +38,10 @@ use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The only `PATH` children get.
@@ -117,7 +117,11 @@ impl Launch {
                 argv,
             )
         } else {
-            Launch::new(PathBuf::from("/bin/sh"), OsString::from("/bin/sh"), vec![path])
+            Launch::new(
+                PathBuf::from("/bin/sh"),
+                OsString::from("/bin/sh"),
+                vec![path],
+            )
         };
         launch.args.extend(args.iter().map(OsString::from));
         launch = launch.env("QUIESCE_SCRIPT", &file.path);
@@ -361,7 +365,8 @@ fn drain_to_eof(fds: Vec<OwnedFd>) {
     let mut open: Vec<OwnedFd> = fds;
     let mut buf = vec![0u8; READ_CHUNK];
     while !open.is_empty() {
-        let mut pfds: Vec<PollFd<'_>> = open.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+        let mut pfds: Vec<PollFd<'_>> =
+            open.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
         if rustix::event::poll(&mut pfds, None).is_err() {
             std::thread::sleep(Duration::from_millis(10));
             continue;
@@ -669,8 +674,10 @@ impl Process {
                     let strays = self.members();
                     let normal = matches!(self.exit, Some(AttemptEnd::Exited { .. }));
                     if !strays.is_empty() && self.keep && normal {
-                        let fds: Vec<OwnedFd> =
-                            [self.stdout.take(), self.stderr.take()].into_iter().flatten().collect();
+                        let fds: Vec<OwnedFd> = [self.stdout.take(), self.stderr.take()]
+                            .into_iter()
+                            .flatten()
+                            .collect();
                         let drain = std::thread::Builder::new()
                             .name(format!("kept-{pgid}"))
                             .spawn(move || drain_to_eof(fds))
@@ -935,7 +942,11 @@ pub fn descendants(root: i32) -> Vec<i32> {
     let mut parent_of = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             if let Some(ppid) = stat_ppid(pid) {

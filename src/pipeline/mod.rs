@@ -227,7 +227,11 @@ impl<'a> Operation<'a> {
             let failure = match &refused[i] {
                 Some((phase, code, message)) => {
                     let ctx = self.ctx(hook, *phase);
-                    let spec = if *phase == Phase::Pre { &hook.pre } else { &hook.post };
+                    let spec = if *phase == Phase::Pre {
+                        &hook.pre
+                    } else {
+                        &hook.post
+                    };
                     let mut r = ScriptResult::empty(spec.as_ref().expect("checked script"), &ctx);
                     r.error = Some(*code);
                     r.message = message.clone();
