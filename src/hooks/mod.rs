@@ -437,7 +437,8 @@ pub(crate) fn log_attempt(
         tracing::warn!(
             hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
             duration_ms = ms(duration), end = %describe_end(end),
-            stdout_tail = ?stdout, stderr_tail = ?stderr, "hook attempt failed"
+            stdout_tail = %output::quote(stdout), stderr_tail = %output::quote(stderr),
+            "hook attempt failed"
         );
     }
 }
@@ -462,16 +463,7 @@ pub(crate) fn stderr_hint(stderr: &str) -> String {
             }
             // Escaped: the hint ends up in messages printed to terminals and logs, and a
             // control character (a terminal escape, a carriage return) must not act there.
-            let shown: String = line[..cut]
-                .chars()
-                .map(|c| {
-                    if c.is_control() {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect();
+            let shown = output::quote(&line[..cut]);
             format!("; stderr: {shown}")
         }
         None => String::new(),
