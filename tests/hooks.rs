@@ -726,3 +726,19 @@ fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
         );
     }
 }
+
+/// Failing fast again and again until the time runs out is a failure with the last exit
+/// status, not a timeout: no attempt was cut.
+#[test]
+fn failing_until_time_runs_out_is_execution_failed_not_timeout() {
+    let d = Scratch::new("hooks-fail-until");
+    let s = d.script("pre", "#!/bin/sh\nsleep 0.05\nexit 4\n");
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(1000, 1000, 100));
+    assert_eq!(r.error, Some(ErrorCode::PreScriptExecutionFailed), "{r:?}");
+    assert!(r.attempts.len() > 3, "{}", r.attempts.len());
+    assert_eq!(
+        r.attempts.last().unwrap().end,
+        AttemptEnd::Exited { code: 4 }
+    );
+    assert!(r.message.contains("exited with code 4"), "{}", r.message);
+}

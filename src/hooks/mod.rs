@@ -139,6 +139,9 @@ impl ScriptResult {
     }
 }
 
+/// Least time left before the deadline for a retry to be started.
+pub const MIN_RETRY_TIME: Duration = Duration::from_millis(100);
+
 /// Bytes of each stream kept for the report.
 pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 
@@ -238,7 +241,11 @@ fn run_attempts(
         drop(file);
         let duration = attempt_start.elapsed();
         record_attempt(&mut result, ctx, number, &end, duration, out, err);
-        let last = number == max_attempts || Instant::now() >= deadline;
+        // No retry is started without time left for it to run: a script that keeps failing
+        // until its time runs out is a failure with its last exit status, and a timeout is
+        // reported only when an attempt was actually cut by the deadline.
+        let last = number == max_attempts
+            || deadline.saturating_duration_since(Instant::now()) < MIN_RETRY_TIME;
         match end {
             AttemptEnd::Exited { code: 0 } => {
                 result.message = format!(
