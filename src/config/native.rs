@@ -156,6 +156,40 @@ fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// Location of the key at `path` (`freeze.enabeld`, `hook.0.colour`, as serde reports it):
+/// the assignment inside its own table, not the first place the name appears in the file.
+fn find_key_path(text: &str, path: &str) -> Option<(usize, usize)> {
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}.{n}");
+            *n += 1;
+            continue;
+        }
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+            continue;
+        }
+        let Some((key, _)) = t.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().trim_matches('"');
+        let full = if table.is_empty() {
+            key.to_string()
+        } else {
+            format!("{table}.{key}")
+        };
+        if full == path {
+            return Some((i + 1, line.len() - line.trim_start().len() + 1));
+        }
+    }
+    None
+}
+
 /// Load and validate a native configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read_trusted(path, CODE).map_err(|p| ConfigErrors(vec![p]))?;
@@ -206,7 +240,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     for key in ignored {
         let leaf = key.rsplit('.').next().unwrap_or(&key).to_string();
-        let (l, c) = find_key(text, &leaf).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        let (l, c) = find_key_path(text, &key)
+            .or_else(|| find_key(text, &leaf))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
         cfg.warnings
             .push(Problem::new(CODE, format!("unknown key `{key}` ignored")).at(at(l, c)));
     }
@@ -472,6 +508,22 @@ mod tests {
         assert_eq!(cfg.warnings.len(), 2);
         assert!(cfg.warnings[1].message.contains("freeze.enabeld"));
         assert_eq!(cfg.warnings[1].location.as_ref().unwrap().line, Some(3));
+    }
+
+    #[test]
+    fn unknown_key_warning_points_at_the_key_itself() {
+        // `colour` is a key of the second hook and of [freeze]: each warning points at its own.
+        let text = "[log]\nformat = \"text\"\n[[hook]]\nname = \"a\"\n[[hook]]\nname = \"b\"\n\
+                    colour = 1\n[freeze]\ntimeout = \"5s\"\ncolour = 2\n";
+        let cfg = p(text).unwrap();
+        let at = |k: &str| {
+            cfg.warnings
+                .iter()
+                .find(|w| w.message.contains(k))
+                .and_then(|w| w.location.as_ref()?.line)
+        };
+        assert_eq!(at("`hook.1.colour`"), Some(7), "{:?}", cfg.warnings);
+        assert_eq!(at("`freeze.colour`"), Some(10), "{:?}", cfg.warnings);
     }
 
     #[test]
