@@ -50,7 +50,11 @@ fn base() -> Option<&'static Path> {
         let mount = cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)?;
         let own = own_cgroup(&std::fs::read_to_string("/proc/self/cgroup").ok()?)?;
         let base = mount.join(own);
-        base.join("cgroup.procs").exists().then_some(base)
+        let usable = base.join("cgroup.procs").exists();
+        if usable {
+            sweep(&base);
+        }
+        usable.then_some(base)
     })
     .as_deref()
 }
@@ -105,12 +109,42 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        // Fails while a member is still alive (an unkillable one); it is left then.
-        for _ in 0..20 {
-            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        // Fails while a member is still exiting: then a thread retries for a while. One left
+        // behind by an unkillable member is swept by the next start (see `sweep`).
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            return;
+        }
+        let dir = self.dir.clone();
+        let _ = std::thread::Builder::new()
+            .name("cgroup-rmdir".into())
+            .spawn(move || {
+                for _ in 0..200 {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                        return;
+                    }
+                }
+            });
+    }
+}
+
+/// Remove empty tree cgroups left by quiesce processes that are gone.
+fn sweep(base: &Path) {
+    let Ok(dir) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("quiesce-"))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir(entry.path());
         }
     }
 }
