@@ -235,7 +235,7 @@ struct CheckOutput {
     ok: bool,
     config: Option<PathBuf>,
     problems: Vec<Problem>,
-    warnings: Vec<Problem>,
+    warnings: Vec<crate::codes::Warning>,
     freeze: Vec<String>,
 }
 

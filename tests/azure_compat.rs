@@ -493,3 +493,52 @@ fn relative_config_and_mounts_show_what_snapshot_would_do() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("freezing is disabled"));
 }
+
+#[test]
+fn config_warnings_carry_no_code_in_check_and_report() {
+    let d = Scratch::new("azure-warn");
+    let ok = d.script("ok.sh", OK);
+    let json = plugin_json(
+        &d,
+        "p.json",
+        &ok,
+        &ok,
+        r#", "colour": 1, "timeoutInSeconds": 3600"#,
+    );
+    let host = plugin_host(&d, &[&json]);
+    let arg = host.to_str().unwrap();
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--json", "--config", arg])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = v["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{v:#}");
+    for w in warnings {
+        assert!(w.get("code").is_none(), "a warning carries no code: {w}");
+    }
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--config", arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("warning")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in lines {
+        assert!(!l.contains("IncorrectJSONConfigFile"), "{l}");
+    }
+    let r = snapshot_json(&host);
+    assert_eq!(r.code, 0, "{:#}\n{}", r.report, r.stderr);
+    let warnings = r.report["warnings"].as_array().unwrap();
+    assert!(warnings
+        .iter()
+        .any(|w| w["message"].as_str().unwrap().contains("1800")));
+    for w in warnings {
+        assert!(w.get("code").is_none(), "a warning carries no code: {w}");
+    }
+    assert!(
+        !r.stderr.contains("IncorrectJSONConfigFile"),
+        "{}",
+        r.stderr
+    );
+}

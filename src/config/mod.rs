@@ -8,7 +8,7 @@ pub mod azure;
 pub mod native;
 pub mod read;
 
-use crate::codes::Problem;
+use crate::codes::{Problem, Warning};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Warning>,
     /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
     /// not run; a run still takes its snapshot, at most file-system consistent (as for a
     /// failed pre script with `continueBackupOnFailure: true`), and `quiesce check` reports

@@ -10,7 +10,7 @@ use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
     Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
 };
-use crate::codes::{ErrorCode, Location, Problem};
+use crate::codes::{ErrorCode, Location, Problem, Warning};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -244,7 +244,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             .or_else(|| find_key(text, &leaf))
             .map_or((None, None), |(l, c)| (Some(l), Some(c)));
         cfg.warnings
-            .push(Problem::new(CODE, format!("unknown key `{key}` ignored")).at(at(l, c)));
+            .push(Warning::new(format!("unknown key `{key}` ignored")).at(at(l, c)));
     }
     let problem = |msg: String, key: &str| {
         let (l, c) = find_key(text, key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
@@ -508,6 +508,11 @@ mod tests {
         assert_eq!(cfg.warnings.len(), 2);
         assert!(cfg.warnings[1].message.contains("freeze.enabeld"));
         assert_eq!(cfg.warnings[1].location.as_ref().unwrap().line, Some(3));
+        assert!(
+            cfg.warnings.iter().all(|w| w.code.is_none()),
+            "{:?}",
+            cfg.warnings
+        );
     }
 
     #[test]

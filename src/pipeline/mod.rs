@@ -710,10 +710,13 @@ impl Operation {
             .filter(|_| self.scope == FreezeScope::Plan)
         {
             if plan.targets.is_empty() {
-                warnings.push(Problem::new(
-                    ErrorCode::InvalidFreezePlan,
-                    "freezing is enabled but no filesystem is eligible; nothing was frozen",
-                ));
+                warnings.push(
+                    Problem::new(
+                        ErrorCode::InvalidFreezePlan,
+                        "freezing is enabled but no filesystem is eligible; nothing was frozen",
+                    )
+                    .into(),
+                );
             }
         }
         Report {
@@ -820,13 +823,13 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the catalog");
-            report.warnings.push(e.problem());
+            report.warnings.push(e.problem().into());
             return;
         }
     };
     if let Err(e) = catalog.record(report, kind) {
         tracing::error!(error = %e, "cannot record the run in the catalog");
-        report.warnings.push(e.problem());
+        report.warnings.push(e.problem().into());
     }
     if let Some(path) = &cfg.paths.metrics_file {
         let result = catalog
@@ -838,10 +841,9 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
             });
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot write the metrics file");
-            report.warnings.push(Problem::new(
-                ErrorCode::CatalogError,
-                format!("metrics file: {e}"),
-            ));
+            report
+                .warnings
+                .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
         }
     }
 }
