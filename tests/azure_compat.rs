@@ -542,3 +542,43 @@ fn config_warnings_carry_no_code_in_check_and_report() {
         r.stderr
     );
 }
+
+#[test]
+fn config_in_utf16_or_latin1_gets_an_encoding_hint() {
+    let d = Scratch::new("azure-enc");
+    let utf16 = |text: &str, bom: bool| -> Vec<u8> {
+        let bom = bom.then_some(0xfeff_u16);
+        bom.into_iter()
+            .chain(text.encode_utf16())
+            .flat_map(u16::to_le_bytes)
+            .collect()
+    };
+    let json = "{ \"pluginName\": \"ScriptRunner\" }\n";
+    let host = "[pre_post]\nnumberOfPlugins = 0\n";
+    let toml = "[freeze]\nenabled = false\n";
+    for (name, bytes, want) in [
+        ("a.json", utf16(json, true), "UTF-16"),
+        ("b.json", utf16(json, false), "UTF-16"),
+        ("VMSnapshotPluginHost.conf", utf16(host, true), "UTF-16"),
+        (
+            "c.conf",
+            b"[pre_post]\n# caf\xe9\nnumberOfPlugins = 0\n".to_vec(),
+            "Latin-1",
+        ),
+        ("q.toml", utf16(toml, false), "UTF-16"),
+        ("r.toml", b"# r\xe9sum\xe9\n[freeze]\n".to_vec(), "Latin-1"),
+    ] {
+        let path = d.file(name, "", 0o600);
+        std::fs::write(&path, &bytes).unwrap();
+        let out = Command::new(support::quiesce_bin())
+            .args(["check", "--json", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let msg = v["problems"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(want) && msg.contains("save it as UTF-8"),
+            "{name}: {v:#}"
+        );
+    }
+}
