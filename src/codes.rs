@@ -142,7 +142,7 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        write!(f, "{}", crate::hooks::output::quote_path(&self.file))?;
         if let Some(l) = self.line {
             write!(f, ":{l}")?;
             if let Some(c) = self.column {
@@ -206,7 +206,7 @@ impl fmt::Display for Warning {
             write!(f, "{loc}: ")?;
         }
         if let Some(h) = &self.hook {
-            write!(f, "hook `{h}`: ")?;
+            write!(f, "hook `{}`: ", crate::hooks::output::quote(h))?;
         }
         f.write_str(&self.message)
     }
@@ -251,7 +251,7 @@ impl fmt::Display for Problem {
             write!(f, "{loc}: ")?;
         }
         if let Some(h) = &self.hook {
-            write!(f, "hook `{h}`: ")?;
+            write!(f, "hook `{}`: ", crate::hooks::output::quote(h))?;
         }
         f.write_str(&self.message)
     }

@@ -582,3 +582,36 @@ fn config_in_utf16_or_latin1_gets_an_encoding_hint() {
         );
     }
 }
+
+#[test]
+fn paths_with_control_characters_are_printed_escaped() {
+    let d = Scratch::new("azure-ctl");
+    let ok = d.script("ok.sh", OK);
+    let evil = d.join("pre\nFAKE error\u{1b}[2J.sh");
+    // The JSON escapes the control characters; the path it names holds them.
+    let extra = format!(
+        r#", "colour": 1, "preScriptLocation": {}"#,
+        serde_json::to_string(evil.to_str().unwrap()).unwrap()
+    );
+    let json = plugin_json(&d, "p\u{1b}[31m\n.json", &ok, &ok, &extra);
+    let arg = json.to_str().unwrap();
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--config", arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(!text.contains("\nFAKE"), "{text:?}");
+    assert!(text.contains("pre\\nFAKE error\\u{1b}[2J.sh"), "{text}");
+    assert!(text.contains("p\\u{1b}[31m\\n.json"), "{text}");
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--json", "--config", arg])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = v["problems"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("pre\\nFAKE error\\u{1b}[2J.sh"), "{v:#}");
+    let r = snapshot_json(&json);
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+    assert!(!r.stderr.contains("\nFAKE"), "{:?}", r.stderr);
+}
