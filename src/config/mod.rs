@@ -4,6 +4,7 @@
 //! `/etc/quiesce/quiesce.toml`, `/etc/azure/VMSnapshotPluginHost.conf`,
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
+pub mod arithmetic;
 pub mod azure;
 pub mod native;
 pub mod read;

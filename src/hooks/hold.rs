@@ -358,10 +358,7 @@ impl Held {
         let mut how = "after stdin EOF";
         // The hook's own release work (e.g. pg_backup_stop waiting for WAL archiving) may use
         // the post timeout, less what SIGTERM and SIGKILL need after it.
-        let eof_wait = limits
-            .timeout
-            .saturating_sub(limits.kill_grace.saturating_mul(2))
-            .max(limits.kill_grace);
+        let eof_wait = eof_wait(limits.timeout, limits.kill_grace);
         let mut end = p.wait_exit(stage(eof_wait));
         if end.is_none() {
             how = "after SIGTERM";
@@ -454,4 +451,12 @@ impl Drop for Held {
             drop(self.take_process());
         }
     }
+}
+
+/// How long a released hook may take after stdin EOF: its timeout less the two graces that
+/// SIGTERM and SIGKILL need after it, at least one grace. Saturating.
+pub fn eof_wait(timeout: Duration, kill_grace: Duration) -> Duration {
+    timeout
+        .saturating_sub(kill_grace.saturating_mul(2))
+        .max(kill_grace)
 }

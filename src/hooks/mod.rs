@@ -401,6 +401,12 @@ pub(crate) fn export_deadline(ctx: &RunContext, timeout: Duration) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
+    deadline_unix(now, timeout)
+}
+
+/// `QUIESCE_DEADLINE` for a script started `now` (since the epoch) with `timeout`: whole
+/// seconds, rounded up, saturating.
+pub fn deadline_unix(now: Duration, timeout: Duration) -> u64 {
     now.saturating_add(timeout).as_secs().saturating_add(1)
 }
 
