@@ -14,7 +14,7 @@
 //!   fuzzing: `numberOfPlugins = 999999992` ran for minutes, and `u64::MAX` overflowed).
 //! - freezing is enabled only if every plugin has `fsFreezeEnabled: true`.
 
-use super::read::{line_col, read_public, read_trusted};
+use super::read::{in_words, line_col, read_public, read_trusted};
 use super::{Config, ConfigErrors, HookConfig, ScriptSpec};
 use crate::codes::{ErrorCode, Location, Problem, Warning};
 use serde::Deserialize;
@@ -207,7 +207,8 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
             if let Some(i) = msg.rfind(" at line ") {
                 msg.truncate(i);
             }
-            if !key.is_empty() && key != "." {
+            msg = in_words(&msg, "a JSON object with the plugin's keys");
+            if !key.is_empty() && key != "." && key != "?" {
                 msg = format!("`{key}`: {msg}");
             }
             return Err(vec![Problem::new(JSON, msg).at(loc(
@@ -595,6 +596,64 @@ mod tests {
         assert_eq!(e[0].location.as_ref().unwrap().line, Some(9));
         let e = pj(&GOOD.replace(": 30", ": 30.5")).unwrap_err();
         assert!(e[0].message.contains("whole number"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused_in_the_users_words() {
+        let keys = |extra: &str| {
+            format!(
+                r#"{{"preScriptLocation": "/a", "postScriptLocation": "/b",
+                "timeoutInSeconds": 5, "continueBackupOnFailure": true,
+                "fsFreezeEnabled": true{extra}}}"#
+            )
+        };
+        for (text, want) in [
+            ("[]".to_string(), "must be a JSON object"),
+            ("[\"a\"]".to_string(), "must be a JSON object"),
+            (
+                "1".to_string(),
+                "must be a JSON object with the plugin's keys, found the number 1",
+            ),
+            ("null".to_string(), "found null"),
+            (
+                "{\"preScriptLocation\": 1}".to_string(),
+                "must be a string, found the number 1",
+            ),
+            (
+                "{\"preScriptLocation\": []}".to_string(),
+                "must be a string, found a list",
+            ),
+            (
+                "{\"preScriptLocation\": {}}".to_string(),
+                "must be a string, found a JSON object",
+            ),
+            (
+                keys(r#", "preScriptParams": "a""#),
+                "must be a list of strings",
+            ),
+            (
+                keys(r#", "pluginName": 5"#),
+                "must be a string, found the number 5",
+            ),
+            (
+                keys(r#", "preScriptNoOfRetries": [1]"#),
+                "must be a whole number, found a list",
+            ),
+            (keys(r#", "fsFreezeEnabled": {}"#), "given twice"),
+            (
+                "{\"preScriptLocation\": \"/a\"}".to_string(),
+                "the required key",
+            ),
+            ("{".to_string(), "ends too early"),
+            ("".to_string(), "ends too early"),
+        ] {
+            let e = pj(&text).unwrap_err();
+            let msg = &e[0].message;
+            assert!(msg.contains(want), "{text:?}: {msg}");
+            for bad in crate::config::read::NOT_USERS_WORDS {
+                assert!(!msg.contains(bad), "{text:?}: {msg}");
+            }
+        }
     }
 
     #[test]

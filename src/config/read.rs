@@ -170,3 +170,149 @@ mod tests {
         assert_eq!(decode(b"a").unwrap(), "a");
     }
 }
+
+/// A deserializer's message in the user's words: serde's "invalid type: integer `1`,
+/// expected u32" becomes "must be a whole number from 0 to 4294967295, found the number 1";
+/// Rust type names (`u32`, `struct RawPlugin`) and serde's terms (sequence, map, field)
+/// never reach the user. `object` names a key-value group in the file's own language
+/// ("a table" for TOML, "a JSON object" for JSON). Messages it does not know pass unchanged.
+pub(crate) fn in_words(msg: &str, object: &str) -> String {
+    let typed = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "));
+    if let Some((found, expected)) = typed.and_then(|r| r.split_once(", expected ")) {
+        return format!(
+            "must be {}, found {}",
+            expected_words(expected, object),
+            found_words(found, object)
+        );
+    }
+    if let Some((_, expected)) = msg
+        .strip_prefix("invalid length ")
+        .and_then(|r| r.split_once(", expected "))
+    {
+        return format!("must be {}", expected_words(expected, object));
+    }
+    if let Some(key) = msg.strip_prefix("missing field ") {
+        return format!("the required key {key} is missing");
+    }
+    if let Some(key) = msg.strip_prefix("duplicate field ") {
+        return format!("the key {key} is given twice");
+    }
+    if msg.starts_with("EOF while parsing") {
+        return "the file ends too early (something is not closed)".to_string();
+    }
+    msg.to_string()
+}
+
+fn expected_words(expected: &str, object: &str) -> String {
+    let whole = |max: u64| format!("a whole number from 0 to {max}");
+    match expected {
+        "u8" => whole(u8::MAX.into()),
+        "u16" => whole(u16::MAX.into()),
+        "u32" => whole(u32::MAX.into()),
+        "u64" | "usize" => "a whole number".to_string(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_string(),
+        "f32" | "f64" => "a number".to_string(),
+        "a boolean" => "true or false".to_string(),
+        "a sequence" => "a list".to_string(),
+        "path string" => "a path (a string)".to_string(),
+        "a map" | "map" => object.to_string(),
+        e if e.starts_with("struct ") => object.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn found_words(found: &str, object: &str) -> String {
+    let quoted = |prefix: &str| {
+        found
+            .strip_prefix(prefix)
+            .map(|v| v.trim_matches('`').to_string())
+    };
+    if let Some(n) = quoted("integer ").or_else(|| quoted("floating point ")) {
+        return format!("the number {n}");
+    }
+    if let Some(b) = quoted("boolean ") {
+        return b;
+    }
+    if let Some(s) = found.strip_prefix("string ") {
+        return format!("the string {s}");
+    }
+    match found {
+        "map" => object.to_string(),
+        "sequence" => "a list".to_string(),
+        "unit" => "nothing".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Words of Rust and serde that must never reach the user (for tests of the loaders).
+#[cfg(test)]
+pub(crate) const NOT_USERS_WORDS: &[&str] = &[
+    "invalid type",
+    "invalid value",
+    "invalid length",
+    "expected u",
+    "expected i",
+    "struct",
+    "Raw",
+    "sequence",
+    "map",
+    "field",
+    "EOF",
+    "`?`",
+];
+
+#[cfg(test)]
+mod words_tests {
+    use super::in_words;
+
+    #[test]
+    fn serde_messages_in_the_users_words() {
+        for (msg, want) in [
+            (
+                "invalid value: integer `-1`, expected u32",
+                "must be a whole number from 0 to 4294967295, found the number -1",
+            ),
+            (
+                "invalid type: string \"2\", expected u32",
+                "must be a whole number from 0 to 4294967295, found the string \"2\"",
+            ),
+            (
+                "invalid type: integer `1`, expected struct RawFreeze",
+                "must be a table, found the number 1",
+            ),
+            (
+                "invalid type: map, expected a sequence",
+                "must be a list, found a table",
+            ),
+            (
+                "invalid type: string \"/a\", expected a sequence",
+                "must be a list, found the string \"/a\"",
+            ),
+            (
+                "invalid type: integer `5`, expected path string",
+                "must be a path (a string), found the number 5",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected u32",
+                "must be a whole number from 0 to 4294967295, found the number 1.5",
+            ),
+            (
+                "invalid type: string \"yes\", expected a boolean",
+                "must be true or false, found the string \"yes\"",
+            ),
+            ("missing field `name`", "the required key `name` is missing"),
+            ("duplicate field `x`", "the key `x` is given twice"),
+        ] {
+            assert_eq!(in_words(msg, "a table"), want);
+        }
+        assert_eq!(
+            in_words(
+                "invalid length 0, expected struct RawPlugin with 11 elements",
+                "a JSON object"
+            ),
+            "must be a JSON object"
+        );
+    }
+}
