@@ -137,7 +137,7 @@ fn interpreter_of(path: &Path, fd: &OwnedFd) -> Result<Option<Interpreter>, Trus
 /// as an executable root may run: owned by root, not writable by group/others, in safe
 /// directories, executable. Returns the canonical path.
 pub fn check_interpreter(script: &Path, prog: &Path) -> Result<PathBuf, TrustError> {
-    let shown = quote_path(&prog);
+    let shown = quote_path(prog);
     let real = std::fs::canonicalize(prog).map_err(|e| {
         not_found(
             script,
@@ -252,11 +252,11 @@ fn open_checked(path: &Path, access: Access) -> Result<OwnedFd, TrustError> {
             return Err(match Errno::from_io_error(&e) {
                 Some(Errno::NOENT) | Some(Errno::NOTDIR) => not_found(
                     path,
-                    format!("directory {} does not exist", quote_path(&parent)),
+                    format!("directory {} does not exist", quote_path(parent)),
                 ),
                 _ => insecure(
                     path,
-                    format!("cannot resolve directory {}: {e}", quote_path(&parent)),
+                    format!("cannot resolve directory {}: {e}", quote_path(parent)),
                 ),
             })
         }
@@ -324,7 +324,7 @@ fn walk_parents(
             _ => {
                 return Err(insecure(
                     path,
-                    format!("unexpected component in {}", quote_path(&canonical)),
+                    format!("unexpected component in {}", quote_path(canonical)),
                 ))
             }
         };
@@ -367,14 +367,14 @@ fn check_dir(
     let st = rustix::fs::fstat(dir.as_fd()).map_err(|e| {
         insecure(
             path,
-            format!("fstat of directory {} failed: {e}", quote_path(&shown)),
+            format!("fstat of directory {} failed: {e}", quote_path(shown)),
         )
     })?;
     let mode = st.st_mode & 0o7777;
     if st.st_uid != 0 {
         problems.push(format!(
             "directory {} is owned by uid {}, not root",
-            quote_path(&shown),
+            quote_path(shown),
             st.st_uid
         ));
     }
@@ -386,7 +386,7 @@ fn check_dir(
         };
         problems.push(format!(
             "directory {} is writable by group/others (mode {:04o}){sticky}",
-            quote_path(&shown),
+            quote_path(shown),
             mode
         ));
     }

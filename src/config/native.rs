@@ -283,7 +283,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             problems.push(problem(
                 format!(
                     "freeze mount point {} must be an absolute path",
-                    crate::hooks::output::quote_path(&p)
+                    crate::hooks::output::quote_path(p)
                 ),
                 if cfg.freeze.include.contains(p) {
                     "include"
