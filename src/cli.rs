@@ -241,6 +241,8 @@ struct CheckOutput {
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
     freeze: Vec<String>,
+    /// Every hook and where it came from.
+    hooks: Vec<String>,
 }
 
 /// Everything `check` finds wrong with the configuration, the scripts and the freeze plan.
@@ -283,12 +285,13 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
 
 fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
     let located = config::locate(config_path.as_deref());
-    let (problems, warnings, freeze) = match config::load(config_path.as_deref()) {
+    let (problems, warnings, freeze, hooks) = match config::load(config_path.as_deref()) {
         Ok(cfg) => {
             let (problems, freeze) = check_config(&cfg);
-            (problems, cfg.warnings.clone(), freeze)
+            let hooks = crate::platform::sources::describe_hooks(&cfg.hooks);
+            (problems, cfg.warnings.clone(), freeze, hooks)
         }
-        Err(errs) => (errs.0, Vec::new(), Vec::new()),
+        Err(errs) => (errs.0, Vec::new(), Vec::new(), Vec::new()),
     };
     let out = CheckOutput {
         ok: problems.is_empty(),
@@ -296,6 +299,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         problems,
         warnings,
         freeze,
+        hooks,
     };
     if json {
         print_json(&out);
@@ -311,6 +315,9 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         }
         if !out.freeze.is_empty() {
             println!("would freeze: {}", out.freeze.join(", "));
+        }
+        for h in &out.hooks {
+            println!("hook {h}");
         }
         println!(
             "{}",
@@ -349,6 +356,9 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
                 print_json(&plan.decisions);
             } else {
                 print!("{}", crate::freeze::plan::render_table(&plan));
+                for h in crate::platform::sources::describe_hooks(&cfg.hooks) {
+                    println!("hook {h}");
+                }
             }
             0
         }

@@ -49,6 +49,7 @@ struct RawFile {
     #[serde(rename = "hook")]
     hooks: Vec<RawHook>,
     server: RawServer,
+    platforms: crate::platform::sources::PlatformSources,
 }
 
 #[derive(Deserialize, Default)]
@@ -456,6 +457,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             Err(mut e) => problems.append(&mut e),
         }
     }
+    let found = crate::platform::sources::read(&raw.platforms);
+    cfg.hooks.extend(found.hooks);
+    cfg.warnings.extend(found.warnings);
+    problems.extend(found.problems);
     super::dedupe_hook_names(&mut cfg.hooks);
 
     if problems.is_empty() {
