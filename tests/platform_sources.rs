@@ -1,0 +1,175 @@
+//! The platforms' own hook conventions read as quiesce hooks, through the real binary:
+//! qemu-ga's `fsfreeze-hook.d` (order, skipped names, `freeze`/`thaw`, a failing script
+//! does not stop the others) and Google's snapshot scripts with the guest agent's settings
+//! (enabled, timeout, one disk-list argument), around a real freeze of a loop filesystem.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{LoopFs, Scratch};
+
+fn quiesce(args: &[&str]) -> (i32, String) {
+    let out = Command::new(support::quiesce_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn q(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// A hook script appending `<name> <args...>` to `log`.
+fn logging_script(dir: &Scratch, rel: &str, log: &Path, extra: &str) -> std::path::PathBuf {
+    let name = Path::new(rel).file_name().unwrap().to_str().unwrap();
+    dir.script(
+        rel,
+        &format!(
+            "#!/bin/sh\necho \"{name} $# $*\" >> {}\n{extra}\n",
+            q(log)
+        ),
+    )
+}
+
+fn base_config(dir: &Scratch, fs: &LoopFs, log: &Path, platforms: &str) -> std::path::PathBuf {
+    let snap = dir.script(
+        "snap.sh",
+        &format!("#!/bin/sh\necho snapshot >> {}\n", q(log)),
+    );
+    dir.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\ninclude = [{}]\ntimeout = \"30s\"\n\
+             [snapshot]\nprovider = \"command\"\ncommand = [{}]\n[platforms]\n{platforms}\n",
+            q(&dir.join("state")),
+            q(&dir.join("catalog.db")),
+            q(&fs.mount_point),
+            q(&snap)
+        ),
+        0o600,
+    )
+}
+
+#[test]
+fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
+    let dir = Scratch::new("plat-qga");
+    let fs = LoopFs::new("ext4", 64);
+    let log = dir.join("calls.log");
+    let hooks = dir.join("fsfreeze-hook.d");
+    logging_script(&dir, "fsfreeze-hook.d/20-b", &log, "");
+    logging_script(&dir, "fsfreeze-hook.d/10-a", &log, "");
+    logging_script(&dir, "fsfreeze-hook.d/30-fails", &log, "exit 7");
+    logging_script(&dir, "fsfreeze-hook.d/15-old.dpkg-old", &log, "");
+    logging_script(&dir, "fsfreeze-hook.d/16-edit~", &log, "");
+    dir.file("fsfreeze-hook.d/17-not-executable", "#!/bin/sh\n", 0o600);
+    let cfg = base_config(
+        &dir,
+        &fs,
+        &log,
+        &format!("qemu_ga_hooks = {}\nqemu_ga_timeout = \"10s\"", q(&hooks)),
+    );
+    let cfg = cfg.to_str().unwrap();
+
+    let (code, out) = quiesce(&["check", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("hook qemu-ga:10-a (from {})", hooks.display())),
+        "{out}"
+    );
+    assert!(!out.contains("dpkg-old") && !out.contains("edit~"), "{out}");
+
+    let (code, out) = quiesce(&["snapshot", "--json", "--config", cfg]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    // The failing script is recorded and lowers the consistency, but does not stop the
+    // others or the snapshot (the stock script ignores its status): degraded, exit 3.
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(report["consistency"], "file-system", "{report:#}");
+    assert_eq!(report["frozen"][0], fs.mount_point.to_str().unwrap());
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "10-a 1 freeze",
+            "20-b 1 freeze",
+            "30-fails 1 freeze",
+            "snapshot",
+            "30-fails 1 thaw",
+            "20-b 1 thaw",
+            "10-a 1 thaw",
+        ],
+        "{calls}"
+    );
+    let (_, hist) = quiesce(&["history", "--json", "--config", cfg]);
+    let hist: Value = serde_json::from_str(&hist).unwrap();
+    assert_eq!(hist.as_array().unwrap().len(), 1, "{hist:#}");
+    assert_eq!(hist[0]["operation_id"], report["operation_id"]);
+}
+
+#[test]
+fn google_snapshot_scripts_follow_the_guest_agent_settings() {
+    let dir = Scratch::new("plat-gcp");
+    let fs = LoopFs::new("ext4", 64);
+    let log = dir.join("calls.log");
+    logging_script(&dir, "google/pre.sh", &log, "sleep 30");
+    logging_script(&dir, "google/post.sh", &log, "");
+    // The agent's settings file is root's and world-readable, as Google installs it.
+    let settings = dir.file(
+        "instance_configs.cfg",
+        "[Snapshots]\nenabled = false\ntimeout_in_seconds = 2\n",
+        0o644,
+    );
+    let platforms = format!(
+        "google = true\ngoogle_scripts = {}\ngoogle_config = {}",
+        q(&dir.join("google")),
+        q(&settings)
+    );
+    let cfg = base_config(&dir, &fs, &log, &platforms);
+    let cfg = cfg.to_str().unwrap();
+
+    // Disabled in the agent's settings: not a hook, and check says why.
+    let (code, out) = quiesce(&["check", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("enabled is not true"), "{out}");
+    assert!(!out.contains("hook google-snapshots"), "{out}");
+
+    // Enabled by a later layer (the file itself over its .template), with the 2 s timeout.
+    std::fs::write(
+        dir.join("instance_configs.cfg.template"),
+        "[Snapshots]\nenabled = false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &settings,
+        "[Snapshots]\nenabled = true\ntimeout_in_seconds = 2\n",
+    )
+    .unwrap();
+    let (code, out) = quiesce(&["check", "--config", cfg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "hook google-snapshots (from {})",
+            dir.join("google").display()
+        )),
+        "{out}"
+    );
+
+    let t = Instant::now();
+    let (code, out) = quiesce(&["snapshot", "--json", "--config", cfg]);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(20), "pre.sh was not killed");
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(report["errors"][0]["code"], "Pre-ScriptTimeout", "{report:#}");
+    assert_eq!(report["consistency"], "file-system", "{report:#}");
+    // One argument, the (empty) disk list, as the agent passes it; post always runs.
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines, ["pre.sh 1 ", "snapshot", "post.sh 1 "], "{calls}");
+}
