@@ -100,6 +100,19 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Run as a platform's pre/post snapshot script (docs/platforms/): pre prepares an
+    /// operation on the running `quiesce serve`, post releases it.
+    Hook {
+        #[arg(value_enum)]
+        side: crate::platform::bridge::Side,
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// The guard thaws at this deadline if post never comes ("60s").
+        #[arg(long)]
+        deadline: Option<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Host side: the state of an operation.
     Status {
         #[arg(long)]
@@ -208,6 +221,15 @@ pub fn run(cli: Cli) -> i32 {
             &format!("/v1/operations/{id}"),
             None,
         ),
+        Command::Hook {
+            side,
+            platform,
+            deadline,
+            socket,
+        } => {
+            let cfg = load_or_defaults(cli.config);
+            crate::platform::bridge::run(&cfg, platform, side, deadline.as_deref(), socket.as_deref())
+        }
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
     }

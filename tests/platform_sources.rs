@@ -173,3 +173,96 @@ fn google_snapshot_scripts_follow_the_guest_agent_settings() {
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(lines, ["pre.sh 1 ", "snapshot", "post.sh 1 "], "{calls}");
 }
+
+/// Run a script the way Google's guest agent does: by path, one argument (the disk list),
+/// killed after `timeout`; the exit status is what the agent reads.
+fn run_like_google_agent(script: &Path, timeout: Duration) -> i32 {
+    let mut child = Command::new(script)
+        .arg("persistent-disk-0,persistent-disk-1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return 124;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn google_agent_runs_the_bridge_and_the_hold_lasts_until_post() {
+    let dir = Scratch::new("plat-gcp-bridge");
+    let fs = LoopFs::new("ext4", 64);
+    let socket = dir.join("quiesce.sock");
+    let log = dir.join("calls.log");
+    // A held hook: quiesced once it prints READY, released when quiesce closes its stdin.
+    let hold = dir.script(
+        "hold.sh",
+        &format!(
+            "#!/bin/sh\necho held >> {log}\necho READY\ncat >/dev/null\necho released >> {log}\n",
+            log = q(&log)
+        ),
+    );
+    let cfg = dir.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\ninclude = [{}]\ntimeout = \"30s\"\n\
+             [server]\nsocket = {}\n[[hook]]\nname = \"db\"\npre = [{}]\nhold = true\n",
+            q(&dir.join("state")),
+            q(&dir.join("catalog.db")),
+            q(&fs.mount_point),
+            q(&socket),
+            q(&hold)
+        ),
+        0o600,
+    );
+    let bridge = |side: &str| {
+        format!(
+            "#!/bin/sh\nexec {} --config {} hook {side} --platform gcp --deadline 20s\n",
+            q(&support::quiesce_bin()),
+            q(&cfg)
+        )
+    };
+    let pre = dir.script("google/pre.sh", &bridge("pre"));
+    let post = dir.script("google/post.sh", &bridge("post"));
+    let _srv = support::ServeProcess::start(&cfg, &socket);
+
+    for round in 1..=2 {
+        assert_eq!(run_like_google_agent(&pre, Duration::from_secs(60)), 0);
+        // Between pre and post: the filesystem is frozen and the hold is still there.
+        assert!(
+            !support::writable_within(&fs.mount_point, Duration::from_millis(300)),
+            "not frozen after pre.sh"
+        );
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.ends_with("held\n"), "round {round}: {calls}");
+        assert_eq!(run_like_google_agent(&post, Duration::from_secs(60)), 0);
+        assert!(support::writable_within(
+            &fs.mount_point,
+            Duration::from_secs(2)
+        ));
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(calls.ends_with("held\nreleased\n"), "round {round}: {calls}");
+    }
+    // A post without a pre is an error the agent sees.
+    assert_eq!(run_like_google_agent(&post, Duration::from_secs(60)), 1);
+    // One operation per snapshot, application-consistent, recorded by the server.
+    let (_, hist) = quiesce(&["history", "--json", "--config", cfg.to_str().unwrap()]);
+    let hist: Value = serde_json::from_str(&hist).unwrap();
+    let rows = hist.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{hist:#}");
+    for row in rows {
+        assert!(
+            row["operation_id"].as_str().unwrap().starts_with("gcp-"),
+            "{row}"
+        );
+        assert_eq!(row["consistency"], "application", "{row}");
+    }
+}

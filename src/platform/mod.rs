@@ -2,4 +2,5 @@
 //! (Google's snapshot scripts, qemu-ga's `fsfreeze-hook.d`). `docs/platforms/` has one page
 //! per platform.
 
+pub mod bridge;
 pub mod sources;
