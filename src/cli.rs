@@ -113,6 +113,17 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Wire the bridge into a platform's configuration (docs/platforms/); --uninstall
+    /// restores what was there.
+    Install {
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// Install under this directory instead of / (an image being built, a test).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long)]
+        uninstall: bool,
+    },
     /// Host side: the state of an operation.
     Status {
         #[arg(long)]
@@ -228,8 +239,19 @@ pub fn run(cli: Cli) -> i32 {
             socket,
         } => {
             let cfg = load_or_defaults(cli.config);
-            crate::platform::bridge::run(&cfg, platform, side, deadline.as_deref(), socket.as_deref())
+            crate::platform::bridge::run(
+                &cfg,
+                platform,
+                side,
+                deadline.as_deref(),
+                socket.as_deref(),
+            )
         }
+        Command::Install {
+            platform,
+            root,
+            uninstall,
+        } => crate::platform::install::run(platform, &root, uninstall),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
     }

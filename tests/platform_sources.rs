@@ -31,10 +31,7 @@ fn logging_script(dir: &Scratch, rel: &str, log: &Path, extra: &str) -> std::pat
     let name = Path::new(rel).file_name().unwrap().to_str().unwrap();
     dir.script(
         rel,
-        &format!(
-            "#!/bin/sh\necho \"{name} $# $*\" >> {}\n{extra}\n",
-            q(log)
-        ),
+        &format!("#!/bin/sh\necho \"{name} $# $*\" >> {}\n{extra}\n", q(log)),
     )
 }
 
@@ -164,9 +161,15 @@ fn google_snapshot_scripts_follow_the_guest_agent_settings() {
     let t = Instant::now();
     let (code, out) = quiesce(&["snapshot", "--json", "--config", cfg]);
     let report: Value = serde_json::from_str(&out).unwrap();
-    assert!(t.elapsed() < Duration::from_secs(20), "pre.sh was not killed");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "pre.sh was not killed"
+    );
     assert_eq!(code, 3, "{report:#}");
-    assert_eq!(report["errors"][0]["code"], "Pre-ScriptTimeout", "{report:#}");
+    assert_eq!(
+        report["errors"][0]["code"], "Pre-ScriptTimeout",
+        "{report:#}"
+    );
     assert_eq!(report["consistency"], "file-system", "{report:#}");
     // One argument, the (empty) disk list, as the agent passes it; post always runs.
     let calls = std::fs::read_to_string(&log).unwrap();
@@ -249,7 +252,10 @@ fn google_agent_runs_the_bridge_and_the_hold_lasts_until_post() {
             Duration::from_secs(2)
         ));
         let calls = std::fs::read_to_string(&log).unwrap();
-        assert!(calls.ends_with("held\nreleased\n"), "round {round}: {calls}");
+        assert!(
+            calls.ends_with("held\nreleased\n"),
+            "round {round}: {calls}"
+        );
     }
     // A post without a pre is an error the agent sees.
     assert_eq!(run_like_google_agent(&post, Duration::from_secs(60)), 1);
@@ -264,5 +270,77 @@ fn google_agent_runs_the_bridge_and_the_hold_lasts_until_post() {
             "{row}"
         );
         assert_eq!(row["consistency"], "application", "{row}");
+    }
+}
+
+/// Every file under `root`: path, bytes, mode and owner.
+fn tree(root: &Path) -> Vec<(String, Vec<u8>, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let bytes = if m.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p.display().to_string(), bytes, m.mode(), m.uid()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn gcp_install_and_uninstall_leave_the_platform_files_as_they_were() {
+    let root = Scratch::new("plat-install");
+    let r = root.path.to_str().unwrap();
+    let run =
+        |args: &[&str]| quiesce(&[&["install", "--platform", "gcp", "--root", r], args].concat());
+    // A machine with nothing of Google's, and one already set up by its owner.
+    for set_up in [false, true] {
+        if set_up {
+            root.file(
+                "etc/google/snapshots/pre.sh",
+                "#!/bin/bash\necho owner's pre\n",
+                0o755,
+            );
+            root.file(
+                "etc/default/instance_configs.cfg",
+                "[Accounts]\ngroups = adm\n\n[Snapshots]\nenabled = false\ntimeout_in_seconds = 30\n",
+                0o644,
+            );
+        }
+        let before = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!(code, 0, "{out}");
+        let pre = root.join("etc/google/snapshots/pre.sh");
+        let text = std::fs::read_to_string(&pre).unwrap();
+        assert!(text.contains("hook pre --platform gcp"), "{text}");
+        let cfg = std::fs::read_to_string(root.join("etc/default/instance_configs.cfg")).unwrap();
+        assert!(cfg.contains("enabled = true"), "{cfg}");
+        if set_up {
+            assert!(cfg.contains("timeout_in_seconds = 30") && cfg.contains("groups = adm"));
+            assert_eq!(
+                std::fs::read_to_string(root.join("etc/google/snapshots/pre.sh.quiesce-orig"))
+                    .unwrap(),
+                "#!/bin/bash\necho owner's pre\n"
+            );
+        }
+        // Installing again changes nothing.
+        let installed = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("nothing to do"), "{out}");
+        assert_eq!(tree(&root.path), installed);
+        let (code, out) = run(&["--uninstall"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(tree(&root.path), before, "{out}");
     }
 }

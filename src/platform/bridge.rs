@@ -78,13 +78,12 @@ pub fn run(
     let timeout = Duration::from_secs(3600);
     match side {
         Side::Pre => {
-            let id = format!(
-                "{}-{}",
-                platform.name(),
-                crate::pipeline::opid::generate()
-            );
+            let id = format!("{}-{}", platform.name(), crate::pipeline::opid::generate());
             if let Err(e) = write_id(&id_path, &id) {
-                eprintln!("quiesce: cannot record the operation id in {}: {e}", id_path.display());
+                eprintln!(
+                    "quiesce: cannot record the operation id in {}: {e}",
+                    id_path.display()
+                );
                 return EXIT_FAILED;
             }
             let body = deadline.map(|d| serde_json::json!({ "deadline": d }));
@@ -158,7 +157,11 @@ mod tests {
             (409, "failed", 1),
             (500, "frozen", 1),
         ] {
-            assert_eq!(pre_exit(status, &json!({ "state": state })), want, "{state}");
+            assert_eq!(
+                pre_exit(status, &json!({ "state": state })),
+                want,
+                "{state}"
+            );
         }
         for (status, report, want) in [
             (200, "succeeded", 0),
@@ -166,7 +169,11 @@ mod tests {
             (200, "failed", 1),
             (404, "succeeded", 1),
         ] {
-            assert_eq!(post_exit(status, &json!({ "status": report })), want, "{report}");
+            assert_eq!(
+                post_exit(status, &json!({ "status": report })),
+                want,
+                "{report}"
+            );
         }
         assert_eq!(post_exit(200, &json!(null)), 1);
     }

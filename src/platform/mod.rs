@@ -3,4 +3,5 @@
 //! per platform.
 
 pub mod bridge;
+pub mod install;
 pub mod sources;

@@ -79,7 +79,11 @@ pub fn read(sources: &PlatformSources) -> Found {
         google(sources, &mut found);
     }
     if let Some(dir) = &sources.qemu_ga_hooks {
-        let timeout = match sources.qemu_ga_timeout.as_deref().map(humantime::parse_duration) {
+        let timeout = match sources
+            .qemu_ga_timeout
+            .as_deref()
+            .map(humantime::parse_duration)
+        {
             None => crate::config::native::DEFAULT_HOOK_TIMEOUT,
             Some(Ok(d)) if !d.is_zero() => d,
             Some(_) => {
@@ -237,8 +241,16 @@ fn google(sources: &PlatformSources, found: &mut Found) {
     }
     // The agent passes the disk list as the only argument; quiesce's own runs know no disk
     // list, so the scripts get the same argument count with an empty list.
+    // Where the bridge is installed, the user's own scripts were kept aside: run those (the
+    // bridge itself would ask the server for a second operation).
     let script = |name: &str| {
-        let path = sources.google_scripts.join(name);
+        let mut path = sources.google_scripts.join(name);
+        let text = std::fs::read(&path).unwrap_or_default();
+        if String::from_utf8_lossy(&text).contains(super::install::MARKER) {
+            let mut kept = path.into_os_string();
+            kept.push(super::install::BACKUP_SUFFIX);
+            path = PathBuf::from(kept);
+        }
         path.exists().then(|| ScriptSpec {
             path,
             args: vec![String::new()],
