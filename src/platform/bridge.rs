@@ -7,8 +7,8 @@
 //! comes, the server's guard thaws at the deadline and the operation is recorded as such.
 //!
 //! Only platforms that do not freeze the filesystems themselves are bridged here (Google's
-//! guest flush on Linux, AWS's pre/post scripts): there quiesce's own freeze is what makes
-//! the snapshot file-system consistent. `docs/platforms/` describes each platform.
+//! guest flush on Linux, AWS's pre/post scripts, Kubernetes backup tools' exec hooks): there
+//! quiesce's own freeze is what makes the snapshot file-system consistent. `docs/platforms/` describes each platform.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +20,8 @@ pub enum Platform {
     Gcp,
     /// AWS Data Lifecycle Manager pre/post scripts through a Systems Manager document.
     Aws,
+    /// Pod exec hooks of Kubernetes backup tools (Velero, Kanister).
+    Kubernetes,
 }
 
 impl Platform {
@@ -27,6 +29,7 @@ impl Platform {
         match self {
             Platform::Gcp => "gcp",
             Platform::Aws => "aws",
+            Platform::Kubernetes => "kubernetes",
         }
     }
 }

@@ -126,9 +126,11 @@ pub fn run(platform: super::bridge::Platform, root: &Path, uninstall: bool) -> i
         super::bridge::Platform::Gcp => std::env::current_exe()
             .map_err(|e| format!("cannot find the quiesce binary: {e}"))
             .and_then(|bin| gcp(root, &bin, uninstall)),
-        super::bridge::Platform::Aws => Err("AWS runs the bridge through a Systems Manager \
-            document, nothing is installed on the machine: see docs/platforms/aws.md"
-            .to_string()),
+        super::bridge::Platform::Aws | super::bridge::Platform::Kubernetes => Err(format!(
+            "nothing to install on the machine for {}: the platform calls the bridge from its \
+             own configuration (see docs/platforms/aws.md)",
+            platform.name()
+        )),
     };
     match result {
         Ok(lines) if lines.is_empty() => {
