@@ -333,6 +333,25 @@ fn gcp_install_and_uninstall_leave_the_platform_files_as_they_were() {
                 "#!/bin/bash\necho owner's pre\n"
             );
         }
+        // With the bridge installed, the owner's scripts kept aside are what the Google
+        // source reads (the bridge itself would ask the server for a second operation).
+        let cfg = root.file(
+            "quiesce.toml",
+            &format!(
+                "[platforms]\ngoogle = true\ngoogle_scripts = {}\ngoogle_config = {}\n",
+                q(&root.join("etc/google/snapshots")),
+                q(&root.join("etc/default/instance_configs.cfg"))
+            ),
+            0o600,
+        );
+        let (_, out) = quiesce(&["check", "--config", cfg.to_str().unwrap()]);
+        std::fs::remove_file(&cfg).unwrap();
+        if set_up {
+            // The owner's 0755 script is refused by the trust rules, by its kept-aside name.
+            assert!(out.contains("pre.sh.quiesce-orig"), "{out}");
+        } else {
+            assert!(out.contains("neither pre.sh nor post.sh"), "{out}");
+        }
         // Installing again changes nothing.
         let installed = tree(&root.path);
         let (code, out) = run(&[]);
