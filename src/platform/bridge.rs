@@ -78,7 +78,6 @@ pub fn run(
 ) -> i32 {
     let socket = socket.unwrap_or(&cfg.server.socket);
     let id_path = id_file(&cfg.paths.state_dir, platform);
-    let timeout = Duration::from_secs(3600);
     match side {
         Side::Pre => {
             let id = format!("{}-{}", platform.name(), crate::pipeline::opid::generate());
@@ -91,16 +90,7 @@ pub fn run(
             }
             let body = deadline.map(|d| serde_json::json!({ "deadline": d }));
             let path = format!("/v1/operations/{id}/prepare");
-            match crate::server::client::call(socket, "POST", &path, body.as_ref(), timeout) {
-                Ok((status, answer)) => {
-                    println!("{answer}");
-                    pre_exit(status, &answer)
-                }
-                Err(e) => {
-                    eprintln!("quiesce: {e} (is `quiesce serve` running?)");
-                    EXIT_FAILED
-                }
-            }
+            call(socket, &path, body.as_ref(), pre_exit)
         }
         Side::Post => {
             let id = match std::fs::read_to_string(&id_path) {
@@ -114,19 +104,33 @@ pub fn run(
                     return EXIT_FAILED;
                 }
             };
-            let path = format!("/v1/operations/{id}/release");
-            let result = crate::server::client::call(socket, "POST", &path, None, timeout);
             let _ = std::fs::remove_file(&id_path);
-            match result {
-                Ok((status, report)) => {
-                    println!("{report}");
-                    post_exit(status, &report)
-                }
-                Err(e) => {
-                    eprintln!("quiesce: {e} (is `quiesce serve` running?)");
-                    EXIT_FAILED
-                }
-            }
+            call(
+                socket,
+                &format!("/v1/operations/{id}/release"),
+                None,
+                post_exit,
+            )
+        }
+    }
+}
+
+/// POST to the server, print its answer, and map it to the platform's exit status.
+fn call(
+    socket: &Path,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    exit: fn(u16, &serde_json::Value) -> i32,
+) -> i32 {
+    let timeout = Duration::from_secs(3600);
+    match crate::server::client::call(socket, "POST", path, body, timeout) {
+        Ok((status, answer)) => {
+            println!("{answer}");
+            exit(status, &answer)
+        }
+        Err(e) => {
+            eprintln!("quiesce: {e} (is `quiesce serve` running?)");
+            EXIT_FAILED
         }
     }
 }
