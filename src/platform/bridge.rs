@@ -1,17 +1,20 @@
 //! The bridge a platform runs as its pre/post script: `quiesce hook pre|post --platform P`.
 //!
 //! Pre asks the running `quiesce serve` to prepare an operation (pre hooks, holds kept
-//! alive by the server, syncfs + freeze of the plan) and remembers its id in the state
+//! alive by the server, caller recorded as the platform) and remembers its id in the state
 //! directory; post releases it (thaw, post hooks, report, catalog). Both are the server's
 //! ordinary prepare / release, so the operation is recorded like any other. If post never
 //! comes, the server's guard thaws at the deadline and the operation is recorded as such.
 //!
-//! Only platforms that do not freeze the filesystems themselves are bridged here (Google's
-//! guest flush on Linux, AWS's pre/post scripts, Kubernetes backup tools' exec hooks): there
-//! quiesce's own freeze is what makes the snapshot file-system consistent. `docs/platforms/` describes each platform.
+//! Where the platform does not freeze the filesystems itself (Google's guest flush on Linux,
+//! AWS's pre/post scripts, Kubernetes backup tools' exec hooks) the server freezes its plan;
+//! where it does (qemu-ga, Azure's extension) the server only runs `syncfs` on the plan's
+//! filesystems, so that the platform's own freeze has little left to flush. `docs/platforms/` describes each platform.
 
+use crate::api::{Caller, FreezeScope, OpState};
+use crate::report::Status;
+use crate::server::client::Client;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A platform whose pre/post script can be the bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,6 +25,10 @@ pub enum Platform {
     Aws,
     /// Pod exec hooks of Kubernetes backup tools (Velero, Kanister).
     Kubernetes,
+    /// qemu-ga's `fsfreeze-hook` (`freeze` / `thaw`); qemu-ga freezes itself.
+    QemuGa,
+    /// Azure Backup's VMSnapshot plugin scripts; the extension freezes itself.
+    Azure,
 }
 
 impl Platform {
@@ -30,6 +37,8 @@ impl Platform {
             Platform::Gcp => "gcp",
             Platform::Aws => "aws",
             Platform::Kubernetes => "kubernetes",
+            Platform::QemuGa => "qemu-ga",
+            Platform::Azure => "azure",
         }
     }
 }
@@ -41,10 +50,21 @@ pub enum Side {
     Post,
 }
 
-/// Exit status for the platform: 0 is success, anything else is a script error for both
-/// Google's agent and AWS's document.
+/// Exit status for the platform: 0 is success, anything else is a script error for
+/// Google's agent, AWS's document, Kubernetes exec hooks, qemu-ga's hook and Azure's runner.
 const EXIT_OK: i32 = 0;
 const EXIT_FAILED: i32 = 1;
+
+impl Platform {
+    /// What the server freezes: the plan, unless the platform freezes itself (then only a
+    /// syncfs, so the platform's own freeze is short).
+    pub fn scope(self) -> FreezeScope {
+        match self {
+            Platform::Gcp | Platform::Aws | Platform::Kubernetes => FreezeScope::Plan,
+            Platform::QemuGa | Platform::Azure => FreezeScope::SyncOnly,
+        }
+    }
+}
 
 /// Where pre leaves the operation id for post (the state directory is on tmpfs).
 pub fn id_file(state_dir: &Path, platform: Platform) -> PathBuf {
@@ -52,19 +72,19 @@ pub fn id_file(state_dir: &Path, platform: Platform) -> PathBuf {
 }
 
 /// The exit status a prepare answer means for the platform.
-pub fn pre_exit(http_status: u16, answer: &serde_json::Value) -> i32 {
-    match (http_status, answer["state"].as_str()) {
-        (200, Some("frozen" | "prepared")) => EXIT_OK,
+pub fn pre_exit(state: OpState) -> i32 {
+    match state {
+        OpState::Frozen | OpState::Prepared => EXIT_OK,
         _ => EXIT_FAILED,
     }
 }
 
-/// The exit status a release answer means for the platform: a snapshot at a lower
+/// The exit status a release report means for the platform: a snapshot at a lower
 /// consistency (degraded) is still a snapshot; the history says which consistency.
-pub fn post_exit(http_status: u16, report: &serde_json::Value) -> i32 {
-    match (http_status, report["status"].as_str()) {
-        (200, Some("succeeded" | "degraded")) => EXIT_OK,
-        _ => EXIT_FAILED,
+pub fn post_exit(status: Status) -> i32 {
+    match status {
+        Status::Succeeded | Status::Degraded => EXIT_OK,
+        Status::Failed => EXIT_FAILED,
     }
 }
 
@@ -76,10 +96,17 @@ pub fn run(
     deadline: Option<&str>,
     socket: Option<&Path>,
 ) -> i32 {
-    let socket = socket.unwrap_or(&cfg.server.socket);
+    let client = Client::new(socket.unwrap_or(&cfg.server.socket));
     let id_path = id_file(&cfg.paths.state_dir, platform);
-    match side {
+    let result = match side {
         Side::Pre => {
+            let deadline = match deadline.map(humantime::parse_duration).transpose() {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("quiesce: invalid --deadline: {e}");
+                    return EXIT_FAILED;
+                }
+            };
             let id = format!("{}-{}", platform.name(), crate::pipeline::opid::generate());
             if let Err(e) = write_id(&id_path, &id) {
                 eprintln!(
@@ -88,9 +115,13 @@ pub fn run(
                 );
                 return EXIT_FAILED;
             }
-            let body = deadline.map(|d| serde_json::json!({ "deadline": d }));
-            let path = format!("/v1/operations/{id}/prepare");
-            call(socket, &path, body.as_ref(), pre_exit)
+            let caller = Caller::Platform(platform.name().to_string());
+            client
+                .prepare(&id, deadline, &platform.scope(), &caller)
+                .map(|answer| {
+                    print_json(&answer);
+                    pre_exit(answer.state)
+                })
         }
         Side::Post => {
             let id = match std::fs::read_to_string(&id_path) {
@@ -105,33 +136,21 @@ pub fn run(
                 }
             };
             let _ = std::fs::remove_file(&id_path);
-            call(
-                socket,
-                &format!("/v1/operations/{id}/release"),
-                None,
-                post_exit,
-            )
+            client.release(&id).map(|report| {
+                print_json(&report);
+                post_exit(report.status)
+            })
         }
-    }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("quiesce: {e} (is `quiesce serve` running?)");
+        EXIT_FAILED
+    })
 }
 
-/// POST to the server, print its answer, and map it to the platform's exit status.
-fn call(
-    socket: &Path,
-    path: &str,
-    body: Option<&serde_json::Value>,
-    exit: fn(u16, &serde_json::Value) -> i32,
-) -> i32 {
-    let timeout = Duration::from_secs(3600);
-    match crate::server::client::call(socket, "POST", path, body, timeout) {
-        Ok((status, answer)) => {
-            println!("{answer}");
-            exit(status, &answer)
-        }
-        Err(e) => {
-            eprintln!("quiesce: {e} (is `quiesce serve` running?)");
-            EXIT_FAILED
-        }
+fn print_json<T: serde::Serialize>(v: &T) {
+    if let Ok(text) = serde_json::to_string(v) {
+        println!("{text}");
     }
 }
 
@@ -153,35 +172,37 @@ fn write_id(path: &Path, id: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn exit_statuses_for_the_platform() {
-        for (status, state, want) in [
-            (200, "frozen", 0),
-            (200, "prepared", 0),
-            (200, "failed", 1),
-            (409, "failed", 1),
-            (500, "frozen", 1),
+        for (state, want) in [
+            (OpState::Frozen, 0),
+            (OpState::Prepared, 0),
+            (OpState::Failed, 1),
+            (OpState::Expired, 1),
+            (OpState::Released, 1),
         ] {
-            assert_eq!(
-                pre_exit(status, &json!({ "state": state })),
-                want,
-                "{state}"
-            );
+            assert_eq!(pre_exit(state), want, "{state:?}");
         }
-        for (status, report, want) in [
-            (200, "succeeded", 0),
-            (200, "degraded", 0),
-            (200, "failed", 1),
-            (404, "succeeded", 1),
+        for (status, want) in [
+            (Status::Succeeded, 0),
+            (Status::Degraded, 0),
+            (Status::Failed, 1),
         ] {
-            assert_eq!(
-                post_exit(status, &json!({ "status": report })),
-                want,
-                "{report}"
-            );
+            assert_eq!(post_exit(status), want, "{status:?}");
         }
-        assert_eq!(post_exit(200, &json!(null)), 1);
+    }
+
+    #[test]
+    fn platforms_that_freeze_themselves_get_a_syncfs_only() {
+        for (p, scope) in [
+            (Platform::Gcp, FreezeScope::Plan),
+            (Platform::Aws, FreezeScope::Plan),
+            (Platform::Kubernetes, FreezeScope::Plan),
+            (Platform::QemuGa, FreezeScope::SyncOnly),
+            (Platform::Azure, FreezeScope::SyncOnly),
+        ] {
+            assert_eq!(p.scope(), scope, "{}", p.name());
+        }
     }
 }

@@ -126,10 +126,10 @@ pub fn run(platform: super::bridge::Platform, root: &Path, uninstall: bool) -> i
         super::bridge::Platform::Gcp => std::env::current_exe()
             .map_err(|e| format!("cannot find the quiesce binary: {e}"))
             .and_then(|bin| gcp(root, &bin, uninstall)),
-        super::bridge::Platform::Aws | super::bridge::Platform::Kubernetes => Err(format!(
+        other => Err(format!(
             "nothing to install on the machine for {}: the platform calls the bridge from its \
-             own configuration (see docs/platforms/aws.md)",
-            platform.name()
+             own configuration (see docs/platforms/)",
+            other.name()
         )),
     };
     match result {
