@@ -50,7 +50,10 @@ impl Qga {
             .expect("qemu-ga (apt-get install qemu-guest-agent)");
         let start = Instant::now();
         while UnixStream::connect(&socket).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "qemu-ga did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "qemu-ga did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Qga { child, socket }
@@ -80,26 +83,7 @@ fn qemu_ga_freeze_list_runs_the_bridge_and_holds_last_across_its_freeze() {
     let fs = LoopFs::new("ext4", 64);
     let socket = dir.join("quiesce.sock");
     let log = dir.join("calls.log");
-    let hold = dir.script(
-        "hold.sh",
-        &format!(
-            "#!/bin/sh\necho held >> {log}\necho READY\ncat >/dev/null\necho released >> {log}\n",
-            log = q(&log)
-        ),
-    );
-    let cfg = dir.file(
-        "quiesce.toml",
-        &format!(
-            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\ninclude = [{}]\ntimeout = \"30s\"\n\
-             [server]\nsocket = {}\n[[hook]]\nname = \"db\"\npre = [{}]\nhold = true\n",
-            q(&dir.join("state")),
-            q(&dir.join("catalog.db")),
-            q(&fs.mount_point),
-            q(&socket),
-            q(&hold)
-        ),
-        0o600,
-    );
+    let cfg = support::platform::held_hook_config(&dir, &fs, &socket, &log);
     // What `quiesce install --platform qemu-ga` would put at /etc/qemu/fsfreeze-hook.
     let hook = dir.script(
         "fsfreeze-hook",

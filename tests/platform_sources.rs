@@ -205,27 +205,7 @@ fn google_agent_runs_the_bridge_and_the_hold_lasts_until_post() {
     let fs = LoopFs::new("ext4", 64);
     let socket = dir.join("quiesce.sock");
     let log = dir.join("calls.log");
-    // A held hook: quiesced once it prints READY, released when quiesce closes its stdin.
-    let hold = dir.script(
-        "hold.sh",
-        &format!(
-            "#!/bin/sh\necho held >> {log}\necho READY\ncat >/dev/null\necho released >> {log}\n",
-            log = q(&log)
-        ),
-    );
-    let cfg = dir.file(
-        "quiesce.toml",
-        &format!(
-            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\ninclude = [{}]\ntimeout = \"30s\"\n\
-             [server]\nsocket = {}\n[[hook]]\nname = \"db\"\npre = [{}]\nhold = true\n",
-            q(&dir.join("state")),
-            q(&dir.join("catalog.db")),
-            q(&fs.mount_point),
-            q(&socket),
-            q(&hold)
-        ),
-        0o600,
-    );
+    let cfg = support::platform::held_hook_config(&dir, &fs, &socket, &log);
     let bridge = |side: &str| {
         format!(
             "#!/bin/sh\nexec {} --config {} hook {side} --platform gcp --deadline 20s\n",
