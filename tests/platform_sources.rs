@@ -343,3 +343,77 @@ fn gcp_install_and_uninstall_leave_the_platform_files_as_they_were() {
         assert_eq!(tree(&root.path), before, "{out}");
     }
 }
+
+/// Run a script the way Azure's VMSnapshot extension does: `sh <script> <params...>`,
+/// killed after `timeout`.
+fn run_like_azure_extension(script: &Path, params: &[&str], timeout: Duration) -> i32 {
+    let mut child = Command::new("sh")
+        .arg(script)
+        .args(params)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return -1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn azure_extension_runs_the_bridge_which_only_syncs_because_azure_freezes() {
+    let dir = Scratch::new("plat-azure-bridge");
+    let fs = LoopFs::new("ext4", 64);
+    let socket = dir.join("quiesce.sock");
+    let log = dir.join("calls.log");
+    let cfg = support::platform::held_hook_config(&dir, &fs, &socket, &log);
+    // Non-executable, as Azure's scripts may be: the extension runs them with sh.
+    let bridge = |side: &str| {
+        dir.file(
+            &format!("azure/{side}.sh"),
+            &format!(
+                "exec {} --config {} hook {side} --platform azure \"$@\"\n",
+                q(&support::quiesce_bin()),
+                q(&cfg)
+            ),
+            0o600,
+        )
+    };
+    let (pre, post) = (bridge("pre"), bridge("post"));
+    let _srv = support::ServeProcess::start(&cfg, &socket);
+
+    assert_eq!(
+        run_like_azure_extension(&pre, &["--deadline", "20s"], Duration::from_secs(30)),
+        0
+    );
+    // Azure freezes on its own: quiesce only synced, the hold is there.
+    assert!(support::writable_within(
+        &fs.mount_point,
+        Duration::from_secs(2)
+    ));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "held\n");
+    assert_eq!(
+        run_like_azure_extension(&post, &[], Duration::from_secs(30)),
+        0
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "held\nreleased\n");
+    let (_, hist) = quiesce(&["history", "--json", "--config", cfg.to_str().unwrap()]);
+    let hist: Value = serde_json::from_str(&hist).unwrap();
+    let rows = hist.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{hist:#}");
+    assert!(
+        rows[0]["operation_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("azure-"),
+        "{hist:#}"
+    );
+    assert_eq!(rows[0]["consistency"], "application", "{hist:#}");
+}
