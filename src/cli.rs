@@ -171,6 +171,11 @@ pub fn run(cli: Cli) -> i32 {
     ) {
         let _ = crate::freeze::install_signal_handlers();
     }
+    // A relative --config is taken relative to the current directory, once, here.
+    let cli = Cli {
+        config: cli.config.map(|p| std::path::absolute(&p).unwrap_or(p)),
+        ..cli
+    };
     match cli.command {
         Command::Snapshot { json, dry_run } => {
             if dry_run {
@@ -282,7 +287,7 @@ struct CheckOutput {
 
 /// Everything `check` finds wrong with the configuration, the scripts and the freeze plan.
 pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
-    let mut problems = Vec::new();
+    let mut problems = cfg.skipped.clone();
     for hook in &cfg.hooks {
         for (phase, spec) in [(Phase::Pre, &hook.pre), (Phase::Post, &hook.post)] {
             let Some(spec) = spec else { continue };
@@ -383,7 +388,26 @@ fn load_or_defaults(config_path: Option<PathBuf>) -> Config {
 }
 
 fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    // With an explicit configuration, show exactly what `snapshot` would do with it, or fail
+    // like `check` (never fall back to the default plan).
+    let cfg = match &config_path {
+        Some(p) => match config::load(Some(p)) {
+            Ok(cfg) => cfg,
+            Err(errs) => {
+                print_problems(&errs.0);
+                return 1;
+            }
+        },
+        None => load_or_defaults(None),
+    };
+    if !cfg.freeze.enabled {
+        if json {
+            println!("[]");
+        } else {
+            println!("freezing is disabled (freeze.enabled / fsFreezeEnabled): nothing is frozen");
+        }
+        return 0;
+    }
     let provider = crate::snapshot::from_config(&cfg.snapshot);
     match crate::freeze::plan::plan_system(&cfg.freeze, &provider.must_not_freeze()) {
         Ok(plan) => {
