@@ -81,6 +81,9 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
+    /// Be the QEMU guest agent: answer the hypervisor's fsfreeze commands on the
+    /// virtio-serial port, forward the rest to qemu-ga (docs/guest-agent.md).
+    GuestAgent(crate::qga::GuestAgentArgs),
     /// Host side: ask a running `quiesce serve` to run the pre hooks and freeze.
     Prepare {
         /// Operation id (letters, digits, '-', '_', '.'); the same id makes a repeat idempotent.
@@ -141,7 +144,7 @@ pub fn run(cli: Cli) -> i32 {
     // thaw now, then finish cleanly" (a second signal still exits at once).
     if matches!(
         cli.command,
-        Command::Snapshot { dry_run: false, .. } | Command::Serve
+        Command::Snapshot { dry_run: false, .. } | Command::Serve | Command::GuestAgent(_)
     ) {
         let _ = crate::freeze::install_signal_handlers();
     }
@@ -179,6 +182,17 @@ pub fn run(cli: Cli) -> i32 {
             };
             init_logging(&cfg.log, cli.verbose);
             crate::server::serve(cfg)
+        }
+        Command::GuestAgent(args) => {
+            let cfg = match config::load(cli.config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(errs) => {
+                    print_problems(&errs.0);
+                    return 1;
+                }
+            };
+            init_logging(&cfg.log, cli.verbose);
+            crate::qga::run(cfg, args)
         }
         Command::Prepare {
             id,

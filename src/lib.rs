@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod qga;
 pub mod report;
 pub mod server;
 pub mod snapshot;
