@@ -17,3 +17,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# quiesce guest-agent tests compare against the real qemu-ga (Debian qemu-guest-agent).
+command -v qemu-ga >/dev/null 2>&1 || {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq qemu-guest-agent >/dev/null
+}
