@@ -1,0 +1,277 @@
+//! `guest-fsfreeze-freeze-list` + `guest-fsfreeze-thaw` through `quiesce guest-agent` against
+//! Debian's real qemu-ga 7.2, in the same run, on the same filesystems.
+//!
+//! Run: `cargo bench --bench guest_agent` (root; qemu-ga installed by
+//! scripts/install-deps.sh; 4 loop ext4 of 1.5 GiB, 500 MB unflushed on each per
+//! measurement, about 2.2 GB of disk, removed at the end). `QUIESCE_BENCH_REPS` sets the
+//! repetitions (default 3).
+//!
+//! Both agents get the same two commands over their unix socket, as a host would send them.
+//! The frozen window is measured the same way for both, from outside: a thread per
+//! filesystem writes one byte (no fsync) every millisecond; a write to a frozen filesystem
+//! blocks, so the window is from the start of the first write that blocked (> 5 ms) to the
+//! end of the last one. quiesce's own `frozen_ms` (first FIFREEZE to last FITHAW, from its
+//! catalog) is printed beside it. Total is from sending the freeze to the thaw's answer.
+//!
+//! Safety: qemu-ga only gets `guest-fsfreeze-freeze-list` with these loop mounts; its thaw
+//! thaws every frozen filesystem on the machine (run the bench alone).
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{LoopFs, Scratch};
+
+const FILESYSTEMS: usize = 4;
+const FS_MB: u64 = 1536;
+const DIRTY_MB: usize = 500;
+const BLOCKED: Duration = Duration::from_millis(5);
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(sock: &Path) {
+    let t = Instant::now();
+    while UnixStream::connect(sock).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "agent did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let reps: usize = std::env::var("QUIESCE_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    println!("command: cargo bench --bench guest_agent   (QUIESCE_BENCH_REPS={reps})");
+    if Command::new("qemu-ga").arg("--version").output().is_err() {
+        eprintln!("qemu-ga is not installed (scripts/install-deps.sh); skipping");
+        return;
+    }
+    let dir = Scratch::new("bench-qga");
+    let fss: Vec<LoopFs> = (0..FILESYSTEMS)
+        .map(|_| LoopFs::new("ext4", FS_MB))
+        .collect();
+    let mounts: Vec<PathBuf> = fss.iter().map(|f| f.mount_point.clone()).collect();
+
+    // qemu-ga
+    let qga_sock = dir.join("qga.sock");
+    std::fs::create_dir_all(dir.join("qga-state")).unwrap();
+    let _qga = Proc(
+        Command::new("qemu-ga")
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&qga_sock)
+            .arg("-t")
+            .arg(dir.join("qga-state"))
+            .arg("-l")
+            .arg(dir.join("qga.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // quiesce (its plan names a path that is not mounted: only freeze-list freezes)
+    let cfg = dir.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {:?}\ncatalog = {:?}\n[freeze]\ninclude = [{:?}]\ntimeout = \"60s\"\n",
+            dir.join("state").display().to_string(),
+            dir.join("catalog.db").display().to_string(),
+            dir.join("unused").display().to_string(),
+        ),
+        0o600,
+    );
+    let q_sock = dir.join("quiesce.sock");
+    let _quiesce = Proc(
+        Command::new(support::quiesce_bin())
+            .arg("guest-agent")
+            .arg("--config")
+            .arg(&cfg)
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&q_sock)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&qga_sock);
+    wait_for(&q_sock);
+
+    dirty_all(&mounts);
+    settle();
+    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> =
+        vec![("quiesce", vec![], vec![]), ("qemu-ga", vec![], vec![])];
+    let mut own_ms = Vec::new();
+    for rep in 0..reps {
+        for (i, sock) in [&q_sock, &qga_sock].into_iter().enumerate() {
+            dirty_all(&mounts);
+            let (window, total) = measure(sock, &mounts);
+            println!(
+                "rep {rep} {:<8}: frozen window {:>6} ms   freeze-list + thaw total {:>6} ms",
+                rows[i].0,
+                window.as_millis(),
+                total.as_millis()
+            );
+            rows[i].1.push(window.as_millis() as f64);
+            rows[i].2.push(total.as_millis() as f64);
+            settle();
+        }
+    }
+    let out = Command::new(support::quiesce_bin())
+        .args(["history", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    if let Ok(Value::Array(runs)) = serde_json::from_slice::<Value>(&out.stdout) {
+        own_ms = runs
+            .iter()
+            .filter_map(|r| r["frozen_ms"].as_f64())
+            .collect();
+    }
+    println!();
+    println!("{FILESYSTEMS} x ext4 ({FS_MB} MiB loop), {DIRTY_MB} MB unflushed each, {reps} repetitions, medians:");
+    let (qw, gw) = (median(&mut rows[0].1), median(&mut rows[1].1));
+    let (qt, gt) = (median(&mut rows[0].2), median(&mut rows[1].2));
+    println!(
+        "  frozen window : quiesce {qw:.0} ms (its own frozen_ms {:.0} ms)  vs  qemu-ga {gw:.0} ms  -> {:.1}x shorter",
+        median(&mut own_ms),
+        gw / qw.max(1.0)
+    );
+    println!("  total         : quiesce {qt:.0} ms  vs  qemu-ga {gt:.0} ms");
+    for f in &fss {
+        let _ = std::fs::remove_file(f.path("dirty.bin"));
+        let _ = std::fs::remove_file(f.path("wprobe"));
+    }
+}
+
+fn call(conn: &mut UnixStream, reader: &mut BufReader<UnixStream>, req: &Value) -> Value {
+    conn.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Freeze-list + thaw through the agent at `sock`: (frozen window seen by writers, total).
+fn measure(sock: &Path, mounts: &[PathBuf]) -> (Duration, Duration) {
+    let mut conn = UnixStream::connect(sock).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let probes = Probes::start(mounts);
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    let r = call(
+        &mut conn,
+        &mut reader,
+        &json!({"execute": "guest-fsfreeze-freeze-list", "arguments": {"mountpoints": mounts}}),
+    );
+    assert_eq!(r["return"], json!(FILESYSTEMS), "{r}");
+    let r = call(
+        &mut conn,
+        &mut reader,
+        &json!({"execute": "guest-fsfreeze-thaw"}),
+    );
+    let total = t.elapsed();
+    assert!(
+        r["return"].as_u64().unwrap_or(0) >= FILESYSTEMS as u64,
+        "{r}"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    (probes.stop(), total)
+}
+
+/// One writer thread per filesystem; each blocked write's (start, end) is kept.
+struct Probes {
+    stop: Arc<AtomicBool>,
+    blocked: Arc<Mutex<Vec<(Instant, Instant)>>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Probes {
+    fn start(mounts: &[PathBuf]) -> Probes {
+        let stop = Arc::new(AtomicBool::new(false));
+        let blocked = Arc::new(Mutex::new(Vec::new()));
+        let handles = mounts
+            .iter()
+            .map(|m| {
+                let (stop, blocked, path) = (stop.clone(), blocked.clone(), m.join("wprobe"));
+                std::thread::spawn(move || {
+                    let mut f = std::fs::File::create(path).unwrap();
+                    while !stop.load(Ordering::SeqCst) {
+                        let t = Instant::now();
+                        f.write_all(b"x").unwrap();
+                        let end = Instant::now();
+                        if end - t > BLOCKED {
+                            blocked.lock().unwrap().push((t, end));
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        Probes {
+            stop,
+            blocked,
+            handles,
+        }
+    }
+
+    fn stop(self) -> Duration {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.handles {
+            h.join().unwrap();
+        }
+        let b = self.blocked.lock().unwrap();
+        match (b.iter().map(|x| x.0).min(), b.iter().map(|x| x.1).max()) {
+            (Some(first), Some(last)) => last - first,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+fn dirty_all(mounts: &[PathBuf]) {
+    std::thread::scope(|s| {
+        for m in mounts {
+            s.spawn(move || {
+                let chunk = vec![0xa5u8; 1 << 20];
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(m.join("dirty.bin"))
+                    .unwrap();
+                for _ in 0..DIRTY_MB {
+                    f.write_all(&chunk).unwrap();
+                }
+            });
+        }
+    });
+}
+
+fn settle() {
+    support::sh("sync", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
