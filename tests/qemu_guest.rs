@@ -365,6 +365,7 @@ fn a_real_guest_is_frozen_and_snapshotted_through_qga_and_qmp() {
         "{}",
         console_text()
     );
+    eprintln!("guest booted in {:?}", start.elapsed());
     let mut qga = Json::connect(&qga_sock);
     qga_handshake(&mut qga, 4242);
     std::thread::sleep(Duration::from_secs(2)); // let the write load get going
