@@ -8,10 +8,13 @@
 //!
 //! Both agents get the same two commands over their unix socket, as a host would send them.
 //! The frozen window is measured the same way for both, from outside: a thread per
-//! filesystem writes one byte (no fsync) every millisecond; a write to a frozen filesystem
-//! blocks, so the window is from the start of the first write that blocked (> 5 ms) to the
-//! end of the last one. quiesce's own `frozen_ms` (first FIFREEZE to last FITHAW, from its
+//! filesystem changes a file's modification time every millisecond (a metadata change
+//! dirties no page, so it is not throttled by the writeback of the 500 MB, but it blocks on
+//! a frozen filesystem); the window is from the start of the first change that blocked
+//! (> 5 ms) to the end of the last one. quiesce's own `frozen_ms` (first FIFREEZE to last FITHAW, from its
 //! catalog) is printed beside it. Total is from sending the freeze to the thaw's answer.
+//! The frozen window proper (first FIFREEZE to last FITHAW) is taken the same way for both
+//! agents too, from `strace -f -ttt -T -e trace=ioctl` attached to the agent process.
 //!
 //! Safety: qemu-ga only gets `guest-fsfreeze-freeze-list` with these loop mounts; its thaw
 //! thaws every frozen filesystem on the machine (run the bench alone).
@@ -69,7 +72,7 @@ fn main() {
     // qemu-ga
     let qga_sock = dir.join("qga.sock");
     std::fs::create_dir_all(dir.join("qga-state")).unwrap();
-    let _qga = Proc(
+    let qga = Proc(
         Command::new("qemu-ga")
             .args(["-m", "unix-listen", "-p"])
             .arg(&qga_sock)
@@ -93,7 +96,7 @@ fn main() {
         0o600,
     );
     let q_sock = dir.join("quiesce.sock");
-    let _quiesce = Proc(
+    let quiesce = Proc(
         Command::new(support::quiesce_bin())
             .arg("guest-agent")
             .arg("--config")
@@ -110,21 +113,27 @@ fn main() {
 
     dirty_all(&mounts);
     settle();
-    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> =
-        vec![("quiesce", vec![], vec![]), ("qemu-ga", vec![], vec![])];
+    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>, Vec<f64>)> = vec![
+        ("quiesce", vec![], vec![], vec![]),
+        ("qemu-ga", vec![], vec![], vec![]),
+    ];
     let mut own_ms = Vec::new();
+    let agents = [(&q_sock, quiesce.0.id()), (&qga_sock, qga.0.id())];
+    let trace = dir.join("strace.log");
     for rep in 0..reps {
-        for (i, sock) in [&q_sock, &qga_sock].into_iter().enumerate() {
+        for (i, (sock, pid)) in agents.iter().enumerate() {
             dirty_all(&mounts);
-            let (window, total) = measure(sock, &mounts);
+            let (window, stall, total) = measure(sock, *pid, &trace, &mounts);
             println!(
-                "rep {rep} {:<8}: frozen window {:>6} ms   freeze-list + thaw total {:>6} ms",
+                "rep {rep} {:<8}: frozen window {:>6} ms   writers blocked {:>6} ms   freeze-list + thaw total {:>6} ms",
                 rows[i].0,
                 window.as_millis(),
+                stall.as_millis(),
                 total.as_millis()
             );
             rows[i].1.push(window.as_millis() as f64);
-            rows[i].2.push(total.as_millis() as f64);
+            rows[i].2.push(stall.as_millis() as f64);
+            rows[i].3.push(total.as_millis() as f64);
             settle();
         }
     }
@@ -142,13 +151,18 @@ fn main() {
     println!();
     println!("{FILESYSTEMS} x ext4 ({FS_MB} MiB loop), {DIRTY_MB} MB unflushed each, {reps} repetitions, medians:");
     let (qw, gw) = (median(&mut rows[0].1), median(&mut rows[1].1));
-    let (qt, gt) = (median(&mut rows[0].2), median(&mut rows[1].2));
+    let (qs, gs) = (median(&mut rows[0].2), median(&mut rows[1].2));
+    let (qt, gt) = (median(&mut rows[0].3), median(&mut rows[1].3));
     println!(
-        "  frozen window : quiesce {qw:.0} ms (its own frozen_ms {:.0} ms)  vs  qemu-ga {gw:.0} ms  -> {:.1}x shorter",
+        "  frozen window (first FIFREEZE -> last FITHAW, strace): quiesce {qw:.0} ms (its report: frozen_ms {:.0})  vs  qemu-ga {gw:.0} ms  -> {:.1}x shorter",
         median(&mut own_ms),
         gw / qw.max(1.0)
     );
-    println!("  total         : quiesce {qt:.0} ms  vs  qemu-ga {gt:.0} ms");
+    println!(
+        "  writers blocked (first to last stalled mtime change > 5 ms): quiesce {qs:.0} ms  vs  qemu-ga {gs:.0} ms  -> {:.1}x shorter",
+        gs / qs.max(1.0)
+    );
+    println!("  freeze-list + thaw, as the host waits: quiesce {qt:.0} ms  vs  qemu-ga {gt:.0} ms");
     for f in &fss {
         let _ = std::fs::remove_file(f.path("dirty.bin"));
         let _ = std::fs::remove_file(f.path("wprobe"));
@@ -162,8 +176,26 @@ fn call(conn: &mut UnixStream, reader: &mut BufReader<UnixStream>, req: &Value) 
     serde_json::from_str(&line).unwrap()
 }
 
-/// Freeze-list + thaw through the agent at `sock`: (frozen window seen by writers, total).
-fn measure(sock: &Path, mounts: &[PathBuf]) -> (Duration, Duration) {
+/// Freeze-list + thaw through the agent at `sock` (process `pid`): (frozen window from its
+/// own FIFREEZE/FITHAW calls, longest stall seen by writers, total).
+fn measure(
+    sock: &Path,
+    pid: u32,
+    trace: &Path,
+    mounts: &[PathBuf],
+) -> (Duration, Duration, Duration) {
+    let _ = std::fs::remove_file(trace);
+    let mut strace = Proc(
+        Command::new("strace")
+            .args(["-f", "-qq", "-ttt", "-T", "-e", "trace=ioctl", "-o"])
+            .arg(trace)
+            .args(["-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (scripts/install-deps.sh)"),
+    );
+    std::thread::sleep(Duration::from_millis(500)); // attached to every thread
     let mut conn = UnixStream::connect(sock).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
@@ -187,11 +219,54 @@ fn measure(sock: &Path, mounts: &[PathBuf]) -> (Duration, Duration) {
         r["return"].as_u64().unwrap_or(0) >= FILESYSTEMS as u64,
         "{r}"
     );
-    std::thread::sleep(Duration::from_millis(50));
-    (probes.stop(), total)
+    std::thread::sleep(Duration::from_millis(300));
+    let stall = probes.stop();
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.0.id().to_string()])
+        .status();
+    let _ = strace.0.wait();
+    (
+        ioctl_window(&std::fs::read_to_string(trace).unwrap_or_default()),
+        stall,
+        total,
+    )
 }
 
-/// One writer thread per filesystem; each blocked write's (start, end) is kept.
+/// From an `strace -f -ttt -T -e trace=ioctl` log: the start of the first FIFREEZE to the end
+/// of the last FITHAW (a call may be split in "unfinished" / "resumed" lines).
+fn ioctl_window(log: &str) -> Duration {
+    let mut first_freeze: Option<f64> = None;
+    let mut last_thaw: Option<f64> = None;
+    let mut pending_thaw = std::collections::HashMap::new();
+    for line in log.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(pid), Some(ts)) = (f.next(), f.next().and_then(|t| t.parse::<f64>().ok())) else {
+            continue;
+        };
+        let took = line
+            .rsplit('<')
+            .next()
+            .and_then(|t| t.trim_end_matches('>').parse::<f64>().ok());
+        if line.contains("FIFREEZE") && !line.contains("resumed") {
+            first_freeze = Some(first_freeze.map_or(ts, |f| f.min(ts)));
+        }
+        if line.contains("FITHAW") {
+            if line.contains("unfinished") {
+                pending_thaw.insert(pid.to_string(), ());
+            } else if let Some(t) = took {
+                last_thaw = Some(last_thaw.map_or(ts + t, |l| l.max(ts + t)));
+            }
+        } else if line.contains("resumed") && pending_thaw.remove(pid).is_some() {
+            last_thaw = Some(last_thaw.map_or(ts, |l| l.max(ts)));
+        }
+    }
+    match (first_freeze, last_thaw) {
+        (Some(a), Some(b)) if b > a => Duration::from_secs_f64(b - a),
+        _ => Duration::ZERO,
+    }
+}
+
+/// One thread per filesystem changing a file's mtime; each blocked change's (start, end) is kept.
 struct Probes {
     stop: Arc<AtomicBool>,
     blocked: Arc<Mutex<Vec<(Instant, Instant)>>>,
@@ -207,10 +282,13 @@ impl Probes {
             .map(|m| {
                 let (stop, blocked, path) = (stop.clone(), blocked.clone(), m.join("wprobe"));
                 std::thread::spawn(move || {
-                    let mut f = std::fs::File::create(path).unwrap();
+                    let f = std::fs::File::create(path).unwrap();
+                    let mut n = 0u64;
                     while !stop.load(Ordering::SeqCst) {
                         let t = Instant::now();
-                        f.write_all(b"x").unwrap();
+                        n += 1;
+                        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(n))
+                            .unwrap();
                         let end = Instant::now();
                         if end - t > BLOCKED {
                             blocked.lock().unwrap().push((t, end));

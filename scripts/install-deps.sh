@@ -34,3 +34,5 @@ if [ ! -x "$QEMU_CACHE/root/usr/bin/qemu-system-x86_64" ] || ! ls "$QEMU_CACHE"/
   (cd "$QEMU_CACHE/debs" && apt-get download -qq qemu-system-x86 qemu-system-common qemu-system-data "$KERNEL_PKG")
   for d in "$QEMU_CACHE"/debs/*.deb; do dpkg -x "$d" "$QEMU_CACHE/root"; done
 fi
+# benches/guest_agent.rs times both agents' FIFREEZE/FITHAW calls with strace.
+command -v strace >/dev/null 2>&1 || apt-get install -y -qq strace >/dev/null
