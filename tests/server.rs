@@ -114,7 +114,7 @@ fn never_released_is_thawed_at_the_deadline_and_reported_inconsistent() {
     std::thread::sleep(Duration::from_millis(1200));
     let (code, status) = call(&s.socket, "GET", "/v1/operations/op-late", None, T).unwrap();
     assert_eq!(code, 200);
-    assert_eq!(status["state"], "finished", "{status:#}");
+    assert_eq!(status["state"], "expired", "{status:#}");
     let report = &status["report"];
     assert_ne!(report["consistency"], "file-system");
     assert_ne!(report["consistency"], "application");
@@ -277,4 +277,49 @@ fn raw_get(socket: &Path, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+#[test]
+fn mounts_scope_freezes_exactly_the_named_mount_and_refuses_others() {
+    let s = setup("");
+    let other = LoopFs::new("ext4", 64);
+    let _srv = ServeProcess::start(&s.config, &s.socket);
+    let mp = other.mount_point.to_str().unwrap();
+    let (code, answer) = call(
+        &s.socket,
+        "POST",
+        "/v1/operations/op-m/prepare",
+        Some(&json!({ "scope": { "mounts": [mp] }, "caller": "guest-agent" })),
+        T,
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{answer:#}");
+    assert_eq!(answer["state"], "frozen");
+    assert_eq!(answer["frozen"], json!([mp]));
+    assert!(frozen(&other), "the named mount is frozen");
+    assert!(!frozen(&s.fs), "the configured plan is not");
+    let (_, report) = release(&s.socket, "op-m");
+    assert_eq!(report["frozen"], json!([mp]), "{report:#}");
+    assert_eq!(report["caller"], "guest-agent");
+    assert!(!frozen(&other));
+
+    let sub = other.path("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let (code, refused) = call(
+        &s.socket,
+        "POST",
+        "/v1/operations/op-bad/prepare",
+        Some(&json!({ "scope": { "mounts": [sub] } })),
+        T,
+    )
+    .unwrap();
+    assert_eq!(code, 500, "{refused:#}");
+    assert_eq!(refused["state"], "failed");
+    assert_eq!(refused["errors"][0]["code"], "InvalidFreezePlan");
+    let msg = refused["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("requested mount") && msg.contains("not a mount point"),
+        "{msg}"
+    );
+    assert!(!frozen(&other));
 }
