@@ -402,6 +402,7 @@ fn answers_agree_with_qemu_ga() {
         .unwrap()
         .starts_with("qga-"));
     assert_eq!(runs[0]["status"], json!("succeeded"), "{history}");
+    assert_eq!(runs[0]["caller"], json!("guest-agent"), "{history}");
     assert!(runs[0]["frozen_ms"].as_u64().is_some(), "{history}");
 }
 

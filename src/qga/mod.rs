@@ -8,21 +8,24 @@
 //! forwarded unchanged to a real qemu-ga on a local unix socket when one is configured
 //! ([`proxy`]), and answered `CommandNotFound` otherwise.
 //!
-//! The guard deadline applies: a host that freezes and never thaws (it crashed, the
-//! connection broke) gets the guest thawed after `--max-freeze` (capped by
-//! `freeze.timeout`); a watchdog then finishes the operation and records it.
+//! Freezes are operations of the transport-neutral registry ([`crate::api`]), recorded with
+//! the caller `guest-agent`. The guard deadline applies: a host that freezes and never thaws
+//! (it crashed, the connection broke) gets the guest thawed after `--max-freeze` (capped by
+//! `freeze.timeout`); the registry's watchdog then finishes the operation and records it.
 
 pub mod protocol;
 pub mod proxy;
 pub mod transport;
 
+use crate::api::{Api, Caller, FreezeScope, OpState, PrepareRequest};
+use crate::codes::ErrorCode;
 use crate::config::Config;
-use crate::pipeline::{self, opid, Operation};
+use crate::pipeline::opid;
 use protocol::{Command, Frame, QgaError, Request};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Default longest freeze a host may hold (capped by `freeze.timeout`).
 pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(300);
@@ -36,40 +39,41 @@ pub struct AgentOptions {
     pub forward_to: Option<PathBuf>,
 }
 
-/// The freeze a host holds.
-struct Held {
-    cfg: &'static Config,
-    op: Box<Operation<'static>>,
-    count: usize,
-}
-
-/// The agent: one per process, shared by the connection loop and the watchdog.
+/// The agent: one per process, shared by the connection loop; freezes are operations of
+/// the process's [`Api`] (which owns the guard deadline and its watchdog).
 pub struct Agent {
-    base: &'static Config,
+    api: Arc<Api>,
     opts: AgentOptions,
-    held: Mutex<Option<Held>>,
-    changed: Condvar,
+    /// The operation a host's freeze started, and how many filesystems it froze.
+    held: Mutex<Option<(String, usize)>>,
 }
 
 impl Agent {
-    /// An agent for `cfg` (kept for the life of the process).
-    pub fn new(cfg: Config, opts: AgentOptions) -> Arc<Agent> {
-        Arc::new(Agent {
-            base: Box::leak(Box::new(cfg)),
+    /// An agent for `cfg`.
+    pub fn new(cfg: Config, opts: AgentOptions) -> Result<Arc<Agent>, crate::codes::Problem> {
+        Ok(Arc::new(Agent {
+            api: Api::new(cfg)?,
             opts,
             held: Mutex::new(None),
-            changed: Condvar::new(),
-        })
+        }))
     }
 
-    /// The guard deadline a freeze gets.
+    /// The guard deadline a freeze gets (`--max-freeze` capped at `freeze.timeout`).
     pub fn deadline(&self) -> Duration {
-        self.opts.max_freeze.min(self.base.freeze.timeout)
+        self.api.effective_deadline(Some(self.opts.max_freeze)).0
     }
 
-    /// Is a freeze held right now?
+    /// Is a host's freeze in force right now? (Not once the deadline thawed it.)
     pub fn frozen(&self) -> bool {
-        self.held.lock().unwrap().is_some()
+        let mut held = self.held.lock().unwrap();
+        let Some((id, _)) = held.as_ref() else {
+            return false;
+        };
+        let frozen = matches!(self.api.status(id), Ok(s) if s.state == OpState::Frozen);
+        if !frozen {
+            *held = None;
+        }
+        frozen
     }
 
     /// Answer every frame of one read; the answers are written with `write` in order.
@@ -187,116 +191,71 @@ impl Agent {
             // Only reachable by a racing second connection: the frozen check came first.
             return Err(QgaError::disabled_while_frozen("guest-fsfreeze-freeze"));
         }
-        let cfg: &'static Config = match mountpoints {
-            None => self.base,
+        let scope = match mountpoints {
+            None => FreezeScope::Plan,
             Some(list) => {
                 let kept = existing_mount_points(&list);
                 if kept.is_empty() {
                     return Ok(0);
                 }
-                let mut cfg = self.base.clone();
-                cfg.freeze.enabled = true;
-                cfg.freeze.include = kept;
-                // An Operation borrows its configuration for its whole life; each freeze-list
-                // keeps its own small copy (one per backup, a few hundred bytes).
-                Box::leak(Box::new(cfg))
+                FreezeScope::Mounts(kept)
             }
         };
         let id = format!("qga-{}", opid::generate());
-        let mut op = match Operation::begin(cfg, id.clone()) {
-            Ok(op) => op,
-            Err(report) => {
-                let mut report = *report;
-                pipeline::finish(cfg, &mut report, crate::catalog::RunKind::Served);
-                return Err(problems_error(&report.errors));
-            }
+        let req = PrepareRequest {
+            id: id.clone(),
+            deadline: Some(self.opts.max_freeze),
+            scope,
+            caller: Caller::GuestAgent,
         };
-        op.host_driven = true;
-        op.freeze_timeout = self.deadline();
-        op.pre_hooks();
-        op.freeze();
-        let count = op.frozen_mounts().len();
-        if op.aborted() || count == 0 {
-            let errors = op.errors().to_vec();
-            drop(held);
-            finish(cfg, op, false);
-            return if errors.is_empty() {
+        let answer = self
+            .api
+            .prepare(req)
+            .map_err(|e| problems_error(&e.problems()))?;
+        match answer.state {
+            OpState::Frozen => {
+                let count = answer.frozen.len();
+                tracing::info!(operation_id = %id, count, "frozen for the host");
+                *held = Some((id, count));
+                Ok(count)
+            }
+            OpState::Prepared => {
+                // Nothing to freeze (freezing disabled, an empty plan): finish at once.
+                drop(held);
+                let _ = self.api.release(&id);
                 Ok(0)
-            } else {
-                Err(problems_error(&errors))
-            };
+            }
+            _ => Err(problems_error(&answer.errors)),
         }
-        tracing::info!(operation_id = %id, count, "frozen for the host");
-        *held = Some(Held {
-            cfg,
-            op: Box::new(op),
-            count,
-        });
-        drop(held);
-        let me = Arc::clone(self);
-        let deadline = self.deadline();
-        std::thread::spawn(move || me.watchdog(&id, deadline));
-        Ok(count)
     }
 
-    /// Thaw + post hooks; returns how many filesystems were thawed (0 when nothing was held).
+    /// Thaw + post hooks; returns how many filesystems were thawed (0 when nothing was held,
+    /// or the deadline already thawed them).
     fn thaw(&self) -> usize {
-        let Some(h) = self.held.lock().unwrap().take() else {
+        let Some((id, count)) = self.held.lock().unwrap().take() else {
             return 0;
         };
-        self.changed.notify_all();
-        let count = h.count;
-        finish(h.cfg, *h.op, true);
-        count
-    }
-
-    /// At the deadline, finish a freeze nobody thawed (the guard has thawed by then).
-    fn watchdog(&self, id: &str, deadline: Duration) {
-        let due = Instant::now() + deadline + Duration::from_millis(500);
-        let mut held = self.held.lock().unwrap();
-        loop {
-            match held.as_ref() {
-                Some(h) if h.op.operation_id == id => {}
-                _ => return,
+        match self.api.release(&id) {
+            Ok(report)
+                if report
+                    .errors
+                    .iter()
+                    .all(|e| e.code != ErrorCode::FreezeGuardFired) =>
+            {
+                count
             }
-            let now = Instant::now();
-            if now >= due {
-                break;
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "thaw: nothing to release");
+                0
             }
-            held = self.changed.wait_timeout(held, due - now).unwrap().0;
         }
-        let h = held.take().expect("checked above");
-        drop(held);
-        tracing::warn!(
-            operation_id = id,
-            "the host never thawed; finished at the deadline"
-        );
-        finish(h.cfg, *h.op, false);
     }
 
     /// Thaw and finish whatever is held (at shutdown).
     pub fn shutdown(&self) {
-        if let Some(h) = self.held.lock().unwrap().take() {
-            finish(h.cfg, *h.op, false);
-        }
+        self.api.shutdown();
     }
-}
-
-/// Thaw, post hooks, catalog. `released`: the host thawed in time.
-fn finish(cfg: &Config, mut op: Operation<'_>, released: bool) {
-    if released && !op.aborted() {
-        op.snapshot_completed_externally();
-    }
-    op.thaw();
-    op.post_hooks();
-    let mut report = op.into_report();
-    pipeline::finish(cfg, &mut report, crate::catalog::RunKind::Served);
-    tracing::info!(
-        operation_id = %report.operation_id,
-        status = ?report.status,
-        frozen_ms = ?report.frozen_ms,
-        "guest-agent freeze finished"
-    );
 }
 
 fn problems_error(problems: &[crate::codes::Problem]) -> QgaError {
@@ -375,7 +334,13 @@ pub enum Channel {
 
 /// Run `quiesce guest-agent` until SIGTERM/SIGINT. Returns the exit code.
 pub fn serve(cfg: Config, channel: Channel, opts: AgentOptions) -> i32 {
-    let agent = Agent::new(cfg, opts);
+    let agent = match Agent::new(cfg, opts) {
+        Ok(a) => a,
+        Err(p) => {
+            eprintln!("quiesce guest-agent: {p}");
+            return 1;
+        }
+    };
     let result = match &channel {
         Channel::UnixListen(path) => transport::serve_unix(&agent, path),
         Channel::VirtioSerial(path) => transport::serve_port(&agent, path),
