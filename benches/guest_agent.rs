@@ -36,6 +36,9 @@ const FS_MB: u64 = 1536;
 const DIRTY_MB: usize = 500;
 const BLOCKED: Duration = Duration::from_millis(5);
 
+/// An agent's name and its frozen windows, writer stalls and totals (ms).
+type Row = (&'static str, Vec<f64>, Vec<f64>, Vec<f64>);
+
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -113,7 +116,7 @@ fn main() {
 
     dirty_all(&mounts);
     settle();
-    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>, Vec<f64>)> = vec![
+    let mut rows: Vec<Row> = vec![
         ("quiesce", vec![], vec![], vec![]),
         ("qemu-ga", vec![], vec![], vec![]),
     ];
