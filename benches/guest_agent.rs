@@ -114,8 +114,8 @@ fn main() {
     wait_for(&qga_sock);
     wait_for(&q_sock);
 
-    dirty_all(&mounts);
-    settle();
+    support::dirty_all(&mounts, DIRTY_MB);
+    support::settle();
     let mut rows: Vec<Row> = vec![
         ("quiesce", vec![], vec![], vec![]),
         ("qemu-ga", vec![], vec![], vec![]),
@@ -125,7 +125,7 @@ fn main() {
     let trace = dir.join("strace.log");
     for rep in 0..reps {
         for (i, (sock, pid)) in agents.iter().enumerate() {
-            dirty_all(&mounts);
+            support::dirty_all(&mounts, DIRTY_MB);
             let (window, stall, total) = measure(sock, *pid, &trace, &mounts);
             println!(
                 "rep {rep} {:<8}: frozen window {:>6} ms   writers blocked {:>6} ms   freeze-list + thaw total {:>6} ms",
@@ -137,7 +137,7 @@ fn main() {
             rows[i].1.push(window.as_millis() as f64);
             rows[i].2.push(stall.as_millis() as f64);
             rows[i].3.push(total.as_millis() as f64);
-            settle();
+            support::settle();
         }
     }
     let out = Command::new(support::quiesce_bin())
@@ -153,12 +153,21 @@ fn main() {
     }
     println!();
     println!("{FILESYSTEMS} x ext4 ({FS_MB} MiB loop), {DIRTY_MB} MB unflushed each, {reps} repetitions, medians:");
-    let (qw, gw) = (median(&mut rows[0].1), median(&mut rows[1].1));
-    let (qs, gs) = (median(&mut rows[0].2), median(&mut rows[1].2));
-    let (qt, gt) = (median(&mut rows[0].3), median(&mut rows[1].3));
+    let (qw, gw) = (
+        support::median(&mut rows[0].1),
+        support::median(&mut rows[1].1),
+    );
+    let (qs, gs) = (
+        support::median(&mut rows[0].2),
+        support::median(&mut rows[1].2),
+    );
+    let (qt, gt) = (
+        support::median(&mut rows[0].3),
+        support::median(&mut rows[1].3),
+    );
     println!(
         "  frozen window (first FIFREEZE -> last FITHAW, strace): quiesce {qw:.0} ms (its report: frozen_ms {:.0})  vs  qemu-ga {gw:.0} ms  -> {:.1}x shorter",
-        median(&mut own_ms),
+        support::median(&mut own_ms),
         gw / qw.max(1.0)
     );
     println!(
@@ -318,41 +327,5 @@ impl Probes {
             (Some(first), Some(last)) => last - first,
             _ => Duration::ZERO,
         }
-    }
-}
-
-fn dirty_all(mounts: &[PathBuf]) {
-    std::thread::scope(|s| {
-        for m in mounts {
-            s.spawn(move || {
-                let chunk = vec![0xa5u8; 1 << 20];
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(false)
-                    .open(m.join("dirty.bin"))
-                    .unwrap();
-                for _ in 0..DIRTY_MB {
-                    f.write_all(&chunk).unwrap();
-                }
-            });
-        }
-    });
-}
-
-fn settle() {
-    support::sh("sync", &[]);
-    std::thread::sleep(Duration::from_millis(500));
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }

@@ -174,27 +174,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check { json } => check(cli.config, json),
         Command::Mounts { json } => mounts(cli.config, json),
         Command::Recover { json } => recover(cli.config, json),
-        Command::Serve => {
-            let cfg = match config::load(cli.config.as_deref()) {
-                Ok(cfg) => cfg,
-                Err(errs) => {
-                    print_problems(&errs.0);
-                    return 1;
-                }
-            };
-            init_logging(&cfg.log, cli.verbose);
-            crate::server::serve(cfg)
-        }
+        Command::Serve => with_agent_config(cli.config, cli.verbose, crate::server::serve),
         Command::GuestAgent(args) => {
-            let cfg = match config::load(cli.config.as_deref()) {
-                Ok(cfg) => cfg,
-                Err(errs) => {
-                    print_problems(&errs.0);
-                    return 1;
-                }
-            };
-            init_logging(&cfg.log, cli.verbose);
-            crate::qga::run(cfg, args)
+            with_agent_config(cli.config, cli.verbose, |cfg| crate::qga::run(cfg, args))
         }
         Command::Prepare {
             id,
@@ -216,6 +198,19 @@ pub fn run(cli: Cli) -> i32 {
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
     }
+}
+
+/// Load the configuration and start logging for a long-running agent, then run it.
+fn with_agent_config(path: Option<PathBuf>, verbose: u8, run: impl FnOnce(Config) -> i32) -> i32 {
+    let cfg = match config::load(path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    run(cfg)
 }
 
 fn emit(report: &Report, json: bool) {

@@ -377,12 +377,17 @@ fn answers_agree_with_qemu_ga() {
     );
     assert_eq!(ret("thaw")["return"], json!(1));
     assert_eq!(ret("thaw when thawed")["return"], json!(0));
-    for (name, _, raw) in &theirs {
-        if name == "freeze-list, mount + non-mount path" || name == "thaw" {
-            let v: Value = serde_json::from_slice(&raw[0]).unwrap();
-            assert_eq!(v["return"], json!(1), "qemu-ga, {name}");
-        }
-    }
+    let theirs_ret = |name: &str| -> Value {
+        let (_, _, raw) = theirs.iter().find(|(n, _, _)| n == name).unwrap();
+        serde_json::from_slice(&raw[0]).unwrap()
+    };
+    assert_eq!(
+        theirs_ret("freeze-list, mount + non-mount path")["return"],
+        json!(1)
+    );
+    // qemu-ga's thaw counts every frozen filesystem it found on the machine (other tests'
+    // too, running beside this one); quiesce's counts what it froze.
+    assert!(theirs_ret("thaw")["return"].as_u64().unwrap() >= 1);
     // The freeze ran quiesce's hooks, and the pair is in the catalog with its report.
     assert_eq!(
         std::fs::read_to_string(&marks).unwrap(),
