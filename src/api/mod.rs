@@ -62,7 +62,8 @@ impl PrepareRequest {
 pub enum OpState {
     /// Pre hooks and freeze are running.
     Preparing,
-    /// Prepared, and filesystems are frozen.
+    /// Prepared with filesystems frozen (`frozen` lists what is still frozen: empty once
+    /// the guard thawed at the deadline).
     Frozen,
     /// Prepared, nothing frozen (a scope that freezes nothing, or nothing to freeze).
     Prepared,

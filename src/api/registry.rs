@@ -23,13 +23,54 @@ enum Phase {
     Prepared {
         op: Box<Operation>,
         answer: PrepareAnswer,
+        /// When the guard thaws at the latest (its deadline counts from the freeze).
+        thaws_at: Instant,
     },
     /// The provider is taking the snapshot (`releasing == false`), or thaw and post hooks
     /// run (`releasing == true`); the operation is out of the registry meanwhile.
     Busy {
         answer: PrepareAnswer,
         releasing: bool,
+        thaws_at: Instant,
     },
+}
+
+impl Phase {
+    /// The prepare answer as it stands now (None while preparing): state and what is still
+    /// frozen.
+    fn answer_now(&self) -> Option<PrepareAnswer> {
+        let (answer, state, frozen, thaws_at) = match self {
+            Phase::Preparing => return None,
+            Phase::Prepared {
+                answer,
+                op,
+                thaws_at,
+            } => (answer, answer.state, op.frozen_mounts(), *thaws_at),
+            Phase::Busy {
+                answer,
+                releasing,
+                thaws_at,
+            } => {
+                let state = if *releasing {
+                    OpState::Releasing
+                } else {
+                    answer.state
+                };
+                (answer, state, &answer.frozen[..], *thaws_at)
+            }
+        };
+        // Never claim a freeze that may be over: the guard thaws at its deadline.
+        let frozen = if Instant::now() >= thaws_at {
+            Vec::new()
+        } else {
+            frozen.to_vec()
+        };
+        Some(PrepareAnswer {
+            state,
+            frozen,
+            ..answer.clone()
+        })
+    }
 }
 
 struct Active {
@@ -143,6 +184,7 @@ impl Api {
         op.freeze_timeout = deadline;
         op.caller = req.caller;
         op.pre_hooks();
+        let thaws_at = Instant::now() + deadline;
         op.freeze();
         let state = if op.aborted() {
             OpState::Failed
@@ -165,6 +207,7 @@ impl Api {
                 a.phase = Phase::Prepared {
                     op: Box::new(op),
                     answer: answer.clone(),
+                    thaws_at,
                 };
             }
             st.shutting_down
@@ -195,22 +238,9 @@ impl Api {
                 return Ok(Some(done.final_answer()));
             }
             match &st.active {
-                Some(a) if a.id == id => match &a.phase {
-                    Phase::Prepared { answer, .. } => return Ok(Some(answer.clone())),
-                    Phase::Busy {
-                        answer,
-                        releasing: false,
-                    } => return Ok(Some(answer.clone())),
-                    Phase::Busy {
-                        answer,
-                        releasing: true,
-                    } => {
-                        return Ok(Some(PrepareAnswer {
-                            state: OpState::Releasing,
-                            ..answer.clone()
-                        }))
-                    }
-                    Phase::Preparing => st = self.wait(st),
+                Some(a) if a.id == id => match a.phase.answer_now() {
+                    Some(answer) => return Ok(Some(answer)),
+                    None => st = self.wait(st),
                 },
                 Some(a) => {
                     return Err(ApiError::InProgress {
@@ -308,24 +338,35 @@ impl Api {
         st: &mut State,
         id: &str,
         releasing: bool,
-    ) -> Option<(Box<Operation>, PrepareAnswer)> {
+    ) -> Option<(Box<Operation>, PrepareAnswer, Instant)> {
         let a = st.active.as_mut().filter(|a| a.id == id)?;
         if !matches!(a.phase, Phase::Prepared { .. }) {
             return None;
         }
-        let answer = match &a.phase {
-            Phase::Prepared { answer, .. } => answer.clone(),
+        let (answer, thaws_at) = match &a.phase {
+            Phase::Prepared {
+                answer, thaws_at, ..
+            } => (answer.clone(), *thaws_at),
             _ => return None,
         };
-        match std::mem::replace(&mut a.phase, Phase::Busy { answer, releasing }) {
-            Phase::Prepared { op, answer } => Some((op, answer)),
+        let busy = Phase::Busy {
+            answer,
+            releasing,
+            thaws_at,
+        };
+        match std::mem::replace(&mut a.phase, busy) {
+            Phase::Prepared {
+                op,
+                answer,
+                thaws_at,
+            } => Some((op, answer, thaws_at)),
             _ => None,
         }
     }
 
     /// Thaw, run post hooks, record and remember the report.
     fn finalize(&self, id: &str, end: End) -> Option<Report> {
-        let (op, answer) = {
+        let (op, answer, _) = {
             let mut st = self.lock();
             self.take_prepared(&mut st, id, true)?
         };
@@ -373,7 +414,7 @@ impl Api {
     /// Have the configured provider take the snapshot inside prepared operation `id`
     /// (once: a repeat answers the same snapshots).
     pub fn snapshot(self: &Arc<Self>, id: &str) -> Result<Vec<SnapshotRef>, ApiError> {
-        let (mut op, answer) = {
+        let (mut op, answer, thaws_at) = {
             let mut st = self.lock();
             loop {
                 if let Some(done) = st.done(id) {
@@ -413,7 +454,11 @@ impl Api {
         {
             let mut st = self.lock();
             if let Some(a) = st.active.as_mut().filter(|a| a.id == id) {
-                a.phase = Phase::Prepared { op, answer };
+                a.phase = Phase::Prepared {
+                    op,
+                    answer,
+                    thaws_at,
+                };
             }
         }
         self.changed.notify_all();
@@ -492,17 +537,9 @@ impl Api {
 }
 
 fn active_status(a: &Active) -> OpStatus {
-    let (state, frozen) = match &a.phase {
-        Phase::Preparing => (OpState::Preparing, Vec::new()),
-        Phase::Prepared { answer, .. }
-        | Phase::Busy {
-            answer,
-            releasing: false,
-        } => (answer.state, answer.frozen.clone()),
-        Phase::Busy {
-            answer,
-            releasing: true,
-        } => (OpState::Releasing, answer.frozen.clone()),
+    let (state, frozen) = match a.phase.answer_now() {
+        None => (OpState::Preparing, Vec::new()),
+        Some(answer) => (answer.state, answer.frozen),
     };
     OpStatus {
         id: a.id.clone(),

@@ -17,6 +17,7 @@
 //!   run is degraded, otherwise it fails.
 //! - Post hooks run in reverse order for every hook whose pre was started, even if it failed.
 
+pub mod judge;
 pub mod opid;
 
 use crate::codes::{ErrorCode, Problem};
@@ -25,6 +26,7 @@ use crate::freeze::{self, lock::OpLock, plan::Plan, FreezeOptions, Frozen};
 use crate::hooks::{self, hold::Held, Limits, Phase, RunContext, ScriptResult};
 use crate::report::{Caller, Consistency, Report, SnapshotRef, Status, Timings};
 use crate::snapshot::{self, Provider, SnapshotContext};
+use judge::{Facts, PreOutcome};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -594,7 +596,8 @@ impl Operation {
         self.timings.post_ms = Some(ms(t.elapsed()));
     }
 
-    /// Mount points frozen right now (empty when nothing is frozen).
+    /// Mount points frozen by this operation (empty when nothing is frozen). The guard may
+    /// have thawed them at its deadline since.
     pub fn frozen_mounts(&self) -> &[String] {
         if self.frozen.is_some() {
             &self.frozen_mounts
@@ -613,35 +616,30 @@ impl Operation {
         self.mode == Mode::Abort
     }
 
-    /// The consistency a fully successful run of this configuration reaches.
-    fn target(&self) -> Consistency {
-        target_for(
-            &self.cfg,
-            self.scope.freezes(&self.cfg),
-            self.takes_snapshots(),
-        )
-    }
-
     fn takes_snapshots(&self) -> bool {
         self.host_driven || self.provider.takes_snapshots()
     }
 
-    /// The consistency that held at the moment of the snapshot.
-    fn reached(&self) -> Consistency {
-        if !self.snapshot_taken {
-            return Consistency::None;
-        }
-        let froze = self.freeze_ok && !self.guard_broke_consistency;
-        let hooks_ok = self.all_pre_ok && !self.hold_lost && self.mode == Mode::Normal;
-        let has_hooks = self.cfg.hooks.iter().any(|h| h.pre.is_some());
-        let freezing = self.scope.freezes(&self.cfg)
-            && self.plan.as_ref().is_some_and(|p| !p.targets.is_empty());
-        if hooks_ok && has_hooks && (froze || !freezing) {
-            Consistency::Application
-        } else if froze {
-            Consistency::FileSystem
-        } else {
-            Consistency::Crash
+    /// What this run did, for [`judge::judge`].
+    fn facts(&self) -> Facts {
+        Facts {
+            takes_snapshots: self.takes_snapshots(),
+            has_pre_hooks: self.cfg.hooks.iter().any(|h| h.pre.is_some()),
+            meant_to_freeze: self.scope.freezes(&self.cfg),
+            plan_has_targets: self.plan.as_ref().is_some_and(|p| !p.targets.is_empty()),
+            pre: match self.mode {
+                Mode::Abort => PreOutcome::Aborted,
+                Mode::CrashOnly => PreOutcome::FailedCrashOnly,
+                Mode::Normal if !self.all_pre_ok => PreOutcome::FailedContinued,
+                Mode::Normal => PreOutcome::AllOk,
+            },
+            hold_lost: self.hold_lost,
+            froze: self.freeze_ok,
+            guard_fired_before_snapshot: self.guard_broke_consistency,
+            snapshot_taken: self.snapshot_taken,
+            serious: self.serious,
+            post_failed_fatal: self.post_failed_fatal,
+            any_error: !self.errors.is_empty(),
         }
     }
 
@@ -651,25 +649,13 @@ impl Operation {
             // Never leave anything frozen, whatever the caller forgot.
             self.thaw();
         }
-        let consistency = self.reached();
-        let target = self.target();
         if self.snapshot_taken && !self.snapshots.is_empty() {
             if let Err(e) = self.provider.prune(&self.snapshots) {
                 self.errors
                     .push(Problem::new(e.code, format!("retention: {}", e.message)));
             }
         }
-        let status = if self.serious
-            || self.post_failed_fatal
-            || (consistency == Consistency::None && target != Consistency::None)
-            || (self.mode == Mode::Abort && target != Consistency::None)
-        {
-            Status::Failed
-        } else if consistency < target || !self.errors.is_empty() {
-            Status::Degraded
-        } else {
-            Status::Succeeded
-        };
+        let (status, consistency, target) = judge::judge(&self.facts());
         self.timings.total_ms = ms(self.started.elapsed());
         let mut warnings = self.cfg.warnings.clone();
         if let Some(plan) = self
