@@ -258,6 +258,15 @@ fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
         frozen.mount_points(),
         vec![inner.mount_point.clone(), outer.mount_point.clone()]
     );
+    // The state file lists the targets in freeze order, so that `recover` (which thaws
+    // in reverse) thaws the image's filesystem first: the other way round, its thaw
+    // would hang in the kernel behind the still frozen outer filesystem.
+    let recorded = state::StateFile::read(&st.path).unwrap().unwrap();
+    let recorded: Vec<PathBuf> = recorded.targets.iter().map(|t| t.path()).collect();
+    assert_eq!(
+        recorded,
+        vec![inner.mount_point.clone(), outer.mount_point.clone()]
+    );
     let po = assert_frozen(&outer.mount_point);
     let out = frozen.thaw();
     assert!(out.problems.is_empty(), "{:?}", out.problems);

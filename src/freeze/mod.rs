@@ -1,4 +1,4 @@
-//! The freeze engine (SPEC section 5): mount discovery and planning, syncfs + FIFREEZE in
+//! The freeze engine: mount discovery and planning, syncfs + FIFREEZE in
 //! dependency order, and a guard process that guarantees the thaw.
 //!
 //! Entry points used by the pipeline and the server:
@@ -211,7 +211,7 @@ pub fn freeze(
         .map_err(|e| vec![Problem::new(ErrorCode::FreezeFailed, e)])?;
 
     // The state file, before the first freeze.
-    let state = state::StateFile::new(&opts.operation_id, Some(guard.pid()), &plan.targets);
+    let state = state::StateFile::new(&opts.operation_id, Some(guard.pid()), &freeze_order(plan));
     if let Err(p) = state.write(&opts.state_dir) {
         guard.disarm_and_reap(GUARD_EXIT_WITHIN);
         return Err(vec![p]);
@@ -382,6 +382,17 @@ pub fn freeze(
         first_freeze_ns: first_freeze_ns.unwrap_or(armed_at),
         finished: false,
     })
+}
+
+/// The plan's targets in the order they are frozen (layer by layer). `recover` thaws in
+/// the reverse of this order, exactly like the normal thaw: the filesystem holding a loop
+/// image is thawed before the filesystem inside the image.
+pub fn freeze_order(plan: &plan::Plan) -> Vec<Target> {
+    plan.layers
+        .iter()
+        .flatten()
+        .filter_map(|&i| plan.targets.get(i).cloned())
+        .collect()
 }
 
 fn interrupted() -> Problem {
