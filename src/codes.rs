@@ -52,6 +52,10 @@ pub enum ErrorCode {
     /// The freeze guard thawed before the snapshot completed (deadline, signal or agent death).
     #[serde(rename = "FreezeGuardFired")]
     FreezeGuardFired,
+    /// The freeze guard died or stopped answering while filesystems were frozen; the agent
+    /// thawed by itself.
+    #[serde(rename = "FreezeGuardLost")]
+    FreezeGuardLost,
     /// The snapshot provider failed.
     #[serde(rename = "SnapshotFailed")]
     SnapshotFailed,
@@ -109,6 +113,7 @@ impl ErrorCode {
             FreezePermissionDenied => "FreezePermissionDenied",
             ThawFailed => "ThawFailed",
             FreezeGuardFired => "FreezeGuardFired",
+            FreezeGuardLost => "FreezeGuardLost",
             SnapshotFailed => "SnapshotFailed",
             SnapshotTimeout => "SnapshotTimeout",
             OperationInProgress => "OperationInProgress",

@@ -501,3 +501,105 @@ fn empty_plan_is_refused() {
     };
     assert_eq!(errs[0].code, ErrorCode::InvalidFreezePlan);
 }
+
+/// After the guard fired at its deadline, what is frozen is no longer ours: a freeze made
+/// by somebody else afterwards (here `fsfreeze -f`) survives both the guard and the
+/// agent's later thaw, and `frozen_ms` is the guard's real thaw, not the agent's.
+#[test]
+fn a_guard_that_fired_never_thaws_again() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("state");
+    let p = plan_for(&[&a.mount_point]);
+    let lock = OpLock::acquire(&st.path).unwrap();
+    let frozen = freeze::freeze(&p, &lock, &opts(&st.path, Duration::from_secs(1))).unwrap();
+    let mut probe = WriteProbe::start(&a.mount_point);
+    assert_eq!(
+        probe.finished_within(Duration::from_millis(2000)),
+        Some(true),
+        "the guard did not thaw at its deadline"
+    );
+    support::sh("fsfreeze", &["-f", a.mount_point.to_str().unwrap()]);
+    // The guard must not thaw the third party's freeze on its own...
+    std::thread::sleep(Duration::from_millis(400));
+    let third = assert_frozen(&a.mount_point);
+    // ...and neither may the agent's thaw.
+    let out = frozen.thaw();
+    assert_eq!(
+        out.guard_fired.map(|g| g.reason),
+        Some(GuardReason::Deadline)
+    );
+    assert!(
+        (900..1500).contains(&out.frozen_ms),
+        "frozen_ms {}",
+        out.frozen_ms
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let still = assert_frozen(&a.mount_point);
+    support::sh("fsfreeze", &["-u", a.mount_point.to_str().unwrap()]);
+    assert_thawed(third, &a.mount_point);
+    assert_thawed(still, &a.mount_point);
+}
+
+fn guard_signal(frozen: &freeze::Frozen, sig: &str) {
+    support::sh(
+        "kill",
+        &[&format!("-{sig}"), &frozen.guard_pid().to_string()],
+    );
+}
+
+/// kill -9 of the guard alone: the agent notices (pidfd), thaws by itself and says so
+/// with its own code; it never pretends the guard was there.
+#[test]
+fn a_killed_guard_is_noticed_and_the_agent_thaws() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("state");
+    let p = plan_for(&[&a.mount_point]);
+    let lock = OpLock::acquire(&st.path).unwrap();
+    let frozen = freeze::freeze(&p, &lock, &opts(&st.path, Duration::from_secs(30))).unwrap();
+    guard_signal(&frozen, "KILL");
+    let probe = assert_frozen(&a.mount_point);
+    let start = Instant::now();
+    let out = frozen.thaw();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(out.guard_fired, None);
+    assert_eq!(out.guard_lost.map(|l| l.why), Some(freeze::LostWhy::Died));
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    assert_thawed(probe, &a.mount_point);
+}
+
+/// SIGSTOP of the guard: it cannot answer, so the agent kills it (it must never wake up
+/// later and thaw somebody else's freeze) and thaws by itself.
+#[test]
+fn a_stopped_guard_is_killed_and_the_agent_thaws() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("state");
+    let p = plan_for(&[&a.mount_point]);
+    let lock = OpLock::acquire(&st.path).unwrap();
+    let frozen = freeze::freeze(&p, &lock, &opts(&st.path, Duration::from_secs(30))).unwrap();
+    let guard_pid = frozen.guard_pid();
+    guard_signal(&frozen, "STOP");
+    let probe = assert_frozen(&a.mount_point);
+    let out = frozen.thaw();
+    assert_eq!(out.guard_fired, None);
+    assert_eq!(
+        out.guard_lost.map(|l| l.why),
+        Some(freeze::LostWhy::Unresponsive)
+    );
+    assert_thawed(probe, &a.mount_point);
+    assert!(
+        !Path::new(&format!("/proc/{guard_pid}/status")).exists()
+            || std::fs::read_to_string(format!("/proc/{guard_pid}/status"))
+                .unwrap_or_default()
+                .contains("zombie"),
+        "the stopped guard was left behind"
+    );
+    drop(lock);
+    OpLock::acquire(&st.path).expect("the lock is free again");
+}

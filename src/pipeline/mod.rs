@@ -398,6 +398,15 @@ impl<'a> Operation<'a> {
             self.serious = true;
         }
         self.errors.extend(outcome.problems);
+        if let Some(lost) = outcome.guard_lost {
+            // The agent thawed only when it noticed: the freeze may have ended earlier or
+            // later than promised, so the snapshot is not counted as frozen.
+            self.guard_broke_consistency = true;
+            self.errors.push(Problem::new(
+                ErrorCode::FreezeGuardLost,
+                format!("{}; quiesce thawed by itself", lost.why.describe()),
+            ));
+        }
         if let Some(fired) = outcome.guard_fired {
             let before_end = self
                 .snapshot_end_ns
