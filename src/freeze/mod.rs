@@ -19,12 +19,13 @@ pub mod lock;
 pub mod mountinfo;
 pub mod plan;
 pub mod state;
+mod watch;
 
 use crate::codes::{ErrorCode, Problem};
 use plan::Target;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use guard::{install_signal_handlers, run_if_requested, termination_requested};
@@ -99,7 +100,10 @@ pub struct Frozen {
     fds: Vec<OwnedFd>,
     /// Which targets the agent froze (FIFREEZE succeeded).
     frozen: Vec<bool>,
-    guard: Mutex<guard::GuardHandle>,
+    guard: Arc<Mutex<guard::GuardHandle>>,
+    /// The agent's own watch on the guard while frozen (see [`watch`]).
+    watch: Option<watch::Watch>,
+    timeout: Duration,
     state_dir: PathBuf,
     first_freeze_ns: Option<u64>,
     armed_at: u64,
@@ -208,7 +212,9 @@ pub fn freeze(
         layers: plan.layers.clone(),
         frozen: vec![false; fds.len()],
         fds,
-        guard: Mutex::new(guard),
+        guard: Arc::new(Mutex::new(guard)),
+        watch: None,
+        timeout: opts.timeout,
         state_dir: opts.state_dir.clone(),
         first_freeze_ns: None,
         armed_at: 0,
@@ -220,7 +226,10 @@ pub fn freeze(
         .and_then(|()| frozen.arm())
         .and_then(|()| frozen.freeze_layers());
     match result {
-        Ok(()) => Ok(frozen),
+        Ok(()) => {
+            frozen.start_watch();
+            Ok(frozen)
+        }
         Err(mut problems) => {
             problems.extend(frozen.finish().problems);
             Err(problems)
@@ -415,7 +424,8 @@ impl Frozen {
     /// Start the guard's deadline.
     fn arm(&mut self) -> Result<(), Vec<Problem>> {
         self.armed_at = monotonic_ns();
-        let guard = self.guard.get_mut().unwrap_or_else(|e| e.into_inner());
+        let arc = self.guard.clone();
+        let guard = arc.lock().unwrap_or_else(|e| e.into_inner());
         guard.arm(self.armed_at).map_err(|e| {
             vec![Problem::new(
                 ErrorCode::FreezeFailed,
@@ -428,8 +438,7 @@ impl Frozen {
     fn freeze_layers(&mut self) -> Result<(), Vec<Problem>> {
         let layers = self.layers.clone();
         for layer in &layers {
-            let guard = self.guard.get_mut().unwrap_or_else(|e| e.into_inner());
-            if let Some(f) = guard.poll().fired {
+            if let Some(f) = self.guard_fired() {
                 return Err(vec![guard_fired_problem(f)]);
             }
             if termination_requested() {
@@ -440,15 +449,15 @@ impl Frozen {
                 return Err(problems);
             }
         }
-        let guard = self.guard.get_mut().unwrap_or_else(|e| e.into_inner());
-        match guard.poll().fired {
+        match self.guard_fired() {
             Some(f) => Err(vec![guard_fired_problem(f)]),
             None => Ok(()),
         }
     }
 
     fn freeze_layer(&mut self, layer: &[usize]) -> Vec<Problem> {
-        let g = self.guard.get_mut().unwrap_or_else(|e| e.into_inner());
+        let arc = self.guard.clone();
+        let g = arc.lock().unwrap_or_else(|e| e.into_inner());
         let g = &*g;
         let (fds, targets) = (&self.fds, &self.targets);
         let results: Vec<(usize, Result<u64, Problem>)> = std::thread::scope(|s| {
@@ -522,28 +531,33 @@ impl Frozen {
         self.finish()
     }
 
-    /// Thaw what the agent froze, reverse layer order; (thaw problems, ns in FITHAW, end).
-    fn thaw_ours(&self) -> (Vec<Problem>, u64, Option<u64>) {
-        let mut problems = Vec::new();
-        let mut thaw_ns = 0u64;
-        let mut last_thaw: Option<u64> = None;
+    /// What the agent froze, in thaw order (the reverse of the freeze order).
+    fn thaw_list(&self) -> Vec<(OwnedFd, PathBuf)> {
+        let mut list = Vec::new();
         for layer in self.layers.iter().rev() {
             for &i in layer.iter().rev() {
-                if !self.frozen[i] {
-                    continue;
-                }
-                let t0 = monotonic_ns();
-                let r = ioctl::thaw(&self.fds[i]);
-                let t1 = monotonic_ns();
-                thaw_ns += t1 - t0;
-                match r {
-                    Ok(ioctl::Thawed::Thawed) => last_thaw = Some(t1),
-                    Ok(ioctl::Thawed::WasNotFrozen) => {}
-                    Err(e) => problems.push(ioctl::thaw_problem(&self.targets[i].mount_point, e)),
+                if self.frozen[i] {
+                    if let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(&self.fds[i], 3) {
+                        list.push((fd, self.targets[i].mount_point.clone()));
+                    }
                 }
             }
         }
-        (problems, thaw_ns, last_thaw)
+        list
+    }
+
+    /// Start the agent's own watch on the guard (pidfd and deadline).
+    fn start_watch(&mut self) {
+        let deadline = self
+            .armed_at
+            .saturating_add(u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX));
+        self.watch = watch::Watch::start(self.guard.clone(), self.thaw_list(), deadline);
+    }
+
+    /// Thaw what the agent froze, reverse layer order; (thaw problems, ns in FITHAW, end).
+    fn thaw_ours(&self) -> (Vec<Problem>, u64, Option<u64>) {
+        let t = watch::thaw_all(&self.thaw_list());
+        (t.problems, t.thaw_ns, t.last_thaw)
     }
 
     /// The one way out, for a success and for every failure: agree with the guard on who
@@ -551,25 +565,37 @@ impl Frozen {
     /// thaw, disarm and reap the guard, release the logs, remove the state file.
     fn finish(&mut self) -> ThawOutcome {
         self.finished = true;
-        let guard = self.guard.get_mut().unwrap_or_else(|e| e.into_inner());
-        let answer = guard.yield_thaw(GUARD_YIELD_WITHIN);
-        let noticed = monotonic_ns();
-        let guard_lost = match answer {
-            guard::YieldAnswer::Gone => Some(LostWhy::Died),
-            guard::YieldAnswer::Killed => Some(LostWhy::Unresponsive),
-            _ => None,
-        }
-        .map(|why| GuardLost {
-            why,
-            at_monotonic_ns: noticed,
-        });
-        let (mut problems, thaw_ns, last_thaw) = if answer == guard::YieldAnswer::Fired {
-            (Vec::new(), 0, None)
-        } else {
-            self.thaw_ours()
+        // The watch thawed already if it found the guard gone or stopped.
+        let watched = self.watch.take().and_then(watch::Watch::stop);
+        let arc = self.guard.clone();
+        let mut guard = arc.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard_lost, agent_thaws) = match watched {
+            Some((lost, _)) => (Some(lost), false),
+            None => {
+                let answer = guard.yield_thaw(GUARD_YIELD_WITHIN);
+                let why = match answer {
+                    guard::YieldAnswer::Gone => Some(LostWhy::Died),
+                    guard::YieldAnswer::Killed => Some(LostWhy::Unresponsive),
+                    _ => None,
+                };
+                let lost = why.map(|why| GuardLost {
+                    why,
+                    at_monotonic_ns: monotonic_ns(),
+                });
+                (lost, answer != guard::YieldAnswer::Fired)
+            }
         };
-        let guard = self.guard.get_mut().unwrap_or_else(|e| e.into_inner());
+        let (mut problems, thaw_ns, mut last_thaw) = if agent_thaws {
+            self.thaw_ours()
+        } else {
+            (Vec::new(), 0, None)
+        };
+        if let Some((_, thawed)) = watched {
+            problems.extend(thawed.problems);
+            last_thaw = thawed.last_thaw;
+        }
         let status = guard.disarm_and_reap(GUARD_EXIT_WITHIN);
+        drop(guard);
         self._log_hold = None;
         if problems.is_empty() {
             if let Err(p) = state::remove(&self.state_dir) {

@@ -399,9 +399,11 @@ impl<'a> Operation<'a> {
         }
         self.errors.extend(outcome.problems);
         if let Some(lost) = outcome.guard_lost {
-            // The agent thawed only when it noticed: the freeze may have ended earlier or
-            // later than promised, so the snapshot is not counted as frozen.
-            self.guard_broke_consistency = true;
+            // Without its guard the agent thawed at once: the freeze held only until then.
+            let before_end = self
+                .snapshot_end_ns
+                .is_none_or(|end| lost.at_monotonic_ns < end);
+            self.guard_broke_consistency |= before_end;
             self.errors.push(Problem::new(
                 ErrorCode::FreezeGuardLost,
                 format!("{}; quiesce thawed by itself", lost.why.describe()),

@@ -361,6 +361,13 @@ impl GuardHandle {
         self.send(Command::Thaw)
     }
 
+    /// A duplicate of the guard's pidfd (readable once it has exited).
+    pub fn pidfd_dup(&self) -> Option<OwnedFd> {
+        self.pidfd
+            .as_ref()
+            .and_then(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).ok())
+    }
+
     /// Has the guard process exited (its pidfd is readable)? Falls back to the report
     /// pipe's EOF when no pidfd could be opened.
     pub fn has_exited(&mut self) -> bool {
