@@ -56,6 +56,9 @@ pub enum ErrorCode {
     /// thawed by itself.
     #[serde(rename = "FreezeGuardLost")]
     FreezeGuardLost,
+    /// A warning: at start, quiesce thawed filesystems that a crashed run had left frozen.
+    #[serde(rename = "RecoveredFrozenFilesystems")]
+    RecoveredFrozenFilesystems,
     /// The snapshot provider failed.
     #[serde(rename = "SnapshotFailed")]
     SnapshotFailed,
@@ -114,6 +117,7 @@ impl ErrorCode {
             ThawFailed => "ThawFailed",
             FreezeGuardFired => "FreezeGuardFired",
             FreezeGuardLost => "FreezeGuardLost",
+            RecoveredFrozenFilesystems => "RecoveredFrozenFilesystems",
             SnapshotFailed => "SnapshotFailed",
             SnapshotTimeout => "SnapshotTimeout",
             OperationInProgress => "OperationInProgress",

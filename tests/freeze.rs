@@ -599,7 +599,11 @@ fn a_stopped_guard_is_killed_and_the_agent_thaws() {
         Some(true),
         "the stopped guard kept the filesystem frozen past the deadline"
     );
-    assert!(start.elapsed() < Duration::from_millis(2000), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        start.elapsed()
+    );
     let out = frozen.thaw();
     assert_eq!(out.guard_fired, None);
     assert_eq!(

@@ -79,6 +79,8 @@ pub struct Operation<'a> {
     plan: Option<Plan>,
     provider: Box<dyn Provider>,
     errors: Vec<Problem>,
+    /// Warnings from the recovery at start (recorded in the report and the catalog).
+    recovered: Vec<Problem>,
     hook_results: Vec<ScriptResult>,
     /// Indexes of hooks whose pre was started, in start order.
     started_hooks: Vec<usize>,
@@ -119,12 +121,20 @@ impl<'a> Operation<'a> {
         };
         let lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = Vec::new();
+        let mut recovered = Vec::new();
         match freeze::state::recover(&cfg.paths.state_dir) {
             Ok(thawed) if !thawed.is_empty() => {
                 tracing::warn!(
                     ?thawed,
                     "recovered filesystems left frozen by a crashed run"
-                )
+                );
+                recovered.push(Problem::new(
+                    ErrorCode::RecoveredFrozenFilesystems,
+                    format!(
+                        "thawed {} left frozen by a crashed run before starting",
+                        thawed.join(", ")
+                    ),
+                ));
             }
             Ok(_) => {}
             Err(p) => errors.push(p),
@@ -152,6 +162,7 @@ impl<'a> Operation<'a> {
             plan,
             provider,
             errors,
+            recovered,
             hook_results: Vec::new(),
             started_hooks: Vec::new(),
             held: Vec::new(),
@@ -533,6 +544,7 @@ impl<'a> Operation<'a> {
         };
         self.timings.total_ms = ms(self.started.elapsed());
         let mut warnings = self.cfg.warnings.clone();
+        warnings.append(&mut self.recovered);
         if let Some(plan) = &self.plan {
             if plan.targets.is_empty() {
                 warnings.push(Problem::new(
