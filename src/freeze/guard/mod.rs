@@ -740,9 +740,9 @@ impl GuardProcess {
         let n = self.workers.len();
         let layers = self.layer_of.iter().copied().max().map_or(0, |m| m + 1);
         for layer in (0..layers).rev() {
-            for idx in 0..n {
-                if self.layer_of[idx] == layer
-                    && which[idx]
+            for (idx, &selected) in which.iter().enumerate().take(n) {
+                if selected
+                    && self.layer_of[idx] == layer
                     && !self.workers[idx].busy
                     && self.workers[idx].request.send(()).is_ok()
                 {
@@ -832,11 +832,9 @@ impl GuardProcess {
                 }
             }
             Command::Thaw => self.fire(GuardReason::Signal),
-            Command::Yield => {
-                if self.fired.is_none() {
-                    self.yielded = true;
-                    self.report(Report::Yielded);
-                }
+            Command::Yield if self.fired.is_none() => {
+                self.yielded = true;
+                self.report(Report::Yielded);
             }
             Command::Disarm => return Next::Exit,
             _ => {}
