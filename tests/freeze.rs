@@ -621,3 +621,58 @@ fn a_stopped_guard_is_killed_and_the_agent_thaws() {
     drop(lock);
     OpLock::acquire(&st.path).expect("the lock is free again");
 }
+
+/// A run that finds filesystems a crashed run left frozen thaws them first and says so in
+/// its report (and so in the catalog): recovery never goes unrecorded.
+#[test]
+fn recovery_at_start_is_recorded_in_the_report() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("recorded");
+    let state_dir = st.join("run");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::set_permissions(
+        &state_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    // What a run killed together with its guard leaves behind.
+    let p = plan_for(&[&a.mount_point]);
+    state::StateFile::new("crashed-run", None, &p.targets)
+        .write(&state_dir)
+        .unwrap();
+    support::sh("fsfreeze", &["-f", a.mount_point.to_str().unwrap()]);
+    let config = st.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {:?}\ncatalog = {:?}\n\n[freeze]\ninclude = [{:?}]\n\
+             timeout = \"10s\"\n\n[snapshot]\nprovider = \"command\"\n\
+             command = [\"/bin/true\"]\ntimeout = \"10s\"\n",
+            state_dir,
+            st.join("c.db"),
+            a.mount_point
+        ),
+        0o600,
+    );
+    let out = std::process::Command::new(support::quiesce_bin())
+        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["code"] == "RecoveredFrozenFilesystems"
+                && w["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(a.mount_point.to_str().unwrap())),
+        "{report:#}"
+    );
+    assert!(writable_within(&a.mount_point, THAWED_CHECK));
+}
