@@ -19,3 +19,4 @@ pub mod report;
 pub mod server;
 pub mod snapshot;
 pub mod trust;
+pub mod verify;

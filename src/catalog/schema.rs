@@ -87,6 +87,22 @@ CREATE INDEX runs_by_start ON runs(started_unix);
 CREATE INDEX snapshots_by_ref ON run_snapshots(provider, snapshot_id);
 CREATE INDEX errors_by_code ON run_errors(code);
 "#,
+    // 3: verifications of snapshots (`quiesce verify`): one row per verification, with its
+    // result and the whole verification report as JSON. A snapshot without a row is
+    // "not verified"; the newest row is its state.
+    r#"
+CREATE TABLE verifications (
+    id            INTEGER PRIMARY KEY,
+    provider      TEXT    NOT NULL,
+    snapshot_id   TEXT    NOT NULL,
+    started_unix  INTEGER NOT NULL,
+    finished_unix INTEGER NOT NULL,
+    verified      INTEGER NOT NULL,
+    message       TEXT    NOT NULL,
+    report_json   TEXT    NOT NULL
+);
+CREATE INDEX verifications_by_ref ON verifications(provider, snapshot_id);
+"#,
 ];
 
 /// The schema version this build writes.

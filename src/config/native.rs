@@ -6,7 +6,7 @@
 
 use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
-    Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
+    Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig, VerifyConfig,
 };
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
@@ -49,6 +49,24 @@ struct RawFile {
     #[serde(rename = "hook")]
     hooks: Vec<RawHook>,
     server: RawServer,
+    verify: RawVerify,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawVerify {
+    after_snapshot: Option<bool>,
+    timeout: Option<Dur>,
+    postgres: Option<RawPgVerify>,
+    hooks: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawPgVerify {
+    data: PathBuf,
+    user: Option<String>,
+    query: Option<String>,
+    database: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -376,6 +394,46 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "`server.tcp_listen` requires `server.token_file`".into(),
             "tcp_listen",
         ));
+    }
+
+    let vd = VerifyConfig::default();
+    cfg.verify = VerifyConfig {
+        after_snapshot: raw.verify.after_snapshot.unwrap_or(vd.after_snapshot),
+        timeout: raw.verify.timeout.map_or(vd.timeout, |d| d.0),
+        postgres: raw.verify.postgres.map(|p| PgVerifyConfig {
+            data: p.data,
+            user: p.user.unwrap_or_else(|| "postgres".into()),
+            query: p.query,
+            database: p.database.unwrap_or_else(|| "postgres".into()),
+        }),
+        hooks: Vec::new(),
+    };
+    if cfg.verify.timeout.is_zero() {
+        problems.push(problem(
+            "`verify.timeout` must be more than 0".into(),
+            "timeout",
+        ));
+    }
+    if let Some(pg) = &cfg.verify.postgres {
+        if !pg.data.is_absolute() {
+            problems.push(problem(
+                "`verify.postgres.data` must be the absolute path of the live data directory"
+                    .into(),
+                "data",
+            ));
+        }
+    }
+    for argv in raw.verify.hooks {
+        match argv.split_first() {
+            Some((first, rest)) if !first.is_empty() => cfg.verify.hooks.push(ScriptSpec {
+                path: PathBuf::from(first),
+                args: rest.to_vec(),
+            }),
+            _ => problems.push(problem(
+                "`verify.hooks` entries must be non-empty argv lists".into(),
+                "hooks",
+            )),
+        }
     }
 
     for h in raw.hooks {
