@@ -81,7 +81,12 @@ fn pids_in(data: &Path) -> Vec<i32> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).ok().as_deref() == Some(&want))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .as_deref()
+                == Some(&want)
+        })
         .collect();
     v.sort();
     v
@@ -114,7 +119,10 @@ fn restore_helper_never_writes_to_the_live_wal() {
         &open.path().join("pg.log"),
     )
     .unwrap();
-    server.psql("postgres", "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x");
+    server.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x",
+    );
     server.psql("postgres", "CHECKPOINT");
 
     // The restored copy lives on its own filesystem (as a restored volume does); its pg_wal
@@ -129,7 +137,11 @@ fn restore_helper_never_writes_to_the_live_wal() {
     );
     let backup = open.path().join("backup");
     std::fs::create_dir_all(backup.join("wal")).unwrap();
-    std::fs::write(backup.join("backup_label"), "START WAL LOCATION: 0/99000028\n").unwrap();
+    std::fs::write(
+        backup.join("backup_label"),
+        "START WAL LOCATION: 0/99000028\n",
+    )
+    .unwrap();
     std::fs::write(
         backup.join("wal/000000010000000000000099"),
         vec![0u8; 16 * 1024 * 1024],
@@ -143,7 +155,10 @@ fn restore_helper_never_writes_to_the_live_wal() {
     // 1. No --wal-dir: the copy's pg_wal leads to the live WAL. Refused.
     let (ok, out) = run_helper(&["--data", p(&copy), "--backup", p(&backup)]);
     eprintln!("without --wal-dir: {out}");
-    assert!(!ok, "the helper wrote through pg_wal into the live WAL: {out}");
+    assert!(
+        !ok,
+        "the helper wrote through pg_wal into the live WAL: {out}"
+    );
     assert!(out.contains("running postmaster") || out.contains("outside the restored copy"));
     // 2. --wal-dir naming the live WAL. Refused.
     let (ok, out) = run_helper(&[
@@ -161,8 +176,16 @@ fn restore_helper_never_writes_to_the_live_wal() {
     let (ok, out) = run_helper(&["--data", p(&live_data), "--backup", p(&backup)]);
     assert!(!ok, "the helper prepared the live data directory: {out}");
 
-    assert_eq!(tree_digest(&live_wal), wal_before, "the live WAL was changed");
-    assert_eq!(pids_in(&live_data), pids_before, "the live server's processes changed");
+    assert_eq!(
+        tree_digest(&live_wal),
+        wal_before,
+        "the live WAL was changed"
+    );
+    assert_eq!(
+        pids_in(&live_data),
+        pids_before,
+        "the live server's processes changed"
+    );
     assert!(!live_data.join("backup_label").exists());
     server.psql("postgres", "SELECT count(*) FROM t");
 
@@ -172,7 +195,11 @@ fn restore_helper_never_writes_to_the_live_wal() {
     let (ok, out) = run_helper(&["--data", p(&copy), "--backup", p(&backup)]);
     eprintln!("original stopped: {out}");
     assert!(!ok && out.contains("outside the restored copy"), "{out}");
-    assert_eq!(tree_digest(&live_wal), wal_before, "the live WAL was changed");
+    assert_eq!(
+        tree_digest(&live_wal),
+        wal_before,
+        "the live WAL was changed"
+    );
 
     // 5. The safe procedure: the restored WAL volume named with --wal-dir.
     let copy_wal = vol.path("wal");
@@ -188,7 +215,11 @@ fn restore_helper_never_writes_to_the_live_wal() {
     assert!(ok, "the safe procedure failed: {out}");
     assert!(copy_wal.join("000000010000000000000099").is_file());
     assert!(copy.join("backup_label").is_file());
-    assert_eq!(tree_digest(&live_wal), wal_before, "the live WAL was changed");
+    assert_eq!(
+        tree_digest(&live_wal),
+        wal_before,
+        "the live WAL was changed"
+    );
 }
 
 fn sh_ok(cmd: &str, args: &[&str]) {
@@ -196,5 +227,345 @@ fn sh_ok(cmd: &str, args: &[&str]) {
     assert!(ok, "{cmd} {args:?}: {out}{err}");
 }
 
-#[allow(dead_code)]
-fn unused(_: PathBuf, _: Duration, _: Scratch) {}
+// =========================================================================================
+// quiesce verify: PostgreSQL on btrfs
+// =========================================================================================
+
+/// A PostgreSQL whose data directory lives in the btrfs subvolume `pg` (its WAL in the
+/// subvolume `wal` when `two_volumes`), snapshots in `snaps`, and a config for it.
+struct PgOnBtrfs {
+    server: Postgres,
+    config: PathBuf,
+    snaps: PathBuf,
+    data: PathBuf,
+    wal: Option<PathBuf>,
+    private: Scratch,
+    _vol: LoopFs,
+    _open: OpenDir,
+}
+
+fn pg_on_btrfs(tag: &str, two_volumes: bool, verify_extra: &str) -> PgOnBtrfs {
+    let pg = User::get("postgres");
+    let open = OpenDir::new(tag);
+    let private = Scratch::new(&format!("{tag}-priv"));
+    let vol = LoopFs::create(
+        "btrfs",
+        1024,
+        &private.join("btrfs.img"),
+        &open.path().join("vol"),
+    );
+    std::fs::set_permissions(
+        &vol.mount_point,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let sub = |name: &str| {
+        let p = vol.path(name);
+        sh_ok("btrfs", &["-q", "subvolume", "create", p.to_str().unwrap()]);
+        p
+    };
+    let pgvol = sub("pg");
+    let wal = two_volumes.then(|| sub("wal").join("pg_wal"));
+    let snaps = vol.path("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let data = pgvol.join("data");
+    pg_initdb(&pg, &data, wal.as_deref());
+    let server = Postgres::start(
+        &pg,
+        &data,
+        &open.path().join("sock"),
+        &open.path().join("pg.log"),
+    )
+    .unwrap();
+    server.create_quiesce_role();
+    let passfile = private.file(
+        "pgpass",
+        &format!("*:*:*:quiesce:{PG_QUIESCE_PASSWORD}\n"),
+        0o600,
+    );
+    let hook = install_hook(&private, "pg-checkpoint");
+    let state = private.join("state");
+    let config = private.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\nmetrics_file = {}\n\n\
+             [freeze]\nenabled = false\n\n\
+             [snapshot]\nprovider = \"btrfs\"\nsubvolumes = {}\ndirectory = {}\n\n\
+             [[hook]]\nname = \"postgres\"\npre = {}\ntimeout = \"30s\"\n\n\
+             [verify]\ntimeout = \"120s\"\n{verify_extra}\n\
+             [verify.postgres]\ndata = {}\n",
+            toml_str(p(&state)),
+            toml_str(p(&private.join("catalog.db"))),
+            toml_str(p(&private.join("metrics.prom"))),
+            toml_list(&[p(&pgvol)]),
+            toml_str(p(&snaps)),
+            toml_list(&[
+                p(&hook),
+                "--conninfo",
+                &server.quiesce_conninfo(),
+                "--passfile",
+                p(&passfile),
+            ]),
+            toml_str(p(&data)),
+        ),
+        0o600,
+    );
+    PgOnBtrfs {
+        server,
+        config,
+        snaps,
+        data,
+        wal,
+        private,
+        _vol: vol,
+        _open: open,
+    }
+}
+
+fn quiesce(config: &Path, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(support::quiesce_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// The pids of the throwaway servers: processes whose cwd (a postgres data directory) is
+/// in a view under `snaps` (other tests' servers are not ours).
+fn view_servers(snaps: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| {
+                c.starts_with(snaps) && c.to_string_lossy().contains(".quiesce-verify-")
+            })
+        })
+        .collect()
+}
+
+fn views_in(snaps: &Path) -> Vec<String> {
+    std::fs::read_dir(snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(".quiesce-verify-"))
+        .collect()
+}
+
+#[test]
+fn postgres_on_btrfs_every_snapshot_under_pgbench_verifies_and_damage_is_caught() {
+    require_root();
+    let _slot = SLOTS.take();
+    let env = pg_on_btrfs("vrfy-pg", false, "");
+    // A table nothing writes to: its heap pages are never replaced by WAL replay, so damage
+    // to them survives recovery, as on a real disk.
+    env.server.psql(
+        "postgres",
+        "CREATE TABLE keep AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 5000) g",
+    );
+    env.server.pgbench_init(1);
+    env.server.psql("postgres", "CHECKPOINT");
+    let load = env.server.pgbench_load(2, &env.private.join("pgbench.log"));
+    let mut verified = 0;
+    let mut last_id = String::new();
+    const N: usize = 10;
+    for i in 0..N {
+        let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(report["consistency"], "application", "{out}");
+        let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
+        eprintln!("snapshot {i}: {} in {} ms", v["status"], v["total_ms"]);
+        if code == 0 && v["status"] == "verified" {
+            verified += 1;
+        } else {
+            eprintln!("{out}");
+        }
+        last_id = id;
+    }
+    drop(load);
+    eprintln!("PostgreSQL under pgbench: {verified}/{N} verified");
+    assert_eq!(verified, N);
+    assert!(views_in(&env.snaps).is_empty(), "views left behind");
+    assert!(
+        view_servers(&env.snaps).is_empty(),
+        "throwaway servers left running"
+    );
+
+    // Listed with the result; the metric of the last verified application snapshot.
+    let (code, list, out) = quiesce(&env.config, &["snapshots", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let listed = list.as_array().unwrap();
+    assert!(
+        listed.iter().all(|s| s["verification"] == "verified"),
+        "{out}"
+    );
+    let metrics = std::fs::read_to_string(env.private.join("metrics.prom")).unwrap();
+    assert!(
+        metrics.contains("quiesce_seconds_since_last_verified_application_snapshot "),
+        "{metrics}"
+    );
+
+    // Damage: a writable copy of the last snapshot with a corrupted heap page of `keep`,
+    // made read-only again under a name of the provider's shape.
+    let rel = env
+        .server
+        .psql("postgres", "SELECT pg_relation_filepath('keep')");
+    let damaged = last_id.replace('@', "@").replacen("-", "-d", 1);
+    let damaged = format!("{}x", damaged);
+    let src = env.snaps.join(&last_id);
+    let dst = env.snaps.join(&damaged);
+    sh_ok("btrfs", &["-q", "subvolume", "snapshot", p(&src), p(&dst)]);
+    let heap = dst.join("data").join(rel.trim());
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&heap).unwrap();
+        // Line pointers of the first page: normal items whose offset is past the page's end.
+        let lp: u32 = 0x7ff0 | (1 << 15) | (100 << 17);
+        f.seek(SeekFrom::Start(24)).unwrap();
+        for _ in 0..16 {
+            f.write_all(&lp.to_le_bytes()).unwrap();
+        }
+    }
+    sh_ok("btrfs", &["property", "set", "-ts", p(&dst), "ro", "true"]);
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", &damaged]);
+    eprintln!("damaged snapshot: {}", v["status"]);
+    assert_eq!(code, 1, "{out}");
+    let status = v["status"].as_str().unwrap_or("");
+    assert!(
+        status.starts_with("verification failed: pg_amcheck"),
+        "the damage was not caught by name: {out}"
+    );
+    let (_, list, _) = quiesce(&env.config, &["snapshots", "--json"]);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == damaged.as_str())
+        .cloned()
+        .unwrap();
+    assert!(entry["verification"]
+        .as_str()
+        .unwrap()
+        .starts_with("verification failed"));
+    sh_ok("btrfs", &["property", "set", "-ts", p(&dst), "ro", "false"]);
+    sh_ok("btrfs", &["-q", "subvolume", "delete", p(&dst)]);
+}
+
+#[test]
+fn postgres_on_btrfs_two_volumes_view_into_live_wal_is_refused_and_original_untouched() {
+    require_root();
+    let _slot = SLOTS.take();
+    let env = pg_on_btrfs("vrfy-pg2", true, "");
+    let wal = env.wal.clone().unwrap();
+    env.server.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT generate_series(1, 1000) AS x",
+    );
+    let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+    // The view's pg_wal symlink leads to the live WAL (only the data subvolume is snapshotted).
+    env.server.psql("postgres", "CHECKPOINT");
+    std::thread::sleep(Duration::from_millis(500));
+    let data_before = tree_digest(&env.data);
+    let wal_before = tree_digest(&wal);
+    let sock_before = tree_digest(&env.server.sock);
+    let pids_before = pids_in(&env.data);
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
+    eprintln!("two volumes, WAL not snapshotted: {}", v["status"]);
+    assert_eq!(code, 1, "{out}");
+    let status = v["status"].as_str().unwrap_or("");
+    assert!(
+        status.starts_with("verification failed: postgres layout") && status.contains("pg_wal"),
+        "{out}"
+    );
+    assert_eq!(
+        tree_digest(&env.data),
+        data_before,
+        "the live data directory changed"
+    );
+    assert_eq!(tree_digest(&wal), wal_before, "the live WAL changed");
+    assert_eq!(
+        tree_digest(&env.server.sock),
+        sock_before,
+        "the live socket dir changed"
+    );
+    assert_eq!(
+        pids_in(&env.data),
+        pids_before,
+        "the live server's processes changed"
+    );
+    env.server.psql("postgres", "SELECT count(*) FROM t");
+    assert!(views_in(&env.snaps).is_empty());
+}
+
+#[test]
+fn postgres_on_btrfs_kill_9_during_verify_leaves_nothing_after_the_next_start() {
+    require_root();
+    let _slot = SLOTS.take();
+    let env = pg_on_btrfs("vrfy-pgk", false, "");
+    env.server.pgbench_init(1);
+    let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let mut child = Command::new(support::quiesce_bin())
+        .args(["verify", &id, "--config"])
+        .arg(&env.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once its throwaway server runs.
+    let t = std::time::Instant::now();
+    while view_servers(&env.snaps).is_empty() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !view_servers(&env.snaps).is_empty(),
+        "the throwaway server never started"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !views_in(&env.snaps).is_empty(),
+        "the view should still exist after kill -9 (servers {:?}, record {:?})",
+        view_servers(&env.snaps),
+        std::fs::read_to_string(env.private.join("state/verify.json"))
+    );
+    // The next start cleans.
+    let (code, _, out) = quiesce(&env.config, &["recover"]);
+    assert_eq!(code, 0, "{out}");
+    let t = std::time::Instant::now();
+    while !view_servers(&env.snaps).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        view_servers(&env.snaps).is_empty(),
+        "a throwaway server is still running"
+    );
+    assert!(
+        views_in(&env.snaps).is_empty(),
+        "a view is left: {:?}",
+        views_in(&env.snaps)
+    );
+    assert!(!env.private.join("state/verify.json").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(".quiesce-verify-"));
+    // And the snapshot still verifies afterwards.
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["status"], "verified");
+}

@@ -328,13 +328,7 @@ fn amcheck(
             .arg(run)
             .arg("-p")
             .arg(port.to_string())
-            .args([
-                "-U",
-                &cfg.user,
-                "--all",
-                "--install-missing",
-                "--no-progress",
-            ])
+            .args(["-U", &cfg.user, "--all", "--install-missing"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
