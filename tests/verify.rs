@@ -569,3 +569,156 @@ fn postgres_on_btrfs_kill_9_during_verify_leaves_nothing_after_the_next_start() 
     assert_eq!(code, 0, "{out}");
     assert_eq!(v["status"], "verified");
 }
+
+// =========================================================================================
+// quiesce verify: MariaDB on btrfs
+// =========================================================================================
+
+/// The damaged snapshot: a writable copy of `id` changed by `damage`, made read-only again
+/// under a name of the provider's shape (another operation id).
+fn damaged_copy(snaps: &Path, id: &str, damage: impl FnOnce(&Path)) -> String {
+    let name = format!("{}x", id.replacen('-', "-d", 1));
+    let dst = snaps.join(&name);
+    sh_ok("btrfs", &["-q", "subvolume", "snapshot", p(&snaps.join(id)), p(&dst)]);
+    damage(&dst);
+    sh_ok("btrfs", &["property", "set", "-ts", p(&dst), "ro", "true"]);
+    name
+}
+
+fn mariadb_config(
+    private: &Scratch,
+    myvol: &Path,
+    snaps: &Path,
+    datadir: &Path,
+    hook: Option<Vec<String>>,
+    file: &str,
+) -> PathBuf {
+    let mut t = format!(
+        "[paths]\nstate_dir = {}\ncatalog = {}\n\n[freeze]\nenabled = false\n\n\
+         [snapshot]\nprovider = \"btrfs\"\nsubvolumes = {}\ndirectory = {}\n\n\
+         [verify]\ntimeout = \"120s\"\n\n\
+         [verify.mariadb]\ndata = {}\nlog_bin = \"binlog\"\n\n",
+        toml_str(p(&private.join("state"))),
+        toml_str(p(&private.join("catalog.db"))),
+        toml_list(&[p(myvol)]),
+        toml_str(p(snaps)),
+        toml_str(p(datadir)),
+    );
+    if let Some(argv) = hook {
+        t.push_str(&format!(
+            "[[hook]]\nname = \"mariadb\"\npre = {}\ntimeout = \"30s\"\nhold = true\n",
+            toml_list(&argv)
+        ));
+    }
+    private.file(file, &t, 0o600)
+}
+
+#[test]
+fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
+    require_root();
+    let _slot = SLOTS.take();
+    let my = User::get("mysql");
+    let open = OpenDir::new("vrfy-my");
+    let private = Scratch::new("vrfy-my-priv");
+    let vol = LoopFs::create(
+        "btrfs",
+        1024,
+        &private.join("btrfs.img"),
+        &open.path().join("vol"),
+    );
+    std::fs::set_permissions(
+        &vol.mount_point,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let myvol = vol.path("my");
+    sh_ok("btrfs", &["-q", "subvolume", "create", p(&myvol)]);
+    std::fs::set_permissions(&myvol, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let snaps = vol.path("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let datadir = myvol.join("mysql");
+    mariadb_install(&my, &datadir, &open.path().join("install-tmp"));
+    let server = MariaDb::start(
+        &my,
+        &datadir,
+        &open.path().join("run"),
+        &open.path().join("mariadb.log"),
+    )
+    .unwrap();
+    server.create_quiesce_user();
+    server.sql(
+        "CREATE DATABASE w; \
+         CREATE TABLE w.log (id BIGINT PRIMARY KEY, at DATETIME(6) NOT NULL, payload VARCHAR(200)) ENGINE=InnoDB; \
+         CREATE TABLE w.mlog (id BIGINT PRIMARY KEY) ENGINE=MyISAM",
+    );
+    let option_file = private.file("mariadb.cnf", &server.quiesce_option_file(), 0o600);
+    let positions = private.join("positions");
+    std::fs::create_dir_all(&positions).unwrap();
+    let hook = install_hook(&private, "mariadb-hold");
+    let argv = vec![
+        p(&hook).to_string(),
+        "--out-dir".into(),
+        p(&positions).to_string(),
+        "--defaults-extra-file".into(),
+        p(&option_file).to_string(),
+    ];
+    let config = mariadb_config(&private, &myvol, &snaps, &datadir, Some(argv), "q.toml");
+    let control = mariadb_config(&private, &myvol, &snaps, &datadir, None, "control.toml");
+
+    let writer = MariaWriter::start(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    const N: usize = 10;
+    let mut verified = 0;
+    let mut last_id = String::new();
+    for i in 0..N {
+        let (code, report, out) = quiesce(&config, &["snapshot", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(report["consistency"], "application", "{out}");
+        let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        let (code, v, out) = quiesce(&config, &["verify", "--json", &id]);
+        eprintln!("mariadb snapshot {i}: {} in {} ms", v["status"], v["total_ms"]);
+        if code == 0 && v["status"] == "verified" {
+            verified += 1;
+        } else {
+            eprintln!("{out}");
+        }
+        last_id = id;
+    }
+    // Control copies: the same snapshots without the hook's lock (crash-consistent).
+    let mut caught = 0;
+    const CONTROL: usize = 3;
+    for i in 0..CONTROL {
+        let (code, report, out) = quiesce(&control, &["snapshot", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        let (code, v, _) = quiesce(&control, &["verify", "--json", &id]);
+        eprintln!("control copy {i} (no quiesce): {}", v["status"]);
+        if code != 0 {
+            caught += 1;
+        }
+    }
+    let acked = writer.finish().unwrap();
+    eprintln!(
+        "MariaDB under write load ({acked} inserts): {verified}/{N} verified; control copies \
+         without quiesce caught {caught}/{CONTROL}"
+    );
+    assert_eq!(verified, N);
+    assert!(caught >= 1, "no control copy was caught");
+
+    // Damage: a truncated InnoDB file.
+    let damaged = damaged_copy(&snaps, &last_id, |dst| {
+        let ibd = dst.join("mysql/w/log.ibd");
+        let f = std::fs::OpenOptions::new().write(true).open(&ibd).unwrap();
+        f.set_len(0).unwrap();
+    });
+    let (code, v, out) = quiesce(&config, &["verify", "--json", &damaged]);
+    eprintln!("truncated InnoDB file: {}", v["status"]);
+    assert_eq!(code, 1, "{out}");
+    let status = v["status"].as_str().unwrap_or("");
+    assert!(
+        status.starts_with("verification failed: CHECK TABLE")
+            || status.starts_with("verification failed: mariadb start"),
+        "{out}"
+    );
+    assert!(views_in(&snaps).is_empty(), "views left behind");
+}

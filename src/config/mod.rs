@@ -175,6 +175,8 @@ pub struct VerifyConfig {
     pub timeout: Duration,
     /// The built-in PostgreSQL verifier, when configured.
     pub postgres: Option<PgVerifyConfig>,
+    /// The built-in MariaDB / MySQL verifier, when configured.
+    pub mariadb: Option<MariaVerifyConfig>,
     /// User verifiers: trusted scripts run with `QUIESCE_VERIFY_VIEW` set.
     pub hooks: Vec<ScriptSpec>,
 }
@@ -185,6 +187,7 @@ impl Default for VerifyConfig {
             after_snapshot: false,
             timeout: Duration::from_secs(30 * 60),
             postgres: None,
+            mariadb: None,
             hooks: Vec::new(),
         }
     }
@@ -201,6 +204,17 @@ pub struct PgVerifyConfig {
     pub query: Option<String>,
     /// The database the query runs in.
     pub database: String,
+}
+
+/// `[verify.mariadb]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MariaVerifyConfig {
+    /// The live data directory (`datadir`); found in the view.
+    pub data: PathBuf,
+    /// The original's `log-bin` name, when the binary log is on.
+    pub log_bin: Option<String>,
+    /// A query that must return 1 (true) on the restored copy.
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@
 
 use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
-    Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig, VerifyConfig,
+    MariaVerifyConfig, Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig, VerifyConfig,
 };
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
@@ -58,7 +58,15 @@ struct RawVerify {
     after_snapshot: Option<bool>,
     timeout: Option<Dur>,
     postgres: Option<RawPgVerify>,
+    mariadb: Option<RawMariaVerify>,
     hooks: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawMariaVerify {
+    data: PathBuf,
+    log_bin: Option<String>,
+    query: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +414,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             query: p.query,
             database: p.database.unwrap_or_else(|| "postgres".into()),
         }),
+        mariadb: raw.verify.mariadb.map(|m| MariaVerifyConfig {
+            data: m.data,
+            log_bin: m.log_bin,
+            query: m.query,
+        }),
         hooks: Vec::new(),
     };
     if cfg.verify.timeout.is_zero() {
@@ -414,11 +427,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "timeout",
         ));
     }
-    if let Some(pg) = &cfg.verify.postgres {
-        if !pg.data.is_absolute() {
+    let data_dirs = [
+        ("postgres", cfg.verify.postgres.as_ref().map(|p| &p.data)),
+        ("mariadb", cfg.verify.mariadb.as_ref().map(|m| &m.data)),
+    ];
+    for (which, data) in data_dirs {
+        if data.is_some_and(|d| !d.is_absolute()) {
             problems.push(problem(
-                "`verify.postgres.data` must be the absolute path of the live data directory"
-                    .into(),
+                format!(
+                    "`verify.{which}.data` must be the absolute path of the live data directory"
+                ),
                 "data",
             ));
         }

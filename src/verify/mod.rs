@@ -18,7 +18,9 @@
 //! `quiesce recover`.
 
 pub mod leftovers;
+pub mod mariadb;
 pub mod postgres;
+pub mod server;
 
 use crate::catalog::{Catalog, VerificationRow};
 use crate::config::{BtrfsConfig, Config, ProviderConfig};
@@ -162,6 +164,9 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
                 deadline,
                 &mut record,
             ));
+        }
+        if let Some(my) = &cfg.verify.mariadb {
+            checks.extend(mariadb::verify(my, &views, &verify_id, deadline, &mut record));
         }
         for spec in &cfg.verify.hooks {
             checks.push(user_verifier(spec, &views, &verify_id, deadline));

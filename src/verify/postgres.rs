@@ -14,15 +14,12 @@
 //!   leftovers record before it starts.
 
 use super::leftovers::Leftovers;
+use super::server::{self, inside};
 use super::{check, map_into_views, Check, View};
 use crate::config::PgVerifyConfig;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use std::process::Command;
+use std::time::Instant;
 
 /// A PostgreSQL program: the newest `/usr/lib/postgresql/*/bin`, else PATH.
 pub fn bin(name: &str) -> Option<PathBuf> {
@@ -41,14 +38,8 @@ pub fn bin(name: &str) -> Option<PathBuf> {
         .into_iter()
         .rev()
         .map(|(_, p)| p)
-        .chain(PATH.split(':').map(|d| Path::new(d).join(name)))
+        .chain(server::PATH.split(':').map(|d| Path::new(d).join(name)))
         .find(|p| p.is_file())
-}
-
-fn inside(p: &Path, views: &[View]) -> bool {
-    views
-        .iter()
-        .any(|v| std::fs::canonicalize(&v.path).is_ok_and(|root| p.starts_with(root)))
 }
 
 /// Resolve one symlink of the data directory: keep it (inside a view), re-point it (into a
@@ -88,29 +79,16 @@ pub fn verify(
     record: &mut Leftovers,
 ) -> Vec<Check> {
     let t = Instant::now();
-    let layout = |msg: String| vec![check("postgres layout", false, msg, t)];
-    let Some(data) = map_into_views(&cfg.data, views) else {
-        return layout(format!(
-            "{} is on no snapshotted subvolume of this run",
-            cfg.data.display()
-        ));
-    };
-    let data = match std::fs::canonicalize(&data) {
-        Ok(d) if inside(&d, views) => d,
-        Ok(d) => {
-            return layout(format!(
-                "{} leads outside the snapshot to {}",
-                data.display(),
-                d.display()
-            ))
-        }
-        Err(e) => return layout(format!("{}: {e}", data.display())),
+    let fail = |name: &str, msg: String| vec![check(name, false, msg, t)];
+    let (data, uid, gid) = match server::data_in_view(&cfg.data, views) {
+        Ok(d) => d,
+        Err(e) => return fail("postgres layout", e),
     };
     if !data.join("PG_VERSION").is_file() {
-        return layout(format!(
-            "{} is not a PostgreSQL data directory",
-            cfg.data.display()
-        ));
+        return fail(
+            "postgres layout",
+            format!("{} is not a PostgreSQL data directory", cfg.data.display()),
+        );
     }
     let mut links = vec![data.join("pg_wal")];
     if let Ok(rd) = std::fs::read_dir(data.join("pg_tblspc")) {
@@ -118,64 +96,25 @@ pub fn verify(
     }
     for l in &links {
         if let Err(e) = fix_link(l, views) {
-            return layout(e);
+            return fail("postgres layout", e);
         }
     }
-    let md = match std::fs::metadata(&data) {
-        Ok(m) => m,
-        Err(e) => return layout(format!("{}: {e}", data.display())),
-    };
-    if md.uid() == 0 {
-        return layout(format!(
-            "{} is owned by root; PostgreSQL never runs as root",
-            data.display()
-        ));
-    }
-    let (uid, gid) = (md.uid(), md.gid());
     let (Some(postgres), Some(psql)) = (bin("postgres"), bin("psql")) else {
-        return vec![check(
-            "postgres start",
-            false,
-            "postgres or psql is not installed".into(),
-            t,
-        )];
+        return fail("postgres start", "postgres or psql is not installed".into());
     };
-
-    // A private run directory for the socket, the log and the hba file.
-    let run = std::env::temp_dir().join(format!("quiesce-verify-{verify_id}"));
-    record.add_dir(&run);
-    let prepared = std::fs::create_dir(&run)
-        .and_then(|_| std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)))
-        .and_then(|_| std::os::unix::fs::chown(&run, Some(uid), Some(gid)))
-        .and_then(|_| std::fs::write(run.join("pg_hba.conf"), "local all all trust\n"))
-        .and_then(|_| std::os::unix::fs::chown(run.join("pg_hba.conf"), Some(uid), Some(gid)))
-        .and_then(|_| std::fs::File::create(run.join("server.log")))
-        .and_then(|_| std::os::unix::fs::chown(run.join("server.log"), Some(uid), Some(gid)));
-    if let Err(e) = prepared {
-        return vec![check(
-            "postgres start",
-            false,
-            format!("cannot prepare {}: {e}", run.display()),
-            t,
-        )];
+    let run = match server::run_dir(verify_id, "pg", uid, gid, record) {
+        Ok(r) => r,
+        Err(e) => return fail("postgres start", e),
+    };
+    if let Err(e) = server::write_owned(&run.join("pg_hba.conf"), "local all all trust\n", uid, gid)
+    {
+        return fail("postgres start", e.to_string());
     }
     let _ = std::fs::remove_file(data.join("postmaster.pid"));
     if !data.join("postgresql.conf").exists() {
-        let _ = std::fs::write(data.join("postgresql.conf"), "");
-        let _ = std::os::unix::fs::chown(data.join("postgresql.conf"), Some(uid), Some(gid));
+        let _ = server::write_owned(&data.join("postgresql.conf"), "", uid, gid);
     }
     let port = 40000 + (std::process::id() % 20000);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(run.join("server.log"));
-    let Ok(log) = log else {
-        return vec![check(
-            "postgres start",
-            false,
-            "cannot open the server log".into(),
-            t,
-        )];
-    };
     let mut cmd = Command::new(&postgres);
     cmd.arg("-D")
         .arg(&data)
@@ -183,109 +122,46 @@ pub fn verify(
         .arg(&run)
         .arg("-p")
         .arg(port.to_string())
-        .args([
-            "-c",
-            "listen_addresses=",
-            "-c",
-            "archive_mode=off",
-            "-c",
-            "restore_command=",
-        ])
-        .args([
-            "-c",
-            "shared_preload_libraries=",
-            "-c",
-            "logging_collector=off",
-        ])
-        .args([
-            "-c",
-            "unix_socket_permissions=0700",
-            "-c",
-            "max_wal_senders=0",
-            "-c",
-            "wal_level=minimal",
-        ])
+        .args(["-c", "listen_addresses=", "-c", "archive_mode=off"])
+        .args(["-c", "restore_command=", "-c", "shared_preload_libraries="])
+        .args(["-c", "logging_collector=off", "-c", "unix_socket_permissions=0700"])
+        .args(["-c", "max_wal_senders=0", "-c", "wal_level=minimal"])
         .arg("-c")
-        .arg(format!("hba_file={}", run.join("pg_hba.conf").display()))
-        .env_clear()
-        .env("PATH", PATH)
-        .env("LC_ALL", "C")
-        .current_dir("/")
-        .uid(uid)
-        .gid(gid)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
-        )
-        .stderr(log);
-    let mut child = match cmd.spawn() {
+        .arg(format!("hba_file={}", run.join("pg_hba.conf").display()));
+    let mut child = match server::spawn(cmd, &run, uid, gid, record) {
         Ok(c) => c,
-        Err(e) => {
-            return vec![check(
-                "postgres start",
-                false,
-                format!("cannot start postgres: {e}"),
-                t,
-            )]
-        }
+        Err(e) => return fail("postgres start", e),
     };
-    record.add_group(child.id() as i32);
     let sql = |db: &str, q: &str| -> Result<String, String> {
-        let out = Command::new(&psql)
-            .env_clear()
-            .env("PATH", PATH)
+        let mut c = Command::new(&psql);
+        c.env_clear()
+            .env("PATH", server::PATH)
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&run)
             .arg("-p")
             .arg(port.to_string())
-            .args(["-U", &cfg.user, "-d", db, "-c", q])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            .args(["-U", &cfg.user, "-d", db, "-c", q]);
+        match server::run_client(c, deadline)? {
+            (true, out, _) => Ok(out.trim().to_string()),
+            (false, _, err) => Err(err.trim().to_string()),
         }
     };
-    let log_tail = || {
-        let text = std::fs::read_to_string(run.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
-    };
-
     let mut checks = Vec::new();
-    // Start and recovery: the server accepts connections once crash recovery is done.
-    let started = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Err(format!(
-                "postgres exited during recovery ({st}):\n{}",
-                log_tail()
-            ));
-        }
-        if sql(&cfg.database, "SELECT 1").is_ok() {
-            break Ok(());
-        }
-        if Instant::now() >= deadline {
-            break Err(format!(
-                "not ready before the verify timeout:\n{}",
-                log_tail()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    match started {
-        Ok(()) => checks.push(check(
+    let started = server::wait_ready(
+        &mut child,
+        deadline,
+        || sql(&cfg.database, "SELECT 1").is_ok(),
+        || server::log_tail(&run, "server.log"),
+    );
+    checks.push(match started {
+        Ok(()) => check(
             "postgres start",
             true,
             "recovered and accepting connections".into(),
             t,
-        )),
-        Err(e) => checks.push(check("postgres start", false, e, t)),
-    }
+        ),
+        Err(e) => check("postgres start", false, e, t),
+    });
     if checks.iter().all(|c| c.ok) {
         checks.push(amcheck(&run, port, cfg, &sql, deadline));
     }
@@ -296,17 +172,12 @@ pub fn verify(
                 Ok(v) if v == "t" || v == "true" => {
                     check("postgres query", true, "returned true".into(), t)
                 }
-                Ok(v) => check(
-                    "postgres query",
-                    false,
-                    format!("returned {v:?}, not true"),
-                    t,
-                ),
+                Ok(v) => check("postgres query", false, format!("returned {v:?}, not true"), t),
                 Err(e) => check("postgres query", false, e, t),
             });
         }
     }
-    stop(&mut child);
+    server::stop(&mut child, rustix::process::Signal::QUIT);
     checks
 }
 
@@ -321,63 +192,27 @@ fn amcheck(
 ) -> Check {
     let t = Instant::now();
     if let Some(pg_amcheck) = bin("pg_amcheck") {
-        let child = Command::new(pg_amcheck)
-            .env_clear()
-            .env("PATH", PATH)
+        let mut c = Command::new(pg_amcheck);
+        c.env_clear()
+            .env("PATH", server::PATH)
             .arg("-h")
             .arg(run)
             .arg("-p")
             .arg(port.to_string())
-            .args(["-U", &cfg.user, "--all", "--install-missing"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => return check("pg_amcheck", false, e.to_string(), t),
-        };
-        let pgid = child.id() as i32;
-        let watchdog_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = watchdog_done.clone();
-        let watchdog = std::thread::spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                if Instant::now() >= deadline {
-                    if let Some(p) = rustix::process::Pid::from_raw(pgid) {
-                        let _ =
-                            rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
-                    }
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let out = child.wait_with_output();
-        watchdog_done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = watchdog.join();
-        return match out {
-            Ok(o) if o.status.success() => check(
+            .args(["-U", &cfg.user, "--all", "--install-missing"]);
+        return match server::run_client(c, deadline) {
+            Ok((true, _, _)) => check(
                 "pg_amcheck",
                 true,
                 "no corruption found in any database".into(),
                 t,
             ),
-            Ok(o) => {
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                let text: String = text.lines().take(20).collect::<Vec<_>>().join("\n");
-                check(
-                    "pg_amcheck",
-                    false,
-                    format!("{} ({})", text.trim(), o.status),
-                    t,
-                )
+            Ok((false, out, err)) => {
+                let text = format!("{out}{err}");
+                let text: Vec<&str> = text.lines().take(20).collect();
+                check("pg_amcheck", false, text.join("\n").trim().to_string(), t)
             }
-            Err(e) => check("pg_amcheck", false, e.to_string(), t),
+            Err(e) => check("pg_amcheck", false, e, t),
         };
     }
     let dbs = match sql(
@@ -404,26 +239,7 @@ fn amcheck(
     check(
         "amcheck",
         true,
-        "no corruption found (verify_heapam)".into(),
+        "no corruption found (verify_heapam, bt_index_check)".into(),
         t,
     )
-}
-
-/// Immediate shutdown (SIGQUIT) of the throwaway server, SIGKILL to its group after 10 s.
-fn stop(child: &mut std::process::Child) {
-    let pgid = rustix::process::Pid::from_raw(child.id() as i32);
-    if let Some(p) = pgid {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::QUIT);
-    }
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if let Some(p) = pgid {
-        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
-    }
-    let _ = child.wait();
 }
