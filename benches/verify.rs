@@ -5,10 +5,10 @@
 //!
 //! Run (as root): `cargo bench --bench verify` (QUIESCE_BENCH_SCALE=N for pgbench scale,
 //! default 68, about 1 GB).
-#[path = "../tests/support/mod.rs"]
-mod support;
 #[path = "../tests/support/db.rs"]
 mod db;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use db::*;
 use std::path::Path;
@@ -29,17 +29,30 @@ fn main() {
     let pg = User::get("postgres");
     let open = OpenDir::new("bench-verify");
     let private = Scratch::new("bench-verify-priv");
-    let vol = LoopFs::create("btrfs", 6144, &private.join("btrfs.img"), &open.path().join("vol"));
-    std::fs::set_permissions(&vol.mount_point, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    let vol = LoopFs::create(
+        "btrfs",
+        6144,
+        &private.join("btrfs.img"),
+        &open.path().join("vol"),
+    );
+    std::fs::set_permissions(
+        &vol.mount_point,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let pgvol = vol.path("pg");
     sh("btrfs", &["-q", "subvolume", "create", p(&pgvol)]);
     let snaps = vol.path("snaps");
     std::fs::create_dir(&snaps).unwrap();
     let data = pgvol.join("data");
     pg_initdb(&pg, &data, None);
-    let server = Postgres::start(&pg, &data, &open.path().join("sock"), &open.path().join("pg.log"))
-        .unwrap();
+    let server = Postgres::start(
+        &pg,
+        &data,
+        &open.path().join("sock"),
+        &open.path().join("pg.log"),
+    )
+    .unwrap();
     let t = Instant::now();
     server.pgbench_init(scale);
     server.psql("postgres", "CHECKPOINT");
@@ -70,7 +83,10 @@ fn main() {
             .arg(&config)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     };
     let (ok, out) = quiesce(&["snapshot", "--json"]);
     assert!(ok, "{out}");

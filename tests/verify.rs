@@ -244,10 +244,8 @@ struct PgOnBtrfs {
     _open: OpenDir,
 }
 
-fn pg_on_btrfs(tag: &str, two_volumes: bool, verify_extra: &str) -> PgOnBtrfs {
-    let pg = User::get("postgres");
-    let open = OpenDir::new(tag);
-    let private = Scratch::new(&format!("{tag}-priv"));
+/// A 1 GB btrfs the servers can traverse (mount point 0755), its image in `private`.
+fn btrfs_volume(open: &OpenDir, private: &Scratch) -> LoopFs {
     let vol = LoopFs::create(
         "btrfs",
         1024,
@@ -259,6 +257,14 @@ fn pg_on_btrfs(tag: &str, two_volumes: bool, verify_extra: &str) -> PgOnBtrfs {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    vol
+}
+
+fn pg_on_btrfs(tag: &str, two_volumes: bool, verify_extra: &str) -> PgOnBtrfs {
+    let pg = User::get("postgres");
+    let open = OpenDir::new(tag);
+    let private = Scratch::new(&format!("{tag}-priv"));
+    let vol = btrfs_volume(&open, &private);
     let sub = |name: &str| {
         let p = vol.path(name);
         sh_ok("btrfs", &["-q", "subvolume", "create", p.to_str().unwrap()]);
@@ -579,7 +585,10 @@ fn postgres_on_btrfs_kill_9_during_verify_leaves_nothing_after_the_next_start() 
 fn damaged_copy(snaps: &Path, id: &str, damage: impl FnOnce(&Path)) -> String {
     let name = format!("{}x", id.replacen('-', "-d", 1));
     let dst = snaps.join(&name);
-    sh_ok("btrfs", &["-q", "subvolume", "snapshot", p(&snaps.join(id)), p(&dst)]);
+    sh_ok(
+        "btrfs",
+        &["-q", "subvolume", "snapshot", p(&snaps.join(id)), p(&dst)],
+    );
     damage(&dst);
     sh_ok("btrfs", &["property", "set", "-ts", p(&dst), "ro", "true"]);
     name
@@ -620,17 +629,7 @@ fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
     let my = User::get("mysql");
     let open = OpenDir::new("vrfy-my");
     let private = Scratch::new("vrfy-my-priv");
-    let vol = LoopFs::create(
-        "btrfs",
-        1024,
-        &private.join("btrfs.img"),
-        &open.path().join("vol"),
-    );
-    std::fs::set_permissions(
-        &vol.mount_point,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let vol = btrfs_volume(&open, &private);
     let myvol = vol.path("my");
     sh_ok("btrfs", &["-q", "subvolume", "create", p(&myvol)]);
     std::fs::set_permissions(&myvol, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -676,7 +675,10 @@ fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
         assert_eq!(report["consistency"], "application", "{out}");
         let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
         let (code, v, out) = quiesce(&config, &["verify", "--json", &id]);
-        eprintln!("mariadb snapshot {i}: {} in {} ms", v["status"], v["total_ms"]);
+        eprintln!(
+            "mariadb snapshot {i}: {} in {} ms",
+            v["status"], v["total_ms"]
+        );
         if code == 0 && v["status"] == "verified" {
             verified += 1;
         } else {

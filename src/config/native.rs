@@ -6,7 +6,8 @@
 
 use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
-    MariaVerifyConfig, Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig, VerifyConfig,
+    MariaVerifyConfig, Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig,
+    SnapshotConfig, VerifyConfig,
 };
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;

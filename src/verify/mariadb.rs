@@ -86,7 +86,10 @@ pub fn verify(
         program(&["mariadbd", "mysqld"]),
         program(&["mariadb", "mysql"]),
     ) else {
-        return fail("mariadb start", "mariadbd or its client is not installed".into());
+        return fail(
+            "mariadb start",
+            "mariadbd or its client is not installed".into(),
+        );
     };
     let run = match server::run_dir(verify_id, "mariadb", uid, gid, record) {
         Ok(r) => r,

@@ -166,7 +166,13 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
             ));
         }
         if let Some(my) = &cfg.verify.mariadb {
-            checks.extend(mariadb::verify(my, &views, &verify_id, deadline, &mut record));
+            checks.extend(mariadb::verify(
+                my,
+                &views,
+                &verify_id,
+                deadline,
+                &mut record,
+            ));
         }
         for spec in &cfg.verify.hooks {
             checks.push(user_verifier(spec, &views, &verify_id, deadline));

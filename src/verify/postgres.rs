@@ -124,7 +124,12 @@ pub fn verify(
         .arg(port.to_string())
         .args(["-c", "listen_addresses=", "-c", "archive_mode=off"])
         .args(["-c", "restore_command=", "-c", "shared_preload_libraries="])
-        .args(["-c", "logging_collector=off", "-c", "unix_socket_permissions=0700"])
+        .args([
+            "-c",
+            "logging_collector=off",
+            "-c",
+            "unix_socket_permissions=0700",
+        ])
         .args(["-c", "max_wal_senders=0", "-c", "wal_level=minimal"])
         .arg("-c")
         .arg(format!("hba_file={}", run.join("pg_hba.conf").display()));
@@ -172,7 +177,12 @@ pub fn verify(
                 Ok(v) if v == "t" || v == "true" => {
                     check("postgres query", true, "returned true".into(), t)
                 }
-                Ok(v) => check("postgres query", false, format!("returned {v:?}, not true"), t),
+                Ok(v) => check(
+                    "postgres query",
+                    false,
+                    format!("returned {v:?}, not true"),
+                    t,
+                ),
                 Err(e) => check("postgres query", false, e, t),
             });
         }

@@ -121,7 +121,10 @@ pub fn wait_ready(
 ) -> Result<(), String> {
     loop {
         if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("the server exited during recovery ({st}):\n{}", tail()));
+            return Err(format!(
+                "the server exited during recovery ({st}):\n{}",
+                tail()
+            ));
         }
         if ready() {
             return Ok(());
