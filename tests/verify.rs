@@ -428,14 +428,9 @@ fn postgres_on_btrfs_every_snapshot_under_pgbench_verifies_and_damage_is_caught(
     let rel = env
         .server
         .psql("postgres", "SELECT pg_relation_filepath('keep')");
-    let damaged = last_id.replace('@', "@").replacen("-", "-d", 1);
-    let damaged = format!("{}x", damaged);
-    let src = env.snaps.join(&last_id);
-    let dst = env.snaps.join(&damaged);
-    sh_ok("btrfs", &["-q", "subvolume", "snapshot", p(&src), p(&dst)]);
-    let heap = dst.join("data").join(rel.trim());
-    {
+    let damaged = damaged_copy(&env.snaps, &last_id, |dst| {
         use std::io::{Seek, SeekFrom, Write};
+        let heap = dst.join("data").join(rel.trim());
         let mut f = std::fs::OpenOptions::new().write(true).open(&heap).unwrap();
         // Line pointers of the first page: normal items whose offset is past the page's end.
         let lp: u32 = 0x7ff0 | (1 << 15) | (100 << 17);
@@ -443,8 +438,7 @@ fn postgres_on_btrfs_every_snapshot_under_pgbench_verifies_and_damage_is_caught(
         for _ in 0..16 {
             f.write_all(&lp.to_le_bytes()).unwrap();
         }
-    }
-    sh_ok("btrfs", &["property", "set", "-ts", p(&dst), "ro", "true"]);
+    });
     let (code, v, out) = quiesce(&env.config, &["verify", "--json", &damaged]);
     eprintln!("damaged snapshot: {}", v["status"]);
     assert_eq!(code, 1, "{out}");
@@ -465,8 +459,6 @@ fn postgres_on_btrfs_every_snapshot_under_pgbench_verifies_and_damage_is_caught(
         .as_str()
         .unwrap()
         .starts_with("verification failed"));
-    sh_ok("btrfs", &["property", "set", "-ts", p(&dst), "ro", "false"]);
-    sh_ok("btrfs", &["-q", "subvolume", "delete", p(&dst)]);
 }
 
 #[test]
