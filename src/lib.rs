@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod platform;
 pub mod report;
 pub mod server;
 pub mod snapshot;
