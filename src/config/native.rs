@@ -527,7 +527,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     }
     let found = crate::platform::sources::read(&raw.platforms);
     cfg.hooks.extend(found.hooks);
-    cfg.warnings.extend(found.warnings);
+    // Configuration warnings carry no code (codes name errors).
+    cfg.warnings
+        .extend(found.warnings.into_iter().map(|p| Warning {
+            code: None,
+            ..p.into()
+        }));
     problems.extend(found.problems);
     super::dedupe_hook_names(&mut cfg.hooks);
 

@@ -20,7 +20,7 @@
 pub mod judge;
 pub mod opid;
 
-use crate::codes::{ErrorCode, Problem};
+use crate::codes::{ErrorCode, Problem, Warning};
 use crate::config::{Config, FreezeConfig, HookConfig};
 use crate::freeze::{self, lock::OpLock, plan::Plan, FreezeOptions, Frozen};
 use crate::hooks::{self, hold::Held, Limits, Phase, RunContext, ScriptResult};
@@ -726,7 +726,7 @@ impl Operation {
         let (status, consistency, target) = judge::judge(&self.facts());
         self.timings.total_ms = ms(self.started.elapsed());
         let mut warnings = self.cfg.warnings.clone();
-        warnings.append(&mut self.recovered);
+        warnings.extend(self.recovered.drain(..).map(Warning::from));
         if let Some(plan) = self
             .plan
             .as_ref()
