@@ -614,4 +614,20 @@ fn paths_with_control_characters_are_printed_escaped() {
     let r = snapshot_json(&json);
     assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
     assert!(!r.stderr.contains("\nFAKE"), "{:?}", r.stderr);
+    // A freeze mount point from the native TOML, in the freeze plan's problems.
+    let toml = d.file(
+        "ctl.toml",
+        "[freeze]\ninclude = [\"/nonexistent\\nFAKE\\u001B[2J\"]\n",
+        0o600,
+    );
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--config", toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/nonexistent\\nFAKE\\u{1b}[2J"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains("\nFAKE"),
+        "{text:?}"
+    );
 }
