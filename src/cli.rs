@@ -100,6 +100,9 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Consistency groups: one cut across many machines, coordinated through etcd.
+    #[command(subcommand)]
+    Group(crate::group::cli::GroupCommand),
     /// Host side: the state of an operation.
     Status {
         #[arg(long)]
@@ -210,6 +213,7 @@ pub fn run(cli: Cli) -> i32 {
         ),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
+        Command::Group(cmd) => crate::group::cli::run(cli.config, cmd),
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Config {
     pub hooks: Vec<HookConfig>,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// `[group]`: this machine is a member of a consistency group (`docs/groups.md`).
+    pub group: Option<crate::group::GroupConfig>,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
     pub warnings: Vec<Problem>,
 }
@@ -201,6 +203,7 @@ impl Config {
             hooks: Vec::new(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            group: None,
             warnings: Vec::new(),
         }
     }

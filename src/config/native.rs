@@ -49,6 +49,7 @@ struct RawFile {
     #[serde(rename = "hook")]
     hooks: Vec<RawHook>,
     server: RawServer,
+    group: Option<crate::group::RawGroup>,
 }
 
 #[derive(Deserialize, Default)]
@@ -376,6 +377,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "`server.tcp_listen` requires `server.token_file`".into(),
             "tcp_listen",
         ));
+    }
+
+    if let Some(g) = raw.group {
+        match g.into_config() {
+            Ok(g) => cfg.group = Some(g),
+            Err(m) => problems.push(problem(m, "group")),
+        }
     }
 
     for h in raw.hooks {
