@@ -5,7 +5,8 @@ need=()
 for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-linux:fsfreeze \
                prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
                qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
-               postgresql-client:pgbench; do
+               postgresql-client:pgbench \
+               etcd-server:etcd etcd-client:etcdctl; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
 # PostgreSQL server binaries (initdb, pg_ctl, postgres): on PATH, or Debian's layout.
