@@ -1,9 +1,9 @@
 //! Consistency groups with a real 3-node etcd cluster on loopback and members as separate
 //! `quiesce serve` processes, each with its own state directory and loop filesystem.
 
-mod support;
 #[path = "support/etcd.rs"]
 mod etcd;
+mod support;
 
 use etcd::EtcdCluster;
 use quiesce::server::client::call;
@@ -76,7 +76,10 @@ fn wait_members(endpoints: &[String], n: usize) {
     let etcd = quiesce::group::etcd::Etcd::new(endpoints, Duration::from_secs(2));
     let start = Instant::now();
     while quiesce::group::coordinator::members(&etcd, "grp").map_or(0, |m| m.len()) != n {
-        assert!(start.elapsed() < Duration::from_secs(20), "members did not join");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "members did not join"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -119,9 +122,16 @@ fn balance_in_image(image: &Path) -> i64 {
         .args(["-R", "cat /balance", image.to_str().unwrap()])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| {
-        panic!("no balance in {}: {}", image.display(), String::from_utf8_lossy(&out.stderr))
-    })
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| {
+            panic!(
+                "no balance in {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 fn write_balance(fs: &LoopFs, v: i64) {
@@ -134,10 +144,18 @@ fn write_balance(fs: &LoopFs, v: i64) {
 /// The distributed writer: moves amounts between the members' filesystems (debit on one,
 /// fsync, credit on another, fsync), pausing between transfers while any member's hook
 /// asks it to (flag files), and saying so (the `ack` file).
-fn writer(mounts: Vec<PathBuf>, ctl: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+fn writer(
+    mounts: Vec<PathBuf>,
+    ctl: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let read = |m: &PathBuf| -> i64 {
-            std::fs::read_to_string(m.join("balance")).unwrap().trim().parse().unwrap()
+            std::fs::read_to_string(m.join("balance"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
         };
         let write = |m: &PathBuf, v: i64| {
             use std::io::Write;
@@ -146,9 +164,12 @@ fn writer(mounts: Vec<PathBuf>, ctl: PathBuf, stop: Arc<AtomicBool>) -> std::thr
             f.sync_all().unwrap();
         };
         let flagged = || {
-            std::fs::read_dir(&ctl)
-                .unwrap()
-                .any(|e| e.unwrap().file_name().to_string_lossy().starts_with("flag-"))
+            std::fs::read_dir(&ctl).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("flag-")
+            })
         };
         let ack = ctl.join("ack");
         let mut transfers = 0u64;
@@ -191,7 +212,10 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
     wait_members(&cluster.endpoints, 3);
     let snaps = Scratch::new("group-snaps");
     // The group-level snapshot step: copy every member's image while all are frozen.
-    let images: Vec<String> = members.iter().map(|m| m.fs.image.display().to_string()).collect();
+    let images: Vec<String> = members
+        .iter()
+        .map(|m| m.fs.image.display().to_string())
+        .collect();
     let copy = ctl.script(
         "copy-all",
         &format!(
@@ -249,8 +273,22 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
             .unwrap();
             assert_eq!(st, 200);
             let img = snaps.join(&format!("{id}.img"));
-            support::sh("cp", &["--sparse=always", m.fs.image.to_str().unwrap(), img.to_str().unwrap()]);
-            call(&m.socket, "POST", &format!("/v1/operations/{id}/release"), None, Duration::from_secs(30)).unwrap();
+            support::sh(
+                "cp",
+                &[
+                    "--sparse=always",
+                    m.fs.image.to_str().unwrap(),
+                    img.to_str().unwrap(),
+                ],
+            );
+            call(
+                &m.socket,
+                "POST",
+                &format!("/v1/operations/{id}/release"),
+                None,
+                Duration::from_secs(30),
+            )
+            .unwrap();
             total += balance_in_image(&img);
             let _ = std::fs::remove_file(&img);
             std::thread::sleep(Duration::from_millis(20));
@@ -263,7 +301,13 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
     let transfers = w.join().unwrap();
     let live: i64 = members
         .iter()
-        .map(|m| std::fs::read_to_string(m.fs.path("balance")).unwrap().trim().parse::<i64>().unwrap())
+        .map(|m| {
+            std::fs::read_to_string(m.fs.path("balance"))
+                .unwrap()
+                .trim()
+                .parse::<i64>()
+                .unwrap()
+        })
         .sum();
     ready_ms.sort();
     eprintln!(
@@ -273,7 +317,10 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
     );
     assert_eq!(live, TOTAL);
     assert_eq!(intact, 20, "every group snapshot keeps the total");
-    assert!(broken > 0, "per-member snapshots without the barrier break the total");
+    assert!(
+        broken > 0,
+        "per-member snapshots without the barrier break the total"
+    );
 
     // Every member's catalog holds its part of the group operation.
     let history = quiesce::group::coordinator::history(
@@ -283,11 +330,22 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
     .unwrap();
     assert_eq!(history.len(), 20);
     let out = Command::new(quiesce_bin())
-        .args(["group", "history", "grp", "--endpoints", &cluster.endpoints.join(","), "--limit", "2"])
+        .args([
+            "group",
+            "history",
+            "grp",
+            "--endpoints",
+            &cluster.endpoints.join(","),
+            "--limit",
+            "2",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("operation cut-19: succeeded (application)"), "{text}");
+    assert!(
+        text.contains("operation cut-19: succeeded (application)"),
+        "{text}"
+    );
     drop(members);
 }
 
@@ -324,16 +382,28 @@ fn coordinator_killed_while_frozen_every_member_thaws_by_the_deadline() {
         ),
     );
     let started = Instant::now();
-    let mut coord = coordinator(&cluster.endpoints, "killed", "10s", &[step.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut coord = coordinator(
+        &cluster.endpoints,
+        "killed",
+        "10s",
+        &[step.to_str().unwrap()],
+    )
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     while !marker.exists() {
-        assert!(started.elapsed() < Duration::from_secs(10), "never all frozen");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never all frozen"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     for m in &members {
-        assert!(frozen_now(&m.fs), "{} frozen during the snapshot step", m.name);
+        assert!(
+            frozen_now(&m.fs),
+            "{} frozen during the snapshot step",
+            m.name
+        );
     }
     coord.kill().unwrap();
     coord.wait().unwrap();
@@ -344,7 +414,11 @@ fn coordinator_killed_while_frozen_every_member_thaws_by_the_deadline() {
     // default 3 s) expires well before the 10 s deadline: members release on their own.
     for m in &members {
         let left = Duration::from_secs(11).saturating_sub(started.elapsed());
-        assert!(thawed_within(&m.fs, left), "{} thawed by the deadline", m.name);
+        assert!(
+            thawed_within(&m.fs, left),
+            "{} thawed by the deadline",
+            m.name
+        );
     }
     let thawed_after = started.elapsed();
     eprintln!("coordinator killed: every member thawed {thawed_after:?} after the start");
@@ -353,11 +427,22 @@ fn coordinator_killed_while_frozen_every_member_thaws_by_the_deadline() {
     for m in &members {
         let until = Instant::now() + Duration::from_secs(5);
         loop {
-            let (_, status) = call(&m.socket, "GET", "/v1/operations/killed", None, Duration::from_secs(5)).unwrap();
+            let (_, status) = call(
+                &m.socket,
+                "GET",
+                "/v1/operations/killed",
+                None,
+                Duration::from_secs(5),
+            )
+            .unwrap();
             if status["state"] == "finished" {
                 break;
             }
-            assert!(Instant::now() < until, "{} never finished: {status:#}", m.name);
+            assert!(
+                Instant::now() < until,
+                "{} never finished: {status:#}",
+                m.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -386,13 +471,23 @@ fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() 
     let took = started.elapsed();
     assert_eq!(report["status"], "failed", "{report:#}");
     let errors = report["errors"].to_string();
-    assert!(errors.contains("member d1 never reported ready"), "{errors}");
-    assert!(took < Duration::from_secs(5 + 3 + 2), "never waited past the deadline: {took:?}");
+    assert!(
+        errors.contains("member d1 never reported ready"),
+        "{errors}"
+    );
+    assert!(
+        took < Duration::from_secs(5 + 3 + 2),
+        "never waited past the deadline: {took:?}"
+    );
     for (i, m) in members.iter().enumerate() {
         if i == 1 {
             continue;
         }
-        assert!(thawed_within(&m.fs, Duration::from_secs(1)), "{} released", m.name);
+        assert!(
+            thawed_within(&m.fs, Duration::from_secs(1)),
+            "{} released",
+            m.name
+        );
         let mine = report["members"]
             .as_array()
             .unwrap()
@@ -400,7 +495,10 @@ fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() 
             .find(|o| o["member"] == m.name.as_str())
             .unwrap();
         assert_eq!(mine["ready"], "frozen", "{report:#}");
-        assert!(mine["report"]["group_release_reason"].is_string(), "{report:#}");
+        assert!(
+            mine["report"]["group_release_reason"].is_string(),
+            "{report:#}"
+        );
     }
     members.clear();
 }
