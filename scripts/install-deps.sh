@@ -6,7 +6,8 @@ for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-li
                prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
                qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
                postgresql-client:pgbench \
-               etcd-server:etcd etcd-client:etcdctl; do
+               etcd-server:etcd etcd-client:etcdctl \
+               socat:socat iproute2:ip; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
 # PostgreSQL server binaries (initdb, pg_ctl, postgres): on PATH, or Debian's layout.

@@ -46,6 +46,11 @@ fn hooks(ctl: &Scratch, name: &str) -> String {
 }
 
 fn start_member(name: &str, endpoints: &[String], extra: &str) -> Member {
+    start_member_in(None, name, endpoints, extra)
+}
+
+/// Start a member, inside network namespace `netns` if given (a machine of its own).
+fn start_member_in(netns: Option<&str>, name: &str, endpoints: &[String], extra: &str) -> Member {
     let dir = Scratch::new(&format!("member-{name}"));
     let fs = LoopFs::new("ext4", 16);
     let socket = dir.join("quiesce.sock");
@@ -61,7 +66,31 @@ fn start_member(name: &str, endpoints: &[String], extra: &str) -> Member {
         eps.join(", "),
     );
     let config = dir.file("quiesce.toml", &text, 0o600);
-    let server = ServeProcess::start(&config, &socket);
+    let server = match netns {
+        None => ServeProcess::start(&config, &socket),
+        Some(ns) => {
+            let child = Command::new("ip")
+                .args(["netns", "exec", ns])
+                .arg(quiesce_bin())
+                .args(["serve", "--config", config.to_str().unwrap()])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let start = Instant::now();
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "member did not start"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            ServeProcess {
+                child,
+                socket: socket.clone(),
+            }
+        }
+    };
     Member {
         name: name.into(),
         server: Some(server),
@@ -501,4 +530,155 @@ fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() 
         );
     }
     members.clear();
+}
+
+/// A network namespace of our own (deleted on drop) and the processes relaying its
+/// loopback to the etcd cluster (killed by pid on drop).
+struct NetNs {
+    name: String,
+    relays: Vec<std::process::Child>,
+}
+
+impl NetNs {
+    /// A namespace whose loopback ports of `endpoints` reach the real etcd nodes: inside,
+    /// `socat` listens on the same loopback port and relays to a unix socket that a relay
+    /// outside connects to the node. The namespace's only link is its loopback.
+    fn new(endpoints: &[String], dir: &Scratch) -> NetNs {
+        let name = format!("qgroup-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        support::sh("ip", &["netns", "add", &name]);
+        let mut ns = NetNs {
+            name: name.clone(),
+            relays: Vec::new(),
+        };
+        support::sh(
+            "ip",
+            &["netns", "exec", &name, "ip", "link", "set", "lo", "up"],
+        );
+        for (i, ep) in endpoints.iter().enumerate() {
+            let sock = dir.join(&format!("etcd-{i}.sock"));
+            let port = ep.rsplit(':').next().unwrap();
+            ns.relays.push(
+                Command::new("socat")
+                    .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+                    .arg(format!("TCP:{ep}"))
+                    .spawn()
+                    .unwrap(),
+            );
+            while !sock.exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ns.relays.push(
+                Command::new("ip")
+                    .args(["netns", "exec", &name, "socat"])
+                    .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+                    .arg(format!("UNIX-CONNECT:{}", sock.display()))
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        ns
+    }
+
+    /// Take the namespace's link down: the machine loses etcd.
+    fn link_down(&self) {
+        support::sh(
+            "ip",
+            &[
+                "netns", "exec", &self.name, "ip", "link", "set", "lo", "down",
+            ],
+        );
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for r in &mut self.relays {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn member_losing_its_etcd_link_releases_by_the_deadline() {
+    let cluster = EtcdCluster::start(3);
+    let dir = Scratch::new("group-netns");
+    let netns = NetNs::new(&cluster.endpoints, &dir);
+    let members = vec![
+        start_member("l0", &cluster.endpoints, ""),
+        start_member("l1", &cluster.endpoints, ""),
+        start_member_in(Some(&netns.name), "l2", &cluster.endpoints, ""),
+    ];
+    wait_members(&cluster.endpoints, 3);
+    let marker = dir.join("all-frozen");
+    let step = dir.script(
+        "step",
+        &format!("#!/bin/sh\ntouch {}\nsleep 1\n", marker.display()),
+    );
+    let started = Instant::now();
+    let coord = coordinator(
+        &cluster.endpoints,
+        "link-lost",
+        "6s",
+        &[step.to_str().unwrap()],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "never all frozen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let etcd = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2));
+    let spec: quiesce::group::OpSpec = serde_json::from_str(
+        &etcd
+            .get("/quiesce/groups/grp/specs/link-lost")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    netns.link_down();
+    assert!(
+        frozen_now(&members[2].fs),
+        "l2 still frozen after losing etcd"
+    );
+    // The others are released by the coordinator; l2 by itself at the deadline.
+    for m in &members[..2] {
+        assert!(
+            thawed_within(&m.fs, Duration::from_secs(3)),
+            "{} released",
+            m.name
+        );
+    }
+    let thawed_at = loop {
+        if thawed_within(&members[2].fs, Duration::from_millis(50)) {
+            break quiesce::group::now_ms();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "l2 never thawed"
+        );
+    };
+    let late_ms = thawed_at as i64 - spec.deadline_ms as i64;
+    eprintln!("link lost: l2 writable again {late_ms} ms after the deadline (negative: before)");
+    assert!(
+        late_ms <= 0,
+        "l2 thawed by the deadline: {late_ms} ms after it"
+    );
+    let out = coord.wait_with_output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert!(
+        report["errors"]
+            .to_string()
+            .contains("member l2 did not report its release"),
+        "{report:#}"
+    );
 }

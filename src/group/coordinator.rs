@@ -63,7 +63,7 @@ fn run_command(cmd: &[String], spec: &OpSpec) -> Result<(), String> {
                 Err(format!("the snapshot command failed ({status})"))
             };
         }
-        if now_ms() >= spec.deadline_ms {
+        if now_ms() >= super::release_at_ms(spec.deadline_ms) {
             let _ = child.kill();
             let _ = child.wait();
             return Err("the snapshot command outlived the deadline and was killed".into());
@@ -132,7 +132,7 @@ pub fn snapshot(
         if names.iter().all(|n| ready.contains_key(n)) {
             break Some(started.elapsed().as_millis() as u64);
         }
-        if now_ms() >= spec.deadline_ms {
+        if now_ms() >= super::release_at_ms(spec.deadline_ms) {
             break None;
         }
         std::thread::sleep(cfg.poll);

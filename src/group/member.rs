@@ -13,6 +13,7 @@ use crate::server::Server;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Call the server as the HTTP API would.
 fn call(server: &Arc<Server>, method: &str, path: String, body: Value) -> Value {
@@ -110,6 +111,12 @@ pub fn acts_on(cfg: &GroupConfig, spec: &OpSpec) -> bool {
         && spec.deadline_ms > now_ms()
 }
 
+/// The operation's key prefix, from its spec key (`.../specs/OP` -> `.../ops/OP/`).
+fn prefix_of(spec_key: &str) -> String {
+    let (group, op) = spec_key.rsplit_once("specs/").unwrap_or((spec_key, ""));
+    format!("{group}ops/{op}/")
+}
+
 /// Why a member released.
 fn release_reason(etcd: &Etcd, prefix: &str, spec_key: &str) -> Option<&'static str> {
     match etcd.get(&format!("{prefix}release")) {
@@ -123,7 +130,7 @@ fn release_reason(etcd: &Etcd, prefix: &str, spec_key: &str) -> Option<&'static 
     }
 }
 
-fn run_operation(cfg: &GroupConfig, etcd: &Etcd, server: &Arc<Server>, spec: &OpSpec) {
+fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, server: &Arc<Server>, spec: &OpSpec) {
     let id = &spec.operation_id;
     let prefix = op_prefix(&cfg.name, id);
     let spec_key = format!("{}specs/{id}", super::group_prefix(&cfg.name));
@@ -144,15 +151,22 @@ fn run_operation(cfg: &GroupConfig, etcd: &Etcd, server: &Arc<Server>, spec: &Op
     let why = if ready == "failed" {
         "this member failed to prepare"
     } else {
-        loop {
-            if now_ms() >= spec.deadline_ms {
-                break "the deadline passed";
+        // etcd is watched from another thread so that a call hanging on a lost network can
+        // never hold the release past the deadline.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let release_at = super::release_at_ms(spec.deadline_ms);
+        let (etcd, poll) = (Arc::clone(etcd), cfg.poll);
+        std::thread::spawn(move || {
+            while now_ms() < release_at {
+                if let Some(why) = release_reason(&etcd, &prefix_of(&spec_key), &spec_key) {
+                    let _ = tx.send(why);
+                    return;
+                }
+                std::thread::sleep(poll);
             }
-            if let Some(why) = release_reason(etcd, &prefix, &spec_key) {
-                break why;
-            }
-            std::thread::sleep(cfg.poll);
-        }
+        });
+        let left = Duration::from_millis(release_at.saturating_sub(now_ms()));
+        rx.recv_timeout(left).unwrap_or("the deadline passed")
     };
     tracing::info!(operation_id = %id, reason = why, "group: releasing");
     let mut report = call(

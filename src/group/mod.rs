@@ -159,6 +159,15 @@ impl GroupConfig {
     }
 }
 
+/// Members start releasing this long before the deadline, so that they are thawed (post hooks
+/// aside) by it; the coordinator stops waiting and kills the snapshot step at the same time.
+pub const RELEASE_MARGIN_MS: u64 = 500;
+
+/// When members start releasing by themselves, and the snapshot step is cut off.
+pub fn release_at_ms(deadline_ms: u64) -> u64 {
+    deadline_ms.saturating_sub(RELEASE_MARGIN_MS)
+}
+
 /// Key prefix of a group.
 pub fn group_prefix(group: &str) -> String {
     format!("/quiesce/groups/{group}/")
