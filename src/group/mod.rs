@@ -159,9 +159,9 @@ impl GroupConfig {
     }
 }
 
-/// Members start releasing this long before the deadline, so that they are thawed (post hooks
+/// Members start releasing this long (1 s) before the deadline, so that they are thawed (post hooks
 /// aside) by it; the coordinator stops waiting and kills the snapshot step at the same time.
-pub const RELEASE_MARGIN_MS: u64 = 500;
+pub const RELEASE_MARGIN_MS: u64 = 1000;
 
 /// When members start releasing by themselves, and the snapshot step is cut off.
 pub fn release_at_ms(deadline_ms: u64) -> u64 {
