@@ -1,10 +1,12 @@
 //! The command line (SPEC section 9). `main` only calls [`main`] here.
 
+use crate::api::{Caller, FreezeScope, OpState};
 use crate::codes::Problem;
 use crate::config::{self, Config};
 use crate::hooks::Phase;
 use crate::pipeline::{self, RunOptions};
 use crate::report::{Report, Status};
+use crate::server::client::{Client, ClientError};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -187,30 +189,19 @@ pub fn run(cli: Cli) -> i32 {
             id,
             deadline,
             socket,
-        } => {
-            let body = deadline.map(|d| serde_json::json!({ "deadline": d }));
-            client(
-                cli.config,
-                socket,
-                "POST",
-                &format!("/v1/operations/{id}/prepare"),
-                body,
-            )
-        }
-        Command::Release { id, socket } => client(
-            cli.config,
-            socket,
-            "POST",
-            &format!("/v1/operations/{id}/release"),
-            None,
-        ),
-        Command::Status { id, socket } => client(
-            cli.config,
-            socket,
-            "GET",
-            &format!("/v1/operations/{id}"),
-            None,
-        ),
+        } => prepare(cli.config, socket, &id, deadline.as_deref()),
+        Command::Release { id, socket } => host_call(cli.config, socket, |c| {
+            c.release(&id).map(|report| {
+                print_json(&report);
+                report.status.exit_code()
+            })
+        }),
+        Command::Status { id, socket } => host_call(cli.config, socket, |c| {
+            c.status(&id).map(|status| {
+                print_json(&status);
+                0
+            })
+        }),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Group(cmd) => crate::group::cli::run(cli.config, cmd),
@@ -364,7 +355,9 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
 }
 
 fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    let Some(cfg) = load_strict(config_path) else {
+        return 1;
+    };
     let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir)
         .and_then(|_lock| crate::freeze::state::recover(&cfg.paths.state_dir));
     match result {
@@ -389,37 +382,78 @@ fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
     }
 }
 
-fn client(
+/// The configuration of a command: the explicit `--config` must load (None: it did not,
+/// the problems are printed); without `--config`, the first found or the defaults.
+fn load_strict(config_path: Option<PathBuf>) -> Option<Config> {
+    match config::load(config_path.as_deref()) {
+        Ok(cfg) => Some(cfg),
+        Err(errs) if config_path.is_some() => {
+            print_problems(&errs.0);
+            None
+        }
+        Err(_) => Some(Config::defaults(std::path::Path::new(""))),
+    }
+}
+
+/// Run `f` against the server at `socket` (default: `server.socket` of the configuration);
+/// its exit code, or 1 after printing why the call failed.
+fn host_call(
     config_path: Option<PathBuf>,
     socket: Option<PathBuf>,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
+    f: impl FnOnce(&Client) -> Result<i32, ClientError>,
 ) -> i32 {
-    let socket = socket.unwrap_or_else(|| load_or_defaults(config_path).server.socket);
-    match crate::server::client::call(
-        &socket,
-        method,
-        path,
-        body.as_ref(),
-        std::time::Duration::from_secs(3600),
-    ) {
-        Ok((status, value)) => {
-            print_json(&value);
-            let report_status = value["status"].as_str();
-            match (status, report_status) {
-                (200, Some("degraded")) => Status::Degraded.exit_code(),
-                (200, Some("failed")) => 1,
-                (200, _) if value["state"] == "failed" => 1,
-                (200, _) => 0,
-                _ => 1,
-            }
+    let socket = match socket {
+        Some(s) => s,
+        None => match load_strict(config_path) {
+            Some(cfg) => cfg.server.socket,
+            None => return 1,
+        },
+    };
+    match f(&Client::new(socket)) {
+        Ok(code) => code,
+        Err(ClientError::Refused { problems, .. }) => {
+            print_json(&serde_json::json!({ "errors": problems }));
+            print_problems(&problems);
+            1
         }
         Err(e) => {
             eprintln!("quiesce: {e}");
             1
         }
     }
+}
+
+/// `quiesce prepare`: 0 once prepared cleanly; 3 when prepared with errors (the freeze
+/// failed: the snapshot would be crash-consistent); 1 when the prepare failed or the
+/// operation is already finished. The codes are printed on stderr.
+fn prepare(
+    config_path: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    id: &str,
+    deadline: Option<&str>,
+) -> i32 {
+    let deadline = match deadline.map(humantime::parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("quiesce: invalid --deadline: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    host_call(config_path, socket, |c| {
+        let answer = c.prepare(id, deadline, &FreezeScope::Plan, &Caller::Cli)?;
+        print_json(&answer);
+        print_problems(&answer.errors);
+        Ok(match answer.state {
+            OpState::Frozen | OpState::Prepared if answer.errors.is_empty() => 0,
+            OpState::Frozen | OpState::Prepared => Status::Degraded.exit_code(),
+            state => {
+                if !state.is_finished() || answer.errors.is_empty() {
+                    eprintln!("quiesce: operation {id} is {state}, not prepared");
+                }
+                Status::Failed.exit_code()
+            }
+        })
+    })
 }
 
 fn init_logging(cfg: &config::LogConfig, verbosity: u8) {

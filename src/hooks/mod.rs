@@ -26,11 +26,11 @@ pub mod process;
 use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
 use crate::trust::{TrustError, TrustedFile};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which half of a hook is running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Pre,
@@ -93,7 +93,7 @@ pub struct Limits {
 }
 
 /// How one attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AttemptEnd {
     Exited { code: i32 },
@@ -102,7 +102,7 @@ pub enum AttemptEnd {
     SpawnFailed { error: String },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: u32,
     pub end: AttemptEnd,
@@ -110,7 +110,7 @@ pub struct Attempt {
 }
 
 /// The result of running one script (all its attempts).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScriptResult {
     pub hook: String,
     pub phase: Phase,

@@ -51,6 +51,7 @@ pub fn script(
 fn base(op: &str, started: SystemTime, total_ms: u64) -> Report {
     Report {
         operation_id: op.to_string(),
+        caller: Default::default(),
         started_at: rfc3339(started),
         finished_at: rfc3339(started + Duration::from_millis(total_ms)),
         status: Status::Succeeded,
