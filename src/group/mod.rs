@@ -297,12 +297,12 @@ mod tests {
                 (Succeeded, Application),
             ),
             (
-                vec![m("frozen", app), m("missing", None)],
+                vec![m("frozen", app), m("missing", Option::None)],
                 true,
                 (Failed, None),
             ),
             (
-                vec![m("frozen", app), m("frozen", None)],
+                vec![m("frozen", app), m("frozen", Option::None)],
                 true,
                 (Failed, None),
             ),
