@@ -608,7 +608,7 @@ fn member_losing_its_etcd_link_releases_by_the_deadline() {
     let cluster = EtcdCluster::start(3);
     let dir = Scratch::new("group-netns");
     let netns = NetNs::new(&cluster.endpoints, &dir);
-    let members = vec![
+    let members = [
         start_member("l0", &cluster.endpoints, ""),
         start_member("l1", &cluster.endpoints, ""),
         start_member_in(Some(&netns.name), "l2", &cluster.endpoints, ""),

@@ -221,6 +221,6 @@ pub fn history(etcd: &Etcd, group: &str) -> Result<Vec<GroupReport>, String> {
         .into_iter()
         .filter_map(|kv| serde_json::from_str(&kv.value).ok())
         .collect();
-    reports.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms));
+    reports.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
     Ok(reports)
 }
