@@ -528,6 +528,11 @@ fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() 
             mine["report"]["group_release_reason"].is_string(),
             "{report:#}"
         );
+        // Recorded as driven by the group, with the coordinator's name.
+        assert!(
+            mine["report"]["caller"].to_string().contains("grp"),
+            "{report:#}"
+        );
     }
     members.clear();
 }

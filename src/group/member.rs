@@ -140,7 +140,13 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, server: &Arc<Server>, spec
         server,
         "POST",
         format!("/v1/operations/{id}/prepare"),
-        json!({ "deadline": format!("{left}ms") }),
+        json!({
+            "deadline": format!("{left}ms"),
+            "caller": crate::report::Caller::Group {
+                group: spec.group.clone(),
+                coordinator: spec.coordinator.clone(),
+            },
+        }),
     );
     let ready = answer["state"].as_str().unwrap_or("failed").to_string();
     let _ = etcd.put(
