@@ -83,6 +83,9 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
+    /// Be the QEMU guest agent: answer the hypervisor's fsfreeze commands on the
+    /// virtio-serial port, forward the rest to qemu-ga (docs/guest-agent.md).
+    GuestAgent(crate::qga::GuestAgentArgs),
     /// Host side: ask a running `quiesce serve` to run the pre hooks and freeze.
     Prepare {
         /// Operation id (letters, digits, '-', '_', '.'); the same id makes a repeat idempotent.
@@ -105,6 +108,30 @@ pub enum Command {
     /// Consistency groups: one cut across many machines, coordinated through etcd.
     #[command(subcommand)]
     Group(crate::group::cli::GroupCommand),
+    /// Run as a platform's pre/post snapshot script (docs/platforms/): pre prepares an
+    /// operation on the running `quiesce serve`, post releases it.
+    Hook {
+        #[arg(value_enum)]
+        side: crate::platform::bridge::Side,
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// The guard thaws at this deadline if post never comes ("60s").
+        #[arg(long)]
+        deadline: Option<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Wire the bridge into a platform's configuration (docs/platforms/); --uninstall
+    /// restores what was there.
+    Install {
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// Install under this directory instead of / (an image being built, a test).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long)]
+        uninstall: bool,
+    },
     /// Host side: the state of an operation.
     Status {
         #[arg(long)]
@@ -146,10 +173,15 @@ pub fn run(cli: Cli) -> i32 {
     // thaw now, then finish cleanly" (a second signal still exits at once).
     if matches!(
         cli.command,
-        Command::Snapshot { dry_run: false, .. } | Command::Serve
+        Command::Snapshot { dry_run: false, .. } | Command::Serve | Command::GuestAgent(_)
     ) {
         let _ = crate::freeze::install_signal_handlers();
     }
+    // A relative --config is taken relative to the current directory, once, here.
+    let cli = Cli {
+        config: cli.config.map(|p| std::path::absolute(&p).unwrap_or(p)),
+        ..cli
+    };
     match cli.command {
         Command::Snapshot { json, dry_run } => {
             if dry_run {
@@ -174,16 +206,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check { json } => check(cli.config, json),
         Command::Mounts { json } => mounts(cli.config, json),
         Command::Recover { json } => recover(cli.config, json),
-        Command::Serve => {
-            let cfg = match config::load(cli.config.as_deref()) {
-                Ok(cfg) => cfg,
-                Err(errs) => {
-                    print_problems(&errs.0);
-                    return 1;
-                }
-            };
-            init_logging(&cfg.log, cli.verbose);
-            crate::server::serve(cfg)
+        Command::Serve => with_agent_config(cli.config, cli.verbose, crate::server::serve),
+        Command::GuestAgent(args) => {
+            with_agent_config(cli.config, cli.verbose, |cfg| crate::qga::run(cfg, args))
         }
         Command::Prepare {
             id,
@@ -202,10 +227,43 @@ pub fn run(cli: Cli) -> i32 {
                 0
             })
         }),
+        Command::Hook {
+            side,
+            platform,
+            deadline,
+            socket,
+        } => {
+            let cfg = load_or_defaults(cli.config);
+            crate::platform::bridge::run(
+                &cfg,
+                platform,
+                side,
+                deadline.as_deref(),
+                socket.as_deref(),
+            )
+        }
+        Command::Install {
+            platform,
+            root,
+            uninstall,
+        } => crate::platform::install::run(platform, &root, uninstall),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Group(cmd) => crate::group::cli::run(cli.config, cmd),
     }
+}
+
+/// Load the configuration and start logging for a long-running agent, then run it.
+fn with_agent_config(path: Option<PathBuf>, verbose: u8, run: impl FnOnce(Config) -> i32) -> i32 {
+    let cfg = match config::load(path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    run(cfg)
 }
 
 fn emit(report: &Report, json: bool) {
@@ -236,11 +294,13 @@ struct CheckOutput {
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
     freeze: Vec<String>,
+    /// Every hook and where it came from.
+    hooks: Vec<String>,
 }
 
 /// Everything `check` finds wrong with the configuration, the scripts and the freeze plan.
 pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
-    let mut problems = Vec::new();
+    let mut problems = cfg.skipped.clone();
     for hook in &cfg.hooks {
         for (phase, spec) in [(Phase::Pre, &hook.pre), (Phase::Post, &hook.post)] {
             let Some(spec) = spec else { continue };
@@ -278,12 +338,13 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
 
 fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
     let located = config::locate(config_path.as_deref());
-    let (problems, warnings, freeze) = match config::load(config_path.as_deref()) {
+    let (problems, warnings, freeze, hooks) = match config::load(config_path.as_deref()) {
         Ok(cfg) => {
             let (problems, freeze) = check_config(&cfg);
-            (problems, cfg.warnings.clone(), freeze)
+            let hooks = crate::platform::sources::describe_hooks(&cfg.hooks);
+            (problems, cfg.warnings.clone(), freeze, hooks)
         }
-        Err(errs) => (errs.0, Vec::new(), Vec::new()),
+        Err(errs) => (errs.0, Vec::new(), Vec::new(), Vec::new()),
     };
     let out = CheckOutput {
         ok: problems.is_empty(),
@@ -291,6 +352,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         problems,
         warnings,
         freeze,
+        hooks,
     };
     if json {
         print_json(&out);
@@ -306,6 +368,9 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         }
         if !out.freeze.is_empty() {
             println!("would freeze: {}", out.freeze.join(", "));
+        }
+        for h in &out.hooks {
+            println!("hook {h}");
         }
         println!(
             "{}",
@@ -336,7 +401,26 @@ fn load_or_defaults(config_path: Option<PathBuf>) -> Config {
 }
 
 fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    // With an explicit configuration, show exactly what `snapshot` would do with it, or fail
+    // like `check` (never fall back to the default plan).
+    let cfg = match &config_path {
+        Some(p) => match config::load(Some(p)) {
+            Ok(cfg) => cfg,
+            Err(errs) => {
+                print_problems(&errs.0);
+                return 1;
+            }
+        },
+        None => load_or_defaults(None),
+    };
+    if !cfg.freeze.enabled {
+        if json {
+            println!("[]");
+        } else {
+            println!("freezing is disabled (freeze.enabled / fsFreezeEnabled): nothing is frozen");
+        }
+        return 0;
+    }
     let provider = crate::snapshot::from_config(&cfg.snapshot);
     match crate::freeze::plan::plan_system(&cfg.freeze, &provider.must_not_freeze()) {
         Ok(plan) => {
@@ -344,6 +428,9 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
                 print_json(&plan.decisions);
             } else {
                 print!("{}", crate::freeze::plan::render_table(&plan));
+                for h in crate::platform::sources::describe_hooks(&cfg.hooks) {
+                    println!("hook {h}");
+                }
             }
             0
         }
