@@ -546,3 +546,62 @@ fn azure_install_round_trips_and_the_installed_bridge_runs_the_owners_plugin() {
         assert_eq!(tree(&root.path), before, "{out}");
     }
 }
+
+#[test]
+fn qemu_ga_install_round_trips_behind_the_stock_hook_or_as_the_hook() {
+    let root = Scratch::new("plat-qga-install");
+    let r = root.path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        quiesce(&[&["install", "--platform", "qemu-ga", "--root", r], args].concat())
+    };
+    let stock = std::fs::read_to_string("/etc/qemu/fsfreeze-hook")
+        .expect("Debian's stock hook (apt-get install qemu-guest-agent)");
+    let hook = root.join("etc/qemu/fsfreeze-hook");
+    let bridge_d = root.join("etc/qemu/fsfreeze-hook.d/quiesce-bridge");
+    // Nothing of qemu's; Debian's stock hook with its empty directory (kept on uninstall);
+    // an owner's own hook (kept aside and restored).
+    for setup in ["empty", "stock", "owner"] {
+        match setup {
+            "stock" => {
+                root.file("etc/qemu/fsfreeze-hook", &stock, 0o755);
+                std::fs::create_dir_all(root.join("etc/qemu/fsfreeze-hook.d")).unwrap();
+            }
+            "owner" => {
+                std::fs::remove_dir(root.join("etc/qemu/fsfreeze-hook.d")).unwrap();
+                root.file(
+                    "etc/qemu/fsfreeze-hook",
+                    "#!/bin/sh\nlogger \"owner's hook $1\"\n",
+                    0o750,
+                );
+            }
+            _ => {}
+        }
+        let before = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!(code, 0, "{out}");
+        let installed_at = if setup == "stock" { &bridge_d } else { &hook };
+        let text = std::fs::read_to_string(installed_at).unwrap();
+        assert!(
+            text.contains("hook \"$side\" --platform qemu-ga"),
+            "{setup}: {text}"
+        );
+        if setup == "stock" {
+            assert_eq!(std::fs::read_to_string(&hook).unwrap(), stock);
+        }
+        assert_eq!(
+            root.join("etc/qemu/fsfreeze-hook.quiesce-orig").exists(),
+            setup == "owner"
+        );
+        let installed = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!(
+            (code, out.contains("nothing to do")),
+            (0, true),
+            "{setup}: {out}"
+        );
+        assert_eq!(tree(&root.path), installed, "{setup}");
+        let (code, out) = run(&["--uninstall"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(tree(&root.path), before, "{setup}: {out}");
+    }
+}
