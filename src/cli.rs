@@ -83,6 +83,9 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
+    /// Be the QEMU guest agent: answer the hypervisor's fsfreeze commands on the
+    /// virtio-serial port, forward the rest to qemu-ga (docs/guest-agent.md).
+    GuestAgent(crate::qga::GuestAgentArgs),
     /// Host side: ask a running `quiesce serve` to run the pre hooks and freeze.
     Prepare {
         /// Operation id (letters, digits, '-', '_', '.'); the same id makes a repeat idempotent.
@@ -167,7 +170,7 @@ pub fn run(cli: Cli) -> i32 {
     // thaw now, then finish cleanly" (a second signal still exits at once).
     if matches!(
         cli.command,
-        Command::Snapshot { dry_run: false, .. } | Command::Serve
+        Command::Snapshot { dry_run: false, .. } | Command::Serve | Command::GuestAgent(_)
     ) {
         let _ = crate::freeze::install_signal_handlers();
     }
@@ -200,16 +203,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Check { json } => check(cli.config, json),
         Command::Mounts { json } => mounts(cli.config, json),
         Command::Recover { json } => recover(cli.config, json),
-        Command::Serve => {
-            let cfg = match config::load(cli.config.as_deref()) {
-                Ok(cfg) => cfg,
-                Err(errs) => {
-                    print_problems(&errs.0);
-                    return 1;
-                }
-            };
-            init_logging(&cfg.log, cli.verbose);
-            crate::server::serve(cfg)
+        Command::Serve => with_agent_config(cli.config, cli.verbose, crate::server::serve),
+        Command::GuestAgent(args) => {
+            with_agent_config(cli.config, cli.verbose, |cfg| crate::qga::run(cfg, args))
         }
         Command::Prepare {
             id,
@@ -251,6 +247,19 @@ pub fn run(cli: Cli) -> i32 {
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
     }
+}
+
+/// Load the configuration and start logging for a long-running agent, then run it.
+fn with_agent_config(path: Option<PathBuf>, verbose: u8, run: impl FnOnce(Config) -> i32) -> i32 {
+    let cfg = match config::load(path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    run(cfg)
 }
 
 fn emit(report: &Report, json: bool) {

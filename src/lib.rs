@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod platform;
+pub mod qga;
 pub mod report;
 pub mod server;
 pub mod snapshot;
