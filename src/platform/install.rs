@@ -53,6 +53,21 @@ fn marker_line(platform: &str) -> String {
     )
 }
 
+/// A bridge script: the marker, then `exec quiesce ... hook <side>` followed by `args`.
+fn bridge_script(
+    bin: &Path,
+    config: Option<&Path>,
+    side: &str,
+    platform: &str,
+    args: &str,
+) -> String {
+    format!(
+        "#!/bin/sh\n{}\n{}{args}\n",
+        marker_line(platform),
+        bridge_exec(bin, config, side, platform)
+    )
+}
+
 /// The files installed for Google under `root`, calling `quiesce` at `bin`.
 pub fn gcp_files(
     root: &Path,
@@ -62,11 +77,7 @@ pub fn gcp_files(
 ) -> Vec<Planned> {
     let script = |side: &str| Planned {
         path: root.join(format!("etc/google/snapshots/{side}.sh")),
-        content: format!(
-            "#!/bin/sh\n{}\n{}\n",
-            marker_line("gcp"),
-            bridge_exec(bin, config, side, "gcp")
-        ),
+        content: bridge_script(bin, config, side, "gcp", ""),
         mode: 0o700,
     };
     vec![
@@ -122,11 +133,7 @@ pub fn azure_files(
 ) -> Vec<Planned> {
     let script = |side: &str| Planned {
         path: root.join(format!("etc/azure/quiesce/{side}.sh")),
-        content: format!(
-            "#!/bin/sh\n{}\n{} \"$@\"\n",
-            marker_line("azure"),
-            bridge_exec(bin, config, side, "azure")
-        ),
+        content: bridge_script(bin, config, side, "azure", " \"$@\""),
         mode: 0o700,
     };
     let plugin = serde_json::json!({
