@@ -83,6 +83,18 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
+    /// Prove that a snapshot restores: a disposable writable view of it, a throwaway database
+    /// server and checks on it (see `[verify]`); the result is recorded in the catalog.
+    Verify {
+        /// The snapshot id (as `quiesce snapshots` lists it).
+        #[arg(required_unless_present = "latest", conflicts_with = "latest")]
+        snapshot: Option<String>,
+        /// Verify the newest snapshot.
+        #[arg(long)]
+        latest: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Be the QEMU guest agent: answer the hypervisor's fsfreeze commands on the
     /// virtio-serial port, forward the rest to qemu-ga (docs/guest-agent.md).
     GuestAgent(crate::qga::GuestAgentArgs),
@@ -198,6 +210,13 @@ pub fn run(cli: Cli) -> i32 {
             let mut report = pipeline::run_snapshot(&cfg, &RunOptions::default());
             pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
             emit(&report, json);
+            if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
+                let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
+                match crate::verify::run(&cfg, which) {
+                    Ok(v) => eprint!("{}", v.human()),
+                    Err(e) => eprintln!("quiesce: verify: {e}"),
+                }
+            }
             report.status.exit_code()
         }
         Command::Check { json } => check(cli.config, json),
@@ -246,6 +265,11 @@ pub fn run(cli: Cli) -> i32 {
         } => crate::platform::install::run(platform, &root, uninstall, cli.config.as_deref()),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
+        Command::Verify {
+            snapshot,
+            latest: _,
+            json,
+        } => verify(cli.config, snapshot, json, cli.verbose),
     }
 }
 
@@ -441,8 +465,10 @@ fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
     let Some(cfg) = load_strict(config_path) else {
         return 1;
     };
-    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir)
-        .and_then(|_lock| crate::freeze::state::recover(&cfg.paths.state_dir));
+    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir).and_then(|_lock| {
+        crate::verify::leftovers::clean(&cfg.paths.state_dir);
+        crate::freeze::state::recover(&cfg.paths.state_dir)
+    });
     match result {
         Ok(thawed) => {
             if json {
@@ -594,7 +620,10 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
             return 1;
         }
     };
-    if let Ok(Some(catalog)) = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog) {
+    let catalog = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog)
+        .ok()
+        .flatten();
+    if let Some(catalog) = &catalog {
         for s in &mut list {
             s.consistency = catalog
                 .consistency_of_snapshot(&s.provider, &s.id)
@@ -602,14 +631,21 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
                 .flatten();
         }
     }
+    for s in &mut list {
+        s.verification = Some(crate::verify::verification_text(
+            catalog.as_ref(),
+            &s.provider,
+            &s.id,
+        ));
+    }
     if json {
         print_json(&list);
     } else if list.is_empty() {
         println!("no snapshots (provider {})", provider.name());
     } else {
         println!(
-            "{:<26} {:<12} {:<8} ID",
-            "CREATED", "CONSISTENCY", "PROVIDER"
+            "{:<26} {:<12} {:<8} {:<14} ID",
+            "CREATED", "CONSISTENCY", "PROVIDER", "VERIFICATION"
         );
         for s in &list {
             let created = s
@@ -621,8 +657,49 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
                 })
                 .unwrap_or_else(|| "-".into());
             let cons = s.consistency.map(|c| c.as_str()).unwrap_or("unknown");
-            println!("{created:<26} {cons:<12} {:<8} {}", s.provider, s.id);
+            let verification = s.verification.as_deref().unwrap_or("not verified");
+            println!(
+                "{created:<26} {cons:<12} {:<8} {verification:<14} {}",
+                s.provider, s.id
+            );
         }
     }
     0
+}
+
+fn verify(config_path: Option<PathBuf>, snapshot: Option<String>, json: bool, verbose: u8) -> i32 {
+    let cfg = match config::load(config_path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    let which = match snapshot {
+        Some(id) => crate::verify::Which::Id(id),
+        None => crate::verify::Which::Latest,
+    };
+    match crate::verify::run(&cfg, which) {
+        Ok(report) => {
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", report.human());
+            }
+            if report.verified {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            if json {
+                print_json(&serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("quiesce: verify: {e}");
+            }
+            1
+        }
+    }
 }

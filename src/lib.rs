@@ -22,3 +22,4 @@ pub mod report;
 pub mod server;
 pub mod snapshot;
 pub mod trust;
+pub mod verify;

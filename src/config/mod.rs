@@ -29,6 +29,8 @@ pub struct Config {
     pub hooks: Vec<HookConfig>,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// `[verify]`: proving that snapshots restore (see `quiesce verify`).
+    pub verify: VerifyConfig,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
     pub warnings: Vec<Problem>,
     /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
@@ -185,6 +187,57 @@ pub struct HookConfig {
     pub origin: PathBuf,
 }
 
+/// `[verify]`: what `quiesce verify` checks on a disposable view of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyConfig {
+    /// Verify every snapshot right after `quiesce snapshot` made it.
+    pub after_snapshot: bool,
+    /// The longest a whole verification may take; the view and servers are torn down then.
+    pub timeout: Duration,
+    /// The built-in PostgreSQL verifier, when configured.
+    pub postgres: Option<PgVerifyConfig>,
+    /// The built-in MariaDB / MySQL verifier, when configured.
+    pub mariadb: Option<MariaVerifyConfig>,
+    /// User verifiers: trusted scripts run with `QUIESCE_VERIFY_VIEW` set.
+    pub hooks: Vec<ScriptSpec>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            after_snapshot: false,
+            timeout: Duration::from_secs(30 * 60),
+            postgres: None,
+            mariadb: None,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+/// `[verify.postgres]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgVerifyConfig {
+    /// The live data directory, as configured on this machine; found in the view.
+    pub data: PathBuf,
+    /// The superuser role to connect as (`postgres`).
+    pub user: String,
+    /// A query that must return `t` (true) on the restored copy, e.g. an invariant.
+    pub query: Option<String>,
+    /// The database the query runs in.
+    pub database: String,
+}
+
+/// `[verify.mariadb]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MariaVerifyConfig {
+    /// The live data directory (`datadir`); found in the view.
+    pub data: PathBuf,
+    /// The original's `log-bin` name, when the binary log is on.
+    pub log_bin: Option<String>,
+    /// A query that must return 1 (true) on the restored copy.
+    pub query: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Unix socket of `quiesce serve` (mode 0600).
@@ -219,6 +272,7 @@ impl Config {
             paths: Paths::default(),
             freeze: FreezeConfig::default(),
             snapshot: SnapshotConfig::default(),
+            verify: VerifyConfig::default(),
             hooks: Vec::new(),
             server: ServerConfig::default(),
             log: LogConfig::default(),

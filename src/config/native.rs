@@ -8,7 +8,8 @@ pub use super::read::MAX_CONFIG_BYTES;
 use super::read::{char_boundary, line_col, read_trusted};
 use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
-    Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
+    MariaVerifyConfig, Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig,
+    SnapshotConfig, VerifyConfig,
 };
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
@@ -56,7 +57,33 @@ struct RawFile {
     #[serde(rename = "hook")]
     hooks: Vec<RawHook>,
     server: RawServer,
+    verify: RawVerify,
     platforms: crate::platform::sources::PlatformSources,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawVerify {
+    after_snapshot: Option<bool>,
+    timeout: Option<Dur>,
+    postgres: Option<RawPgVerify>,
+    mariadb: Option<RawMariaVerify>,
+    hooks: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawMariaVerify {
+    data: PathBuf,
+    log_bin: Option<String>,
+    query: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPgVerify {
+    data: PathBuf,
+    user: Option<String>,
+    query: Option<String>,
+    database: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -367,6 +394,56 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             "`server.tcp_listen` requires `server.token_file`".into(),
             "tcp_listen",
         ));
+    }
+
+    let vd = VerifyConfig::default();
+    cfg.verify = VerifyConfig {
+        after_snapshot: raw.verify.after_snapshot.unwrap_or(vd.after_snapshot),
+        timeout: raw.verify.timeout.map_or(vd.timeout, |d| d.0),
+        postgres: raw.verify.postgres.map(|p| PgVerifyConfig {
+            data: p.data,
+            user: p.user.unwrap_or_else(|| "postgres".into()),
+            query: p.query,
+            database: p.database.unwrap_or_else(|| "postgres".into()),
+        }),
+        mariadb: raw.verify.mariadb.map(|m| MariaVerifyConfig {
+            data: m.data,
+            log_bin: m.log_bin,
+            query: m.query,
+        }),
+        hooks: Vec::new(),
+    };
+    if cfg.verify.timeout.is_zero() {
+        problems.push(problem(
+            "`verify.timeout` must be more than 0".into(),
+            "timeout",
+        ));
+    }
+    let data_dirs = [
+        ("postgres", cfg.verify.postgres.as_ref().map(|p| &p.data)),
+        ("mariadb", cfg.verify.mariadb.as_ref().map(|m| &m.data)),
+    ];
+    for (which, data) in data_dirs {
+        if data.is_some_and(|d| !d.is_absolute()) {
+            problems.push(problem(
+                format!(
+                    "`verify.{which}.data` must be the absolute path of the live data directory"
+                ),
+                "data",
+            ));
+        }
+    }
+    for argv in raw.verify.hooks {
+        match argv.split_first() {
+            Some((first, rest)) if !first.is_empty() => cfg.verify.hooks.push(ScriptSpec {
+                path: PathBuf::from(first),
+                args: rest.to_vec(),
+            }),
+            _ => problems.push(problem(
+                "`verify.hooks` entries must be non-empty argv lists".into(),
+                "hooks",
+            )),
+        }
     }
 
     for h in raw.hooks {
