@@ -265,7 +265,7 @@ pub fn run(cli: Cli) -> i32 {
             platform,
             root,
             uninstall,
-        } => crate::platform::install::run(platform, &root, uninstall),
+        } => crate::platform::install::run(platform, &root, uninstall, cli.config.as_deref()),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Verify {
