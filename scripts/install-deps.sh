@@ -17,3 +17,9 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The server tests hold idle connections open as another user (python3 from /usr/bin).
+if [ ! -x /usr/bin/python3 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq python3-minimal >/dev/null
+fi
