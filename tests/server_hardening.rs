@@ -323,3 +323,36 @@ fn an_explicit_config_that_does_not_load_is_a_failure() {
         }
     }
 }
+
+#[test]
+fn check_refuses_a_read_only_state_dir_and_warns_of_tcp_on_all_interfaces() {
+    let dir = Scratch::new("check-env");
+    let ro = LoopFs::new("ext4", 64);
+    std::fs::create_dir_all(ro.path("state")).unwrap();
+    support::sh(
+        "mount",
+        &["-o", "remount,ro", ro.mount_point.to_str().unwrap()],
+    );
+    let token = dir.file("token", "0123456789abcdef0123", 0o600);
+    let config = dir.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\nenabled = false\n\
+             [server]\nsocket = {}\ntcp_listen = \"0.0.0.0:7459\"\ntoken_file = {}\n",
+            q(&ro.path("state")),
+            q(&dir.join("catalog.db")),
+            q(&dir.join("q.sock")),
+            q(&token),
+        ),
+        0o600,
+    );
+    let out = quiesce(&["check", "--config", config.to_str().unwrap()]);
+    support::sh(
+        "mount",
+        &["-o", "remount,rw", ro.mount_point.to_str().unwrap()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("read-only filesystem"), "{text}");
+    assert!(text.contains("all interfaces"), "{text}");
+}
