@@ -1,4 +1,4 @@
-//! The command line (SPEC section 9). `main` only calls [`main`] here.
+//! The command line. `main` only calls [`main`] here.
 
 use crate::api::{Caller, FreezeScope, OpState};
 use crate::codes::Problem;
@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// Exit code for an invalid invocation (SPEC section 8).
+/// Exit code for an invalid invocation.
 pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Parser, Debug)]

@@ -1,4 +1,4 @@
-//! The catalog: every run, recorded in an embedded SQLite database (SPEC section 8), read
+//! The catalog: every run, recorded in an embedded SQLite database, read
 //! back by `quiesce history`, `quiesce snapshots` (the consistency a snapshot was taken at)
 //! and the metrics (totals per status and per error code).
 //!

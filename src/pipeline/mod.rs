@@ -1,6 +1,6 @@
 //! The run pipeline: pre hooks -> syncfs + freeze -> snapshot -> thaw -> post hooks, and the
 //! rules that turn what happened into a status, error codes and a consistency level
-//! (SPEC sections 1 and 2).
+//! (README "Consistency rules"; the decision itself is [`judge`]).
 //!
 //! [`Operation`] holds one run's state so that the same steps serve `quiesce snapshot`
 //! ([`run_snapshot`], all steps in one go) and the host-driven mode (`prepare` = pre hooks +
