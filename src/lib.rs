@@ -19,4 +19,5 @@ pub mod pipeline;
 pub mod report;
 pub mod server;
 pub mod snapshot;
+pub mod time;
 pub mod trust;

@@ -152,14 +152,7 @@ pub struct RunSummary {
     pub dry_run: bool,
 }
 
-/// Counts over every recorded run, for the metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
-    /// Runs per status (`succeeded`, `degraded`, `failed`); absent statuses are zero.
-    pub runs_by_status: BTreeMap<String, u64>,
-    /// Errors (not warnings) per code, over all runs.
-    pub errors_by_code: BTreeMap<String, u64>,
-}
+pub use crate::metrics::Totals;
 
 /// An open catalog database.
 /// Maps a SQLite error to a [`CatalogError`] naming the file and what was being done.

@@ -756,14 +756,8 @@ fn sync_targets(plan: &Plan) -> Vec<Problem> {
     problems
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-/// RFC 3339 UTC with second precision.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use crate::time::ms;
+pub use crate::time::rfc3339;
 
 /// After a run (never while frozen): record it in the catalog and write the metrics file.
 /// Failures here become `CatalogError` warnings, not failures: the snapshot exists whatever
