@@ -83,6 +83,21 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
+    /// Prove that a snapshot restores: a disposable writable view of it, a throwaway database
+    /// server and checks on it (see `[verify]`); the result is recorded in the catalog.
+    Verify {
+        /// The snapshot id (as `quiesce snapshots` lists it).
+        #[arg(required_unless_present = "latest", conflicts_with = "latest")]
+        snapshot: Option<String>,
+        /// Verify the newest snapshot.
+        #[arg(long)]
+        latest: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Be the QEMU guest agent: answer the hypervisor's fsfreeze commands on the
+    /// virtio-serial port, forward the rest to qemu-ga (docs/guest-agent.md).
+    GuestAgent(crate::qga::GuestAgentArgs),
     /// Host side: ask a running `quiesce serve` to run the pre hooks and freeze.
     Prepare {
         /// Operation id (letters, digits, '-', '_', '.'); the same id makes a repeat idempotent.
@@ -101,6 +116,30 @@ pub enum Command {
         id: String,
         #[arg(long)]
         socket: Option<PathBuf>,
+    },
+    /// Run as a platform's pre/post snapshot script (docs/platforms/): pre prepares an
+    /// operation on the running `quiesce serve`, post releases it.
+    Hook {
+        #[arg(value_enum)]
+        side: crate::platform::bridge::Side,
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// The guard thaws at this deadline if post never comes ("60s").
+        #[arg(long)]
+        deadline: Option<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Wire the bridge into a platform's configuration (docs/platforms/); --uninstall
+    /// restores what was there.
+    Install {
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// Install under this directory instead of / (an image being built, a test).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long)]
+        uninstall: bool,
     },
     /// Host side: the state of an operation.
     Status {
@@ -143,10 +182,15 @@ pub fn run(cli: Cli) -> i32 {
     // thaw now, then finish cleanly" (a second signal still exits at once).
     if matches!(
         cli.command,
-        Command::Snapshot { dry_run: false, .. } | Command::Serve
+        Command::Snapshot { dry_run: false, .. } | Command::Serve | Command::GuestAgent(_)
     ) {
         let _ = crate::freeze::install_signal_handlers();
     }
+    // A relative --config is taken relative to the current directory, once, here.
+    let cli = Cli {
+        config: cli.config.map(|p| std::path::absolute(&p).unwrap_or(p)),
+        ..cli
+    };
     match cli.command {
         Command::Snapshot { json, dry_run } => {
             if dry_run {
@@ -166,21 +210,21 @@ pub fn run(cli: Cli) -> i32 {
             let mut report = pipeline::run_snapshot(&cfg, &RunOptions::default());
             pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
             emit(&report, json);
+            if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
+                let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
+                match crate::verify::run(&cfg, which) {
+                    Ok(v) => eprint!("{}", v.human()),
+                    Err(e) => eprintln!("quiesce: verify: {e}"),
+                }
+            }
             report.status.exit_code()
         }
         Command::Check { json } => check(cli.config, json),
         Command::Mounts { json } => mounts(cli.config, json),
         Command::Recover { json } => recover(cli.config, json),
-        Command::Serve => {
-            let cfg = match config::load(cli.config.as_deref()) {
-                Ok(cfg) => cfg,
-                Err(errs) => {
-                    print_problems(&errs.0);
-                    return 1;
-                }
-            };
-            init_logging(&cfg.log, cli.verbose);
-            crate::server::serve(cfg)
+        Command::Serve => with_agent_config(cli.config, cli.verbose, crate::server::serve),
+        Command::GuestAgent(args) => {
+            with_agent_config(cli.config, cli.verbose, |cfg| crate::qga::run(cfg, args))
         }
         Command::Prepare {
             id,
@@ -199,9 +243,47 @@ pub fn run(cli: Cli) -> i32 {
                 0
             })
         }),
+        Command::Hook {
+            side,
+            platform,
+            deadline,
+            socket,
+        } => {
+            let cfg = load_or_defaults(cli.config);
+            crate::platform::bridge::run(
+                &cfg,
+                platform,
+                side,
+                deadline.as_deref(),
+                socket.as_deref(),
+            )
+        }
+        Command::Install {
+            platform,
+            root,
+            uninstall,
+        } => crate::platform::install::run(platform, &root, uninstall),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
+        Command::Verify {
+            snapshot,
+            latest: _,
+            json,
+        } => verify(cli.config, snapshot, json, cli.verbose),
     }
+}
+
+/// Load the configuration and start logging for a long-running agent, then run it.
+fn with_agent_config(path: Option<PathBuf>, verbose: u8, run: impl FnOnce(Config) -> i32) -> i32 {
+    let cfg = match config::load(path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    run(cfg)
 }
 
 fn emit(report: &Report, json: bool) {
@@ -232,11 +314,13 @@ struct CheckOutput {
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
     freeze: Vec<String>,
+    /// Every hook and where it came from.
+    hooks: Vec<String>,
 }
 
 /// Everything `check` finds wrong with the configuration, the scripts and the freeze plan.
 pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
-    let mut problems = Vec::new();
+    let mut problems = cfg.skipped.clone();
     for hook in &cfg.hooks {
         for (phase, spec) in [(Phase::Pre, &hook.pre), (Phase::Post, &hook.post)] {
             let Some(spec) = spec else { continue };
@@ -310,15 +394,16 @@ pub fn check_environment(cfg: &Config) -> (Vec<Problem>, Vec<Problem>) {
 
 fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
     let located = config::locate(config_path.as_deref());
-    let (problems, warnings, freeze) = match config::load(config_path.as_deref()) {
+    let (problems, warnings, freeze, hooks) = match config::load(config_path.as_deref()) {
         Ok(cfg) => {
             let (mut problems, freeze) = check_config(&cfg);
             let (more, mut warnings) = check_environment(&cfg);
             problems.extend(more);
             warnings.splice(0..0, cfg.warnings.iter().cloned());
-            (problems, warnings, freeze)
+            let hooks = crate::platform::sources::describe_hooks(&cfg.hooks);
+            (problems, warnings, freeze, hooks)
         }
-        Err(errs) => (errs.0, Vec::new(), Vec::new()),
+        Err(errs) => (errs.0, Vec::new(), Vec::new(), Vec::new()),
     };
     let out = CheckOutput {
         ok: problems.is_empty(),
@@ -326,6 +411,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         problems,
         warnings,
         freeze,
+        hooks,
     };
     if json {
         print_json(&out);
@@ -341,6 +427,9 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         }
         if !out.freeze.is_empty() {
             println!("would freeze: {}", out.freeze.join(", "));
+        }
+        for h in &out.hooks {
+            println!("hook {h}");
         }
         println!(
             "{}",
@@ -371,7 +460,26 @@ fn load_or_defaults(config_path: Option<PathBuf>) -> Config {
 }
 
 fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    // With an explicit configuration, show exactly what `snapshot` would do with it, or fail
+    // like `check` (never fall back to the default plan).
+    let cfg = match &config_path {
+        Some(p) => match config::load(Some(p)) {
+            Ok(cfg) => cfg,
+            Err(errs) => {
+                print_problems(&errs.0);
+                return 1;
+            }
+        },
+        None => load_or_defaults(None),
+    };
+    if !cfg.freeze.enabled {
+        if json {
+            println!("[]");
+        } else {
+            println!("freezing is disabled (freeze.enabled / fsFreezeEnabled): nothing is frozen");
+        }
+        return 0;
+    }
     let provider = crate::snapshot::from_config(&cfg.snapshot);
     match crate::freeze::plan::plan_system(&cfg.freeze, &provider.must_not_freeze()) {
         Ok(plan) => {
@@ -379,6 +487,9 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
                 print_json(&plan.decisions);
             } else {
                 print!("{}", crate::freeze::plan::render_table(&plan));
+                for h in crate::platform::sources::describe_hooks(&cfg.hooks) {
+                    println!("hook {h}");
+                }
             }
             0
         }
@@ -393,8 +504,10 @@ fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
     let Some(cfg) = load_strict(config_path) else {
         return 1;
     };
-    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir)
-        .and_then(|_lock| crate::freeze::state::recover(&cfg.paths.state_dir));
+    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir).and_then(|_lock| {
+        crate::verify::leftovers::clean(&cfg.paths.state_dir);
+        crate::freeze::state::recover(&cfg.paths.state_dir)
+    });
     match result {
         Ok(thawed) => {
             if json {
@@ -546,7 +659,10 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
             return 1;
         }
     };
-    if let Ok(Some(catalog)) = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog) {
+    let catalog = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog)
+        .ok()
+        .flatten();
+    if let Some(catalog) = &catalog {
         for s in &mut list {
             s.consistency = catalog
                 .consistency_of_snapshot(&s.provider, &s.id)
@@ -554,14 +670,21 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
                 .flatten();
         }
     }
+    for s in &mut list {
+        s.verification = Some(crate::verify::verification_text(
+            catalog.as_ref(),
+            &s.provider,
+            &s.id,
+        ));
+    }
     if json {
         print_json(&list);
     } else if list.is_empty() {
         println!("no snapshots (provider {})", provider.name());
     } else {
         println!(
-            "{:<26} {:<12} {:<8} ID",
-            "CREATED", "CONSISTENCY", "PROVIDER"
+            "{:<26} {:<12} {:<8} {:<14} ID",
+            "CREATED", "CONSISTENCY", "PROVIDER", "VERIFICATION"
         );
         for s in &list {
             let created = s
@@ -573,8 +696,49 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
                 })
                 .unwrap_or_else(|| "-".into());
             let cons = s.consistency.map(|c| c.as_str()).unwrap_or("unknown");
-            println!("{created:<26} {cons:<12} {:<8} {}", s.provider, s.id);
+            let verification = s.verification.as_deref().unwrap_or("not verified");
+            println!(
+                "{created:<26} {cons:<12} {:<8} {verification:<14} {}",
+                s.provider, s.id
+            );
         }
     }
     0
+}
+
+fn verify(config_path: Option<PathBuf>, snapshot: Option<String>, json: bool, verbose: u8) -> i32 {
+    let cfg = match config::load(config_path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    let which = match snapshot {
+        Some(id) => crate::verify::Which::Id(id),
+        None => crate::verify::Which::Latest,
+    };
+    match crate::verify::run(&cfg, which) {
+        Ok(report) => {
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", report.human());
+            }
+            if report.verified {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            if json {
+                print_json(&serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("quiesce: verify: {e}");
+            }
+            1
+        }
+    }
 }

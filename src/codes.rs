@@ -52,6 +52,13 @@ pub enum ErrorCode {
     /// The freeze guard thawed before the snapshot completed (deadline, signal or agent death).
     #[serde(rename = "FreezeGuardFired")]
     FreezeGuardFired,
+    /// The freeze guard died or stopped answering while filesystems were frozen; the agent
+    /// thawed by itself.
+    #[serde(rename = "FreezeGuardLost")]
+    FreezeGuardLost,
+    /// A warning: at start, quiesce thawed filesystems that a crashed run had left frozen.
+    #[serde(rename = "RecoveredFrozenFilesystems")]
+    RecoveredFrozenFilesystems,
     /// The snapshot provider failed.
     #[serde(rename = "SnapshotFailed")]
     SnapshotFailed,
@@ -109,6 +116,8 @@ impl ErrorCode {
             FreezePermissionDenied => "FreezePermissionDenied",
             ThawFailed => "ThawFailed",
             FreezeGuardFired => "FreezeGuardFired",
+            FreezeGuardLost => "FreezeGuardLost",
+            RecoveredFrozenFilesystems => "RecoveredFrozenFilesystems",
             SnapshotFailed => "SnapshotFailed",
             SnapshotTimeout => "SnapshotTimeout",
             OperationInProgress => "OperationInProgress",

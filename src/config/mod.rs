@@ -1,11 +1,12 @@
 //! Configuration: the native TOML file and Azure's plugin files, read into one model.
 //!
-//! Lookup order when no `--config` is given (SPEC section 2):
+//! Lookup order when no `--config` is given (see README, "Configuration"):
 //! `/etc/quiesce/quiesce.toml`, `/etc/azure/VMSnapshotPluginHost.conf`,
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
 pub mod azure;
 pub mod native;
+pub mod read;
 
 use crate::codes::Problem;
 use std::path::{Path, PathBuf};
@@ -28,8 +29,15 @@ pub struct Config {
     pub hooks: Vec<HookConfig>,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// `[verify]`: proving that snapshots restore (see `quiesce verify`).
+    pub verify: VerifyConfig,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
     pub warnings: Vec<Problem>,
+    /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
+    /// not run; a run still takes its snapshot, at most file-system consistent (as for a
+    /// failed pre script with `continueBackupOnFailure: true`), and `quiesce check` reports
+    /// them as errors.
+    pub skipped: Vec<Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,11 +50,26 @@ pub struct Paths {
     pub metrics_file: Option<PathBuf>,
 }
 
+/// Environment variables that move the *default* state directory and catalog (a value in
+/// the configuration file always wins). Azure files cannot name paths, so this is how the
+/// test suite (and an unusual installation) keeps runs of Azure-only configurations away
+/// from the machine's own `/run/quiesce` and `/var/lib/quiesce/catalog.db`. Only root sets
+/// root's environment, so this opens nothing to other users.
+pub const ENV_STATE_DIR: &str = "QUIESCE_STATE_DIR";
+/// See [`ENV_STATE_DIR`].
+pub const ENV_CATALOG: &str = "QUIESCE_CATALOG";
+
+fn env_path(key: &str, default: &str) -> PathBuf {
+    std::env::var_os(key)
+        .filter(|v| !v.is_empty() && Path::new(v).is_absolute())
+        .map_or_else(|| PathBuf::from(default), PathBuf::from)
+}
+
 impl Default for Paths {
     fn default() -> Self {
         Paths {
-            state_dir: PathBuf::from("/run/quiesce"),
-            catalog: PathBuf::from("/var/lib/quiesce/catalog.db"),
+            state_dir: env_path(ENV_STATE_DIR, "/run/quiesce"),
+            catalog: env_path(ENV_CATALOG, "/var/lib/quiesce/catalog.db"),
             metrics_file: None,
         }
     }
@@ -158,10 +181,61 @@ pub struct HookConfig {
     pub post_retries: u32,
     /// `continueBackupOnFailure`.
     pub continue_on_failure: bool,
-    /// Hold mode (SPEC section 4): `pre` runs as one process across the snapshot.
+    /// Hold mode (README, "Hold mode"): `pre` runs as one process across the snapshot.
     pub hold: bool,
     /// Where this hook was defined.
     pub origin: PathBuf,
+}
+
+/// `[verify]`: what `quiesce verify` checks on a disposable view of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyConfig {
+    /// Verify every snapshot right after `quiesce snapshot` made it.
+    pub after_snapshot: bool,
+    /// The longest a whole verification may take; the view and servers are torn down then.
+    pub timeout: Duration,
+    /// The built-in PostgreSQL verifier, when configured.
+    pub postgres: Option<PgVerifyConfig>,
+    /// The built-in MariaDB / MySQL verifier, when configured.
+    pub mariadb: Option<MariaVerifyConfig>,
+    /// User verifiers: trusted scripts run with `QUIESCE_VERIFY_VIEW` set.
+    pub hooks: Vec<ScriptSpec>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            after_snapshot: false,
+            timeout: Duration::from_secs(30 * 60),
+            postgres: None,
+            mariadb: None,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+/// `[verify.postgres]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgVerifyConfig {
+    /// The live data directory, as configured on this machine; found in the view.
+    pub data: PathBuf,
+    /// The superuser role to connect as (`postgres`).
+    pub user: String,
+    /// A query that must return `t` (true) on the restored copy, e.g. an invariant.
+    pub query: Option<String>,
+    /// The database the query runs in.
+    pub database: String,
+}
+
+/// `[verify.mariadb]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MariaVerifyConfig {
+    /// The live data directory (`datadir`); found in the view.
+    pub data: PathBuf,
+    /// The original's `log-bin` name, when the binary log is on.
+    pub log_bin: Option<String>,
+    /// A query that must return 1 (true) on the restored copy.
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -181,7 +255,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            socket: PathBuf::from("/run/quiesce/quiesce.sock"),
+            socket: env_path(ENV_STATE_DIR, "/run/quiesce").join("quiesce.sock"),
             allowed_uids: Vec::new(),
             tcp_listen: None,
             token_file: None,
@@ -198,10 +272,12 @@ impl Config {
             paths: Paths::default(),
             freeze: FreezeConfig::default(),
             snapshot: SnapshotConfig::default(),
+            verify: VerifyConfig::default(),
             hooks: Vec::new(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
             warnings: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 }

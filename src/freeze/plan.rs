@@ -4,7 +4,7 @@
 //! tested on mountinfo text; [`plan_system`] adds what must be read from the running
 //! system (the mount table, canonical paths, loop devices' backing files).
 //!
-//! Rules (SPEC section 5):
+//! Rules:
 //! - one target per superblock (`major:minor`): bind mounts and btrfs subvolume mounts of
 //!   the same filesystem are frozen once, through the shortest mount point (or the one
 //!   named in `include`); the others are listed in [`Target::also_mounted_at`];

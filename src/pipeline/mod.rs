@@ -177,10 +177,14 @@ pub struct Operation {
     plan: Option<Plan>,
     provider: Box<dyn Provider>,
     errors: Vec<Problem>,
+    /// Warnings from the recovery at start (recorded in the report and the catalog).
+    recovered: Vec<Problem>,
     hook_results: Vec<ScriptResult>,
     /// Indexes of hooks whose pre was started, in start order.
     started_hooks: Vec<usize>,
     held: Vec<(usize, Held)>,
+    /// What each pre script left running, kept until the hook's post script has run.
+    kept: Vec<(usize, hooks::process::KeptGroup)>,
     /// Held hooks released at the freeze deadline while the provider was still running.
     released_at_deadline: Vec<usize>,
     all_pre_ok: bool,
@@ -223,13 +227,21 @@ impl Operation {
             ))
         };
         let lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
-        let mut errors = Vec::new();
+        let mut errors = cfg.skipped.clone();
+        let mut recovered = Vec::new();
         match freeze::state::recover(&cfg.paths.state_dir) {
             Ok(thawed) if !thawed.is_empty() => {
                 tracing::warn!(
                     ?thawed,
                     "recovered filesystems left frozen by a crashed run"
-                )
+                );
+                recovered.push(Problem::new(
+                    ErrorCode::RecoveredFrozenFilesystems,
+                    format!(
+                        "thawed {} left frozen by a crashed run before starting",
+                        thawed.join(", ")
+                    ),
+                ));
             }
             Ok(_) => {}
             Err(p) => errors.push(p),
@@ -255,9 +267,11 @@ impl Operation {
             plan,
             provider,
             errors,
+            recovered,
             hook_results: Vec::new(),
             started_hooks: Vec::new(),
             held: Vec::new(),
+            kept: Vec::new(),
             released_at_deadline: Vec::new(),
             all_pre_ok: true,
             hold_lost: false,
@@ -298,7 +312,10 @@ impl Operation {
     }
 
     fn ctx(&self, hook: &HookConfig, phase: Phase) -> RunContext {
-        let deadline = SystemTime::now() + hook.timeout;
+        // Saturating: a configured timeout may be absurdly large, and this must never panic.
+        let deadline = SystemTime::now()
+            .checked_add(hook.timeout)
+            .unwrap_or_else(SystemTime::now);
         RunContext {
             operation_id: self.operation_id.clone(),
             hook: hook.name.clone(),
@@ -314,39 +331,35 @@ impl Operation {
         self.plan.as_ref().is_some_and(|p| p.targets.len() == 1)
     }
 
-    /// Run the pre hooks in order (hold-mode hooks are started and left holding).
+    /// Run the pre hooks in order (hold-mode hooks are started and left holding). Every
+    /// hook's pre and post scripts are checked first: a hook with an unusable script runs
+    /// neither (its failure follows `continue_on_failure`, with the script's code).
     pub fn pre_hooks(&mut self) {
         let t = Instant::now();
+        // A skipped Azure plugin counts as a failed pre script with continueBackupOnFailure.
+        if !self.cfg.skipped.is_empty() {
+            self.all_pre_ok = false;
+        }
         let cfg = Arc::clone(&self.cfg);
+        let refused: Vec<_> = cfg.hooks.iter().map(hooks::validate).collect();
         for (i, hook) in cfg.hooks.iter().enumerate() {
             if self.interrupted() {
                 break;
             }
-            let Some(spec) = &hook.pre else { continue };
-            self.started_hooks.push(i);
-            let limits = Limits {
-                timeout: hook.timeout,
-                retries: hook.pre_retries,
-                kill_grace: KILL_GRACE,
-            };
-            let ctx = self.ctx(hook, Phase::Pre);
-            let failure = if hook.hold {
-                match hooks::hold::start_held(spec, &ctx, limits) {
-                    Ok(held) => {
-                        self.hook_results.push(held.pre_result().clone());
-                        self.held.push((i, held));
-                        None
-                    }
-                    Err(result) => Some(result),
+            let failure = match &refused[i] {
+                Some((phase, code, message)) => {
+                    let ctx = self.ctx(hook, *phase);
+                    let spec = if *phase == Phase::Pre {
+                        &hook.pre
+                    } else {
+                        &hook.post
+                    };
+                    let mut r = ScriptResult::empty(spec.as_ref().expect("checked script"), &ctx);
+                    r.error = Some(*code);
+                    r.message = message.clone();
+                    Some(r)
                 }
-            } else {
-                let result = hooks::run_script(spec, &ctx, limits);
-                if result.succeeded() {
-                    self.hook_results.push(result);
-                    None
-                } else {
-                    Some(result)
-                }
+                None => self.run_pre(i, hook),
             };
             if let Some(result) = failure {
                 self.all_pre_ok = false;
@@ -365,6 +378,39 @@ impl Operation {
             }
         }
         self.timings.pre_ms = Some(ms(t.elapsed()));
+    }
+
+    /// Run one checked hook's pre script (a post-only hook just joins the post phase);
+    /// returns its result when it failed.
+    fn run_pre(&mut self, i: usize, hook: &HookConfig) -> Option<ScriptResult> {
+        self.started_hooks.push(i);
+        let spec = hook.pre.as_ref()?;
+        let limits = Limits {
+            timeout: hook.timeout,
+            retries: hook.pre_retries,
+            kill_grace: KILL_GRACE,
+        };
+        let ctx = self.ctx(hook, Phase::Pre);
+        if hook.hold {
+            return match hooks::hold::start_held(spec, &ctx, limits) {
+                Ok(held) => {
+                    self.hook_results.push(held.pre_result().clone());
+                    self.held.push((i, held));
+                    None
+                }
+                Err(result) => Some(result),
+            };
+        }
+        let (result, kept) = hooks::run_pre_keeping(spec, &ctx, limits);
+        if let Some(k) = kept {
+            self.kept.push((i, k));
+        }
+        if result.succeeded() {
+            self.hook_results.push(result);
+            None
+        } else {
+            Some(result)
+        }
     }
 
     /// syncfs + freeze the plan (when enabled and the pre phase allows it); with the
@@ -545,6 +591,17 @@ impl Operation {
             self.serious = true;
         }
         self.errors.extend(outcome.problems);
+        if let Some(lost) = outcome.guard_lost {
+            // Without its guard the agent thawed at once: the freeze held only until then.
+            let before_end = self
+                .snapshot_end_ns
+                .is_none_or(|end| lost.at_monotonic_ns < end);
+            self.guard_broke_consistency |= before_end;
+            self.errors.push(Problem::new(
+                ErrorCode::FreezeGuardLost,
+                format!("{}; quiesce thawed by itself", lost.why.describe()),
+            ));
+        }
         if let Some(fired) = outcome.guard_fired {
             let before_end = self
                 .snapshot_end_ns
@@ -576,14 +633,16 @@ impl Operation {
                 kill_grace: KILL_GRACE,
             };
             let ctx = self.ctx(hook, Phase::Post);
-            let result = if let Some(pos) = self.held.iter().position(|(h, _)| *h == i) {
+            let mut result = if let Some(pos) = self.held.iter().position(|(h, _)| *h == i) {
                 let (_, held) = self.held.remove(pos);
                 held.release(&ctx, limits)
             } else if let Some(spec) = &hook.post {
                 hooks::run_script(spec, &ctx, limits)
             } else {
+                self.end_leftovers(i, None);
                 continue;
             };
+            self.end_leftovers(i, Some(&mut result));
             if let Some(code) = result.error {
                 if !hook.continue_on_failure {
                     self.post_failed_fatal = true;
@@ -594,6 +653,14 @@ impl Operation {
             self.hook_results.push(result);
         }
         self.timings.post_ms = Some(ms(t.elapsed()));
+    }
+
+    /// Terminate what hook `i`'s pre script left running (its post script, if any, ran).
+    fn end_leftovers(&mut self, i: usize, post: Option<&mut ScriptResult>) {
+        if let Some(pos) = self.kept.iter().position(|(h, _)| *h == i) {
+            let (_, kept) = self.kept.remove(pos);
+            hooks::end_leftovers(kept, KILL_GRACE, post);
+        }
     }
 
     /// Mount points frozen by this operation (empty when nothing is frozen). The guard may
@@ -624,7 +691,8 @@ impl Operation {
     fn facts(&self) -> Facts {
         Facts {
             takes_snapshots: self.takes_snapshots(),
-            has_pre_hooks: self.cfg.hooks.iter().any(|h| h.pre.is_some()),
+            has_pre_hooks: self.cfg.hooks.iter().any(|h| h.pre.is_some())
+                || !self.cfg.skipped.is_empty(),
             meant_to_freeze: self.scope.freezes(&self.cfg),
             plan_has_targets: self.plan.as_ref().is_some_and(|p| !p.targets.is_empty()),
             pre: match self.mode {
@@ -658,6 +726,7 @@ impl Operation {
         let (status, consistency, target) = judge::judge(&self.facts());
         self.timings.total_ms = ms(self.started.elapsed());
         let mut warnings = self.cfg.warnings.clone();
+        warnings.append(&mut self.recovered);
         if let Some(plan) = self
             .plan
             .as_ref()
@@ -699,7 +768,7 @@ pub fn target_consistency(cfg: &Config, takes_snapshots: bool) -> Consistency {
 fn target_for(cfg: &Config, freezes: bool, takes_snapshots: bool) -> Consistency {
     if !takes_snapshots {
         Consistency::None
-    } else if cfg.hooks.iter().any(|h| h.pre.is_some()) {
+    } else if cfg.hooks.iter().any(|h| h.pre.is_some()) || !cfg.skipped.is_empty() {
         Consistency::Application
     } else if freezes {
         Consistency::FileSystem

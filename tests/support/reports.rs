@@ -45,6 +45,7 @@ pub fn script(
         stdout_tail: stdout.to_string(),
         stderr_tail: stderr.to_string(),
         duration_ms: attempts.iter().map(|(_, ms)| ms).sum(),
+        leftovers: Vec::new(),
     }
 }
 
