@@ -42,3 +42,9 @@ if [ ! -x "$QEMU_CACHE/root/usr/bin/qemu-system-x86_64" ] || ! ls "$QEMU_CACHE"/
 fi
 # benches/guest_agent.rs times both agents' FIFREEZE/FITHAW calls with strace.
 command -v strace >/dev/null 2>&1 || apt-get install -y -qq strace >/dev/null
+# The server tests hold idle connections open as another user (python3 from /usr/bin).
+if [ ! -x /usr/bin/python3 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq python3-minimal >/dev/null
+fi

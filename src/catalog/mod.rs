@@ -1,4 +1,4 @@
-//! The catalog: every run, recorded in an embedded SQLite database (SPEC section 8), read
+//! The catalog: every run, recorded in an embedded SQLite database, read
 //! back by `quiesce history`, `quiesce snapshots` (the consistency a snapshot was taken at)
 //! and the metrics (totals per status and per error code).
 //!
@@ -152,6 +152,8 @@ pub struct RunSummary {
     pub dry_run: bool,
 }
 
+pub use crate::metrics::Totals;
+
 /// One verification of a snapshot, as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerificationRow {
@@ -162,15 +164,6 @@ pub struct VerificationRow {
     pub verified: bool,
     pub message: String,
     pub report_json: String,
-}
-
-/// Counts over every recorded run, for the metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
-    /// Runs per status (`succeeded`, `degraded`, `failed`); absent statuses are zero.
-    pub runs_by_status: BTreeMap<String, u64>,
-    /// Errors (not warnings) per code, over all runs.
-    pub errors_by_code: BTreeMap<String, u64>,
 }
 
 /// An open catalog database.

@@ -1,6 +1,6 @@
 //! The run pipeline: pre hooks -> syncfs + freeze -> snapshot -> thaw -> post hooks, and the
 //! rules that turn what happened into a status, error codes and a consistency level
-//! (SPEC sections 1 and 2).
+//! (README "Consistency rules"; the decision itself is [`judge`]).
 //!
 //! [`Operation`] holds one run's state so that the same steps serve `quiesce snapshot`
 //! ([`run_snapshot`], all steps in one go) and the host-driven mode (`prepare` = pre hooks +
@@ -828,14 +828,8 @@ fn sync_targets(plan: &Plan) -> Vec<Problem> {
     problems
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-/// RFC 3339 UTC with second precision.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use crate::time::ms;
+pub use crate::time::rfc3339;
 
 /// After a run (never while frozen): record it in the catalog and write the metrics file.
 /// Failures here become `CatalogError` warnings, not failures: the snapshot exists whatever
