@@ -28,7 +28,7 @@ use crate::report::{Caller, Consistency, Report, SnapshotRef, Status, Timings};
 use crate::snapshot::{self, Provider, SnapshotContext};
 use judge::{Facts, PreOutcome};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -226,7 +226,7 @@ impl Operation {
                 snapshot::from_config(&cfg.snapshot).takes_snapshots(),
             ))
         };
-        let lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
+        let mut lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = cfg.skipped.clone();
         let mut recovered = Vec::new();
         match freeze::state::recover(&cfg.paths.state_dir) {
@@ -254,6 +254,17 @@ impl Operation {
                 return Err(fail(errors));
             }
         };
+        if let Some(plan) = plan.as_ref().filter(|_| scope.freezes(&cfg)) {
+            let devices: Vec<(u32, u32)> =
+                plan.targets.iter().map(|t| (t.major, t.minor)).collect();
+            let holder = format!(
+                "quiesce pid {}, operation {operation_id}, state dir {}",
+                std::process::id(),
+                cfg.paths.state_dir.display()
+            );
+            lock.lock_filesystems(Path::new(freeze::lock::FS_LOCK_DIR), &devices, &holder)
+                .map_err(|p| fail(vec![p]))?;
+        }
         Ok(Operation {
             freeze_timeout: cfg.freeze.timeout,
             cfg,
