@@ -5,7 +5,9 @@ need=()
 for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-linux:fsfreeze \
                prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
                qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
-               postgresql-client:pgbench; do
+               postgresql-client:pgbench \
+               etcd-server:etcd etcd-client:etcdctl \
+               socat:socat iproute2:ip; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
 # qemu-ga (Debian's qemu-guest-agent) for the platform tests: its fsfreeze-hook path.

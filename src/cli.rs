@@ -117,6 +117,9 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Consistency groups: one cut across many machines, coordinated through etcd.
+    #[command(subcommand)]
+    Group(crate::group::cli::GroupCommand),
     /// Run as a platform's pre/post snapshot script (docs/platforms/): pre prepares an
     /// operation on the running `quiesce serve`, post releases it.
     Hook {
@@ -276,7 +279,7 @@ pub fn run(cli: Cli) -> i32 {
             platform,
             root,
             uninstall,
-        } => crate::platform::install::run(platform, &root, uninstall),
+        } => crate::platform::install::run(platform, &root, uninstall, cli.config.as_deref()),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Verify {
@@ -284,6 +287,7 @@ pub fn run(cli: Cli) -> i32 {
             latest: _,
             json,
         } => verify(cli.config, snapshot, json, cli.verbose),
+        Command::Group(cmd) => crate::group::cli::run(cli.config, cmd),
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[verify]`: proving that snapshots restore (see `quiesce verify`).
     pub verify: VerifyConfig,
+    /// `[group]`: this machine is a member of a consistency group (`docs/groups.md`).
+    pub group: Option<crate::group::GroupConfig>,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
     pub warnings: Vec<Problem>,
     /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
@@ -276,6 +278,7 @@ impl Config {
             hooks: Vec::new(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            group: None,
             warnings: Vec::new(),
             skipped: Vec::new(),
         }

@@ -58,6 +58,7 @@ struct RawFile {
     hooks: Vec<RawHook>,
     server: RawServer,
     verify: RawVerify,
+    group: Option<crate::group::RawGroup>,
     platforms: crate::platform::sources::PlatformSources,
 }
 
@@ -443,6 +444,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 "`verify.hooks` entries must be non-empty argv lists".into(),
                 "hooks",
             )),
+        }
+    }
+    if let Some(g) = raw.group {
+        match g.into_config() {
+            Ok(g) => cfg.group = Some(g),
+            Err(m) => problems.push(problem(m, "group")),
         }
     }
 
