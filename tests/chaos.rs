@@ -336,34 +336,52 @@ fn check_not_succeeded(report: Option<serde_json::Value>, errors: &mut Vec<Strin
     }
 }
 
-fn kill_agent() -> Outcome {
-    let fs = LoopFs::new("ext4", 32);
-    let mounts = vec![fs.mount_point.clone()];
-    let trial = match Trial::frozen(&mounts) {
-        Ok(t) => t,
-        Err(e) => return setup_failed(e, KILL_DEADLINE),
-    };
-    let t = Instant::now();
-    signal(trial.agent.id(), "KILL");
-    let w = writable_after(&mounts, t, KILL_DEADLINE);
-    drop(trial);
-    outcome(w, KILL_DEADLINE, vec![])
+/// Whose process a single-signal scenario hits.
+#[derive(Clone, Copy)]
+enum Who {
+    Agent,
+    Guard,
 }
 
-fn kill_guard() -> Outcome {
+/// Send `sig` to the agent or its guard inside the frozen window; every mount must be
+/// writable within `deadline`. When the guard was hit, the agent's report must not claim a
+/// freeze it did not keep.
+fn signal_in_window(who: Who, sig: &str, deadline: Duration) -> Outcome {
     let fs = LoopFs::new("ext4", 32);
     let mounts = vec![fs.mount_point.clone()];
     let mut trial = match Trial::frozen(&mounts) {
         Ok(t) => t,
-        Err(e) => return setup_failed(e, KILL_DEADLINE),
+        Err(e) => return setup_failed(e, deadline),
+    };
+    let pid = match who {
+        Who::Agent => trial.agent.id(),
+        Who::Guard => trial.guard(),
     };
     let t = Instant::now();
-    signal(trial.guard(), "KILL");
-    let w = writable_after(&mounts, t, KILL_DEADLINE);
+    signal(pid, sig);
+    let w = writable_after(&mounts, t, deadline);
     let mut errors = vec![];
-    check_not_succeeded(trial.report(Duration::from_secs(5)), &mut errors);
+    if let Who::Guard = who {
+        check_not_succeeded(trial.report(Duration::from_secs(5)), &mut errors);
+    }
     drop(trial);
-    outcome(w, KILL_DEADLINE, errors)
+    outcome(w, deadline, errors)
+}
+
+fn kill_agent() -> Outcome {
+    signal_in_window(Who::Agent, "KILL", KILL_DEADLINE)
+}
+
+fn kill_guard() -> Outcome {
+    signal_in_window(Who::Guard, "KILL", KILL_DEADLINE)
+}
+
+fn stop_agent() -> Outcome {
+    signal_in_window(Who::Agent, "STOP", STOP_DEADLINE)
+}
+
+fn stop_guard() -> Outcome {
+    signal_in_window(Who::Guard, "STOP", STOP_DEADLINE)
 }
 
 /// Stop both first (neither can thaw then), kill both, run `quiesce recover`.
@@ -413,36 +431,6 @@ fn stacked() -> Outcome {
     drop(trial);
     drop(inner);
     outcome(w, RECOVER_DEADLINE, errors)
-}
-
-fn stop_agent() -> Outcome {
-    let fs = LoopFs::new("ext4", 32);
-    let mounts = vec![fs.mount_point.clone()];
-    let trial = match Trial::frozen(&mounts) {
-        Ok(t) => t,
-        Err(e) => return setup_failed(e, STOP_DEADLINE),
-    };
-    let t = Instant::now();
-    signal(trial.agent.id(), "STOP");
-    let w = writable_after(&mounts, t, STOP_DEADLINE);
-    drop(trial);
-    outcome(w, STOP_DEADLINE, vec![])
-}
-
-fn stop_guard() -> Outcome {
-    let fs = LoopFs::new("ext4", 32);
-    let mounts = vec![fs.mount_point.clone()];
-    let mut trial = match Trial::frozen(&mounts) {
-        Ok(t) => t,
-        Err(e) => return setup_failed(e, STOP_DEADLINE),
-    };
-    let t = Instant::now();
-    signal(trial.guard(), "STOP");
-    let w = writable_after(&mounts, t, STOP_DEADLINE);
-    let mut errors = vec![];
-    check_not_succeeded(trial.report(Duration::from_secs(5)), &mut errors);
-    drop(trial);
-    outcome(w, STOP_DEADLINE, errors)
 }
 
 /// A second instance (its own state dir) on the frozen filesystem is refused at once,
