@@ -330,7 +330,7 @@ struct CheckOutput {
     ok: bool,
     config: Option<PathBuf>,
     problems: Vec<Problem>,
-    warnings: Vec<Problem>,
+    warnings: Vec<crate::codes::Warning>,
     freeze: Vec<String>,
     /// Every hook and where it came from.
     hooks: Vec<String>,
@@ -365,7 +365,7 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
                 freeze = plan
                     .targets
                     .iter()
-                    .map(|t| t.mount_point.display().to_string())
+                    .map(|t| crate::hooks::output::quote_path(&t.mount_point))
                     .collect()
             }
             Err(mut p) => problems.append(&mut p),
@@ -396,7 +396,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         print_json(&out);
     } else {
         if let Some(c) = &out.config {
-            println!("config: {}", c.display());
+            println!("config: {}", crate::hooks::output::quote_path(c));
         }
         for p in &out.problems {
             println!("error {p}");
@@ -602,7 +602,10 @@ fn history(
             if json {
                 println!("[]");
             } else {
-                println!("no runs recorded yet ({})", cfg.paths.catalog.display());
+                println!(
+                    "no runs recorded yet ({})",
+                    crate::hooks::output::quote_path(&cfg.paths.catalog)
+                );
             }
             return 0;
         }

@@ -440,19 +440,22 @@ impl Catalog {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sql("prepare errors"))?;
-            for (severity, list) in [("error", &report.errors), ("warning", &report.warnings)] {
-                for (seq, p) in list.iter().enumerate() {
-                    problem
-                        .execute(params![
-                            run_id,
-                            severity,
-                            seq as i64,
-                            p.code.as_str(),
-                            p.message,
-                            p.hook
-                        ])
-                        .map_err(sql("insert error"))?;
-                }
+            // Configuration warnings carry no code: stored as an empty one.
+            let errors = report
+                .errors
+                .iter()
+                .map(|p| ("error", p.code.as_str(), &p.message, &p.hook));
+            let warnings = report.warnings.iter().map(|w| {
+                let code = w.code.map_or("", |c| c.as_str());
+                ("warning", code, &w.message, &w.hook)
+            });
+            let mut seqs = [0i64; 2];
+            for (severity, code, message, hook) in errors.chain(warnings) {
+                let seq = &mut seqs[usize::from(severity == "warning")];
+                problem
+                    .execute(params![run_id, severity, *seq, code, message, hook])
+                    .map_err(sql("insert error"))?;
+                *seq += 1;
             }
 
             let mut snap = tx

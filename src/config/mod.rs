@@ -4,11 +4,12 @@
 //! `/etc/quiesce/quiesce.toml`, `/etc/azure/VMSnapshotPluginHost.conf`,
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
+pub mod arithmetic;
 pub mod azure;
 pub mod native;
 pub mod read;
 
-use crate::codes::Problem;
+use crate::codes::{Problem, Warning};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ pub struct Config {
     /// `[group]`: this machine is a member of a consistency group (`docs/groups.md`).
     pub group: Option<crate::group::GroupConfig>,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Warning>,
     /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
     /// not run; a run still takes its snapshot, at most file-system consistent (as for a
     /// failed pre script with `continueBackupOnFailure: true`), and `quiesce check` reports

@@ -21,6 +21,7 @@
 use super::mountinfo::{self, Mount};
 use crate::codes::{ErrorCode, Problem};
 use crate::config::FreezeConfig;
+use crate::hooks::output::quote_path;
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
@@ -387,7 +388,7 @@ impl Groups {
                 provider_paths.get(&g).map(|p| {
                     format!(
                         "snapshot provider writes here ({}): never frozen",
-                        p.display()
+                        quote_path(p)
                     )
                 })
             });
@@ -442,7 +443,7 @@ impl Groups {
             if let Some(why) = &group.ineligible {
                 problems.push(Problem::new(
                     ErrorCode::InvalidFreezePlan,
-                    format!("freeze.include {}: cannot be frozen: {why}", p.display()),
+                    format!("freeze.include {}: cannot be frozen: {why}", quote_path(&p)),
                 ));
                 continue;
             }
@@ -515,7 +516,7 @@ fn ineligibility(group: &Group, table: &MountTable<'_>) -> Option<String> {
             .unwrap_or_default();
         Some(format!(
             "hidden under another mount at {}: not reachable",
-            by.display()
+            quote_path(&by)
         ))
     } else if visible
         .iter()
@@ -532,17 +533,17 @@ fn not_a_visible_mount(table: &MountTable<'_>, p: &Path, hidden: Option<usize>) 
     if let Some(h) = hidden {
         format!(
             "freeze.include {}: hidden under another mount at {}",
-            p.display(),
-            table.hidden_by[h].clone().unwrap_or_default().display()
+            quote_path(p),
+            quote_path(&table.hidden_by[h].clone().unwrap_or_default())
         )
     } else if let Some(c) = table.containing(p) {
         format!(
             "freeze.include {}: not a mount point (it is on the filesystem mounted at {})",
-            p.display(),
-            table.mounts[c].mount_point.display()
+            quote_path(p),
+            quote_path(&table.mounts[c].mount_point)
         )
     } else {
-        format!("freeze.include {}: not a mount point", p.display())
+        format!("freeze.include {}: not a mount point", quote_path(p))
     }
 }
 
@@ -630,8 +631,8 @@ fn decide(
                 true,
                 format!(
                     "same filesystem as {}: frozen once, through {}",
-                    target.mount_point.display(),
-                    target.mount_point.display()
+                    quote_path(&target.mount_point),
+                    quote_path(&target.mount_point)
                 ),
             )
         } else {
@@ -647,7 +648,7 @@ fn decide(
                 if inner == t {
                     r.push_str(&format!(
                         "; loop image on {}: frozen before it, thawed after",
-                        targets[outer].mount_point.display()
+                        quote_path(&targets[outer].mount_point)
                     ));
                 }
             }
@@ -663,7 +664,7 @@ fn decide(
     } else if let Some(x) = &group.excluded {
         (
             false,
-            format!("excluded by freeze.exclude ({})", x.display()),
+            format!("excluded by freeze.exclude ({})", quote_path(x)),
         )
     } else {
         (false, "not listed in freeze.include".to_string())

@@ -20,7 +20,7 @@
 pub mod judge;
 pub mod opid;
 
-use crate::codes::{ErrorCode, Problem};
+use crate::codes::{ErrorCode, Problem, Warning};
 use crate::config::{Config, FreezeConfig, HookConfig};
 use crate::freeze::{self, lock::OpLock, plan::Plan, FreezeOptions, Frozen};
 use crate::hooks::{self, hold::Held, Limits, Phase, RunContext, ScriptResult};
@@ -758,17 +758,20 @@ impl Operation {
         let (status, consistency, target) = judge::judge(&self.facts());
         self.timings.total_ms = ms(self.started.elapsed());
         let mut warnings = self.cfg.warnings.clone();
-        warnings.append(&mut self.recovered);
+        warnings.extend(self.recovered.drain(..).map(Warning::from));
         if let Some(plan) = self
             .plan
             .as_ref()
             .filter(|_| self.scope == FreezeScope::Plan)
         {
             if plan.targets.is_empty() {
-                warnings.push(Problem::new(
-                    ErrorCode::InvalidFreezePlan,
-                    "freezing is enabled but no filesystem is eligible; nothing was frozen",
-                ));
+                warnings.push(
+                    Problem::new(
+                        ErrorCode::InvalidFreezePlan,
+                        "freezing is enabled but no filesystem is eligible; nothing was frozen",
+                    )
+                    .into(),
+                );
             }
         }
         Report {
@@ -875,13 +878,13 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the catalog");
-            report.warnings.push(e.problem());
+            report.warnings.push(e.problem().into());
             return;
         }
     };
     if let Err(e) = catalog.record(report, kind) {
         tracing::error!(error = %e, "cannot record the run in the catalog");
-        report.warnings.push(e.problem());
+        report.warnings.push(e.problem().into());
     }
     if let Some(path) = &cfg.paths.metrics_file {
         let result = catalog
@@ -893,10 +896,9 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
             });
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot write the metrics file");
-            report.warnings.push(Problem::new(
-                ErrorCode::CatalogError,
-                format!("metrics file: {e}"),
-            ));
+            report
+                .warnings
+                .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
         }
     }
 }

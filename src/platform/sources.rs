@@ -372,7 +372,12 @@ fn qemu_ga(dir: &Path, timeout: Duration, found: &mut Found) {
 pub fn describe_hooks(hooks: &[HookConfig]) -> Vec<String> {
     hooks
         .iter()
-        .map(|h| format!("{} (from {})", h.name, h.origin.display()))
+        .map(|h| {
+            // Names and paths may hold control characters: printed escaped.
+            let q = crate::hooks::output::quote;
+            let origin = crate::hooks::output::quote_path(&h.origin);
+            format!("{} (from {origin})", q(&h.name))
+        })
         .collect()
 }
 
