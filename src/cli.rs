@@ -209,8 +209,22 @@ pub fn run(cli: Cli) -> i32 {
                     return report.status.exit_code();
                 }
             };
+            // The locks come before the log file and the catalog are opened: a run refused
+            // by the lock reports on stderr only (those files may be on a frozen filesystem).
+            let begun = pipeline::begin_snapshot(&cfg, &RunOptions::default());
+            if let Err(report) = &begun {
+                if pipeline::refused_by_lock(report) {
+                    init_logging(&config::LogConfig::default(), cli.verbose);
+                    print_problems(&report.errors);
+                    emit(report, json);
+                    return report.status.exit_code();
+                }
+            }
             init_logging(&cfg.log, cli.verbose);
-            let mut report = pipeline::run_snapshot(&cfg, &RunOptions::default());
+            let mut report = match begun {
+                Ok(op) => pipeline::run_begun(op),
+                Err(report) => *report,
+            };
             pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
             emit(&report, json);
             if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
