@@ -46,7 +46,8 @@ pub enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
-        /// Check everything (config, script trust, freeze plan) and run nothing.
+        /// The same as `quiesce check` (with `--json`, `check --json`): validate the config,
+        /// script trust and the freeze plan, and run nothing. No report, no catalog row.
         #[arg(long)]
         dry_run: bool,
     },

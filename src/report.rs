@@ -143,7 +143,6 @@ pub struct Report {
     /// Mount points that were frozen.
     pub frozen: Vec<String>,
     pub hooks: Vec<ScriptResult>,
-    pub dry_run: bool,
 }
 
 impl Report {

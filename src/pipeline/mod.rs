@@ -789,7 +789,6 @@ impl Operation {
             frozen_ms: self.frozen_ms,
             frozen: self.frozen_mounts,
             hooks: self.hook_results,
-            dry_run: false,
         }
     }
 }
@@ -839,7 +838,6 @@ pub fn bare_report(
         frozen_ms: None,
         frozen: Vec::new(),
         hooks: Vec::new(),
-        dry_run: false,
     }
 }
 
