@@ -104,19 +104,44 @@ fn serve_recovers_at_start_what_a_killed_server_left_frozen() {
     let mut first = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = call(&s.socket, "POST", "/v1/operations/op-k/prepare", None, T).unwrap();
     assert_eq!(answer["state"], "frozen", "{answer:#}");
-    // kill -9 the guard first (so nobody thaws), then the server.
+    // Stop the server (it would notice its guard's death and thaw at once), kill -9 the
+    // guard (so nobody thaws), then the server.
+    first.signal("STOP");
     let guards = support::sh("pgrep", &["-P", &first.pid().to_string()]);
     for pid in guards.split_whitespace() {
         support::sh("kill", &["-KILL", pid]);
     }
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(5)).expect("killed");
+    // Still frozen: nobody is left to thaw it (a probe that never thaws anything).
+    let mut probe = support::WriteProbe::start(&s.fs.mount_point);
+    assert_eq!(
+        probe.finished_within(Duration::from_millis(300)),
+        None,
+        "the filesystem must still be frozen before the restart"
+    );
     let _second = ServeProcess::start(&s.config, &s.socket);
     assert!(
         support::writable_within(&s.fs.mount_point, Duration::from_secs(3)),
         "a restarted serve left the filesystem frozen"
     );
     assert!(healthy(&s.socket));
+    // The recovery is recorded: the next operation's report (and so its catalog row) says
+    // what was thawed at start.
+    let (_, answer) = call(&s.socket, "POST", "/v1/operations/op-n/prepare", None, T).unwrap();
+    assert_eq!(answer["state"], "frozen", "{answer:#}");
+    let (_, report) = call(&s.socket, "POST", "/v1/operations/op-n/release", None, T).unwrap();
+    let recorded = report["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["code"] == "RecoveredFrozenFilesystems")
+        .unwrap_or_else(|| panic!("recovery not recorded: {report:#}"));
+    let mount = s.fs.mount_point.display().to_string();
+    assert!(
+        recorded["message"].as_str().unwrap().contains(&mount),
+        "{recorded}"
+    );
 }
 
 #[test]

@@ -127,6 +127,8 @@ pub struct Api {
     cfg: Arc<Config>,
     state: Mutex<State>,
     changed: Condvar,
+    /// What [`Api::recover_at_start`] thawed, recorded in the next operation's report.
+    recovered: Mutex<Vec<String>>,
 }
 
 impl Api {
@@ -136,6 +138,7 @@ impl Api {
             cfg: Arc::new(cfg),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            recovered: Mutex::new(Vec::new()),
         }))
     }
 
@@ -154,6 +157,10 @@ impl Api {
                 "quiesce: recovered at start: thawed {} (left frozen by a crashed run)",
                 thawed.join(", ")
             );
+            self.recovered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(thawed.iter().cloned());
         }
         Ok(thawed)
     }
@@ -199,6 +206,9 @@ impl Api {
             Ok(op) => op,
             Err(report) => return Err(self.begin_failed(&id, deadline, capped, report)),
         };
+        let recovered =
+            std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|e| e.into_inner()));
+        op.note_recovered(&recovered);
         op.host_driven = true;
         op.freeze_timeout = deadline;
         op.caller = req.caller;

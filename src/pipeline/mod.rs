@@ -227,6 +227,28 @@ pub struct Operation {
     timings: Timings,
 }
 
+/// The warning that records a recovery: filesystems a crashed run had left frozen were
+/// thawed before this run started (`RecoveredFrozenFilesystems`).
+pub fn recovered_problem(thawed: &[String]) -> Problem {
+    Problem::new(
+        ErrorCode::RecoveredFrozenFilesystems,
+        format!(
+            "thawed {} left frozen by a crashed run before starting",
+            thawed.join(", ")
+        ),
+    )
+}
+
+impl Operation {
+    /// Record in this run's report that a front end's start thawed `thawed` (left frozen by
+    /// a crashed run) before this operation.
+    pub fn note_recovered(&mut self, thawed: &[String]) {
+        if !thawed.is_empty() {
+            self.recovered.push(recovered_problem(thawed));
+        }
+    }
+}
+
 impl Operation {
     /// Take the operation lock, recover what a crash left frozen, build the provider and the
     /// plan for `scope`. On failure the returned report says why (nothing was run).
@@ -256,13 +278,7 @@ impl Operation {
                     ?thawed,
                     "recovered filesystems left frozen by a crashed run"
                 );
-                recovered.push(Problem::new(
-                    ErrorCode::RecoveredFrozenFilesystems,
-                    format!(
-                        "thawed {} left frozen by a crashed run before starting",
-                        thawed.join(", ")
-                    ),
-                ));
+                recovered.push(recovered_problem(&thawed));
             }
             Ok(_) => {}
             Err(p) => errors.push(p),
