@@ -15,7 +15,7 @@ pub const EXIT_USAGE: i32 = 2;
 #[derive(Parser, Debug)]
 #[command(
     name = "quiesce",
-    version,
+    version = crate::generate::VERSION,
     about = "Application-consistent snapshots for Linux",
     long_about = "quiesce runs your pre-scripts to quiesce applications, freezes the \
 filesystems (a guard process guarantees the thaw), has a snapshot taken, thaws, runs the \
@@ -106,6 +106,12 @@ pub enum Command {
         id: String,
         #[arg(long)]
         socket: Option<PathBuf>,
+    },
+    /// Write man pages or shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    Generate {
+        what: crate::generate::Artefact,
+        dir: PathBuf,
     },
 }
 
@@ -210,6 +216,7 @@ pub fn run(cli: Cli) -> i32 {
         ),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
+        Command::Generate { what, dir } => crate::generate::run(what, &dir),
     }
 }
 

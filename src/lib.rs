@@ -11,6 +11,7 @@ pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod freeze;
+pub mod generate;
 pub mod hooks;
 pub mod logging;
 pub mod metrics;
