@@ -21,16 +21,21 @@ for unit in "$here"/systemd/*.service "$here"/systemd/*.timer "$here"/systemd/*.
   [ -e "$unit" ] && install -m 0644 "$unit" "$root/lib/systemd/system/"
 done
 d usr/lib/tmpfiles.d; install -m 0644 "$here/debian/tmpfiles.conf" "$root/usr/lib/tmpfiles.d/quiesce.conf"
-d usr/share/man/man1
-"$bin" generate man "$root/usr/share/man/man1"
-gzip -9n "$root"/usr/share/man/man1/*.1
-"$bin" generate completions "$stage/completions"
-d usr/share/bash-completion/completions
-install -m 0644 "$stage/completions/quiesce.bash" "$root/usr/share/bash-completion/completions/quiesce"
-d usr/share/zsh/vendor-completions
-install -m 0644 "$stage/completions/_quiesce" "$root/usr/share/zsh/vendor-completions/_quiesce"
-d usr/share/fish/vendor_completions.d
-install -m 0644 "$stage/completions/quiesce.fish" "$root/usr/share/fish/vendor_completions.d/quiesce.fish"
+# Releases before 0.2.0 cannot generate them (the upgrade test packages one).
+if "$bin" generate man "$stage/man" 2>/dev/null; then
+  d usr/share/man/man1
+  install -m 0644 "$stage"/man/*.1 "$root/usr/share/man/man1/"
+  gzip -9n "$root"/usr/share/man/man1/*.1
+  "$bin" generate completions "$stage/completions"
+  d usr/share/bash-completion/completions
+  install -m 0644 "$stage/completions/quiesce.bash" "$root/usr/share/bash-completion/completions/quiesce"
+  d usr/share/zsh/vendor-completions
+  install -m 0644 "$stage/completions/_quiesce" "$root/usr/share/zsh/vendor-completions/_quiesce"
+  d usr/share/fish/vendor_completions.d
+  install -m 0644 "$stage/completions/quiesce.fish" "$root/usr/share/fish/vendor_completions.d/quiesce.fish"
+else
+  echo "build-deb: $bin cannot generate man pages; packaged without them" >&2
+fi
 doc=usr/share/doc/quiesce
 d "$doc"; d "$doc/examples"
 install -m 0644 "$top/README.md" "$root/$doc/README.md"

@@ -6,11 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target"
-bin="target/$target/release/quiesce"
+stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
+# Stripped: the release profile keeps line tables (debug = 1) for local profiling.
+bin="$stage/quiesce"
+strip -o "$bin" "target/$target/release/quiesce"
 version=$("$bin" --version | awk '{print $2}')
 rm -rf dist; mkdir -p dist
 name="quiesce-$version-x86_64-linux-static"
-stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/$name"
 install -m 0755 "$bin" "$stage/$name/quiesce"
 "$bin" generate man "$stage/$name/man"
