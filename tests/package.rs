@@ -145,7 +145,11 @@ fn debian_root(dir: &Path) {
             std::fs::rename(&tmp, &tarball).unwrap();
         }
     });
-    run(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(dir));
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(dir));
 }
 
 /// The commands of README's block that starts after `marker`: the indented lines up to the
@@ -218,7 +222,10 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
          _quiesce quiesce sn quiesce; echo \"${COMPREPLY[@]}\"'",
     );
     assert!(comp.contains("complete -F _quiesce"), "{comp}");
-    assert!(comp.contains("snapshot") && comp.contains("snapshots"), "{comp}");
+    assert!(
+        comp.contains("snapshot") && comp.contains("snapshots"),
+        "{comp}"
+    );
     for f in [
         "/usr/share/zsh/vendor-completions/_quiesce",
         "/usr/share/fish/vendor_completions.d/quiesce.fish",
@@ -236,7 +243,10 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     assert!(units.len() >= 3, "{units:?}");
     for u in &units {
         let name = Path::new(u).file_name().unwrap().to_string_lossy();
-        in_root(&root, &format!("SYSTEMD_LOG_LEVEL=notice systemd-analyze verify {u} 2>&1"));
+        in_root(
+            &root,
+            &format!("SYSTEMD_LOG_LEVEL=notice systemd-analyze verify {u} 2>&1"),
+        );
         let enabled = Command::new("chroot")
             .arg(&root)
             .args(["systemctl", "is-enabled", &name])
@@ -254,7 +264,10 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     in_root(&root, "quiesce snapshot --json >/dev/null || true");
     in_root(&root, "test -s /var/lib/quiesce/catalog.db");
     in_root(&root, "dpkg --remove quiesce");
-    in_root(&root, "test -f /etc/quiesce/quiesce.toml && test -f /var/lib/quiesce/catalog.db");
+    in_root(
+        &root,
+        "test -f /etc/quiesce/quiesce.toml && test -f /var/lib/quiesce/catalog.db",
+    );
     in_root(&root, "dpkg --purge quiesce");
     in_root(&root, "rm -f /root/*.deb");
     let after = tree(&root);
@@ -290,10 +303,14 @@ fn static_binary_runs_in_a_root_without_libc() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    let v = run(Command::new("chroot").arg(&root).args(["/quiesce", "--version"]));
+    let v = run(Command::new("chroot")
+        .arg(&root)
+        .args(["/quiesce", "--version"]));
     assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
     // It reads the mount table and plans without any file of its own.
-    let m = run(Command::new("chroot").arg(&root).args(["/quiesce", "mounts", "--json"]));
+    let m = run(Command::new("chroot")
+        .arg(&root)
+        .args(["/quiesce", "mounts", "--json"]));
     assert!(m.contains("\"mount_point\""), "{m}");
 
     // SHA256SUMS covers it.
@@ -313,13 +330,25 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
     for deb in [&a.old_deb, &a.deb] {
         std::fs::copy(deb, root.join("root").join(deb.file_name().unwrap())).unwrap();
     }
-    let old = a.old_deb.file_name().unwrap().to_string_lossy().into_owned();
+    let old = a
+        .old_deb
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let new = a.deb.file_name().unwrap().to_string_lossy().into_owned();
     in_root(&root, &format!("dpkg -i ./{old}"));
     let v = in_root(&root, "quiesce --version");
-    assert_eq!(v.trim(), "quiesce 0.1.0", "the previous release prints no commit");
+    assert_eq!(
+        v.trim(),
+        "quiesce 0.1.0",
+        "the previous release prints no commit"
+    );
     // The admin's edit of the conffile must survive the upgrade.
-    in_root(&root, "sed -i 's/^timeout = \"60s\"/timeout = \"45s\"/' /etc/quiesce/quiesce.toml");
+    in_root(
+        &root,
+        "sed -i 's/^timeout = \"60s\"/timeout = \"45s\"/' /etc/quiesce/quiesce.toml",
+    );
     for _ in 0..2 {
         in_root(&root, "quiesce snapshot >/dev/null || true");
     }
@@ -340,7 +369,10 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&after), ids(&before), "{after}");
-    in_root(&root, "grep -q '^timeout = \"45s\"' /etc/quiesce/quiesce.toml");
+    in_root(
+        &root,
+        "grep -q '^timeout = \"45s\"' /etc/quiesce/quiesce.toml",
+    );
     in_root(&root, "quiesce check");
     in_root(&root, "dpkg --purge quiesce");
 }
