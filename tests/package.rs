@@ -125,6 +125,40 @@ fn artefacts() -> &'static Artefacts {
     })
 }
 
+/// A root directory in its own scratch directory, with /proc mounted. Fields drop in
+/// order: /proc is unmounted before the scratch directory is removed.
+struct Root {
+    _proc: ProcMount,
+    _scratch: Scratch,
+    path: PathBuf,
+}
+
+impl Root {
+    /// An empty root, or (with `debian`) a clean Debian root, holding `files` under /root
+    /// (or at / for an empty root).
+    fn new(tag: &str, debian: bool, files: &[&Path]) -> Root {
+        let scratch = Scratch::new(tag);
+        let path = scratch.join("root");
+        std::fs::create_dir_all(&path).unwrap();
+        if debian {
+            debian_root(&path);
+        }
+        let into = if debian {
+            path.join("root")
+        } else {
+            path.clone()
+        };
+        for f in files {
+            std::fs::copy(f, into.join(f.file_name().unwrap())).unwrap();
+        }
+        Root {
+            _proc: ProcMount::new(&path),
+            _scratch: scratch,
+            path,
+        }
+    }
+}
+
 /// A clean Debian 12 root (minbase + systemd, man-db, bash-completion) extracted into
 /// `dir`. The tarball is made once by mmdebstrap and cached.
 fn debian_root(dir: &Path) {
@@ -180,12 +214,9 @@ fn tree(root: &Path) -> Vec<String> {
 #[test]
 fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     let a = artefacts();
-    let s = Scratch::new("pkg-deb");
-    let root = s.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    debian_root(&root);
-    let _proc = ProcMount::new(&root);
-    let before = tree(&root);
+    let r = Root::new("pkg-deb", true, &[]);
+    let root = &r.path;
+    let before = tree(root);
     std::fs::copy(&a.deb, root.join("root").join(a.deb.file_name().unwrap())).unwrap();
 
     // README's Install steps, verbatim.
@@ -193,24 +224,24 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     assert!(cmds.len() >= 3, "{cmds:?}");
     let mut outputs = Vec::new();
     for c in &cmds {
-        outputs.push(in_root(&root, c));
+        outputs.push(in_root(root, c));
     }
     let all = outputs.join("\n");
     assert!(all.contains("quiesce 0.2.0 (commit "), "{all}");
     assert!(all.contains("check passed"), "{all}");
 
     // The shipped config: root-only conffile, freezes nothing.
-    let st = in_root(&root, "stat -c '%a %U' /etc/quiesce/quiesce.toml");
+    let st = in_root(root, "stat -c '%a %U' /etc/quiesce/quiesce.toml");
     assert_eq!(st.trim(), "600 root");
-    let check = in_root(&root, "quiesce check --json");
+    let check = in_root(root, "quiesce check --json");
     let v: serde_json::Value = serde_json::from_str(&check).unwrap();
     assert_eq!(v["ok"], true, "{check}");
     assert_eq!(v["freeze"], serde_json::json!([]), "{check}");
 
     // Man pages for the command and each subcommand render.
-    let page = in_root(&root, "MANWIDTH=80 man quiesce 2>&1");
+    let page = in_root(root, "MANWIDTH=80 man quiesce 2>&1");
     assert!(page.contains("Application-consistent snapshots"), "{page}");
-    let sub = in_root(&root, "man quiesce-snapshot 2>&1");
+    let sub = in_root(root, "man quiesce-snapshot 2>&1");
     assert!(sub.contains("--dry-run"), "{sub}");
 
     // bash completion loads and completes subcommands.
@@ -234,11 +265,11 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
         "/usr/lib/tmpfiles.d/quiesce.conf",
         "/usr/share/man/man1/quiesce-check.1.gz",
     ] {
-        in_root(&root, &format!("test -s {f}"));
+        in_root(root, &format!("test -s {f}"));
     }
 
     // Every unit the package ships passes systemd-analyze verify; none is enabled.
-    let units = in_root(&root, "dpkg -L quiesce | grep '^/lib/systemd/system/.'");
+    let units = in_root(root, "dpkg -L quiesce | grep '^/lib/systemd/system/.'");
     let units: Vec<&str> = units.lines().collect();
     assert!(units.len() >= 3, "{units:?}");
     for u in &units {
@@ -248,7 +279,7 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
             &format!("SYSTEMD_LOG_LEVEL=notice systemd-analyze verify {u} 2>&1"),
         );
         let enabled = Command::new("chroot")
-            .arg(&root)
+            .arg(root)
             .args(["systemctl", "is-enabled", &name])
             .output()
             .unwrap();
@@ -257,20 +288,20 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
             "{name} enabled by the package"
         );
     }
-    let lint = in_root(&root, "dpkg -s quiesce");
+    let lint = in_root(root, "dpkg -s quiesce");
     assert!(lint.contains("Status: install ok installed"), "{lint}");
 
     // remove keeps config and catalog; purge removes everything the package made.
-    in_root(&root, "quiesce snapshot --json >/dev/null || true");
-    in_root(&root, "test -s /var/lib/quiesce/catalog.db");
-    in_root(&root, "dpkg --remove quiesce");
+    in_root(root, "quiesce snapshot --json >/dev/null || true");
+    in_root(root, "test -s /var/lib/quiesce/catalog.db");
+    in_root(root, "dpkg --remove quiesce");
     in_root(
         &root,
         "test -f /etc/quiesce/quiesce.toml && test -f /var/lib/quiesce/catalog.db",
     );
-    in_root(&root, "dpkg --purge quiesce");
-    in_root(&root, "rm -f /root/*.deb");
-    let after = tree(&root);
+    in_root(root, "dpkg --purge quiesce");
+    in_root(root, "rm -f /root/*.deb");
+    let after = tree(root);
     let left: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
     assert!(left.is_empty(), "left behind after purge: {left:?}");
 
@@ -284,32 +315,28 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
         }
     }
     for c in readme_commands("<!-- tested: static install -->") {
-        in_root(&root, &c);
+        in_root(root, &c);
     }
-    let v = in_root(&root, "/usr/local/bin/quiesce --version");
+    let v = in_root(root, "/usr/local/bin/quiesce --version");
     assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
 }
 
 #[test]
 fn static_binary_runs_in_a_root_without_libc() {
     let a = artefacts();
-    let s = Scratch::new("pkg-static");
-    let root = s.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::copy(&a.static_bin, root.join("quiesce")).unwrap();
-    let _proc = ProcMount::new(&root);
-    let names: Vec<_> = std::fs::read_dir(&root)
+    let r = Root::new("pkg-static", false, &[&a.static_bin]);
+    let root = &r.path;
+    let bin = format!("/{}", a.static_bin.file_name().unwrap().to_string_lossy());
+    let names: Vec<_> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
-    let v = run(Command::new("chroot")
-        .arg(&root)
-        .args(["/quiesce", "--version"]));
+    assert_eq!(names.len(), 2, "only the binary and /proc: {names:?}");
+    let v = run(Command::new("chroot").arg(root).args([&bin, "--version"]));
     assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
     // It reads the mount table and plans without any file of its own.
     let m = run(Command::new("chroot")
-        .arg(&root)
+        .arg(root)
         .args(["/quiesce", "mounts", "--json"]));
     assert!(m.contains("\"mount_point\""), "{m}");
 
@@ -322,14 +349,8 @@ fn static_binary_runs_in_a_root_without_libc() {
 #[test]
 fn upgrade_from_the_previous_release_keeps_config_and_history() {
     let a = artefacts();
-    let s = Scratch::new("pkg-upgrade");
-    let root = s.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    debian_root(&root);
-    let _proc = ProcMount::new(&root);
-    for deb in [&a.old_deb, &a.deb] {
-        std::fs::copy(deb, root.join("root").join(deb.file_name().unwrap())).unwrap();
-    }
+    let r = Root::new("pkg-upgrade", true, &[&a.old_deb, &a.deb]);
+    let root = &r.path;
     let old = a
         .old_deb
         .file_name()
@@ -337,8 +358,8 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
         .to_string_lossy()
         .into_owned();
     let new = a.deb.file_name().unwrap().to_string_lossy().into_owned();
-    in_root(&root, &format!("dpkg -i ./{old}"));
-    let v = in_root(&root, "quiesce --version");
+    in_root(root, &format!("dpkg -i ./{old}"));
+    let v = in_root(root, "quiesce --version");
     assert_eq!(
         v.trim(),
         "quiesce 0.1.0",
@@ -350,16 +371,16 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
         "sed -i 's/^timeout = \"60s\"/timeout = \"45s\"/' /etc/quiesce/quiesce.toml",
     );
     for _ in 0..2 {
-        in_root(&root, "quiesce snapshot >/dev/null || true");
+        in_root(root, "quiesce snapshot >/dev/null || true");
     }
-    let before = in_root(&root, "quiesce history --json");
+    let before = in_root(root, "quiesce history --json");
     let before: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert_eq!(before.as_array().unwrap().len(), 2, "{before}");
 
-    in_root(&root, &format!("dpkg -i ./{new}"));
-    let v = in_root(&root, "quiesce --version");
+    in_root(root, &format!("dpkg -i ./{new}"));
+    let v = in_root(root, "quiesce --version");
     assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
-    let after = in_root(&root, "quiesce history --json");
+    let after = in_root(root, "quiesce history --json");
     let after: serde_json::Value = serde_json::from_str(&after).unwrap();
     let ids = |v: &serde_json::Value| {
         v.as_array()
@@ -373,6 +394,6 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
         &root,
         "grep -q '^timeout = \"45s\"' /etc/quiesce/quiesce.toml",
     );
-    in_root(&root, "quiesce check");
-    in_root(&root, "dpkg --purge quiesce");
+    in_root(root, "quiesce check");
+    in_root(root, "dpkg --purge quiesce");
 }
