@@ -246,7 +246,7 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
 
     // bash completion loads and completes subcommands.
     let comp = in_root(
-        &root,
+        root,
         "bash -c '. /usr/share/bash-completion/bash_completion; \
          _completion_loader quiesce; complete -p quiesce; \
          COMP_WORDS=(quiesce sn); COMP_CWORD=1; COMP_LINE=\"quiesce sn\"; COMP_POINT=10; \
@@ -275,7 +275,7 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     for u in &units {
         let name = Path::new(u).file_name().unwrap().to_string_lossy();
         in_root(
-            &root,
+            root,
             &format!("SYSTEMD_LOG_LEVEL=notice systemd-analyze verify {u} 2>&1"),
         );
         let enabled = Command::new("chroot")
@@ -296,7 +296,7 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     in_root(root, "test -s /var/lib/quiesce/catalog.db");
     in_root(root, "dpkg --remove quiesce");
     in_root(
-        &root,
+        root,
         "test -f /etc/quiesce/quiesce.toml && test -f /var/lib/quiesce/catalog.db",
     );
     in_root(root, "dpkg --purge quiesce");
@@ -367,7 +367,7 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
     );
     // The admin's edit of the conffile must survive the upgrade.
     in_root(
-        &root,
+        root,
         "sed -i 's/^timeout = \"60s\"/timeout = \"45s\"/' /etc/quiesce/quiesce.toml",
     );
     for _ in 0..2 {
@@ -391,7 +391,7 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
     };
     assert_eq!(ids(&after), ids(&before), "{after}");
     in_root(
-        &root,
+        root,
         "grep -q '^timeout = \"45s\"' /etc/quiesce/quiesce.toml",
     );
     in_root(root, "quiesce check");
