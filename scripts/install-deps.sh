@@ -8,6 +8,10 @@ for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-li
                postgresql-client:pgbench; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
+# qemu-ga (Debian's qemu-guest-agent) for the platform tests: its fsfreeze-hook path.
+if ! command -v qemu-ga >/dev/null 2>&1 && [ ! -x /usr/sbin/qemu-ga ]; then
+  need+=(qemu-guest-agent)
+fi
 # PostgreSQL server binaries (initdb, pg_ctl, postgres): on PATH, or Debian's layout.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)

@@ -1,10 +1,12 @@
 //! The command line (SPEC section 9). `main` only calls [`main`] here.
 
+use crate::api::{Caller, FreezeScope, OpState};
 use crate::codes::Problem;
 use crate::config::{self, Config};
 use crate::hooks::Phase;
 use crate::pipeline::{self, RunOptions};
 use crate::report::{Report, Status};
+use crate::server::client::{Client, ClientError};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -100,6 +102,30 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Run as a platform's pre/post snapshot script (docs/platforms/): pre prepares an
+    /// operation on the running `quiesce serve`, post releases it.
+    Hook {
+        #[arg(value_enum)]
+        side: crate::platform::bridge::Side,
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// The guard thaws at this deadline if post never comes ("60s").
+        #[arg(long)]
+        deadline: Option<String>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Wire the bridge into a platform's configuration (docs/platforms/); --uninstall
+    /// restores what was there.
+    Install {
+        #[arg(long, value_enum)]
+        platform: crate::platform::bridge::Platform,
+        /// Install under this directory instead of / (an image being built, a test).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        #[arg(long)]
+        uninstall: bool,
+    },
     /// Host side: the state of an operation.
     Status {
         #[arg(long)]
@@ -151,6 +177,11 @@ pub fn run(cli: Cli) -> i32 {
     ) {
         let _ = crate::freeze::install_signal_handlers();
     }
+    // A relative --config is taken relative to the current directory, once, here.
+    let cli = Cli {
+        config: cli.config.map(|p| std::path::absolute(&p).unwrap_or(p)),
+        ..cli
+    };
     match cli.command {
         Command::Snapshot { json, dry_run } => {
             if dry_run {
@@ -190,30 +221,39 @@ pub fn run(cli: Cli) -> i32 {
             id,
             deadline,
             socket,
+        } => prepare(cli.config, socket, &id, deadline.as_deref()),
+        Command::Release { id, socket } => host_call(cli.config, socket, |c| {
+            c.release(&id).map(|report| {
+                print_json(&report);
+                report.status.exit_code()
+            })
+        }),
+        Command::Status { id, socket } => host_call(cli.config, socket, |c| {
+            c.status(&id).map(|status| {
+                print_json(&status);
+                0
+            })
+        }),
+        Command::Hook {
+            side,
+            platform,
+            deadline,
+            socket,
         } => {
-            let body = deadline.map(|d| serde_json::json!({ "deadline": d }));
-            client(
-                cli.config,
-                socket,
-                "POST",
-                &format!("/v1/operations/{id}/prepare"),
-                body,
+            let cfg = load_or_defaults(cli.config);
+            crate::platform::bridge::run(
+                &cfg,
+                platform,
+                side,
+                deadline.as_deref(),
+                socket.as_deref(),
             )
         }
-        Command::Release { id, socket } => client(
-            cli.config,
-            socket,
-            "POST",
-            &format!("/v1/operations/{id}/release"),
-            None,
-        ),
-        Command::Status { id, socket } => client(
-            cli.config,
-            socket,
-            "GET",
-            &format!("/v1/operations/{id}"),
-            None,
-        ),
+        Command::Install {
+            platform,
+            root,
+            uninstall,
+        } => crate::platform::install::run(platform, &root, uninstall),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Generate { what, dir } => crate::generate::run(what, &dir),
@@ -248,11 +288,13 @@ struct CheckOutput {
     problems: Vec<Problem>,
     warnings: Vec<Problem>,
     freeze: Vec<String>,
+    /// Every hook and where it came from.
+    hooks: Vec<String>,
 }
 
 /// Everything `check` finds wrong with the configuration, the scripts and the freeze plan.
 pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
-    let mut problems = Vec::new();
+    let mut problems = cfg.skipped.clone();
     for hook in &cfg.hooks {
         for (phase, spec) in [(Phase::Pre, &hook.pre), (Phase::Post, &hook.post)] {
             let Some(spec) = spec else { continue };
@@ -290,12 +332,13 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
 
 fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
     let located = config::locate(config_path.as_deref());
-    let (problems, warnings, freeze) = match config::load(config_path.as_deref()) {
+    let (problems, warnings, freeze, hooks) = match config::load(config_path.as_deref()) {
         Ok(cfg) => {
             let (problems, freeze) = check_config(&cfg);
-            (problems, cfg.warnings.clone(), freeze)
+            let hooks = crate::platform::sources::describe_hooks(&cfg.hooks);
+            (problems, cfg.warnings.clone(), freeze, hooks)
         }
-        Err(errs) => (errs.0, Vec::new(), Vec::new()),
+        Err(errs) => (errs.0, Vec::new(), Vec::new(), Vec::new()),
     };
     let out = CheckOutput {
         ok: problems.is_empty(),
@@ -303,6 +346,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         problems,
         warnings,
         freeze,
+        hooks,
     };
     if json {
         print_json(&out);
@@ -318,6 +362,9 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         }
         if !out.freeze.is_empty() {
             println!("would freeze: {}", out.freeze.join(", "));
+        }
+        for h in &out.hooks {
+            println!("hook {h}");
         }
         println!(
             "{}",
@@ -348,7 +395,26 @@ fn load_or_defaults(config_path: Option<PathBuf>) -> Config {
 }
 
 fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    // With an explicit configuration, show exactly what `snapshot` would do with it, or fail
+    // like `check` (never fall back to the default plan).
+    let cfg = match &config_path {
+        Some(p) => match config::load(Some(p)) {
+            Ok(cfg) => cfg,
+            Err(errs) => {
+                print_problems(&errs.0);
+                return 1;
+            }
+        },
+        None => load_or_defaults(None),
+    };
+    if !cfg.freeze.enabled {
+        if json {
+            println!("[]");
+        } else {
+            println!("freezing is disabled (freeze.enabled / fsFreezeEnabled): nothing is frozen");
+        }
+        return 0;
+    }
     let provider = crate::snapshot::from_config(&cfg.snapshot);
     match crate::freeze::plan::plan_system(&cfg.freeze, &provider.must_not_freeze()) {
         Ok(plan) => {
@@ -356,6 +422,9 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
                 print_json(&plan.decisions);
             } else {
                 print!("{}", crate::freeze::plan::render_table(&plan));
+                for h in crate::platform::sources::describe_hooks(&cfg.hooks) {
+                    println!("hook {h}");
+                }
             }
             0
         }
@@ -367,7 +436,9 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
 }
 
 fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    let Some(cfg) = load_strict(config_path) else {
+        return 1;
+    };
     let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir)
         .and_then(|_lock| crate::freeze::state::recover(&cfg.paths.state_dir));
     match result {
@@ -392,37 +463,78 @@ fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
     }
 }
 
-fn client(
+/// The configuration of a command: the explicit `--config` must load (None: it did not,
+/// the problems are printed); without `--config`, the first found or the defaults.
+fn load_strict(config_path: Option<PathBuf>) -> Option<Config> {
+    match config::load(config_path.as_deref()) {
+        Ok(cfg) => Some(cfg),
+        Err(errs) if config_path.is_some() => {
+            print_problems(&errs.0);
+            None
+        }
+        Err(_) => Some(Config::defaults(std::path::Path::new(""))),
+    }
+}
+
+/// Run `f` against the server at `socket` (default: `server.socket` of the configuration);
+/// its exit code, or 1 after printing why the call failed.
+fn host_call(
     config_path: Option<PathBuf>,
     socket: Option<PathBuf>,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
+    f: impl FnOnce(&Client) -> Result<i32, ClientError>,
 ) -> i32 {
-    let socket = socket.unwrap_or_else(|| load_or_defaults(config_path).server.socket);
-    match crate::server::client::call(
-        &socket,
-        method,
-        path,
-        body.as_ref(),
-        std::time::Duration::from_secs(3600),
-    ) {
-        Ok((status, value)) => {
-            print_json(&value);
-            let report_status = value["status"].as_str();
-            match (status, report_status) {
-                (200, Some("degraded")) => Status::Degraded.exit_code(),
-                (200, Some("failed")) => 1,
-                (200, _) if value["state"] == "failed" => 1,
-                (200, _) => 0,
-                _ => 1,
-            }
+    let socket = match socket {
+        Some(s) => s,
+        None => match load_strict(config_path) {
+            Some(cfg) => cfg.server.socket,
+            None => return 1,
+        },
+    };
+    match f(&Client::new(socket)) {
+        Ok(code) => code,
+        Err(ClientError::Refused { problems, .. }) => {
+            print_json(&serde_json::json!({ "errors": problems }));
+            print_problems(&problems);
+            1
         }
         Err(e) => {
             eprintln!("quiesce: {e}");
             1
         }
     }
+}
+
+/// `quiesce prepare`: 0 once prepared cleanly; 3 when prepared with errors (the freeze
+/// failed: the snapshot would be crash-consistent); 1 when the prepare failed or the
+/// operation is already finished. The codes are printed on stderr.
+fn prepare(
+    config_path: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    id: &str,
+    deadline: Option<&str>,
+) -> i32 {
+    let deadline = match deadline.map(humantime::parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("quiesce: invalid --deadline: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    host_call(config_path, socket, |c| {
+        let answer = c.prepare(id, deadline, &FreezeScope::Plan, &Caller::Cli)?;
+        print_json(&answer);
+        print_problems(&answer.errors);
+        Ok(match answer.state {
+            OpState::Frozen | OpState::Prepared if answer.errors.is_empty() => 0,
+            OpState::Frozen | OpState::Prepared => Status::Degraded.exit_code(),
+            state => {
+                if !state.is_finished() || answer.errors.is_empty() {
+                    eprintln!("quiesce: operation {id} is {state}, not prepared");
+                }
+                Status::Failed.exit_code()
+            }
+        })
+    })
 }
 
 fn init_logging(cfg: &config::LogConfig, verbosity: u8) {

@@ -4,8 +4,9 @@
 //! [`config`] (native and Azure formats into one model) -> [`trust`] checks ->
 //! [`hooks`] (pre scripts) -> [`freeze`] (syncfs, FIFREEZE, guard) -> [`snapshot`] providers ->
 //! thaw -> [`hooks`] (post scripts) -> [`pipeline`] (outcomes into codes and a consistency
-//! level) -> [`report`], [`catalog`], [`metrics`]. [`server`] is the host-driven mode.
+//! level) -> [`report`], [`catalog`], [`metrics`]. [`api`] is the operation registry every front end drives ([`server`]: HTTP).
 
+pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod codes;
@@ -16,6 +17,7 @@ pub mod hooks;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod platform;
 pub mod report;
 pub mod server;
 pub mod snapshot;

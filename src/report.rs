@@ -86,10 +86,47 @@ pub struct Timings {
     pub total_ms: u64,
 }
 
+/// Who asked for an operation; recorded in the report and the catalog.
+///
+/// In JSON: `"cli"`, `"http"`, `"guest-agent"`, `{"platform": "NAME"}`,
+/// `{"group": {"group": "NAME", "coordinator": "HOST"}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Caller {
+    /// `quiesce snapshot` (command line or timer).
+    #[default]
+    Cli,
+    /// A host through `quiesce serve`'s HTTP API.
+    Http,
+    /// A hypervisor through the QEMU guest-agent protocol.
+    GuestAgent,
+    /// A platform bridge (its name).
+    Platform(String),
+    /// A multi-machine group, driven by its coordinator.
+    Group { group: String, coordinator: String },
+}
+
+impl Caller {
+    /// One line for the catalog and logs: `cli`, `http`, `guest-agent`, `platform:NAME`,
+    /// `group:NAME@COORDINATOR`.
+    pub fn label(&self) -> String {
+        match self {
+            Caller::Cli => "cli".into(),
+            Caller::Http => "http".into(),
+            Caller::GuestAgent => "guest-agent".into(),
+            Caller::Platform(name) => format!("platform:{name}"),
+            Caller::Group { group, coordinator } => format!("group:{group}@{coordinator}"),
+        }
+    }
+}
+
 /// One run, as printed by `quiesce snapshot --json` and stored in the catalog.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub operation_id: String,
+    /// Who asked for the run (absent in reports written before callers were recorded).
+    #[serde(default)]
+    pub caller: Caller,
     /// RFC 3339, UTC.
     pub started_at: String,
     pub finished_at: String,

@@ -1,4 +1,4 @@
-//! Trust checks for configuration files and hook scripts (SPEC section 4).
+//! Trust checks for configuration files and hook scripts.
 //!
 //! A file is trusted when it is a regular file owned by root with no group/other permission
 //! bits and no set-uid/set-gid bit, and every directory above it is owned by root and not
@@ -66,21 +66,114 @@ pub struct TrustedFile {
     /// unless it is an ELF binary (`elf` is true).
     pub shebang: bool,
     pub elf: bool,
+    /// The checked interpreter of a `#!` script (`None` for ELF binaries and scripts
+    /// without `#!`, which run under `/bin/sh`).
+    pub interpreter: Option<Interpreter>,
+}
+
+/// A `#!` line's interpreter, resolved and trust-checked like the script itself (root-owned,
+/// not writable by group/others, in safe directories). `#!/usr/bin/env NAME` is resolved on
+/// the hooks' `PATH` ([`HOOK_PATH`]) and `NAME` is run directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreter {
+    /// The canonical path executed.
+    pub program: PathBuf,
+    /// The optional single argument of the `#!` line (the kernel passes it as one word).
+    pub arg: Option<String>,
+}
+
+/// The only `PATH` hooks get, and where `#!/usr/bin/env NAME` is looked up. Every directory
+/// in it is root's on a sane system; the trust check proves it for each interpreter found.
+pub const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Longest `#!` line read (the kernel's limit is 256 bytes since Linux 5.1).
+const MAX_SHEBANG: usize = 256;
+
+/// Read and check the interpreter of a `#!` script.
+fn interpreter_of(path: &Path, fd: &OwnedFd) -> Result<Option<Interpreter>, TrustError> {
+    let mut head = [0u8; MAX_SHEBANG];
+    let n = pread_full(fd, &mut head)
+        .map_err(|e| insecure(path, format!("cannot read the file: {e}")))?;
+    let Some(line) = head[..n].strip_prefix(b"#!") else {
+        return Ok(None);
+    };
+    let line = line.split(|b| *b == b'\n').next().unwrap_or(line);
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim();
+    let (prog, arg) = match line.split_once([' ', '\t']) {
+        Some((p, a)) => (p, Some(a.trim().to_string()).filter(|a| !a.is_empty())),
+        None => (line, None),
+    };
+    if prog.is_empty() {
+        return Err(not_found(path, "its `#!` line names no interpreter"));
+    }
+    let (prog, arg) = if Path::new(prog).file_name() == Some(OsStr::new("env")) {
+        let Some(name) = arg.filter(|a| !a.contains(char::is_whitespace) && !a.starts_with('-'))
+        else {
+            return Err(insecure(
+                path,
+                format!("`#!{line}`: only `#!/usr/bin/env NAME` (one name) is supported"),
+            ));
+        };
+        let found = HOOK_PATH
+            .split(':')
+            .map(|d| Path::new(d).join(&name))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                not_found(
+                    path,
+                    format!("its interpreter `{name}` (from `#!{line}`) is not on {HOOK_PATH}"),
+                )
+            })?;
+        (found, None)
+    } else {
+        (PathBuf::from(prog), arg)
+    };
+    check_interpreter(path, &prog).map(|program| Some(Interpreter { program, arg }))
+}
+
+/// Resolve `prog` (symlinks included: `/bin/sh` is usually one) and check the file it names
+/// as an executable root may run: owned by root, not writable by group/others, in safe
+/// directories, executable. Returns the canonical path.
+pub fn check_interpreter(script: &Path, prog: &Path) -> Result<PathBuf, TrustError> {
+    let shown = prog.display();
+    let real = std::fs::canonicalize(prog).map_err(|e| {
+        not_found(
+            script,
+            format!("its interpreter {shown} does not exist or cannot be resolved ({e})"),
+        )
+    })?;
+    let fd = open_checked(&real, Access::WorldReadable).map_err(|e| {
+        insecure(
+            script,
+            format!("its interpreter {shown} is not trusted: {}", e.reason()),
+        )
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| insecure(script, format!("fstat: {e}")))?;
+    if st.st_mode & 0o100 == 0 {
+        return Err(insecure(
+            script,
+            format!("its interpreter {shown} is not executable"),
+        ));
+    }
+    Ok(real)
 }
 
 /// Open `path` and check it as a hook script.
 pub fn open_script(path: &Path) -> Result<TrustedFile, TrustError> {
-    let fd = open_checked(path)?;
+    let fd = open_checked(path, Access::Private)?;
     let mut magic = [0u8; 4];
     let n = pread_full(&fd, &mut magic).map_err(|e| TrustError::Insecure {
         path: path.to_path_buf(),
         reason: format!("cannot read the file: {e}"),
     })?;
     let magic = &magic[..n];
+    let interpreter = interpreter_of(path, &fd)?;
     Ok(TrustedFile {
         path: path.to_path_buf(),
         shebang: magic.starts_with(b"#!"),
         elf: magic == b"\x7fELF",
+        interpreter,
         fd,
     })
 }
@@ -88,10 +181,29 @@ pub fn open_script(path: &Path) -> Result<TrustedFile, TrustError> {
 /// Open `path` and check it as a configuration file (same rules as scripts, but the mode
 /// must not include group/other bits; the owner execute bit is irrelevant).
 pub fn open_config(path: &Path) -> Result<std::fs::File, TrustError> {
-    let fd = open_checked(path)?;
+    open_config_with(path, Access::Private)
+}
+
+/// Like [`open_config`], but group/other may read the file (never write it). Azure installs
+/// its plugin host INI with mode 0644; it names files, not secrets.
+pub fn open_public_config(path: &Path) -> Result<std::fs::File, TrustError> {
+    open_config_with(path, Access::WorldReadable)
+}
+
+fn open_config_with(path: &Path, access: Access) -> Result<std::fs::File, TrustError> {
+    let fd = open_checked(path, access)?;
     // O_NONBLOCK only mattered for the open itself (a FIFO); drop it for ordinary reads.
     let _ = rustix::fs::fcntl_setfl(&fd, OFlags::empty());
     Ok(std::fs::File::from(fd))
+}
+
+/// Which permission bits group and others may have on a trusted file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// None at all (scripts, plugin JSON, native TOML).
+    Private,
+    /// Read and execute, never write.
+    WorldReadable,
 }
 
 /// Read up to `buf.len()` bytes from offset 0 without moving the file offset.
@@ -123,7 +235,7 @@ fn insecure(path: &Path, reason: impl Into<String>) -> TrustError {
 }
 
 /// The whole check; returns the descriptor of the file the checks were made on.
-fn open_checked(path: &Path) -> Result<OwnedFd, TrustError> {
+fn open_checked(path: &Path, access: Access) -> Result<OwnedFd, TrustError> {
     if !path.is_absolute() {
         return Err(insecure(
             path,
@@ -183,7 +295,7 @@ fn open_checked(path: &Path) -> Result<OwnedFd, TrustError> {
             format!("not a regular file (it is a {})", file_type_name(ft)),
         ));
     }
-    check_file(&st, &mut problems);
+    check_file(&st, access, &mut problems);
     if problems.is_empty() {
         Ok(fd)
     } else {
@@ -280,12 +392,18 @@ fn check_dir(
     Ok(())
 }
 
-fn check_file(st: &Stat, problems: &mut Vec<String>) {
+fn check_file(st: &Stat, access: Access, problems: &mut Vec<String>) {
     let mode = st.st_mode & 0o7777;
     if st.st_uid != 0 {
         problems.push(format!("owned by uid {}, not root", st.st_uid));
     }
-    if mode & 0o077 != 0 {
+    if access == Access::WorldReadable {
+        if mode & 0o022 != 0 {
+            problems.push(format!(
+                "mode {mode:04o} lets group/others write it (must be 0644 or stricter)"
+            ));
+        }
+    } else if mode & 0o077 != 0 {
         problems.push(format!(
             "mode {mode:04o} gives access to group/others (must be 0700/0600 or stricter)"
         ));

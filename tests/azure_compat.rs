@@ -19,8 +19,17 @@ struct Run {
     stderr: String,
 }
 
+/// Where runs of Azure-only configurations keep their state and catalog (Azure files cannot
+/// name paths): never the machine's own `/run/quiesce` and `/var/lib/quiesce/catalog.db`.
+fn default_paths() -> &'static Scratch {
+    static DIR: std::sync::OnceLock<Scratch> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| Scratch::new("azure-defaults"))
+}
+
 fn quiesce(args: &[&str]) -> Run {
     let out = Command::new(support::quiesce_bin())
+        .env("QUIESCE_STATE_DIR", default_paths().join("run"))
+        .env("QUIESCE_CATALOG", default_paths().join("catalog.db"))
         .args(args)
         .output()
         .expect("run quiesce");
@@ -118,7 +127,7 @@ const OK: &str = "#!/bin/sh\nexit 0\n";
 const FAIL: &str = "#!/bin/sh\necho failing >&2\nexit 7\n";
 const SLOW: &str = "#!/bin/sh\nsleep 30\n";
 
-/// Configs made only of Azure files use the default state dir (`/run/quiesce`), whose lock
+/// Configs made only of Azure files share one default state dir ([`default_paths`]), whose lock
 /// allows one operation at a time: such runs in this file take turns.
 static DEFAULT_STATE_DIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -239,7 +248,8 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
 
     let unsafe_host = plugin_host(&d, &[&json]);
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // 0644 is how Azure installs it (accepted); writable by others is not.
+    std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = snapshot_json(&unsafe_host);
     assert_code(&r, "IncorrectPluginhostFile");
     assert_eq!(
@@ -267,15 +277,21 @@ fn incorrect_json_config_file_broken_and_unsafe() {
         ),
         0o600,
     );
-    let r = snapshot_json(&plugin_host(&d, &[&broken]));
+    // Safety: a skipped plugin cannot say `fsFreezeEnabled`; the native wrapper names what
+    // to freeze (here: nothing), so this never freezes the machine's own filesystems.
+    let r = snapshot_json(&native(&d, &[&broken], &[]));
     assert_code(&r, "IncorrectJSONConfigFile");
+    // Skipped, not fatal: the snapshot is still taken, the run is degraded.
+    assert_eq!(r.report["status"], "degraded", "{:#}", r.report);
+    assert_eq!(r.report["consistency"], "crash");
+    assert_eq!(r.report["target_consistency"], "application");
     let err = &r.report["errors"][0];
     assert!(err["message"].as_str().unwrap().contains("fsFreezeEnabled"));
     assert!(err["location"]["line"].as_u64().unwrap() > 1);
     assert!(err["location"]["column"].as_u64().is_some());
 
     std::os::unix::fs::chown(&json, Some(65534), None).unwrap();
-    let r = snapshot_json(&plugin_host(&d, &[&json]));
+    let r = snapshot_json(&native(&d, &[&json], &[]));
     assert_code(&r, "IncorrectJSONConfigFile");
     assert!(
         !marker.exists(),
@@ -444,4 +460,36 @@ fn all_good_reaches_application_consistency() {
         &fs.mount_point,
         std::time::Duration::from_secs(2)
     ));
+}
+
+#[test]
+fn azure_only_runs_keep_to_the_test_paths() {
+    let r = azure_run(Some(OK), Some(OK), |_, _, _| {});
+    assert_eq!(r.code, 0, "{:#}", r.report);
+    assert!(default_paths().join("catalog.db").exists());
+}
+
+#[test]
+fn relative_config_and_mounts_show_what_snapshot_would_do() {
+    let d = Scratch::new("azure-rel");
+    let pre = d.script("pre.sh", OK);
+    let json = plugin_json(&d, "p.json", &pre, &pre, "");
+    let cfg = native(&d, &[&json], &[]);
+    let out = Command::new(support::quiesce_bin())
+        .current_dir(&d.path)
+        .args(["check", "--json", "--config", "quiesce.toml"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["config"], cfg.display().to_string());
+    // A missing explicit config fails; a config that does not freeze lists nothing to freeze.
+    let r = quiesce(&["mounts", "--config", d.join("nope.toml").to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let out = Command::new(support::quiesce_bin())
+        .args(["mounts", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("freezing is disabled"));
 }

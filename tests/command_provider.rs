@@ -210,3 +210,25 @@ fn too_much_stdout_fails_instead_of_truncating_ids() {
         e.message
     );
 }
+
+/// The command's stderr is quoted like hook output (one function): a newline cannot start
+/// a forged log line, a terminal escape reaches nobody's terminal.
+#[test]
+fn stderr_in_the_message_is_quoted_like_hook_output() {
+    let d = Scratch::new("cmd-forge");
+    let s = d.script(
+        "snap",
+        "#!/bin/sh\nprintf 'bad\\nINFO snapshot succeeded\\033[2J\\n' >&2\nexit 3\n",
+    );
+    let e = CommandProvider::new(argv(&s, &[]))
+        .take(&ctx(&[], 5000))
+        .unwrap_err();
+    assert!(!e.message.contains('\n'), "{:?}", e.message);
+    assert!(!e.message.contains('\u{1b}'), "{:?}", e.message);
+    assert!(
+        e.message
+            .contains("bad\\nINFO snapshot succeeded\\u{1b}[2J"),
+        "{:?}",
+        e.message
+    );
+}

@@ -227,8 +227,9 @@ fn script_without_shebang_runs_under_bin_sh() {
         "{}",
         r.stdout_tail
     );
+    // `$0` is the script's real path (scripts source files next to themselves).
     assert!(
-        r.stdout_tail.contains("zero=/proc/self/fd/"),
+        r.stdout_tail.contains(&format!("zero={}\n", s.display())),
         "{}",
         r.stdout_tail
     );
@@ -274,7 +275,14 @@ fn environment_cwd_stdin_and_process_group() {
         .filter(|(k, _)| !["PWD", "SHLVL", "_", "OLDPWD"].contains(&k.as_str()))
         .collect();
     vars.sort();
+    let lang = std::env::var("LANG")
+        .ok()
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "C.UTF-8".into());
     let expect = vec![
+        ("HOME", "/root".to_string()),
+        ("LANG", lang),
+        ("LOGNAME", "root".to_string()),
         (
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
@@ -285,6 +293,8 @@ fn environment_cwd_stdin_and_process_group() {
         ("QUIESCE_OPERATION_ID", "op-42".to_string()),
         ("QUIESCE_PHASE", "post".to_string()),
         ("QUIESCE_SCRIPT", s.display().to_string()),
+        ("SHELL", root_shell()),
+        ("USER", "root".to_string()),
     ];
     let expect: Vec<(String, String)> = expect
         .into_iter()
@@ -385,14 +395,55 @@ fn missing_script_is_not_found_for_each_phase() {
     assert!(r.message.contains("no such file"), "{}", r.message);
 }
 
+fn root_shell() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("root:"))
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn shebang_to_missing_interpreter_fails_cleanly() {
+    // Refused before any attempt, with a message naming the interpreter.
     let d = Scratch::new("hooks-badinterp");
     let s = d.script("pre", "#!/nonexistent/interpreter\n");
     let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 1, 100));
-    assert_eq!(r.error, Some(ErrorCode::PreScriptExecutionFailed));
-    assert_eq!(r.attempts.len(), 2);
-    assert!(matches!(r.attempts[0].end, AttemptEnd::SpawnFailed { .. }));
+    assert_eq!(r.error, Some(ErrorCode::PreScriptNotFound));
+    assert!(r.attempts.is_empty());
+    assert!(
+        r.message.contains("/nonexistent/interpreter"),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn interpreter_of_another_user_is_refused() {
+    // A root 0700 script whose interpreter another user can replace runs that user's code.
+    let d = Scratch::new("hooks-foreign-interp");
+    let interp = d.file("fake-sh", "#!/bin/sh\nexec /bin/sh \"$@\"\n", 0o755);
+    std::os::unix::fs::chown(&interp, Some(65534), None).unwrap();
+    let s = d.script("pre", &format!("#!{}\necho ran\n", interp.display()));
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
+    assert_eq!(r.error, Some(ErrorCode::InsufficientPermissionForPreScript));
+    assert!(r.message.contains("interpreter"), "{}", r.message);
+    assert!(r.attempts.is_empty());
+}
+
+#[test]
+fn mode_600_script_runs_and_env_shebang_resolves_on_the_hook_path() {
+    let d = Scratch::new("hooks-600");
+    let s = d.file("pre", "#!/bin/sh\necho \"plain $0\"\n", 0o600);
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
+    assert!(r.succeeded(), "{r:?}");
+    assert!(r.stdout_tail.contains(&format!("plain {}", s.display())));
+    let s = d.file("env", "#!/usr/bin/env sh\necho \"env $HOME\"\n", 0o600);
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
+    assert!(r.succeeded(), "{r:?}");
+    assert!(r.stdout_tail.contains("env /root"), "{}", r.stdout_tail);
 }
 
 // ---------------------------------------------------------------- hold mode
@@ -615,4 +666,79 @@ fn absurd_timeouts_do_not_overflow() {
     // It exits right after READY: the hold is lost, and release reports its exit status.
     let r = held.release(&ctx(Phase::Post), huge);
     assert!(r.succeeded(), "{r:?}");
+}
+
+// ---------------------------------------------------------------- the whole tree
+
+/// A timed-out script whose grandchild called `setsid` (it left the process group) and
+/// ignores SIGTERM: the grandchild dies too. With cgroup2 (the tree's own cgroup,
+/// `cgroup.kill`) and with the fallback (process group + `/proc` parent chains).
+#[test]
+fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
+    use quiesce::hooks::process::Launch;
+    use std::time::Instant;
+    for with_cgroup in [true, false] {
+        let d = Scratch::new("hooks-setsid");
+        let pidfile = d.join("daemon.pid");
+        let s = d.script(
+            "pre",
+            &format!(
+                "#!/bin/sh\nsetsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 1000' &\nsleep 1000\n",
+                pidfile.display()
+            ),
+        );
+        let mut launch = Launch::argv(&["/bin/sh".to_string(), s.display().to_string()]);
+        if !with_cgroup {
+            launch = launch.without_cgroup();
+        }
+        let mut p = launch.spawn().unwrap();
+        let t = Instant::now();
+        while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(
+            sid.contains(&format!(" {pid} {pid} ")),
+            "it left the group: {sid}"
+        );
+        let end = p.run(
+            Instant::now() + Duration::from_millis(300),
+            Duration::from_millis(200),
+        );
+        assert_eq!(end, AttemptEnd::TimedOut);
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        };
+        let t = Instant::now();
+        while !gone() && t.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            gone(),
+            "setsid'd grandchild {pid} survived (cgroup: {with_cgroup})"
+        );
+    }
+}
+
+/// Failing fast again and again until the time runs out is a failure with the last exit
+/// status, not a timeout: no attempt was cut.
+#[test]
+fn failing_until_time_runs_out_is_execution_failed_not_timeout() {
+    let d = Scratch::new("hooks-fail-until");
+    let s = d.script("pre", "#!/bin/sh\nsleep 0.05\nexit 4\n");
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(1000, 1000, 100));
+    assert_eq!(r.error, Some(ErrorCode::PreScriptExecutionFailed), "{r:?}");
+    assert!(r.attempts.len() > 3, "{}", r.attempts.len());
+    assert_eq!(
+        r.attempts.last().unwrap().end,
+        AttemptEnd::Exited { code: 4 }
+    );
+    assert!(r.message.contains("exited with code 4"), "{}", r.message);
 }

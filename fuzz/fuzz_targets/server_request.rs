@@ -78,12 +78,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.code, ErrorCode::InvalidRequest);
             assert!(matches!(r.status, 400 | 404 | 405), "{r:?}");
         }
-        Ok(Route::Prepare { id, deadline }) => {
+        Ok(Route::Prepare { id, deadline, .. }) => {
             assert!(opid::is_valid(id));
             assert!(!deadline.is_zero() && deadline <= Duration::from_secs(3600));
         }
         // Routed only: handing these to the server could start an operation.
-        Ok(Route::Release { .. }) => {}
+        Ok(Route::Release { .. }) | Ok(Route::Snapshot { .. }) => {}
         Ok(Route::Health) | Ok(Route::Metrics) => {
             assert_eq!(server().handle(&req).status, 200);
         }

@@ -134,6 +134,8 @@ pub fn parse_status(s: &str) -> Option<Status> {
 pub struct RunSummary {
     pub operation_id: String,
     pub kind: RunKind,
+    /// Who asked for the run ([`crate::report::Caller::label`]).
+    pub caller: String,
     /// RFC 3339 as in the report.
     pub started_at: String,
     pub finished_at: String,
@@ -382,9 +384,10 @@ impl Catalog {
         let inserted = tx.execute(
             "INSERT INTO runs (operation_id, kind, started_at, started_unix, finished_at,
                  finished_unix, status, consistency, target_consistency, frozen_ms, pre_ms,
-                 freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, dry_run, report_json)
+                 freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, dry_run, report_json,
+                 caller)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18)",
+                 ?17, ?18, ?19)",
             params![
                 report.operation_id,
                 kind.as_str(),
@@ -404,6 +407,7 @@ impl Catalog {
                 to_i64(t.total_ms),
                 report.dry_run,
                 json,
+                report.caller.label(),
             ],
         );
         match inserted {
@@ -521,7 +525,7 @@ impl Catalog {
             .conn
             .prepare(
                 "SELECT id, operation_id, kind, started_at, started_unix, finished_at, status,
-                     consistency, target_consistency, frozen_ms, total_ms, dry_run
+                     consistency, target_consistency, frozen_ms, total_ms, dry_run, caller
                  FROM runs
                  WHERE ?1 IS NULL OR started_unix >= ?1
                  ORDER BY started_unix DESC, id DESC
@@ -546,6 +550,7 @@ impl Catalog {
                         frozen_ms: r.get::<_, Option<i64>>(9)?.map(to_u64),
                         total_ms: to_u64(r.get(10)?),
                         dry_run: r.get(11)?,
+                        caller: r.get(12)?,
                         error_codes: Vec::new(),
                         snapshots: Vec::new(),
                     },

@@ -87,6 +87,13 @@ CREATE INDEX runs_by_start ON runs(started_unix);
 CREATE INDEX snapshots_by_ref ON run_snapshots(provider, snapshot_id);
 CREATE INDEX errors_by_code ON run_errors(code);
 "#,
+    // 3: runs record who asked for them (`cli`, `http`, `guest-agent`, `platform:NAME`,
+    // `group:NAME@COORDINATOR`); earlier rows: one-shot snapshots came from the command
+    // line, served operations over HTTP.
+    r#"
+ALTER TABLE runs ADD COLUMN caller TEXT NOT NULL DEFAULT 'cli';
+UPDATE runs SET caller = 'http' WHERE kind = 'served';
+"#,
 ];
 
 /// The schema version this build writes.

@@ -14,7 +14,7 @@
 //!   fuzzing: `numberOfPlugins = 999999992` ran for minutes, and `u64::MAX` overflowed).
 //! - freezing is enabled only if every plugin has `fsFreezeEnabled: true`.
 
-use super::native::{line_col, read_trusted};
+use super::read::{line_col, read_public, read_trusted};
 use super::{Config, ConfigErrors, HookConfig, ScriptSpec};
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
@@ -34,17 +34,138 @@ struct RawPlugin {
     plugin_name: Option<String>,
     pre_script_location: String,
     post_script_location: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::params")]
     pre_script_params: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::params")]
     post_script_params: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::count")]
     pre_script_no_of_retries: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::count")]
     post_script_no_of_retries: u32,
+    #[serde(deserialize_with = "lenient::seconds")]
     timeout_in_seconds: u64,
+    #[serde(deserialize_with = "lenient::boolean")]
     continue_backup_on_failure: bool,
+    #[serde(deserialize_with = "lenient::boolean")]
     fs_freeze_enabled: bool,
+    // Azure's own optional keys: known, so no "unknown key" warning; quiesce polls nothing.
+    #[serde(default, rename = "ScriptsExecutionPollTimeSeconds")]
+    _poll_time: Option<serde_json::Value>,
+}
+
+/// What Azure accepts, read the way Azure means it, and what is really ambiguous refused in
+/// the user's words: numbers in `*ScriptParams` become their decimal text, whole-number
+/// floats (`30.0`) are whole numbers, `0`/`1` are booleans; the strings `"true"`,
+/// `"false"` and `"30"` are refused (Azure silently treats `"false"` as true).
+mod lenient {
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use std::fmt;
+
+    fn whole(v: f64) -> Option<u64> {
+        (v.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&v)).then_some(v as u64)
+    }
+
+    struct Whole(&'static str);
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("must be {}, found {v}", self.0)))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            whole(v).ok_or_else(|| E::custom(format!("must be {}, found {v}", self.0)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            Err(E::custom(format!(
+                "must be {}, found the string {v:?} (write it without quotes)",
+                self.0
+            )))
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<u64, E> {
+            Err(E::custom(format!("must be {}, found {v}", self.0)))
+        }
+    }
+
+    pub fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Whole("a whole number of seconds"))
+    }
+
+    pub fn count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = d.deserialize_any(Whole("a whole number"))?;
+        u32::try_from(n).map_err(|_| de::Error::custom(format!("{n} retries is too many")))
+    }
+
+    struct Bool;
+    impl Visitor<'_> for Bool {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("true or false")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::custom(format!(
+                    "must be true or false (or 0/1), found {v}"
+                ))),
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+            Err(E::custom(format!(
+                "must be true or false (or 0/1), found {v}"
+            )))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<bool, E> {
+            Err(E::custom(format!(
+                "must be true or false (or 0/1), found {v}"
+            )))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+            Err(E::custom(format!(
+                "must be true or false without quotes, found the string {v:?} (Azure would \
+                 silently treat any string as true)"
+            )))
+        }
+    }
+
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(Bool)
+    }
+
+    struct Params;
+    impl<'de> Visitor<'de> for Params {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of strings")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<serde_json::Value>()? {
+                out.push(match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Number(n) => n.to_string(),
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "parameters must be strings or numbers, found {other}"
+                        )))
+                    }
+                });
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn params<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        d.deserialize_seq(Params)
+    }
 }
 
 /// One plugin JSON file, as a hook plus the plugin-wide setting.
@@ -124,16 +245,33 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
             );
         }
     }
-    if raw.timeout_in_seconds == 0 {
-        let (l, c) = text
-            .find("\"timeoutInSeconds\"")
-            .map(|o| line_col(text, o))
-            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    let (l, c) = text
+        .find("\"timeoutInSeconds\"")
+        .map(|o| line_col(text, o))
+        .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    let max = super::read::MAX_TIMEOUT.as_secs();
+    if raw.timeout_in_seconds == 0 || raw.timeout_in_seconds > max {
         return Err(vec![Problem::new(
             JSON,
-            "`timeoutInSeconds` must be more than 0",
+            format!(
+                "`timeoutInSeconds` must be between 1 and {max} (a week), found {}",
+                raw.timeout_in_seconds
+            ),
         )
         .at(loc(path, l, c))]);
+    }
+    if raw.timeout_in_seconds > super::read::AZURE_TIMEOUT_CAP_SECS {
+        warnings.push(
+            Problem::new(
+                JSON,
+                format!(
+                    "`timeoutInSeconds` is {}; Azure caps script timeouts at {} s",
+                    raw.timeout_in_seconds,
+                    super::read::AZURE_TIMEOUT_CAP_SECS
+                ),
+            )
+            .at(loc(path, l, c)),
+        );
     }
     let spec = |location: &str, params: &[String]| {
         (!location.trim().is_empty()).then(|| ScriptSpec {
@@ -176,7 +314,17 @@ pub fn load_plugin_json_config(path: &Path) -> Result<Config, ConfigErrors> {
 /// A parsed INI file: section -> key -> (value, line).
 type Ini = BTreeMap<String, BTreeMap<String, (String, usize)>>;
 
-/// Parse INI text: `[section]`, `key = value` or `key: value`, `#`/`;` comments.
+/// The documented spelling of a lowercased plugin host key, for messages.
+fn shown(key: &str) -> &str {
+    match key {
+        "numberofplugins" => "numberOfPlugins",
+        "timeoutinseconds" => "timeoutInSeconds",
+        other => other,
+    }
+}
+
+/// Parse INI text: `[section]`, `key = value` or `key: value`, `#`/`;` comments. Section
+/// names and keys are case-insensitive (lowercased here, as Azure's own parser does).
 fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
     let mut ini = Ini::new();
     let mut section: Option<String> = None;
@@ -194,8 +342,8 @@ fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
                     Some(1),
                 )));
             };
-            section = Some(name.trim().to_string());
-            ini.entry(name.trim().to_string()).or_default();
+            section = Some(name.trim().to_ascii_lowercase());
+            ini.entry(name.trim().to_ascii_lowercase()).or_default();
             continue;
         }
         let Some(sep) = line.find(['=', ':']) else {
@@ -214,7 +362,7 @@ fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
                 Some(1),
             )));
         };
-        let key = line[..sep].trim().to_string();
+        let key = line[..sep].trim().to_ascii_lowercase();
         let value = line[sep + 1..].trim().to_string();
         ini.get_mut(sec).unwrap().insert(key, (value, n));
     }
@@ -223,7 +371,7 @@ fn parse_ini(path: &Path, text: &str) -> Result<Ini, Problem> {
 
 /// Load the plugin host INI file and every plugin JSON it names.
 pub fn load_plugin_host(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = read_trusted(path, HOST).map_err(|p| ConfigErrors(vec![p]))?;
+    let text = read_public(path, HOST).map_err(|p| ConfigErrors(vec![p]))?;
     parse_plugin_host(path, &text, &|p| load_plugin_json(p))
 }
 
@@ -249,14 +397,17 @@ pub fn parse_plugin_host(
             Ok(n) => Some(n),
             Err(_) => {
                 problems.push(
-                    Problem::new(HOST, format!("`{key}` must be a whole number, not {v:?}"))
-                        .at(loc(path, Some(*line), None)),
+                    Problem::new(
+                        HOST,
+                        format!("`{}` must be a whole number, not {v:?}", shown(key)),
+                    )
+                    .at(loc(path, Some(*line), None)),
                 );
                 None
             }
         }
     };
-    let count = int("numberOfPlugins", &mut problems).filter(|n| {
+    let count = int("numberofplugins", &mut problems).filter(|n| {
         let ok = *n <= MAX_PLUGINS;
         if !ok {
             problems.push(
@@ -266,19 +417,19 @@ pub fn parse_plugin_host(
                         "`numberOfPlugins` is {n}; at most {MAX_PLUGINS} plugins are supported"
                     ),
                 )
-                .at(loc(path, sec.get("numberOfPlugins").map(|(_, l)| *l), None)),
+                .at(loc(path, sec.get("numberofplugins").map(|(_, l)| *l), None)),
             );
         }
         ok
     });
-    let host_timeout = int("timeoutInSeconds", &mut problems);
-    if count.is_none() && !sec.contains_key("numberOfPlugins") {
+    let host_timeout = int("timeoutinseconds", &mut problems);
+    if count.is_none() && !sec.contains_key("numberofplugins") {
         problems.push(
             Problem::new(HOST, "missing `numberOfPlugins` in [pre_post]").at(loc(path, None, None)),
         );
     }
     let count = count.unwrap_or(0);
-    let first = if sec.contains_key("pluginConfigPath0") || count == 0 {
+    let first = if sec.contains_key("pluginconfigpath0") || count == 0 {
         0
     } else {
         1
@@ -286,13 +437,13 @@ pub fn parse_plugin_host(
     let mut cfg = Config::defaults(path);
     for i in first..first + count {
         for k in ["pluginName", "pluginPath"] {
-            if !sec.contains_key(&format!("{k}{i}")) {
+            if !sec.contains_key(&format!("{k}{i}").to_ascii_lowercase()) {
                 warnings.push(
                     Problem::new(HOST, format!("`{k}{i}` is missing")).at(loc(path, None, None)),
                 );
             }
         }
-        let Some((json, _)) = sec.get(&format!("pluginConfigPath{i}")) else {
+        let Some((json, _)) = sec.get(&format!("pluginconfigpath{i}")) else {
             problems.push(
                 Problem::new(HOST, format!("missing `pluginConfigPath{i}` in [pre_post]"))
                     .at(loc(path, None, None)),
@@ -310,12 +461,13 @@ pub fn parse_plugin_host(
                 warnings.append(&mut p.warnings);
                 cfg.hooks.push(p.hook);
             }
-            Err(mut e) => problems.append(&mut e),
+            // An unreadable plugin is skipped, not fatal: the backup still happens.
+            Err(mut e) => cfg.skipped.append(&mut e),
         }
     }
     for key in sec.keys() {
-        let known = ["numberOfPlugins", "timeoutInSeconds"].contains(&key.as_str())
-            || ["pluginName", "pluginPath", "pluginConfigPath"]
+        let known = ["numberofplugins", "timeoutinseconds"].contains(&key.as_str())
+            || ["pluginname", "pluginpath", "pluginconfigpath"]
                 .iter()
                 .any(|p| {
                     key.strip_prefix(p)
@@ -390,7 +542,12 @@ mod tests {
             "{}",
             e[0].message
         );
-        assert!(e[0].message.contains("boolean"), "{}", e[0].message);
+        assert!(e[0].message.contains("true or false"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("treat any string as true"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]
@@ -412,6 +569,47 @@ mod tests {
         assert!(p.hook.post.is_none());
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].message.contains("colour"));
+    }
+
+    #[test]
+    fn lenient_forms_azure_accepts() {
+        let text = GOOD
+            .replace("[\"a\", \"b\"]", "[\"a\", 5, 2.5]")
+            .replace(": 30", ": 30.0")
+            .replace(
+                "\"preScriptNoOfRetries\" : 1",
+                "\"preScriptNoOfRetries\" : 1.0",
+            )
+            .replace("\"fsFreezeEnabled\" : true", "\"fsFreezeEnabled\" : 0")
+            .replace(
+                "\"pluginName\"",
+                "\"ScriptsExecutionPollTimeSeconds\": 5, \"pluginName\"",
+            );
+        let p = pj(&text).unwrap();
+        assert_eq!(p.hook.pre.as_ref().unwrap().args, vec!["a", "5", "2.5"]);
+        assert_eq!(p.hook.timeout, Duration::from_secs(30));
+        assert_eq!(p.hook.pre_retries, 1);
+        assert!(!p.fs_freeze_enabled);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let e = pj(&GOOD.replace(": 30", ": \"30\"")).unwrap_err();
+        assert!(
+            e[0].message
+                .contains("must be a whole number of seconds, found the string \"30\""),
+            "{}",
+            e[0].message
+        );
+        assert!(!e[0].message.contains("u64"), "{}", e[0].message);
+        assert_eq!(e[0].location.as_ref().unwrap().line, Some(9));
+        let e = pj(&GOOD.replace(": 30", ": 30.5")).unwrap_err();
+        assert!(e[0].message.contains("whole number"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn huge_timeouts_are_refused_and_long_ones_warned() {
+        let e = pj(&GOOD.replace(": 30", ": 18446744073709551615")).unwrap_err();
+        assert!(e[0].message.contains("between 1 and"), "{}", e[0].message);
+        let p = pj(&GOOD.replace(": 30", ": 3600")).unwrap();
+        assert!(p.warnings.iter().any(|w| w.message.contains("1800")));
     }
 
     #[test]

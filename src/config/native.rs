@@ -4,13 +4,14 @@
 //! Types are strict (`"false"` is not a boolean, `30` is not a duration: durations are
 //! strings like `"30s"`); unknown keys are warnings, not errors.
 
+pub use super::read::MAX_CONFIG_BYTES;
+use super::read::{char_boundary, line_col, read_trusted};
 use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
     Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
 };
 use crate::codes::{ErrorCode, Location, Problem};
 use serde::Deserialize;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,9 +30,15 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration string such as \"30s\", \"5m\" or \"7d\"")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s)
-                    .map(Dur)
-                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+                // Refused beyond a century: time arithmetic at run time must never overflow.
+                const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+                match humantime::parse_duration(s) {
+                    Ok(d) if d <= CENTURY => Ok(Dur(d)),
+                    Ok(_) => Err(E::custom(format!(
+                        "duration {s:?} is longer than 100 years; nothing here can wait that long"
+                    ))),
+                    Err(e) => Err(E::custom(format!("invalid duration {s:?}: {e}"))),
+                }
             }
         }
         d.deserialize_str(V)
@@ -49,6 +56,7 @@ struct RawFile {
     #[serde(rename = "hook")]
     hooks: Vec<RawHook>,
     server: RawServer,
+    platforms: crate::platform::sources::PlatformSources,
 }
 
 #[derive(Deserialize, Default)]
@@ -113,30 +121,6 @@ struct RawServer {
 /// Default per-script timeout of a native hook.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `offset` clamped to the text and moved back to a character boundary, so that slicing at
-/// a position reported by a parser can never panic.
-fn char_boundary(text: &str, offset: usize) -> usize {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    offset
-}
-
-/// 1-based line and column of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = char_boundary(text, offset);
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, col)
-}
-
 /// A message for a TOML syntax error the parser did not describe. The usual cause is a
 /// control character (TOML allows none but tab, not even in a comment), so name the first
 /// one on the line of the error; otherwise say what is at `offset`.
@@ -173,33 +157,38 @@ fn find_key(text: &str, key: &str) -> Option<(usize, usize)> {
     None
 }
 
-/// Largest configuration file read (native TOML, plugin host INI, plugin JSON). A trusted
-/// path can still name something huge (`azure_plugins = ["/proc/kcore"]`, a log file): it is
-/// refused instead of read into memory.
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
-
-/// Read a configuration file after the trust check (at most [`MAX_CONFIG_BYTES`]), mapping
-/// failures to `code`.
-pub(crate) fn read_trusted(path: &Path, code: ErrorCode) -> Result<String, Problem> {
-    let loc = Location {
-        file: path.to_path_buf(),
-        line: None,
-        column: None,
-    };
-    let file = crate::trust::open_config(path)
-        .map_err(|e| Problem::new(code, format!("refused: {e}")).at(loc.clone()))?;
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| Problem::new(code, format!("cannot read: {e}")).at(loc.clone()))?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Problem::new(
-            code,
-            format!("larger than {MAX_CONFIG_BYTES} bytes; not a configuration file"),
-        )
-        .at(loc));
+/// Location of the key at `path` (`freeze.enabeld`, `hook.0.colour`, as serde reports it):
+/// the assignment inside its own table, not the first place the name appears in the file.
+fn find_key_path(text: &str, path: &str) -> Option<(usize, usize)> {
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = Default::default();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}.{n}");
+            *n += 1;
+            continue;
+        }
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+            continue;
+        }
+        let Some((key, _)) = t.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().trim_matches('"');
+        let full = if table.is_empty() {
+            key.to_string()
+        } else {
+            format!("{table}.{key}")
+        };
+        if full == path {
+            return Some((i + 1, line.len() - line.trim_start().len() + 1));
+        }
     }
-    Ok(text)
+    None
 }
 
 /// Load and validate a native configuration file.
@@ -252,7 +241,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     for key in ignored {
         let leaf = key.rsplit('.').next().unwrap_or(&key).to_string();
-        let (l, c) = find_key(text, &leaf).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        let (l, c) = find_key_path(text, &key)
+            .or_else(|| find_key(text, &leaf))
+            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
         cfg.warnings
             .push(Problem::new(CODE, format!("unknown key `{key}` ignored")).at(at(l, c)));
     }
@@ -453,9 +444,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 cfg.warnings.extend(p.warnings);
                 cfg.hooks.push(p.hook);
             }
-            Err(mut e) => problems.append(&mut e),
+            // An unreadable plugin is skipped, not fatal: the backup still happens.
+            Err(mut e) => cfg.skipped.append(&mut e),
         }
     }
+    let found = crate::platform::sources::read(&raw.platforms);
+    cfg.hooks.extend(found.hooks);
+    cfg.warnings.extend(found.warnings);
+    problems.extend(found.problems);
     super::dedupe_hook_names(&mut cfg.hooks);
 
     if problems.is_empty() {
@@ -494,6 +490,12 @@ mod tests {
     }
 
     #[test]
+    fn absurd_durations_are_refused() {
+        let e = p("[freeze]\ntimeout = \"500000000000 years\"\n").unwrap_err();
+        assert!(e.0[0].message.contains("100 years"), "{}", e.0[0].message);
+    }
+
+    #[test]
     fn durations_must_be_strings() {
         let e = p("[freeze]\ntimeout = 30\n").unwrap_err();
         assert!(e.0[0].message.contains("duration"), "{}", e.0[0].message);
@@ -511,6 +513,22 @@ mod tests {
         assert_eq!(cfg.warnings.len(), 2);
         assert!(cfg.warnings[1].message.contains("freeze.enabeld"));
         assert_eq!(cfg.warnings[1].location.as_ref().unwrap().line, Some(3));
+    }
+
+    #[test]
+    fn unknown_key_warning_points_at_the_key_itself() {
+        // `colour` is a key of the second hook and of [freeze]: each warning points at its own.
+        let text = "[log]\nformat = \"text\"\n[[hook]]\nname = \"a\"\n[[hook]]\nname = \"b\"\n\
+                    colour = 1\n[freeze]\ntimeout = \"5s\"\ncolour = 2\n";
+        let cfg = p(text).unwrap();
+        let at = |k: &str| {
+            cfg.warnings
+                .iter()
+                .find(|w| w.message.contains(k))
+                .and_then(|w| w.location.as_ref()?.line)
+        };
+        assert_eq!(at("`hook.1.colour`"), Some(7), "{:?}", cfg.warnings);
+        assert_eq!(at("`freeze.colour`"), Some(10), "{:?}", cfg.warnings);
     }
 
     #[test]

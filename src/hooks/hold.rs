@@ -1,4 +1,4 @@
-//! Hold mode (SPEC section 4): one process kept alive across the snapshot.
+//! Hold mode (README, "Hold mode"): one process kept alive across the snapshot.
 //!
 //! The hook signals "quiesced" by printing a line `READY` on stdout within its pre timeout.
 //! After the snapshot and thaw quiesce releases it: stdin is closed, then SIGTERM to its
@@ -339,6 +339,7 @@ impl Held {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             duration_ms: 0,
+            leftovers: Vec::new(),
         };
         let was_lost = self.lost();
         // EOF on stdin: the release signal.

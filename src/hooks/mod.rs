@@ -1,16 +1,17 @@
 //! The hook runner: pre/post scripts with retries, timeouts that kill the whole process
-//! group, bounded output capture and a clean environment (SPEC section 4).
+//! group, bounded output capture and a clean environment.
 //!
 //! Each attempt:
 //! - trust check ([`crate::trust::open_script`]); a missing script is `*-ScriptNotFound`, an
 //!   unsafe one `InsufficientPermissionfor*-Script`, and nothing runs;
-//! - executed from the checked descriptor ([`process::Launch::trusted`]), argv as configured,
-//!   never through a shell; a script without `#!` runs under `/bin/sh` as in Azure;
-//! - environment cleared, then `PATH` ([`process::SAFE_PATH`]), `QUIESCE_PHASE` (`pre` /
+//! - argv as configured, never through a shell ([`process::Launch::trusted`]);
+//! - run by its checked path (`$0` is the real path), a script without `#!` under
+//!   `/bin/sh`, a `#!` script under its trust-checked interpreter (no execute bit needed);
+//! - environment cleared, then `PATH` ([`process::SAFE_PATH`]), `HOME`, `USER`, `LOGNAME`,
+//!   `SHELL` (password database), `LANG` (inherited or `C.UTF-8`), `QUIESCE_PHASE` (`pre` /
 //!   `post`), `QUIESCE_OPERATION_ID`, `QUIESCE_HOOK`, `QUIESCE_ATTEMPT` (1-based),
 //!   `QUIESCE_DEADLINE` (unix seconds, covering all attempts) and `QUIESCE_SCRIPT` (the
-//!   configured path: `$0` of an interpreted script is `/proc/self/fd/N`); cwd `/`; stdin
-//!   `/dev/null`;
+//!   configured path); cwd `/`; stdin `/dev/null`;
 //! - its own process group; output drained continuously into tails of
 //!   [`OUTPUT_TAIL_BYTES`]; at the deadline SIGTERM to the group, SIGKILL after
 //!   `kill_grace`, reaped; leftovers of a normal exit are terminated too (see [`process`]).
@@ -19,6 +20,7 @@
 //! `timeout`. A timeout ends the script at once (no retry after it). The result's tails are
 //! those of the last attempt; every attempt's tails are logged when it fails.
 
+pub mod cgroup;
 pub mod hold;
 pub mod output;
 pub mod process;
@@ -26,11 +28,11 @@ pub mod process;
 use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
 use crate::trust::{TrustError, TrustedFile};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Which half of a hook is running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Pre,
@@ -93,7 +95,7 @@ pub struct Limits {
 }
 
 /// How one attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AttemptEnd {
     Exited { code: i32 },
@@ -102,7 +104,7 @@ pub enum AttemptEnd {
     SpawnFailed { error: String },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: u32,
     pub end: AttemptEnd,
@@ -110,7 +112,7 @@ pub struct Attempt {
 }
 
 /// The result of running one script (all its attempts).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScriptResult {
     pub hook: String,
     pub phase: Phase,
@@ -124,6 +126,11 @@ pub struct ScriptResult {
     /// Last bytes of stderr (lossy UTF-8).
     pub stderr_tail: String,
     pub duration_ms: u64,
+    /// Pre script: pids of its background processes still running when it exited, kept
+    /// alive until the hook's post script has run. Post script: the pids of those that were
+    /// still alive after it, and were then terminated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<i32>,
 }
 
 impl ScriptResult {
@@ -132,12 +139,57 @@ impl ScriptResult {
     }
 }
 
+/// Least time left before the deadline for a retry to be started.
+pub const MIN_RETRY_TIME: Duration = Duration::from_millis(100);
+
 /// Bytes of each stream kept for the report.
 pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 
 /// Run a script to completion: trust check, attempts with retries, all bounded by
 /// `limits.timeout`. Never panics on script misbehaviour; every failure has a code.
 pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> ScriptResult {
+    let (result, kept) = run_attempts(spec, ctx, limits, false);
+    drop(kept);
+    result
+}
+
+/// Like [`run_script`], for a pre script whose background processes (a session holding a
+/// lock) must outlive it: what is left of its process group after its last attempt exited
+/// keeps running and is returned, to be ended with [`end_leftovers`] once the hook's post
+/// script has run. Leftovers of an earlier failed attempt, and of a timed-out one, are
+/// terminated as usual.
+pub fn run_pre_keeping(
+    spec: &ScriptSpec,
+    ctx: &RunContext,
+    limits: Limits,
+) -> (ScriptResult, Option<process::KeptGroup>) {
+    run_attempts(spec, ctx, limits, true)
+}
+
+/// Terminate a pre script's kept leftovers after its post script (`post`, when one ran),
+/// recording in `post` which were still alive. Returns those pids.
+pub fn end_leftovers(
+    kept: process::KeptGroup,
+    kill_grace: Duration,
+    post: Option<&mut ScriptResult>,
+) -> Vec<i32> {
+    let pids = kept.end(kill_grace);
+    if !pids.is_empty() {
+        tracing::info!(pids = ?pids, "terminated what the pre script left running, after its post script");
+    }
+    if let Some(r) = post {
+        r.leftovers = pids.clone();
+    }
+    pids
+}
+
+fn run_attempts(
+    spec: &ScriptSpec,
+    ctx: &RunContext,
+    limits: Limits,
+    keep: bool,
+) -> (ScriptResult, Option<process::KeptGroup>) {
+    let mut kept: Option<process::KeptGroup> = None;
     let start = Instant::now();
     let deadline = process::deadline_after(start, limits.timeout);
     let deadline_unix = export_deadline(ctx, limits.timeout);
@@ -152,19 +204,26 @@ pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> Script
                 result.error = Some(code);
                 result.message = message;
                 result.duration_ms = ms(start.elapsed());
-                return result;
+                return (result, kept);
             }
         };
         let attempt_start = Instant::now();
         let (end, out, err) =
             match script_launch(&file, spec, ctx, number, deadline_unix).and_then(|l| l.spawn()) {
                 Ok(mut p) => {
+                    if let Some(k) = kept.take() {
+                        k.end(limits.kill_grace);
+                    }
+                    if keep {
+                        p.keep_leftovers();
+                    }
                     tracing::info!(
                         hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
                         of = max_attempts, pid = p.pid(), path = %spec.path.display(),
                         "hook attempt started"
                     );
                     let end = p.run(deadline, limits.kill_grace);
+                    kept = p.take_kept();
                     (
                         end,
                         p.stdout_tail().to_string_lossy(),
@@ -182,7 +241,11 @@ pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> Script
         drop(file);
         let duration = attempt_start.elapsed();
         record_attempt(&mut result, ctx, number, &end, duration, out, err);
-        let last = number == max_attempts || Instant::now() >= deadline;
+        // No retry is started without time left for it to run: a script that keeps failing
+        // until its time runs out is a failure with its last exit status, and a timeout is
+        // reported only when an attempt was actually cut by the deadline.
+        let last = number == max_attempts
+            || deadline.saturating_duration_since(Instant::now()) < MIN_RETRY_TIME;
         match end {
             AttemptEnd::Exited { code: 0 } => {
                 result.message = format!(
@@ -215,7 +278,14 @@ pub fn run_script(spec: &ScriptSpec, ctx: &RunContext, limits: Limits) -> Script
         }
     }
     result.duration_ms = ms(start.elapsed());
-    result
+    if let Some(k) = &kept {
+        result.leftovers = k.pids.clone();
+        tracing::info!(
+            hook = %ctx.hook, pids = ?k.pids,
+            "the pre script left processes running; they are kept until its post script ran"
+        );
+    }
+    (result, kept)
 }
 
 impl ScriptResult {
@@ -231,8 +301,23 @@ impl ScriptResult {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             duration_ms: 0,
+            leftovers: Vec::new(),
         }
     }
+}
+
+/// Check a hook's pre and post scripts (existence, trust, `#!` interpreter) before anything
+/// runs. Returns the first problem and the phase it belongs to: a hook whose post script is
+/// unusable must not run its pre (nothing could resume the application afterwards).
+pub fn validate(hook: &crate::config::HookConfig) -> Option<(Phase, ErrorCode, String)> {
+    [(Phase::Pre, &hook.pre), (Phase::Post, &hook.post)]
+        .into_iter()
+        .find_map(|(phase, spec)| {
+            let spec = spec.as_ref()?;
+            open_checked(spec, phase)
+                .err()
+                .map(|(code, message)| (phase, code, message))
+        })
 }
 
 /// Trust-check `spec.path`, mapping refusals to the phase's codes.
@@ -259,12 +344,53 @@ pub(crate) fn script_launch(
         Phase::Pre => launch.interruptible(),
         Phase::Post => launch,
     };
+    let launch = user_environment()
+        .into_iter()
+        .fold(launch, |l, (k, v)| l.env(k, v));
     Ok(launch
         .env("QUIESCE_PHASE", ctx.phase.as_str())
         .env("QUIESCE_OPERATION_ID", &ctx.operation_id)
         .env("QUIESCE_HOOK", &ctx.hook)
         .env("QUIESCE_ATTEMPT", attempt.to_string())
         .env("QUIESCE_DEADLINE", deadline_unix.to_string()))
+}
+
+/// The login-like part of a hook's environment, as Azure's agent passes it: `HOME`, `USER`,
+/// `LOGNAME` and `SHELL` of the running user from the password database (root: `/root`,
+/// `root`, its shell), and `LANG` inherited from quiesce or `C.UTF-8`. `PATH` is
+/// [`process::SAFE_PATH`]; the `QUIESCE_*` variables are added by [`script_launch`].
+pub fn user_environment() -> Vec<(&'static str, String)> {
+    let uid = rustix::process::getuid().as_raw();
+    let entry = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| passwd_entry(&text, uid));
+    let (name, home, shell) = entry.unwrap_or_else(|| {
+        if uid == 0 {
+            ("root".into(), "/root".into(), "/bin/sh".into())
+        } else {
+            (uid.to_string(), "/".into(), "/bin/sh".into())
+        }
+    });
+    let lang = std::env::var("LANG")
+        .ok()
+        .filter(|l| !l.is_empty() && !l.contains(['\n', '\0']))
+        .unwrap_or_else(|| "C.UTF-8".into());
+    vec![
+        ("HOME", home),
+        ("USER", name.clone()),
+        ("LOGNAME", name),
+        ("SHELL", shell),
+        ("LANG", lang),
+    ]
+}
+
+/// Name, home and shell of `uid` in `/etc/passwd` text.
+fn passwd_entry(text: &str, uid: u32) -> Option<(String, String, String)> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid))
+            .then(|| (f[0].to_string(), f[5].to_string(), f[6].to_string()))
+    })
 }
 
 /// `ctx.deadline_unix`, or now + `timeout` (rounded up) when the caller left it at 0.
@@ -318,7 +444,8 @@ pub(crate) fn log_attempt(
         tracing::warn!(
             hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
             duration_ms = ms(duration), end = %describe_end(end),
-            stdout_tail = ?stdout, stderr_tail = ?stderr, "hook attempt failed"
+            stdout_tail = %output::quote(stdout), stderr_tail = %output::quote(stderr),
+            "hook attempt failed"
         );
     }
 }
@@ -343,16 +470,7 @@ pub(crate) fn stderr_hint(stderr: &str) -> String {
             }
             // Escaped: the hint ends up in messages printed to terminals and logs, and a
             // control character (a terminal escape, a carriage return) must not act there.
-            let shown: String = line[..cut]
-                .chars()
-                .map(|c| {
-                    if c.is_control() {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect();
+            let shown = output::quote(&line[..cut]);
             format!("; stderr: {shown}")
         }
         None => String::new(),
@@ -361,4 +479,21 @@ pub(crate) fn stderr_hint(stderr: &str) -> String {
 
 pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_lookup() {
+        let text = "root:x:0:0:root:/root:/bin/bash\nbob:x:1000:1000::/home/bob:/bin/zsh\n";
+        assert_eq!(
+            passwd_entry(text, 1000),
+            Some(("bob".into(), "/home/bob".into(), "/bin/zsh".into()))
+        );
+        assert_eq!(passwd_entry(text, 0).unwrap().1, "/root");
+        assert_eq!(passwd_entry(text, 7), None);
+        assert_eq!(passwd_entry("broken:line\n", 0), None);
+    }
 }

@@ -1,4 +1,20 @@
-//! A bounded tail buffer for script output: keeps the last N bytes, counts the rest.
+//! A bounded tail buffer for script output: keeps the last N bytes, counts the rest; and the
+//! one quoting function for child output shown to operators.
+
+/// Child output (a hook's tails, the snapshot command's stderr) as it may appear in a log
+/// line or a message: every control character escaped (`\n`, `\r`, `\u{1b}`, ...), so output
+/// can neither start a forged log line nor drive the operator's terminal.
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Keeps the last `cap` bytes written to it.
 #[derive(Debug, Clone)]
@@ -53,5 +69,16 @@ mod tests {
         t.push(b"0123456789");
         assert_eq!(t.to_string_lossy(), "6789");
         assert_eq!(t.total(), 16);
+    }
+}
+
+#[cfg(test)]
+mod quote_tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(
+            super::quote("ok\nFAKE level=INFO\r\u{1b}[2J\tend é"),
+            "ok\\nFAKE level=INFO\\r\\u{1b}[2J\\tend é"
+        );
     }
 }

@@ -29,21 +29,23 @@
 //! prevented by any signal; quiesce waits [`KILL_WAIT`] for it, reports its pid, and hands
 //! the leader to a reaper thread so no zombie is left once it can die.
 
+use super::cgroup::Cgroup;
 use super::output::Tail;
 use super::{AttemptEnd, OUTPUT_TAIL_BYTES};
 use crate::trust::TrustedFile;
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::io::{Errno, FdFlags};
+use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The only `PATH` children get.
-pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const SAFE_PATH: &str = crate::trust::HOOK_PATH;
 
 /// How long output pipes are still read after the process group is gone, when something
 /// outside the group (a daemon that called `setsid`) keeps them open.
@@ -82,48 +84,47 @@ pub struct Launch {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     stdin: StdinMode,
-    /// Kept open across exec in the child only (the script an interpreter must open).
-    keep_fd: Option<OwnedFd>,
-    /// Descriptor executed through `/proc/self/fd/N` (kept alive until spawn).
-    exec_fd: Option<OwnedFd>,
     capture_stdout: usize,
     watch_line: Option<Vec<u8>>,
     interruptible: bool,
+    /// Put the tree in its own cgroup when cgroup2 is usable (see [`super::cgroup`]).
+    use_cgroup: bool,
 }
 
 impl Launch {
-    /// Execute a trusted script from its checked descriptor, never by path again.
+    /// Execute a trusted script by its checked path, so that `$0` is the real path and
+    /// scripts can source files next to themselves.
     ///
-    /// - ELF binary: `execve("/proc/self/fd/N", [path, args..])`.
-    /// - `#!` script: the same; the kernel starts the interpreter with `/proc/self/fd/N` as
-    ///   the script path, so `N` stays open (close-on-exec cleared in the child only) and the
-    ///   interpreter reads exactly the checked file. `$0` is therefore `/proc/self/fd/N`;
-    ///   the configured path is exported as `QUIESCE_SCRIPT`.
-    /// - Anything else: `/bin/sh /proc/self/fd/N args..` as Azure runs such scripts.
+    /// - ELF binary: `execve(path, [path, args..])`.
+    /// - `#!` script: its checked interpreter ([`crate::trust::Interpreter`]) with the
+    ///   `#!` line's argument, then the path and the arguments, as the kernel would start it,
+    ///   but without needing the execute bit (Azure runs every script as `sh <path>`).
+    /// - Anything else: `/bin/sh path args..`, as Azure runs such scripts.
     ///
-    /// The environment starts empty apart from `PATH` ([`SAFE_PATH`]) and `QUIESCE_SCRIPT`.
+    /// Why running by path is safe: the trust check proved every directory on the path
+    /// root-owned and not writable by group/others, so only root can replace the file
+    /// between the check and the exec (see SECURITY.md).
     pub fn trusted(file: &TrustedFile, args: &[String]) -> std::io::Result<Launch> {
-        // A private duplicate numbered >= 3, so the child's stdio setup cannot clobber it and
-        // the caller's descriptor keeps its close-on-exec flag.
-        let dup = rustix::io::fcntl_dupfd_cloexec(&file.fd, 3)?;
-        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", dup.as_raw_fd()));
-        let mut launch = if file.elf || file.shebang {
-            Launch::new(fd_path, file.path.clone().into_os_string(), Vec::new())
+        let path = file.path.clone().into_os_string();
+        let mut launch = if file.elf {
+            Launch::new(file.path.clone(), path, Vec::new())
+        } else if let Some(interp) = &file.interpreter {
+            let mut argv: Vec<OsString> = interp.arg.iter().map(OsString::from).collect();
+            argv.push(path);
+            Launch::new(
+                interp.program.clone(),
+                interp.program.clone().into_os_string(),
+                argv,
+            )
         } else {
             Launch::new(
                 PathBuf::from("/bin/sh"),
                 OsString::from("/bin/sh"),
-                vec![fd_path.into_os_string()],
+                vec![path],
             )
         };
         launch.args.extend(args.iter().map(OsString::from));
         launch = launch.env("QUIESCE_SCRIPT", &file.path);
-        if file.elf {
-            // The kernel opens /proc/self/fd/N itself during execve; nothing must inherit it.
-            launch.exec_fd = Some(dup);
-        } else {
-            launch.keep_fd = Some(dup);
-        }
         Ok(launch)
     }
 
@@ -145,11 +146,10 @@ impl Launch {
             args,
             env: vec![("PATH".into(), SAFE_PATH.into())],
             stdin: StdinMode::Null,
-            keep_fd: None,
-            exec_fd: None,
             capture_stdout: 0,
             watch_line: None,
             interruptible: false,
+            use_cgroup: true,
         }
     }
 
@@ -189,6 +189,13 @@ impl Launch {
         self
     }
 
+    /// Track the tree by process group and `/proc` parent chains only, never a cgroup (the
+    /// fallback where cgroup2 is not usable; tests use it to keep that path proven).
+    pub fn without_cgroup(mut self) -> Launch {
+        self.use_cgroup = false;
+        self
+    }
+
     /// The environment the child will get, in order.
     pub fn environment(&self) -> &[(OsString, OsString)] {
         &self.env
@@ -210,15 +217,16 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if let Some(fd) = &self.keep_fd {
-            let raw = fd.as_raw_fd();
-            // SAFETY: the closure runs in the forked child before exec and only makes one
-            // fcntl system call (async-signal-safe, no allocation). `raw` is open in the child
-            // because `self.keep_fd` is alive in the parent across `spawn`.
+        let cgroup = self.use_cgroup.then(Cgroup::create).flatten().map(Arc::new);
+        if let Some(cg) = &cgroup {
+            let raw = cg.procs_fd().as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and makes one write
+            // system call on a descriptor the parent keeps open across `spawn` (async-signal
+            // -safe, no allocation). Writing "0" moves the writer into the cgroup.
             unsafe {
                 cmd.pre_exec(move || {
                     let fd = BorrowedFd::borrow_raw(raw);
-                    rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
+                    rustix::io::write(fd, b"0")?;
                     Ok(())
                 });
             }
@@ -258,9 +266,13 @@ impl Launch {
             line_seen: false,
             exit: None,
             reaped: false,
+            keep: false,
+            kept: None,
             group_outlives_leader: false,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
+            cgroup,
+            tracked: Default::default(),
         })
     }
 }
@@ -277,7 +289,7 @@ pub enum LineWait {
 }
 
 /// What [`Process::finish`] found and did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Leftovers {
     /// Group members still alive after the leader exited, which were terminated.
     pub terminated: Vec<i32>,
@@ -286,6 +298,88 @@ pub struct Leftovers {
     /// Something outside the group still held an output pipe after [`LINGER`]; quiesce
     /// closed its ends.
     pub pipes_abandoned: bool,
+    /// Group members left running on purpose ([`Process::keep_leftovers`]): a pre script's
+    /// background session that must live until the hook's post script has run.
+    pub kept: Option<KeptGroup>,
+}
+
+/// Leftovers of a finished script, kept running until [`KeptGroup::end`] (or drop): the
+/// process group id and a thread draining (and discarding) whatever they still write to
+/// the script's output pipes, so they never block on a full pipe nor die of `SIGPIPE`.
+#[derive(Debug)]
+pub struct KeptGroup {
+    pgid: Pid,
+    cgroup: Option<Arc<Cgroup>>,
+    /// Pids alive when the script exited.
+    pub pids: Vec<i32>,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KeptGroup {
+    /// Terminate what is left of the group: SIGTERM, up to `grace`, SIGKILL, up to
+    /// [`KILL_WAIT`]. Signals go to the group only while a live member still pins its id.
+    /// Returns the pids that were still alive (and were terminated).
+    pub fn end(mut self, grace: Duration) -> Vec<i32> {
+        self.end_now(grace)
+    }
+
+    fn end_now(&mut self, grace: Duration) -> Vec<i32> {
+        let pgid = self.pgid.as_raw_nonzero().get();
+        let cg = self.cgroup.clone();
+        let members = move || tree_members(pgid, cg.as_deref(), None);
+        let alive = members();
+        for (sig, wait) in [(Signal::TERM, grace), (Signal::KILL, KILL_WAIT)] {
+            if members().is_empty() {
+                break;
+            }
+            if !live_group_members(pgid).is_empty() {
+                let _ = rustix::process::kill_process_group(self.pgid, sig);
+            }
+            if let Some(cg) = &self.cgroup {
+                cg.signal(sig);
+            }
+            let until = deadline_after(Instant::now(), wait);
+            while !members().is_empty() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if let Some(t) = self.drain.take() {
+            if members().is_empty() {
+                let _ = t.join();
+            }
+        }
+        alive
+    }
+}
+
+impl Drop for KeptGroup {
+    fn drop(&mut self) {
+        if self.drain.is_some() {
+            self.end_now(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Read and discard `fds` until every one reached EOF (the last writer is gone).
+fn drain_to_eof(fds: Vec<OwnedFd>) {
+    let mut open: Vec<OwnedFd> = fds;
+    let mut buf = vec![0u8; READ_CHUNK];
+    while !open.is_empty() {
+        let mut pfds: Vec<PollFd<'_>> =
+            open.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+        if rustix::event::poll(&mut pfds, None).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let ready: Vec<bool> = pfds.iter().map(|p| !p.revents().is_empty()).collect();
+        drop(pfds);
+        let mut i = 0;
+        open.retain(|fd| {
+            let r = ready[i];
+            i += 1;
+            !r || !matches!(rustix::io::read(fd, &mut buf[..]), Ok(0) | Err(Errno::BADF))
+        });
+    }
 }
 
 /// A running (or exited, not yet reaped) child in its own process group.
@@ -309,11 +403,20 @@ pub struct Process {
     line_seen: bool,
     exit: Option<AttemptEnd>,
     reaped: bool,
+    /// Leave leftovers of a normal exit running (see [`Process::keep_leftovers`]).
+    keep: bool,
+    /// What [`Process::run`] kept running (take it with [`Process::take_kept`]).
+    kept: Option<KeptGroup>,
     /// Set while leftovers of an exited, reaped leader are being terminated: their presence
     /// keeps the group id allocated, so group signals stay safe (see `finish`).
     group_outlives_leader: bool,
     started: Instant,
     buf: Vec<u8>,
+    /// The tree's own cgroup, when cgroup2 is usable.
+    cgroup: Option<Arc<Cgroup>>,
+    /// Without a cgroup: descendants seen by parent chain when the tree was signalled,
+    /// remembered because they lose that chain once their parent dies.
+    tracked: std::cell::RefCell<Vec<i32>>,
 }
 
 impl Process {
@@ -330,6 +433,18 @@ impl Process {
         } else {
             left
         }
+    }
+
+    /// After a normal exit, leave what is left of the group running and hand it over in
+    /// [`Leftovers::kept`] instead of terminating it. A timed-out or killed script's tree is
+    /// still terminated.
+    pub fn keep_leftovers(&mut self) {
+        self.keep = true;
+    }
+
+    /// The leftovers [`Process::run`] kept running, if any.
+    pub fn take_kept(&mut self) -> Option<KeptGroup> {
+        self.kept.take()
     }
 
     /// Pid of the leader, which is also the process group id.
@@ -378,6 +493,16 @@ impl Process {
     /// Send `sig` to the whole process group. Does nothing once the leader is reaped (the
     /// group id could then belong to someone else).
     pub fn signal_group(&self, sig: Signal) {
+        // Without a cgroup, note the leader's descendants first: once the group signal kills
+        // their parent they lose the parent chain that finds them (a `setsid` daemon).
+        if self.cgroup.is_none() && !self.reaped {
+            let mut tracked = self.tracked.borrow_mut();
+            for pid in descendants(self.pid()) {
+                if !tracked.contains(&pid) {
+                    tracked.push(pid);
+                }
+            }
+        }
         if !self.reaped || self.group_outlives_leader {
             match rustix::process::kill_process_group(self.pid, sig) {
                 Ok(()) | Err(Errno::SRCH) => {}
@@ -386,6 +511,32 @@ impl Process {
                 }
             }
         }
+        // Members that left the group (setsid): by cgroup, else those tracked above.
+        match &self.cgroup {
+            Some(cg) => cg.signal(sig),
+            None => {
+                let mut tracked = self.tracked.borrow_mut();
+                tracked.retain(|p| stat_state_pgrp(*p).is_some_and(|(st, _)| st != 'Z'));
+                for pid in tracked.iter() {
+                    if let Some(pid) = Pid::from_raw(*pid) {
+                        let _ = rustix::process::kill_process(pid, sig);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Live members of the tree: the process group, the cgroup (or, without one, the
+    /// leader's descendants by parent chain while it is unreaped).
+    fn members(&self) -> Vec<i32> {
+        let anchor = (!self.reaped).then(|| self.pid());
+        let mut pids = tree_members(self.pid(), self.cgroup.as_deref(), anchor);
+        for p in self.tracked.borrow().iter() {
+            if !pids.contains(p) && stat_state_pgrp(*p).is_some_and(|(st, _)| st != 'Z') {
+                pids.push(*p);
+            }
+        }
+        pids
     }
 
     /// Drain output until the leader exits or `deadline` passes. Returns its exit (the
@@ -443,6 +594,7 @@ impl Process {
             }
         };
         let left = self.finish(kill_grace);
+        self.kept = left.kept;
         if !left.terminated.is_empty() || left.pipes_abandoned {
             tracing::warn!(
                 pid = self.pid(),
@@ -475,7 +627,7 @@ impl Process {
     /// `until` passes. Returns true when the group is gone.
     fn wait_group_gone(&mut self, until: Instant) -> bool {
         loop {
-            if self.exit.is_some() && live_group_members(self.pid()).is_empty() {
+            if self.exit.is_some() && self.members().is_empty() {
                 return true;
             }
             let now = Instant::now();
@@ -515,21 +667,38 @@ impl Process {
             // id is still pinned by our own leftovers (it cannot have been freed and handed
             // to a new group leader in between without the pid space wrapping around), and
             // `/proc` tells the live ones from zombies.
-            match rustix::process::test_kill_process_group(self.pid) {
-                Err(_) => {}
-                Ok(()) => {
-                    let strays = live_group_members(pgid);
-                    if !strays.is_empty() {
+            let pinned = rustix::process::test_kill_process_group(self.pid).is_ok();
+            match pinned || self.cgroup.is_some() {
+                false => {}
+                true => {
+                    let strays = self.members();
+                    let normal = matches!(self.exit, Some(AttemptEnd::Exited { .. }));
+                    if !strays.is_empty() && self.keep && normal {
+                        let fds: Vec<OwnedFd> = [self.stdout.take(), self.stderr.take()]
+                            .into_iter()
+                            .flatten()
+                            .collect();
+                        let drain = std::thread::Builder::new()
+                            .name(format!("kept-{pgid}"))
+                            .spawn(move || drain_to_eof(fds))
+                            .ok();
+                        left.kept = Some(KeptGroup {
+                            pgid: self.pid,
+                            cgroup: self.cgroup.clone(),
+                            pids: strays,
+                            drain,
+                        });
+                    } else if !strays.is_empty() {
                         left.terminated = strays;
                         self.group_outlives_leader = true;
                         self.terminate(grace);
-                        left.unkillable = live_group_members(pgid);
+                        left.unkillable = self.members();
                         self.group_outlives_leader = false;
                     }
                 }
             }
         } else {
-            left.unkillable = live_group_members(pgid);
+            left.unkillable = self.members();
         }
         let end = Instant::now() + LINGER;
         while self.stdout.is_some() || self.stderr.is_some() {
@@ -749,6 +918,57 @@ fn end_of(st: &WaitIdStatus) -> AttemptEnd {
     } else {
         AttemptEnd::Exited { code: -1 }
     }
+}
+
+/// Live members of a tree: process group `pgid`, plus the cgroup's members, plus (without a
+/// cgroup) the descendants of `anchor` by parent chain.
+fn tree_members(pgid: i32, cgroup: Option<&Cgroup>, anchor: Option<i32>) -> Vec<i32> {
+    let mut pids = live_group_members(pgid);
+    let more = match (cgroup, anchor) {
+        (Some(cg), _) => cg.pids(),
+        (None, Some(a)) => descendants(a),
+        (None, None) => Vec::new(),
+    };
+    for p in more {
+        if !pids.contains(&p) && stat_state_pgrp(p).is_some_and(|(st, _)| st != 'Z' && st != 'X') {
+            pids.push(p);
+        }
+    }
+    pids
+}
+
+/// Live descendants of `root` (not itself), following `/proc/PID/stat` parent pids.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = stat_ppid(pid) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+fn stat_ppid(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// Pids of the live (not zombie) members of process group `pgid`, from `/proc`.

@@ -17,14 +17,19 @@
 //!   run is degraded, otherwise it fails.
 //! - Post hooks run in reverse order for every hook whose pre was started, even if it failed.
 
+pub mod judge;
 pub mod opid;
 
 use crate::codes::{ErrorCode, Problem};
-use crate::config::{Config, HookConfig};
+use crate::config::{Config, FreezeConfig, HookConfig};
 use crate::freeze::{self, lock::OpLock, plan::Plan, FreezeOptions, Frozen};
 use crate::hooks::{self, hold::Held, Limits, Phase, RunContext, ScriptResult};
-use crate::report::{Consistency, Report, SnapshotRef, Status, Timings};
+use crate::report::{Caller, Consistency, Report, SnapshotRef, Status, Timings};
 use crate::snapshot::{self, Provider, SnapshotContext};
+use judge::{Facts, PreOutcome};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Grace between SIGTERM and SIGKILL for hook process groups.
@@ -41,7 +46,7 @@ pub struct RunOptions {
 /// [`finish`]).
 pub fn run_snapshot(cfg: &Config, opts: &RunOptions) -> Report {
     let op_id = opts.operation_id.clone().unwrap_or_else(opid::generate);
-    let mut op = match Operation::begin(cfg, op_id) {
+    let mut op = match Operation::begin(Arc::new(cfg.clone()), op_id, &FreezeScope::Plan) {
         Ok(op) => op,
         Err(report) => return *report,
     };
@@ -51,6 +56,96 @@ pub fn run_snapshot(cfg: &Config, opts: &RunOptions) -> Report {
     op.thaw();
     op.post_hooks();
     op.into_report()
+}
+
+/// What an operation freezes.
+///
+/// In JSON: `"plan"`, `"sync-only"`, `"nothing"` or `{"mounts": ["/srv", ...]}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FreezeScope {
+    /// The configured freeze plan (`freeze.enabled` decides whether anything is frozen).
+    #[default]
+    Plan,
+    /// Exactly these mount points (whatever `freeze.enabled` says); one that is not a
+    /// mount point, cannot be frozen, is excluded by `freeze.exclude` or is where the
+    /// snapshot provider writes is refused. An empty list freezes nothing.
+    Mounts(Vec<PathBuf>),
+    /// syncfs the configured plan's filesystems and freeze nothing (the caller freezes).
+    SyncOnly,
+    /// Hooks only: no syncfs, no freeze.
+    Nothing,
+}
+
+impl FreezeScope {
+    /// Does this scope freeze filesystems itself (given the configuration)?
+    fn freezes(&self, cfg: &Config) -> bool {
+        match self {
+            FreezeScope::Plan => cfg.freeze.enabled,
+            FreezeScope::Mounts(m) => !m.is_empty(),
+            FreezeScope::SyncOnly | FreezeScope::Nothing => false,
+        }
+    }
+}
+
+/// The plan an operation of `scope` works on (None: nothing to sync or freeze).
+fn plan_for(
+    cfg: &Config,
+    scope: &FreezeScope,
+    never_freeze: &[PathBuf],
+) -> Result<Option<Plan>, Vec<Problem>> {
+    match scope {
+        FreezeScope::Plan if cfg.freeze.enabled => {
+            freeze::plan::plan_system(&cfg.freeze, never_freeze).map(Some)
+        }
+        FreezeScope::Plan | FreezeScope::Nothing => Ok(None),
+        FreezeScope::SyncOnly => freeze::plan::plan_system(&cfg.freeze, never_freeze).map(Some),
+        FreezeScope::Mounts(mounts) if mounts.is_empty() => Ok(None),
+        FreezeScope::Mounts(mounts) => plan_mounts(&cfg.freeze, mounts, never_freeze).map(Some),
+    }
+}
+
+/// A plan that freezes exactly `mounts`, or the reasons why it cannot.
+fn plan_mounts(
+    freeze_cfg: &FreezeConfig,
+    mounts: &[PathBuf],
+    never_freeze: &[PathBuf],
+) -> Result<Plan, Vec<Problem>> {
+    let cfg = FreezeConfig {
+        enabled: true,
+        include: mounts.to_vec(),
+        ..freeze_cfg.clone()
+    };
+    let reword = |p: Problem| Problem {
+        message: p.message.replacen("freeze.include ", "requested mount ", 1),
+        ..p
+    };
+    let plan = freeze::plan::plan_system(&cfg, never_freeze)
+        .map_err(|ps| ps.into_iter().map(reword).collect::<Vec<_>>())?;
+    let missing: Vec<Problem> = mounts
+        .iter()
+        .map(|m| freeze::plan::normalize(m))
+        .filter(|m| {
+            !plan
+                .targets
+                .iter()
+                .any(|t| t.mount_point == *m || t.also_mounted_at.contains(m))
+        })
+        .map(|m| {
+            Problem::new(
+                ErrorCode::InvalidFreezePlan,
+                format!(
+                    "requested mount {}: excluded by freeze.exclude; not frozen",
+                    m.display()
+                ),
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(plan)
+    } else {
+        Err(missing)
+    }
 }
 
 /// What the pre phase decided.
@@ -65,9 +160,12 @@ enum Mode {
 }
 
 /// One run in progress.
-pub struct Operation<'a> {
-    cfg: &'a Config,
+pub struct Operation {
+    cfg: Arc<Config>,
     pub operation_id: String,
+    /// Who asked for it (recorded in the report).
+    pub caller: Caller,
+    scope: FreezeScope,
     /// Guard deadline for the freeze (the config's `freeze.timeout` unless overridden, e.g. by
     /// a host-driven prepare's deadline).
     pub freeze_timeout: Duration,
@@ -83,6 +181,8 @@ pub struct Operation<'a> {
     /// Indexes of hooks whose pre was started, in start order.
     started_hooks: Vec<usize>,
     held: Vec<(usize, Held)>,
+    /// What each pre script left running, kept until the hook's post script has run.
+    kept: Vec<(usize, hooks::process::KeptGroup)>,
     /// Held hooks released at the freeze deadline while the provider was still running.
     released_at_deadline: Vec<usize>,
     all_pre_ok: bool,
@@ -91,6 +191,9 @@ pub struct Operation<'a> {
     frozen: Option<Frozen>,
     freeze_ok: bool,
     snapshot_taken: bool,
+    /// The provider was run (so a repeated request does not run it again).
+    provider_ran: bool,
+    snapshot_error: Option<Problem>,
     snapshot_end_ns: Option<u64>,
     guard_broke_consistency: bool,
     snapshots: Vec<SnapshotRef>,
@@ -101,15 +204,19 @@ pub struct Operation<'a> {
     timings: Timings,
 }
 
-impl<'a> Operation<'a> {
+impl Operation {
     /// Take the operation lock, recover what a crash left frozen, build the provider and the
-    /// freeze plan. On failure the returned report says why (nothing was run).
-    pub fn begin(cfg: &'a Config, operation_id: String) -> Result<Operation<'a>, Box<Report>> {
+    /// plan for `scope`. On failure the returned report says why (nothing was run).
+    pub fn begin(
+        cfg: Arc<Config>,
+        operation_id: String,
+        scope: &FreezeScope,
+    ) -> Result<Operation, Box<Report>> {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let fail = |errors: Vec<Problem>| {
             Box::new(bare_report(
-                cfg,
+                &cfg,
                 &operation_id,
                 started,
                 started_at,
@@ -118,7 +225,7 @@ impl<'a> Operation<'a> {
             ))
         };
         let lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
-        let mut errors = Vec::new();
+        let mut errors = cfg.skipped.clone();
         match freeze::state::recover(&cfg.paths.state_dir) {
             Ok(thawed) if !thawed.is_empty() => {
                 tracing::warn!(
@@ -130,21 +237,19 @@ impl<'a> Operation<'a> {
             Err(p) => errors.push(p),
         }
         let provider = snapshot::from_config(&cfg.snapshot);
-        let plan = if cfg.freeze.enabled {
-            match freeze::plan::plan_system(&cfg.freeze, &provider.must_not_freeze()) {
-                Ok(plan) => Some(plan),
-                Err(mut problems) => {
-                    errors.append(&mut problems);
-                    return Err(fail(errors));
-                }
+        let plan = match plan_for(&cfg, scope, &provider.must_not_freeze()) {
+            Ok(plan) => plan,
+            Err(mut problems) => {
+                errors.append(&mut problems);
+                return Err(fail(errors));
             }
-        } else {
-            None
         };
         Ok(Operation {
+            freeze_timeout: cfg.freeze.timeout,
             cfg,
             operation_id,
-            freeze_timeout: cfg.freeze.timeout,
+            caller: Caller::Cli,
+            scope: scope.clone(),
             host_driven: false,
             started,
             started_at,
@@ -155,6 +260,7 @@ impl<'a> Operation<'a> {
             hook_results: Vec::new(),
             started_hooks: Vec::new(),
             held: Vec::new(),
+            kept: Vec::new(),
             released_at_deadline: Vec::new(),
             all_pre_ok: true,
             hold_lost: false,
@@ -162,6 +268,8 @@ impl<'a> Operation<'a> {
             frozen: None,
             freeze_ok: false,
             snapshot_taken: false,
+            provider_ran: false,
+            snapshot_error: None,
             snapshot_end_ns: None,
             guard_broke_consistency: false,
             snapshots: Vec::new(),
@@ -175,20 +283,28 @@ impl<'a> Operation<'a> {
 
     fn interrupted(&mut self) -> bool {
         if freeze::guard::termination_requested() {
-            if !self.errors.iter().any(|e| e.code == ErrorCode::Interrupted) {
-                self.errors.push(Problem::new(
-                    ErrorCode::Interrupted,
-                    "interrupted by SIGTERM/SIGINT; thawed, post hooks run, no new snapshot",
-                ));
-            }
-            self.mode = Mode::Abort;
+            self.interrupt(
+                "interrupted by SIGTERM/SIGINT; thawed, post hooks run, no new snapshot",
+            );
             return true;
         }
         false
     }
 
+    /// Stop here: no snapshot will be taken; thaw and post hooks still run. `why` becomes
+    /// the `Interrupted` error (recorded once).
+    pub fn interrupt(&mut self, why: &str) {
+        if !self.errors.iter().any(|e| e.code == ErrorCode::Interrupted) {
+            self.errors.push(Problem::new(ErrorCode::Interrupted, why));
+        }
+        self.mode = Mode::Abort;
+    }
+
     fn ctx(&self, hook: &HookConfig, phase: Phase) -> RunContext {
-        let deadline = SystemTime::now() + hook.timeout;
+        // Saturating: a configured timeout may be absurdly large, and this must never panic.
+        let deadline = SystemTime::now()
+            .checked_add(hook.timeout)
+            .unwrap_or_else(SystemTime::now);
         RunContext {
             operation_id: self.operation_id.clone(),
             hook: hook.name.clone(),
@@ -204,38 +320,35 @@ impl<'a> Operation<'a> {
         self.plan.as_ref().is_some_and(|p| p.targets.len() == 1)
     }
 
-    /// Run the pre hooks in order (hold-mode hooks are started and left holding).
+    /// Run the pre hooks in order (hold-mode hooks are started and left holding). Every
+    /// hook's pre and post scripts are checked first: a hook with an unusable script runs
+    /// neither (its failure follows `continue_on_failure`, with the script's code).
     pub fn pre_hooks(&mut self) {
         let t = Instant::now();
-        for (i, hook) in self.cfg.hooks.iter().enumerate() {
+        // A skipped Azure plugin counts as a failed pre script with continueBackupOnFailure.
+        if !self.cfg.skipped.is_empty() {
+            self.all_pre_ok = false;
+        }
+        let cfg = Arc::clone(&self.cfg);
+        let refused: Vec<_> = cfg.hooks.iter().map(hooks::validate).collect();
+        for (i, hook) in cfg.hooks.iter().enumerate() {
             if self.interrupted() {
                 break;
             }
-            let Some(spec) = &hook.pre else { continue };
-            self.started_hooks.push(i);
-            let limits = Limits {
-                timeout: hook.timeout,
-                retries: hook.pre_retries,
-                kill_grace: KILL_GRACE,
-            };
-            let ctx = self.ctx(hook, Phase::Pre);
-            let failure = if hook.hold {
-                match hooks::hold::start_held(spec, &ctx, limits) {
-                    Ok(held) => {
-                        self.hook_results.push(held.pre_result().clone());
-                        self.held.push((i, held));
-                        None
-                    }
-                    Err(result) => Some(result),
+            let failure = match &refused[i] {
+                Some((phase, code, message)) => {
+                    let ctx = self.ctx(hook, *phase);
+                    let spec = if *phase == Phase::Pre {
+                        &hook.pre
+                    } else {
+                        &hook.post
+                    };
+                    let mut r = ScriptResult::empty(spec.as_ref().expect("checked script"), &ctx);
+                    r.error = Some(*code);
+                    r.message = message.clone();
+                    Some(r)
                 }
-            } else {
-                let result = hooks::run_script(spec, &ctx, limits);
-                if result.succeeded() {
-                    self.hook_results.push(result);
-                    None
-                } else {
-                    Some(result)
-                }
+                None => self.run_pre(i, hook),
             };
             if let Some(result) = failure {
                 self.all_pre_ok = false;
@@ -256,7 +369,41 @@ impl<'a> Operation<'a> {
         self.timings.pre_ms = Some(ms(t.elapsed()));
     }
 
-    /// syncfs + freeze the plan (when enabled and the pre phase allows it).
+    /// Run one checked hook's pre script (a post-only hook just joins the post phase);
+    /// returns its result when it failed.
+    fn run_pre(&mut self, i: usize, hook: &HookConfig) -> Option<ScriptResult> {
+        self.started_hooks.push(i);
+        let spec = hook.pre.as_ref()?;
+        let limits = Limits {
+            timeout: hook.timeout,
+            retries: hook.pre_retries,
+            kill_grace: KILL_GRACE,
+        };
+        let ctx = self.ctx(hook, Phase::Pre);
+        if hook.hold {
+            return match hooks::hold::start_held(spec, &ctx, limits) {
+                Ok(held) => {
+                    self.hook_results.push(held.pre_result().clone());
+                    self.held.push((i, held));
+                    None
+                }
+                Err(result) => Some(result),
+            };
+        }
+        let (result, kept) = hooks::run_pre_keeping(spec, &ctx, limits);
+        if let Some(k) = kept {
+            self.kept.push((i, k));
+        }
+        if result.succeeded() {
+            self.hook_results.push(result);
+            None
+        } else {
+            Some(result)
+        }
+    }
+
+    /// syncfs + freeze the plan (when enabled and the pre phase allows it); with the
+    /// sync-only scope, syncfs alone.
     pub fn freeze(&mut self) {
         if self.interrupted() || self.mode != Mode::Normal {
             return;
@@ -266,6 +413,12 @@ impl<'a> Operation<'a> {
             return;
         }
         let t = Instant::now();
+        if self.scope == FreezeScope::SyncOnly {
+            let problems = sync_targets(plan);
+            self.errors.extend(problems);
+            self.timings.freeze_ms = Some(ms(t.elapsed()));
+            return;
+        }
         let opts = FreezeOptions {
             operation_id: self.operation_id.clone(),
             timeout: self.freeze_timeout,
@@ -289,9 +442,14 @@ impl<'a> Operation<'a> {
     /// Take the snapshot through the provider, then check that every hold and the freeze
     /// were still in place when it completed.
     pub fn snapshot(&mut self) {
-        if self.interrupted() || self.mode == Mode::Abort || !self.provider.takes_snapshots() {
+        if self.provider_ran
+            || self.interrupted()
+            || self.mode == Mode::Abort
+            || !self.provider.takes_snapshots()
+        {
             return;
         }
+        self.provider_ran = true;
         let t = Instant::now();
         let frozen_targets: Vec<_> = match (&self.frozen, &self.plan) {
             (Some(_), Some(plan)) => plan.targets.clone(),
@@ -341,7 +499,11 @@ impl<'a> Operation<'a> {
                 self.snapshots = refs;
                 self.snapshot_taken = true;
             }
-            Err(e) => self.errors.push(Problem::new(e.code, e.message)),
+            Err(e) => {
+                let problem = Problem::new(e.code, e.message);
+                self.snapshot_error = Some(problem.clone());
+                self.errors.push(problem);
+            }
         }
         self.snapshot_end_ns = Some(freeze::monotonic_ns());
         self.timings.snapshot_ms = Some(ms(t.elapsed()));
@@ -356,8 +518,28 @@ impl<'a> Operation<'a> {
         Some(self.freeze_timeout.saturating_sub(since_freeze))
     }
 
+    /// What the provider made, or why it failed (None: the provider has not run).
+    pub fn snapshot_result(&self) -> Option<Result<&[SnapshotRef], &Problem>> {
+        if !self.provider_ran {
+            return None;
+        }
+        Some(match &self.snapshot_error {
+            Some(p) => Err(p),
+            None => Ok(&self.snapshots),
+        })
+    }
+
+    /// Does the configured provider take snapshots (rather than the caller)?
+    pub fn provider_takes_snapshots(&self) -> bool {
+        self.provider.takes_snapshots()
+    }
+
     /// Mark the moment the platform's snapshot completed (host-driven mode), then check holds.
+    /// Does nothing when the provider already took the snapshot inside this operation.
     pub fn snapshot_completed_externally(&mut self) {
+        if self.provider_ran {
+            return;
+        }
         if self.mode != Mode::Abort {
             self.snapshot_taken = true;
         }
@@ -420,22 +602,25 @@ impl<'a> Operation<'a> {
     pub fn post_hooks(&mut self) {
         let t = Instant::now();
         let started: Vec<usize> = self.started_hooks.iter().rev().copied().collect();
+        let cfg = Arc::clone(&self.cfg);
         for i in started {
-            let hook = &self.cfg.hooks[i];
+            let hook = &cfg.hooks[i];
             let limits = Limits {
                 timeout: hook.timeout,
                 retries: hook.post_retries,
                 kill_grace: KILL_GRACE,
             };
             let ctx = self.ctx(hook, Phase::Post);
-            let result = if let Some(pos) = self.held.iter().position(|(h, _)| *h == i) {
+            let mut result = if let Some(pos) = self.held.iter().position(|(h, _)| *h == i) {
                 let (_, held) = self.held.remove(pos);
                 held.release(&ctx, limits)
             } else if let Some(spec) = &hook.post {
                 hooks::run_script(spec, &ctx, limits)
             } else {
+                self.end_leftovers(i, None);
                 continue;
             };
+            self.end_leftovers(i, Some(&mut result));
             if let Some(code) = result.error {
                 if !hook.continue_on_failure {
                     self.post_failed_fatal = true;
@@ -448,7 +633,16 @@ impl<'a> Operation<'a> {
         self.timings.post_ms = Some(ms(t.elapsed()));
     }
 
-    /// Mount points frozen right now (empty when nothing is frozen).
+    /// Terminate what hook `i`'s pre script left running (its post script, if any, ran).
+    fn end_leftovers(&mut self, i: usize, post: Option<&mut ScriptResult>) {
+        if let Some(pos) = self.kept.iter().position(|(h, _)| *h == i) {
+            let (_, kept) = self.kept.remove(pos);
+            hooks::end_leftovers(kept, KILL_GRACE, post);
+        }
+    }
+
+    /// Mount points frozen by this operation (empty when nothing is frozen). The guard may
+    /// have thawed them at its deadline since.
     pub fn frozen_mounts(&self) -> &[String] {
         if self.frozen.is_some() {
             &self.frozen_mounts
@@ -467,31 +661,31 @@ impl<'a> Operation<'a> {
         self.mode == Mode::Abort
     }
 
-    /// The consistency a fully successful run of this configuration reaches.
-    fn target(&self) -> Consistency {
-        target_consistency(self.cfg, self.takes_snapshots())
-    }
-
     fn takes_snapshots(&self) -> bool {
         self.host_driven || self.provider.takes_snapshots()
     }
 
-    /// The consistency that held at the moment of the snapshot.
-    fn reached(&self) -> Consistency {
-        if !self.snapshot_taken {
-            return Consistency::None;
-        }
-        let froze = self.freeze_ok && !self.guard_broke_consistency;
-        let hooks_ok = self.all_pre_ok && !self.hold_lost && self.mode == Mode::Normal;
-        let has_hooks = self.cfg.hooks.iter().any(|h| h.pre.is_some());
-        let freezing =
-            self.cfg.freeze.enabled && self.plan.as_ref().is_some_and(|p| !p.targets.is_empty());
-        if hooks_ok && has_hooks && (froze || !freezing) {
-            Consistency::Application
-        } else if froze {
-            Consistency::FileSystem
-        } else {
-            Consistency::Crash
+    /// What this run did, for [`judge::judge`].
+    fn facts(&self) -> Facts {
+        Facts {
+            takes_snapshots: self.takes_snapshots(),
+            has_pre_hooks: self.cfg.hooks.iter().any(|h| h.pre.is_some())
+                || !self.cfg.skipped.is_empty(),
+            meant_to_freeze: self.scope.freezes(&self.cfg),
+            plan_has_targets: self.plan.as_ref().is_some_and(|p| !p.targets.is_empty()),
+            pre: match self.mode {
+                Mode::Abort => PreOutcome::Aborted,
+                Mode::CrashOnly => PreOutcome::FailedCrashOnly,
+                Mode::Normal if !self.all_pre_ok => PreOutcome::FailedContinued,
+                Mode::Normal => PreOutcome::AllOk,
+            },
+            hold_lost: self.hold_lost,
+            froze: self.freeze_ok,
+            guard_fired_before_snapshot: self.guard_broke_consistency,
+            snapshot_taken: self.snapshot_taken,
+            serious: self.serious,
+            post_failed_fatal: self.post_failed_fatal,
+            any_error: !self.errors.is_empty(),
         }
     }
 
@@ -501,28 +695,20 @@ impl<'a> Operation<'a> {
             // Never leave anything frozen, whatever the caller forgot.
             self.thaw();
         }
-        let consistency = self.reached();
-        let target = self.target();
         if self.snapshot_taken && !self.snapshots.is_empty() {
             if let Err(e) = self.provider.prune(&self.snapshots) {
                 self.errors
                     .push(Problem::new(e.code, format!("retention: {}", e.message)));
             }
         }
-        let status = if self.serious
-            || self.post_failed_fatal
-            || (consistency == Consistency::None && target != Consistency::None)
-            || (self.mode == Mode::Abort && target != Consistency::None)
-        {
-            Status::Failed
-        } else if consistency < target || !self.errors.is_empty() {
-            Status::Degraded
-        } else {
-            Status::Succeeded
-        };
+        let (status, consistency, target) = judge::judge(&self.facts());
         self.timings.total_ms = ms(self.started.elapsed());
         let mut warnings = self.cfg.warnings.clone();
-        if let Some(plan) = &self.plan {
+        if let Some(plan) = self
+            .plan
+            .as_ref()
+            .filter(|_| self.scope == FreezeScope::Plan)
+        {
             if plan.targets.is_empty() {
                 warnings.push(Problem::new(
                     ErrorCode::InvalidFreezePlan,
@@ -532,6 +718,7 @@ impl<'a> Operation<'a> {
         }
         Report {
             operation_id: self.operation_id,
+            caller: self.caller,
             started_at: rfc3339(self.started_at),
             finished_at: rfc3339(SystemTime::now()),
             status,
@@ -551,11 +738,16 @@ impl<'a> Operation<'a> {
 
 /// What a fully successful run of `cfg` reaches.
 pub fn target_consistency(cfg: &Config, takes_snapshots: bool) -> Consistency {
+    target_for(cfg, cfg.freeze.enabled, takes_snapshots)
+}
+
+/// What a fully successful run reaches when it does (or does not) freeze.
+fn target_for(cfg: &Config, freezes: bool, takes_snapshots: bool) -> Consistency {
     if !takes_snapshots {
         Consistency::None
-    } else if cfg.hooks.iter().any(|h| h.pre.is_some()) {
+    } else if cfg.hooks.iter().any(|h| h.pre.is_some()) || !cfg.skipped.is_empty() {
         Consistency::Application
-    } else if cfg.freeze.enabled {
+    } else if freezes {
         Consistency::FileSystem
     } else {
         Consistency::Crash
@@ -573,6 +765,7 @@ pub fn bare_report(
 ) -> Report {
     Report {
         operation_id: operation_id.to_string(),
+        caller: Caller::Cli,
         started_at: rfc3339(started_at),
         finished_at: rfc3339(SystemTime::now()),
         status: Status::Failed,
@@ -590,6 +783,23 @@ pub fn bare_report(
         hooks: Vec::new(),
         dry_run: false,
     }
+}
+
+/// syncfs every target of `plan`; what failed.
+fn sync_targets(plan: &Plan) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for t in &plan.targets {
+        let result = std::fs::File::open(&t.mount_point)
+            .map_err(|e| e.to_string())
+            .and_then(|f| freeze::ioctl::syncfs(&f).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            problems.push(Problem::new(
+                ErrorCode::FreezeFailed,
+                format!("syncfs {}: {e}", t.mount_point.display()),
+            ));
+        }
+    }
+    problems
 }
 
 fn ms(d: Duration) -> u64 {

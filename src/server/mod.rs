@@ -1,41 +1,42 @@
-//! Host-driven mode (SPEC section 7): `quiesce serve` and its two-phase API.
+//! Host-driven mode over HTTP: `quiesce serve`, a thin adapter over [`crate::api`].
 //!
 //! A hypervisor or backup service calls *prepare* (pre hooks + freeze; answers once frozen),
-//! takes its snapshot, then calls *release* (thaw + post hooks; answers with the final
-//! report). Both are idempotent per operation id; one operation at a time; the freeze guard
-//! thaws at the prepare's deadline if release never comes, and a watchdog then finishes the
-//! operation and reports it inconsistent.
+//! takes its snapshot (or asks quiesce's provider to, with *snapshot*), then calls *release*
+//! (thaw + post hooks; answers with the final report). The rules (one operation at a time,
+//! idempotency per id, the deadline) are the registry's; this module only speaks HTTP.
 //!
 //! The server is synchronous: a poll loop accepts connections and a thread per connection
-//! answers it. The freeze and its guard are the same code `quiesce snapshot` uses.
+//! answers it.
 //!
 //! API (HTTP/1.1, JSON; unix socket mode 0600, callers checked by peer credentials; optional
 //! TCP listener that requires `Authorization: Bearer <token>`):
-//! - `POST /v1/operations/{id}/prepare` body `{"deadline": "30s"}` (optional)
+//! - `POST /v1/operations/{id}/prepare` body (every field optional)
+//!   `{"deadline": "30s", "scope": "plan" | "sync-only" | "nothing" | {"mounts": [..]},
+//!   "caller": "http" | ...}`
+//! - `POST /v1/operations/{id}/snapshot` (the configured provider takes the snapshot)
 //! - `POST /v1/operations/{id}/release`
 //! - `GET  /v1/operations/{id}`
 //! - `GET  /healthz`, `GET /metrics`
 
 pub mod client;
 pub mod http;
+mod route;
 
+pub use route::{route, Refusal, Route, MAX_DEADLINE};
+
+use crate::api::{Api, ApiError, OpState, PrepareAnswer, PrepareRequest};
 use crate::codes::{ErrorCode, Problem};
 use crate::config::Config;
-use crate::pipeline::{self, opid, Operation};
-use crate::report::Report;
+use crate::pipeline;
 use http::{Request, Response};
-use serde_json::{json, Value};
-use std::collections::VecDeque;
+use serde_json::json;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Finished operations remembered for idempotent repeats and status.
-const REMEMBERED: usize = 256;
 
 /// Most connections served at once, per listener (the unix socket and the TCP one each have
 /// their own); a connection beyond that is closed at once, unanswered.
@@ -113,36 +114,9 @@ fn read_request_in_time<S: Socket>(socket: &mut S) -> Result<Request, http::Http
     })
 }
 
-enum Phase {
-    /// prepare is running (pre hooks, freeze).
-    Preparing,
-    /// Frozen (or at least prepared), waiting for release.
-    Prepared {
-        op: Box<Operation<'static>>,
-        answer: Value,
-    },
-    /// release (or the watchdog) is running.
-    Releasing { answer: Value },
-}
-
-struct Active {
-    id: String,
-    phase: Phase,
-}
-
-#[derive(Default)]
-struct State {
-    active: Option<Active>,
-    /// (operation id, prepare answer, final report), oldest first.
-    done: VecDeque<(String, Value, Report)>,
-    shutting_down: bool,
-}
-
-/// The server's shared state.
+/// The HTTP front end: the bearer token and the registry it adapts to.
 pub struct Server {
-    cfg: &'static Config,
-    state: Mutex<State>,
-    changed: Condvar,
+    api: Arc<Api>,
     token: Option<Vec<u8>>,
 }
 
@@ -150,292 +124,122 @@ fn problem_json(status: u16, code: ErrorCode, message: impl Into<String>) -> Res
     Response::json(status, &json!({ "errors": [Problem::new(code, message)] }))
 }
 
+fn to_json<T: serde::Serialize>(status: u16, value: &T) -> Response {
+    Response::json(
+        status,
+        &serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The HTTP status of a refusal.
+fn http_status(e: &ApiError) -> u16 {
+    match e {
+        ApiError::InProgress { .. } | ApiError::ShuttingDown | ApiError::NotPrepared { .. } => 409,
+        ApiError::UnknownOperation(_) => 404,
+        ApiError::InvalidRequest(_) | ApiError::NoProvider => 400,
+        ApiError::Failed(_) | ApiError::Snapshot(_) => 500,
+    }
+}
+
+fn refusal(e: &ApiError) -> Response {
+    Response::json(http_status(e), &json!({ "errors": e.problems() }))
+}
+
+/// The root-only token file's content (at least 16 characters).
+fn read_token(path: &std::path::Path) -> Result<Vec<u8>, Problem> {
+    let mut text = String::new();
+    crate::trust::open_config(path)
+        .map_err(|e| Problem::new(ErrorCode::IncorrectConfigFile, e.to_string()))?
+        .read_to_string(&mut text)
+        .map_err(|e| Problem::new(ErrorCode::IncorrectConfigFile, e.to_string()))?;
+    let t = text.trim().as_bytes().to_vec();
+    if t.len() < 16 {
+        return Err(Problem::new(
+            ErrorCode::IncorrectConfigFile,
+            "the server token must be at least 16 characters",
+        ));
+    }
+    Ok(t)
+}
+
 impl Server {
-    /// A server for `cfg` (leaked: it lives as long as the process).
+    /// A server for `cfg`.
     pub fn new(cfg: Config) -> Result<Arc<Server>, Problem> {
-        let cfg: &'static Config = Box::leak(Box::new(cfg));
         let token = match &cfg.server.token_file {
-            Some(path) => {
-                let mut text = String::new();
-                crate::trust::open_config(path)
-                    .map_err(|e| Problem::new(ErrorCode::IncorrectConfigFile, e.to_string()))?
-                    .read_to_string(&mut text)
-                    .map_err(|e| Problem::new(ErrorCode::IncorrectConfigFile, e.to_string()))?;
-                let t = text.trim().as_bytes().to_vec();
-                if t.len() < 16 {
-                    return Err(Problem::new(
-                        ErrorCode::IncorrectConfigFile,
-                        "the server token must be at least 16 characters",
-                    ));
-                }
-                Some(t)
-            }
+            Some(path) => Some(read_token(path)?),
             None => None,
         };
         Ok(Arc::new(Server {
-            cfg,
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            api: Api::new(cfg)?,
             token,
         }))
+    }
+
+    /// The registry this server adapts.
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
     }
 
     /// Answer one request (already authenticated). Which endpoint it is, and whether it is
     /// well formed, is decided first by [`route`], which has no side effects.
     pub fn handle(self: &Arc<Self>, req: &Request) -> Response {
-        match route(req, self.cfg.server.default_deadline) {
+        let cfg = self.api.config();
+        match route(req, cfg.server.default_deadline) {
             Err(r) => problem_json(r.status, r.code, r.message),
             Ok(Route::Health) => Response::json(200, &json!({ "status": "ok" })),
             Ok(Route::Metrics) => Response::text(
                 200,
                 "text/plain; version=0.0.4",
-                pipeline::metrics_text(self.cfg),
+                pipeline::metrics_text(cfg),
             ),
-            Ok(Route::Prepare { id, deadline }) => self.prepare(id, deadline),
-            Ok(Route::Release { id }) => self.release(id),
-            Ok(Route::Status { id }) => self.status(id),
-        }
-    }
-
-    fn prepare(self: &Arc<Self>, id: &str, deadline: Duration) -> Response {
-        let mut st = self.state.lock().unwrap();
-        loop {
-            if st.shutting_down {
-                return problem_json(409, ErrorCode::Interrupted, "the server is shutting down");
-            }
-            if let Some((_, answer, _)) = st.done.iter().find(|(d, _, _)| d == id) {
-                return Response::json(200, answer);
-            }
-            match &st.active {
-                Some(a) if a.id == id => match &a.phase {
-                    Phase::Prepared { answer, .. } | Phase::Releasing { answer } => {
-                        return Response::json(200, answer)
-                    }
-                    Phase::Preparing => st = self.changed.wait(st).unwrap(),
-                },
-                Some(a) => {
-                    return problem_json(
-                        409,
-                        ErrorCode::OperationInProgress,
-                        format!("operation {} is in progress", a.id),
-                    )
-                }
-                None => break,
-            }
-        }
-        st.active = Some(Active {
-            id: id.to_string(),
-            phase: Phase::Preparing,
-        });
-        drop(st);
-
-        // Pre hooks and freeze run outside the lock; a same-id repeat waits on `changed`.
-        let (answer, phase) = match Operation::begin(self.cfg, id.to_string()) {
-            Err(report) => {
-                let answer = prepare_answer(id, "failed", &[], &report.errors, None);
-                let status = if report
-                    .errors
-                    .iter()
-                    .any(|e| e.code == ErrorCode::OperationInProgress)
-                {
-                    409
-                } else {
-                    500
+            Ok(Route::Prepare {
+                id,
+                deadline,
+                scope,
+                caller,
+            }) => {
+                let req = PrepareRequest {
+                    id: id.to_string(),
+                    deadline: Some(deadline),
+                    scope,
+                    caller,
                 };
-                self.finish_done(id, answer.clone(), *report);
-                return Response::json(status, &answer);
-            }
-            Ok(mut op) => {
-                op.host_driven = true;
-                op.freeze_timeout = deadline;
-                op.pre_hooks();
-                op.freeze();
-                let state = if op.aborted() {
-                    "failed"
-                } else if op.frozen_mounts().is_empty() {
-                    "prepared"
-                } else {
-                    "frozen"
-                };
-                let answer = prepare_answer(
-                    id,
-                    state,
-                    op.frozen_mounts(),
-                    op.errors(),
-                    Some(deadline.as_secs_f64()),
-                );
-                (
-                    answer.clone(),
-                    Phase::Prepared {
-                        op: Box::new(op),
-                        answer,
-                    },
-                )
-            }
-        };
-        let aborted = answer["state"] == "failed";
-        {
-            let mut st = self.state.lock().unwrap();
-            if let Some(a) = st.active.as_mut() {
-                a.phase = phase;
-            }
-        }
-        self.changed.notify_all();
-        if aborted {
-            // Nothing to wait for: finish now (post hooks of started pre hooks run).
-            self.finalize(id, false);
-        } else {
-            let me = Arc::clone(self);
-            let id = id.to_string();
-            std::thread::spawn(move || me.watchdog(&id, deadline));
-        }
-        Response::json(200, &answer)
-    }
-
-    /// After the deadline, finish an operation nobody released. Exits as soon as the
-    /// operation is released (woken through `changed`), so no thread lingers per operation.
-    fn watchdog(self: Arc<Self>, id: &str, deadline: Duration) {
-        let due_at = Instant::now() + deadline + Duration::from_millis(500);
-        let mut st = self.state.lock().unwrap();
-        loop {
-            let still_prepared = matches!(&st.active, Some(a) if a.id == id
-                && matches!(a.phase, Phase::Prepared { .. }));
-            if !still_prepared {
-                return;
-            }
-            let now = Instant::now();
-            if now >= due_at {
-                break;
-            }
-            st = self.changed.wait_timeout(st, due_at - now).unwrap().0;
-        }
-        drop(st);
-        tracing::warn!(
-            operation_id = id,
-            "release never came; finishing at the deadline"
-        );
-        self.finalize(id, false);
-    }
-
-    /// Thaw, run post hooks, store the report. `released` says the caller released in time.
-    fn finalize(&self, id: &str, released: bool) -> Option<Report> {
-        let (op, answer) = {
-            let mut st = self.state.lock().unwrap();
-            let a = st.active.as_mut()?;
-            if a.id != id {
-                return None;
-            }
-            let answer = match &a.phase {
-                Phase::Prepared { answer, .. } => answer.clone(),
-                _ => return None,
-            };
-            match std::mem::replace(
-                &mut a.phase,
-                Phase::Releasing {
-                    answer: answer.clone(),
-                },
-            ) {
-                Phase::Prepared { op, .. } => (op, answer),
-                _ => unreachable!("checked above"),
-            }
-        };
-        let mut op = *op;
-        if released && !op.aborted() {
-            op.snapshot_completed_externally();
-        }
-        op.thaw();
-        op.post_hooks();
-        let mut report = op.into_report();
-        pipeline::finish(self.cfg, &mut report, crate::catalog::RunKind::Served);
-        self.finish_done(id, answer, report.clone());
-        Some(report)
-    }
-
-    fn finish_done(&self, id: &str, answer: Value, report: Report) {
-        let mut st = self.state.lock().unwrap();
-        if st.active.as_ref().is_some_and(|a| a.id == id) {
-            st.active = None;
-        }
-        st.done.push_back((id.to_string(), answer, report));
-        while st.done.len() > REMEMBERED {
-            st.done.pop_front();
-        }
-        drop(st);
-        self.changed.notify_all();
-    }
-
-    fn release(&self, id: &str) -> Response {
-        loop {
-            let mut st = self.state.lock().unwrap();
-            if let Some((_, _, report)) = st.done.iter().find(|(d, _, _)| d == id) {
-                return report_response(report);
-            }
-            match &st.active {
-                Some(a) if a.id == id => match a.phase {
-                    Phase::Prepared { .. } => {
-                        drop(st);
-                        if let Some(report) = self.finalize(id, true) {
-                            return report_response(&report);
-                        }
-                    }
-                    Phase::Preparing | Phase::Releasing { .. } => {
-                        st = self.changed.wait(st).unwrap();
-                        drop(st);
-                    }
-                },
-                _ => {
-                    return problem_json(
-                        404,
-                        ErrorCode::UnknownOperation,
-                        format!("no operation {id}"),
-                    )
+                match self.api.prepare(req) {
+                    Ok(answer) => to_json(200, &answer),
+                    Err(ApiError::Failed(report)) => to_json(
+                        500,
+                        &PrepareAnswer {
+                            id: id.to_string(),
+                            state: OpState::Failed,
+                            frozen: Vec::new(),
+                            errors: report.errors.clone(),
+                            deadline_s: deadline.as_secs_f64(),
+                            deadline_capped: false,
+                        },
+                    ),
+                    Err(e) => refusal(&e),
                 }
             }
-        }
-    }
-
-    fn status(&self, id: &str) -> Response {
-        let st = self.state.lock().unwrap();
-        if let Some((_, _, report)) = st.done.iter().find(|(d, _, _)| d == id) {
-            return Response::json(
-                200,
-                &json!({ "operation_id": id, "state": "finished", "report": report }),
-            );
-        }
-        match &st.active {
-            Some(a) if a.id == id => {
-                let state = match &a.phase {
-                    Phase::Preparing => "preparing",
-                    Phase::Prepared { .. } => "prepared",
-                    Phase::Releasing { .. } => "releasing",
-                };
-                let answer = match &a.phase {
-                    Phase::Prepared { answer, .. } | Phase::Releasing { answer } => answer.clone(),
-                    Phase::Preparing => Value::Null,
-                };
-                Response::json(
-                    200,
-                    &json!({ "operation_id": id, "state": state, "prepare": answer }),
-                )
-            }
-            _ => problem_json(
-                404,
-                ErrorCode::UnknownOperation,
-                format!("no operation {id}"),
-            ),
+            Ok(Route::Snapshot { id }) => match self.api.snapshot(id) {
+                Ok(snapshots) => {
+                    Response::json(200, &json!({ "operation_id": id, "snapshots": snapshots }))
+                }
+                Err(e) => refusal(&e),
+            },
+            Ok(Route::Release { id }) => match self.api.release(id) {
+                Ok(report) => to_json(200, &report),
+                Err(e) => refusal(&e),
+            },
+            Ok(Route::Status { id }) => match self.api.status(id) {
+                Ok(status) => to_json(200, &status),
+                Err(e) => refusal(&e),
+            },
         }
     }
 
     /// Finish the active operation (thaw, post hooks) before the server exits.
     fn shutdown(&self) {
-        let id = {
-            let mut st = self.state.lock().unwrap();
-            st.shutting_down = true;
-            st.active.as_ref().map(|a| a.id.clone())
-        };
-        if let Some(id) = id {
-            let _ = self.finalize(&id, false);
-        }
+        self.api.shutdown();
     }
 
     /// Is this unix-socket peer allowed?
@@ -443,7 +247,7 @@ impl Server {
         match rustix::net::sockopt::socket_peercred(stream.as_fd()) {
             Ok(cred) => {
                 let uid = cred.uid.as_raw();
-                uid == 0 || self.cfg.server.allowed_uids.contains(&uid)
+                uid == 0 || self.api.config().server.allowed_uids.contains(&uid)
             }
             Err(_) => false,
         }
@@ -456,112 +260,6 @@ impl Server {
         req.header("authorization")
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|given| http::constant_time_eq(given.trim().as_bytes(), token))
-    }
-}
-
-/// What a request asks for, decided from the request alone.
-///
-/// Routing is kept apart from [`Server::handle`] so that it can be fuzzed without any side
-/// effect (`fuzz/fuzz_targets/server_request.rs`): deciding a route runs no hook, takes no
-/// lock and freezes nothing; only `handle` acts on the route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route<'a> {
-    /// `GET /healthz`
-    Health,
-    /// `GET /metrics`
-    Metrics,
-    /// `POST /v1/operations/{id}/prepare`: the id is valid ([`opid::is_valid`]) and the
-    /// deadline is the body's (1 ms ..= 1 h) or the configured default.
-    Prepare { id: &'a str, deadline: Duration },
-    /// `POST /v1/operations/{id}/release`
-    Release { id: &'a str },
-    /// `GET /v1/operations/{id}`
-    Status { id: &'a str },
-}
-
-/// A request [`route`] refuses: the HTTP status, the code (always `InvalidRequest`) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Refusal {
-    fn new(status: u16, message: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
-            code: ErrorCode::InvalidRequest,
-            message: message.into(),
-        }
-    }
-}
-
-/// Decide what `req` asks for (no side effects; see [`Route`]). `default_deadline` is the
-/// prepare deadline when the body names none.
-pub fn route(req: &Request, default_deadline: Duration) -> Result<Route<'_>, Refusal> {
-    let path = req.path.split('?').next().unwrap_or("");
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method.as_str(), parts.as_slice()) {
-        ("GET", ["healthz"]) => Ok(Route::Health),
-        ("GET", ["metrics"]) => Ok(Route::Metrics),
-        ("POST", ["v1", "operations", id, "prepare"]) => {
-            if !opid::is_valid(id) {
-                return Err(Refusal::new(400, "invalid operation id"));
-            }
-            let deadline =
-                parse_deadline(&req.body, default_deadline).map_err(|m| Refusal::new(400, m))?;
-            Ok(Route::Prepare { id, deadline })
-        }
-        ("POST", ["v1", "operations", id, "release"]) => Ok(Route::Release { id }),
-        ("GET", ["v1", "operations", id]) => Ok(Route::Status { id }),
-        (_, ["v1", "operations", ..]) | (_, ["healthz"]) | (_, ["metrics"]) => {
-            Err(Refusal::new(405, "method not allowed"))
-        }
-        _ => Err(Refusal::new(404, "no such endpoint")),
-    }
-}
-
-fn report_response(report: &Report) -> Response {
-    Response::json(200, &serde_json::to_value(report).unwrap_or(Value::Null))
-}
-
-fn prepare_answer(
-    id: &str,
-    state: &str,
-    frozen: &[String],
-    errors: &[Problem],
-    deadline_s: Option<f64>,
-) -> Value {
-    json!({
-        "operation_id": id,
-        "state": state,
-        "frozen": frozen,
-        "errors": errors,
-        "deadline_seconds": deadline_s,
-    })
-}
-
-/// `{"deadline": "30s"}` or an empty body.
-fn parse_deadline(body: &[u8], default: Duration) -> Result<Duration, String> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(default);
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Body {
-        deadline: Option<String>,
-    }
-    let b: Body = serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
-    match b.deadline {
-        None => Ok(default),
-        Some(s) => {
-            let d = humantime::parse_duration(&s).map_err(|e| format!("invalid deadline: {e}"))?;
-            if d.is_zero() || d > Duration::from_secs(3600) {
-                return Err("deadline must be between 1ms and 1h".into());
-            }
-            Ok(d)
-        }
     }
 }
 

@@ -94,7 +94,8 @@ impl Provider for CommandProvider {
         tracing::info!(pid = p.pid(), command = %self.display(), frozen = ctx.frozen.len(), "snapshot command started");
         let end = p.run(deadline_after(start, ctx.timeout), self.kill_grace);
         let elapsed = start.elapsed();
-        let stderr = p.stderr_tail().to_string_lossy();
+        // Quoted once: the command's output goes into log lines and messages.
+        let stderr = crate::hooks::output::quote(&p.stderr_tail().to_string_lossy());
         let stderr_quote = {
             let t = stderr.trim();
             let mut cut = t.len().saturating_sub(STDERR_IN_MESSAGE);

@@ -5,6 +5,8 @@
 //! failing test never leaves a frozen filesystem, a mount or a loop device behind.
 #![allow(dead_code)]
 
+pub mod platform;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -45,12 +45,14 @@ pub fn script(
         stdout_tail: stdout.to_string(),
         stderr_tail: stderr.to_string(),
         duration_ms: attempts.iter().map(|(_, ms)| ms).sum(),
+        leftovers: Vec::new(),
     }
 }
 
 fn base(op: &str, started: SystemTime, total_ms: u64) -> Report {
     Report {
         operation_id: op.to_string(),
+        caller: Default::default(),
         started_at: rfc3339(started),
         finished_at: rfc3339(started + Duration::from_millis(total_ms)),
         status: Status::Succeeded,

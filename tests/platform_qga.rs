@@ -1,0 +1,142 @@
+//! qemu-ga's own hook path, for real: Debian's `qemu-ga` in unix-listen mode with
+//! `-F <bridge>` runs `quiesce hook pre|post --platform qemu-ga` around its freeze of the
+//! test's loop filesystem, driven by `guest-fsfreeze-freeze-list`.
+//!
+//! `guest-fsfreeze-thaw` thaws every filesystem qemu-ga sees frozen, so this binary holds
+//! the only such test, behind one mutex, with one thaw call.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::{LoopFs, Scratch, ServeProcess};
+
+static QGA: Mutex<()> = Mutex::new(());
+
+fn q(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// A running qemu-ga, killed and reaped on drop.
+struct Qga {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Qga {
+    fn start(dir: &Scratch, hook: &Path) -> Qga {
+        let socket = dir.join("qga.sock");
+        let state = dir.join("qga-state");
+        std::fs::create_dir_all(&state).unwrap();
+        let child = Command::new("qemu-ga")
+            .arg("-m")
+            .arg("unix-listen")
+            .arg("-p")
+            .arg(&socket)
+            .arg("-t")
+            .arg(&state)
+            .arg("-f")
+            .arg(dir.join("qga.pid"))
+            .arg("-l")
+            .arg(dir.join("qga.log"))
+            .arg(format!("-F{}", hook.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-ga (apt-get install qemu-guest-agent)");
+        let start = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "qemu-ga did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Qga { child, socket }
+    }
+
+    fn execute(&self, cmd: Value) -> Value {
+        let mut s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        writeln!(s, "{cmd}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Qga {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn qemu_ga_freeze_list_runs_the_bridge_and_holds_last_across_its_freeze() {
+    let _one = QGA.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Scratch::new("plat-qga-real");
+    let fs = LoopFs::new("ext4", 64);
+    let socket = dir.join("quiesce.sock");
+    let log = dir.join("calls.log");
+    let cfg = support::platform::held_hook_config(&dir, &fs, &socket, &log);
+    // What `quiesce install --platform qemu-ga` would put at /etc/qemu/fsfreeze-hook.
+    let hook = dir.script(
+        "fsfreeze-hook",
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in\n  freeze) side=pre ;;\n  thaw) side=post ;;\n  *) exit 0 ;;\n\
+             esac\nexec {} --config {} hook \"$side\" --platform qemu-ga --deadline 20s\n",
+            q(&support::quiesce_bin()),
+            q(&cfg)
+        ),
+    );
+    let _srv = ServeProcess::start(&cfg, &socket);
+    let qga = Qga::start(&dir, &hook);
+
+    // Unflushed data: the bridge's syncfs writes it before qemu-ga freezes.
+    std::fs::write(fs.path("data"), vec![5u8; 8 << 20]).unwrap();
+    let answer = qga.execute(serde_json::json!({
+        "execute": "guest-fsfreeze-freeze-list",
+        "arguments": { "mountpoints": [fs.mount_point] }
+    }));
+    assert_eq!(answer["return"], 1, "{answer}");
+    // qemu-ga froze it (quiesce only synced), and the hold is still there.
+    assert!(!support::writable_within(
+        &fs.mount_point,
+        Duration::from_millis(300)
+    ));
+    let status = qga.execute(serde_json::json!({ "execute": "guest-fsfreeze-status" }));
+    assert_eq!(status["return"], "frozen", "{status}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "held\n");
+
+    let thawed = qga.execute(serde_json::json!({ "execute": "guest-fsfreeze-thaw" }));
+    // The count is of filesystems qemu-ga itself found frozen (another test's qemu-ga may
+    // already have thawed everything): what matters is no error and a writable filesystem.
+    assert!(thawed["return"].is_i64(), "{thawed}");
+    assert!(support::writable_within(
+        &fs.mount_point,
+        Duration::from_secs(2)
+    ));
+    // Post ran: the hold was released after qemu-ga's thaw.
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "held\nreleased\n");
+
+    let out = Command::new(support::quiesce_bin())
+        .args(["history", "--json", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let hist: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = hist.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{hist:#}");
+    assert!(
+        rows[0]["operation_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("qemu-ga-"),
+        "{hist:#}"
+    );
+    assert_eq!(rows[0]["consistency"], "application", "{hist:#}");
+}
