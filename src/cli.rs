@@ -133,6 +133,9 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Bring the catalog to this version's schema (run by the package on upgrade).
+    #[command(hide = true)]
+    MigrateCatalog,
     /// Write man pages or shell completions into DIR (used to build the packages).
     #[command(hide = true)]
     Generate {
@@ -257,6 +260,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Generate { what, dir } => crate::generate::run(what, &dir),
+        Command::MigrateCatalog => crate::generate::migrate_catalog(&load_or_defaults(cli.config)),
     }
 }
 

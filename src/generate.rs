@@ -49,6 +49,22 @@ fn write(what: Artefact, dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Open the catalog for writing, which migrates a catalog written by an older release
+/// (`quiesce migrate-catalog`, run by the package's postinst on upgrade). No catalog yet is
+/// fine.
+pub fn migrate_catalog(cfg: &crate::config::Config) -> i32 {
+    if !cfg.paths.catalog.exists() {
+        return 0;
+    }
+    match crate::catalog::Catalog::open(&cfg.paths.catalog) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("quiesce: {}", e.problem());
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

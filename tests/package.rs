@@ -252,7 +252,7 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
          COMP_WORDS=(quiesce sn); COMP_CWORD=1; COMP_LINE=\"quiesce sn\"; COMP_POINT=10; \
          _quiesce quiesce sn quiesce; echo \"${COMPREPLY[@]}\"'",
     );
-    assert!(comp.contains("complete -F _quiesce"), "{comp}");
+    assert!(comp.contains("-F _quiesce quiesce"), "{comp}");
     assert!(
         comp.contains("snapshot") && comp.contains("snapshots"),
         "{comp}"
@@ -337,7 +337,7 @@ fn static_binary_runs_in_a_root_without_libc() {
     // It reads the mount table and plans without any file of its own.
     let m = run(Command::new("chroot")
         .arg(root)
-        .args(["/quiesce", "mounts", "--json"]));
+        .args([&bin, "mounts", "--json"]));
     assert!(m.contains("\"mount_point\""), "{m}");
 
     // SHA256SUMS covers it.
