@@ -201,12 +201,15 @@ fn readme_commands(marker: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every file and directory in the root, for a before/after comparison.
+/// Every file and directory in the root, for a before/after comparison. Left out: caches,
+/// logs, and the state of the tools the test itself runs (apt's lists, which
+/// `apt-get install ./file.deb` creates; systemd-analyze's /run/systemd).
 fn tree(root: &Path) -> Vec<String> {
     let out = in_root(
         root,
         "find / -xdev \\( -path /proc -o -path /root -o -path /tmp -o -path /var/cache \
-         -o -path /var/log \\) -prune -o -print | sort",
+         -o -path /var/log -o -path /var/lib/apt/lists -o -path /run/systemd \\) -prune \
+         -o -print | sort",
     );
     out.lines().map(str::to_string).collect()
 }
