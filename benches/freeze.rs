@@ -24,7 +24,6 @@ mod support;
 
 use quiesce::config::FreezeConfig;
 use quiesce::freeze::{self, lock::OpLock, plan, FreezeOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,8 +73,8 @@ fn main() {
 
     // Warm-up (not measured): allocate the files' blocks in the images once, so every
     // measurement overwrites the same blocks.
-    dirty_all(&mounts);
-    settle();
+    support::dirty_all(&mounts, DIRTY_MB);
+    support::settle();
 
     let mut q_window = Vec::new();
     let mut q_stall = Vec::new();
@@ -84,7 +83,7 @@ fn main() {
     let mut b_stall = Vec::new();
     for rep in 0..reps {
         // quiesce
-        dirty_all(&mounts);
+        support::dirty_all(&mounts, DIRTY_MB);
         let probe = Probe::start(&mounts[0]);
         let lock = OpLock::acquire(&st.path).unwrap();
         let opts = FreezeOptions {
@@ -109,10 +108,10 @@ fn main() {
         q_window.push(out.frozen_ms as f64);
         q_total.push(total.as_millis() as f64);
         q_stall.push(stall.as_millis() as f64);
-        settle();
+        support::settle();
 
         // baseline
-        dirty_all(&mounts);
+        support::dirty_all(&mounts, DIRTY_MB);
         let probe = Probe::start(&mounts[0]);
         let t = Instant::now();
         for m in &mounts {
@@ -130,15 +129,18 @@ fn main() {
         );
         b_window.push(window.as_millis() as f64);
         b_stall.push(stall.as_millis() as f64);
-        settle();
+        support::settle();
     }
-    let (qw, bw) = (median(&mut q_window), median(&mut b_window));
-    let (qs, bs) = (median(&mut q_stall), median(&mut b_stall));
+    let (qw, bw) = (
+        support::median(&mut q_window),
+        support::median(&mut b_window),
+    );
+    let (qs, bs) = (support::median(&mut q_stall), support::median(&mut b_stall));
     println!();
     println!("{FILESYSTEMS} x ext4 ({FS_MB} MiB loop), {DIRTY_MB} MB unflushed writes each, {reps} repetitions, medians:");
     println!(
         "  frozen window : quiesce {qw:.0} ms (freeze()+thaw() {:.0} ms)  vs  sequential fsfreeze {bw:.0} ms  -> {:.1}x shorter",
-        median(&mut q_total),
+        support::median(&mut q_total),
         bw / qw.max(1.0)
     );
     println!(
@@ -148,45 +150,6 @@ fn main() {
     for f in &fss {
         let _ = std::fs::remove_file(f.path("dirty.bin"));
         let _ = std::fs::remove_file(f.path("probe"));
-    }
-}
-
-/// Put DIRTY_MB of unflushed data on every filesystem (overwriting the same file, so the
-/// images do not grow), in parallel, without fsync.
-fn dirty_all(mounts: &[PathBuf]) {
-    std::thread::scope(|s| {
-        for m in mounts {
-            s.spawn(move || {
-                let chunk = vec![0xa5u8; 1 << 20];
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(false)
-                    .open(m.join("dirty.bin"))
-                    .unwrap();
-                for _ in 0..DIRTY_MB {
-                    f.write_all(&chunk).unwrap();
-                }
-            });
-        }
-    });
-}
-
-/// Let the system flush and quiet down between measurements.
-fn settle() {
-    support::sh("sync", &[]);
-    std::thread::sleep(Duration::from_millis(500));
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh --replay        # only run the committed seeds and past crash inputs once
 #
 # Targets (fuzz/fuzz_targets/): mountinfo, azure_json, azure_host, native_toml,
-# server_request. Committed seeds are in fuzz/corpus/<target>/ (read only here); what
+# server_request, qga_protocol. Committed seeds are in fuzz/corpus/<target>/ (read only here); what
 # libFuzzer finds goes to fuzz/work/<target>/ (git-ignored); a crashing input is saved in
 # fuzz/artifacts/<target>/ and the script exits 1. Reproduce one with
 #   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run <target> artifacts/<target>/<file>)
@@ -20,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-ALL_TARGETS=(mountinfo azure_json azure_host native_toml server_request)
+ALL_TARGETS=(mountinfo azure_json azure_host native_toml server_request qga_protocol)
 replay=0
 if [ "${1:-}" = "--replay" ]; then
   replay=1

@@ -5,7 +5,9 @@ need=()
 for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-linux:fsfreeze \
                prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
                qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
-               postgresql-client:pgbench; do
+               postgresql-client:pgbench \
+               etcd-server:etcd etcd-client:etcdctl \
+               socat:socat iproute2:ip; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
 # qemu-ga (Debian's qemu-guest-agent) for the platform tests: its fsfreeze-hook path.
@@ -23,3 +25,22 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# quiesce guest-agent tests compare against the real qemu-ga (Debian qemu-guest-agent).
+command -v qemu-ga >/dev/null 2>&1 || {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq qemu-guest-agent >/dev/null
+}
+# The QEMU guest test (tests/qemu_guest.rs): QEMU and a Debian kernel, unpacked (not installed:
+# qemu-system-x86 conflicts with the newer qemu-utils) into a cache outside the checkout.
+QEMU_CACHE=/var/cache/quiesce-tests/qemu
+KERNEL_PKG=linux-image-6.1.0-47-amd64
+if [ ! -x "$QEMU_CACHE/root/usr/bin/qemu-system-x86_64" ] || ! ls "$QEMU_CACHE"/root/boot/vmlinuz-* >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq busybox-static seabios ipxe-qemu cpio libcapstone4 libfdt1 libpmem1 \
+      librdmacm1 libibverbs1 libslirp0 libvdeplug2 >/dev/null
+  mkdir -p "$QEMU_CACHE/debs" "$QEMU_CACHE/root"
+  (cd "$QEMU_CACHE/debs" && apt-get download -qq qemu-system-x86 qemu-system-common qemu-system-data "$KERNEL_PKG")
+  for d in "$QEMU_CACHE"/debs/*.deb; do dpkg -x "$d" "$QEMU_CACHE/root"; done
+fi
+# benches/guest_agent.rs times both agents' FIFREEZE/FITHAW calls with strace.
+command -v strace >/dev/null 2>&1 || apt-get install -y -qq strace >/dev/null

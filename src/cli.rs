@@ -83,6 +83,21 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
+    /// Prove that a snapshot restores: a disposable writable view of it, a throwaway database
+    /// server and checks on it (see `[verify]`); the result is recorded in the catalog.
+    Verify {
+        /// The snapshot id (as `quiesce snapshots` lists it).
+        #[arg(required_unless_present = "latest", conflicts_with = "latest")]
+        snapshot: Option<String>,
+        /// Verify the newest snapshot.
+        #[arg(long)]
+        latest: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Be the QEMU guest agent: answer the hypervisor's fsfreeze commands on the
+    /// virtio-serial port, forward the rest to qemu-ga (docs/guest-agent.md).
+    GuestAgent(crate::qga::GuestAgentArgs),
     /// Host side: ask a running `quiesce serve` to run the pre hooks and freeze.
     Prepare {
         /// Operation id (letters, digits, '-', '_', '.'); the same id makes a repeat idempotent.
@@ -102,6 +117,9 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Consistency groups: one cut across many machines, coordinated through etcd.
+    #[command(subcommand)]
+    Group(crate::group::cli::GroupCommand),
     /// Run as a platform's pre/post snapshot script (docs/platforms/): pre prepares an
     /// operation on the running `quiesce serve`, post releases it.
     Hook {
@@ -176,7 +194,7 @@ pub fn run(cli: Cli) -> i32 {
     // thaw now, then finish cleanly" (a second signal still exits at once).
     if matches!(
         cli.command,
-        Command::Snapshot { dry_run: false, .. } | Command::Serve
+        Command::Snapshot { dry_run: false, .. } | Command::Serve | Command::GuestAgent(_)
     ) {
         let _ = crate::freeze::install_signal_handlers();
     }
@@ -204,21 +222,21 @@ pub fn run(cli: Cli) -> i32 {
             let mut report = pipeline::run_snapshot(&cfg, &RunOptions::default());
             pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
             emit(&report, json);
+            if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
+                let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
+                match crate::verify::run(&cfg, which) {
+                    Ok(v) => eprint!("{}", v.human()),
+                    Err(e) => eprintln!("quiesce: verify: {e}"),
+                }
+            }
             report.status.exit_code()
         }
         Command::Check { json } => check(cli.config, json),
         Command::Mounts { json } => mounts(cli.config, json),
         Command::Recover { json } => recover(cli.config, json),
-        Command::Serve => {
-            let cfg = match config::load(cli.config.as_deref()) {
-                Ok(cfg) => cfg,
-                Err(errs) => {
-                    print_problems(&errs.0);
-                    return 1;
-                }
-            };
-            init_logging(&cfg.log, cli.verbose);
-            crate::server::serve(cfg)
+        Command::Serve => with_agent_config(cli.config, cli.verbose, crate::server::serve),
+        Command::GuestAgent(args) => {
+            with_agent_config(cli.config, cli.verbose, |cfg| crate::qga::run(cfg, args))
         }
         Command::Prepare {
             id,
@@ -256,12 +274,31 @@ pub fn run(cli: Cli) -> i32 {
             platform,
             root,
             uninstall,
-        } => crate::platform::install::run(platform, &root, uninstall),
+        } => crate::platform::install::run(platform, &root, uninstall, cli.config.as_deref()),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Generate { what, dir } => crate::generate::run(what, &dir),
         Command::MigrateCatalog => crate::generate::migrate_catalog(&load_or_defaults(cli.config)),
+        Command::Verify {
+            snapshot,
+            latest: _,
+            json,
+        } => verify(cli.config, snapshot, json, cli.verbose),
+        Command::Group(cmd) => crate::group::cli::run(cli.config, cmd),
     }
+}
+
+/// Load the configuration and start logging for a long-running agent, then run it.
+fn with_agent_config(path: Option<PathBuf>, verbose: u8, run: impl FnOnce(Config) -> i32) -> i32 {
+    let cfg = match config::load(path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    run(cfg)
 }
 
 fn emit(report: &Report, json: bool) {
@@ -290,7 +327,7 @@ struct CheckOutput {
     ok: bool,
     config: Option<PathBuf>,
     problems: Vec<Problem>,
-    warnings: Vec<Problem>,
+    warnings: Vec<crate::codes::Warning>,
     freeze: Vec<String>,
     /// Every hook and where it came from.
     hooks: Vec<String>,
@@ -325,7 +362,7 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
                 freeze = plan
                     .targets
                     .iter()
-                    .map(|t| t.mount_point.display().to_string())
+                    .map(|t| crate::hooks::output::quote_path(&t.mount_point))
                     .collect()
             }
             Err(mut p) => problems.append(&mut p),
@@ -356,7 +393,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         print_json(&out);
     } else {
         if let Some(c) = &out.config {
-            println!("config: {}", c.display());
+            println!("config: {}", crate::hooks::output::quote_path(c));
         }
         for p in &out.problems {
             println!("error {p}");
@@ -443,8 +480,10 @@ fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
     let Some(cfg) = load_strict(config_path) else {
         return 1;
     };
-    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir)
-        .and_then(|_lock| crate::freeze::state::recover(&cfg.paths.state_dir));
+    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir).and_then(|_lock| {
+        crate::verify::leftovers::clean(&cfg.paths.state_dir);
+        crate::freeze::state::recover(&cfg.paths.state_dir)
+    });
     match result {
         Ok(thawed) => {
             if json {
@@ -560,7 +599,10 @@ fn history(
             if json {
                 println!("[]");
             } else {
-                println!("no runs recorded yet ({})", cfg.paths.catalog.display());
+                println!(
+                    "no runs recorded yet ({})",
+                    crate::hooks::output::quote_path(&cfg.paths.catalog)
+                );
             }
             return 0;
         }
@@ -596,7 +638,10 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
             return 1;
         }
     };
-    if let Ok(Some(catalog)) = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog) {
+    let catalog = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog)
+        .ok()
+        .flatten();
+    if let Some(catalog) = &catalog {
         for s in &mut list {
             s.consistency = catalog
                 .consistency_of_snapshot(&s.provider, &s.id)
@@ -604,14 +649,21 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
                 .flatten();
         }
     }
+    for s in &mut list {
+        s.verification = Some(crate::verify::verification_text(
+            catalog.as_ref(),
+            &s.provider,
+            &s.id,
+        ));
+    }
     if json {
         print_json(&list);
     } else if list.is_empty() {
         println!("no snapshots (provider {})", provider.name());
     } else {
         println!(
-            "{:<26} {:<12} {:<8} ID",
-            "CREATED", "CONSISTENCY", "PROVIDER"
+            "{:<26} {:<12} {:<8} {:<14} ID",
+            "CREATED", "CONSISTENCY", "PROVIDER", "VERIFICATION"
         );
         for s in &list {
             let created = s
@@ -623,8 +675,49 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
                 })
                 .unwrap_or_else(|| "-".into());
             let cons = s.consistency.map(|c| c.as_str()).unwrap_or("unknown");
-            println!("{created:<26} {cons:<12} {:<8} {}", s.provider, s.id);
+            let verification = s.verification.as_deref().unwrap_or("not verified");
+            println!(
+                "{created:<26} {cons:<12} {:<8} {verification:<14} {}",
+                s.provider, s.id
+            );
         }
     }
     0
+}
+
+fn verify(config_path: Option<PathBuf>, snapshot: Option<String>, json: bool, verbose: u8) -> i32 {
+    let cfg = match config::load(config_path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            print_problems(&errs.0);
+            return 1;
+        }
+    };
+    init_logging(&cfg.log, verbose);
+    let which = match snapshot {
+        Some(id) => crate::verify::Which::Id(id),
+        None => crate::verify::Which::Latest,
+    };
+    match crate::verify::run(&cfg, which) {
+        Ok(report) => {
+            if json {
+                print_json(&report);
+            } else {
+                print!("{}", report.human());
+            }
+            if report.verified {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            if json {
+                print_json(&serde_json::json!({ "error": e.to_string() }));
+            } else {
+                eprintln!("quiesce: verify: {e}");
+            }
+            1
+        }
+    }
 }

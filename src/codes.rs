@@ -52,6 +52,13 @@ pub enum ErrorCode {
     /// The freeze guard thawed before the snapshot completed (deadline, signal or agent death).
     #[serde(rename = "FreezeGuardFired")]
     FreezeGuardFired,
+    /// The freeze guard died or stopped answering while filesystems were frozen; the agent
+    /// thawed by itself.
+    #[serde(rename = "FreezeGuardLost")]
+    FreezeGuardLost,
+    /// A warning: at start, quiesce thawed filesystems that a crashed run had left frozen.
+    #[serde(rename = "RecoveredFrozenFilesystems")]
+    RecoveredFrozenFilesystems,
     /// The snapshot provider failed.
     #[serde(rename = "SnapshotFailed")]
     SnapshotFailed,
@@ -109,6 +116,8 @@ impl ErrorCode {
             FreezePermissionDenied => "FreezePermissionDenied",
             ThawFailed => "ThawFailed",
             FreezeGuardFired => "FreezeGuardFired",
+            FreezeGuardLost => "FreezeGuardLost",
+            RecoveredFrozenFilesystems => "RecoveredFrozenFilesystems",
             SnapshotFailed => "SnapshotFailed",
             SnapshotTimeout => "SnapshotTimeout",
             OperationInProgress => "OperationInProgress",
@@ -142,7 +151,7 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        write!(f, "{}", crate::hooks::output::quote_path(&self.file))?;
         if let Some(l) = self.line {
             write!(f, ":{l}")?;
             if let Some(c) = self.column {
@@ -150,6 +159,65 @@ impl fmt::Display for Location {
             }
         }
         Ok(())
+    }
+}
+
+/// One reported warning: a human message, where it was found, and the hook it concerns if
+/// any. Configuration warnings (unknown keys, lenient forms, timeouts above Azure's cap)
+/// carry no code: codes name errors. A run's own findings that are not failures (the catalog
+/// could not record, nothing was eligible to freeze) keep the code that names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+impl Warning {
+    /// A warning without a code.
+    pub fn new(message: impl Into<String>) -> Self {
+        Warning {
+            code: None,
+            message: message.into(),
+            hook: None,
+            location: None,
+        }
+    }
+
+    pub fn at(mut self, location: Location) -> Self {
+        self.location = Some(location);
+        self
+    }
+}
+
+/// A coded finding reported as a warning keeps its code.
+impl From<Problem> for Warning {
+    fn from(p: Problem) -> Self {
+        Warning {
+            code: Some(p.code),
+            message: p.message,
+            hook: p.hook,
+            location: p.location,
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(code) = self.code {
+            write!(f, "{code}: ")?;
+        }
+        if let Some(loc) = &self.location {
+            write!(f, "{loc}: ")?;
+        }
+        if let Some(h) = &self.hook {
+            write!(f, "hook `{}`: ", crate::hooks::output::quote(h))?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -192,7 +260,7 @@ impl fmt::Display for Problem {
             write!(f, "{loc}: ")?;
         }
         if let Some(h) = &self.hook {
-            write!(f, "hook `{h}`: ")?;
+            write!(f, "hook `{}`: ", crate::hooks::output::quote(h))?;
         }
         f.write_str(&self.message)
     }

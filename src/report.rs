@@ -135,7 +135,7 @@ pub struct Report {
     /// What a fully successful run of this configuration reaches.
     pub target_consistency: Consistency,
     pub errors: Vec<Problem>,
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<crate::codes::Warning>,
     pub snapshots: Vec<SnapshotRef>,
     pub timings: Timings,
     /// From the first FIFREEZE to the last FITHAW; absent when nothing was frozen.

@@ -29,6 +29,7 @@
 //! When the file is missing that wins over insecure parents: nothing would run either way and
 //! the missing file is the first thing to fix.
 
+use crate::hooks::output::quote_path;
 use rustix::fs::{FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use std::ffi::OsStr;
@@ -39,10 +40,10 @@ use std::path::{Component, Path, PathBuf};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TrustError {
     /// Missing, or not a regular file.
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", quote_path(path))]
     NotFound { path: PathBuf, reason: String },
     /// Present but unsafe (owner, mode, parent directories, symlink).
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", quote_path(path))]
     Insecure { path: PathBuf, reason: String },
 }
 
@@ -136,7 +137,7 @@ fn interpreter_of(path: &Path, fd: &OwnedFd) -> Result<Option<Interpreter>, Trus
 /// as an executable root may run: owned by root, not writable by group/others, in safe
 /// directories, executable. Returns the canonical path.
 pub fn check_interpreter(script: &Path, prog: &Path) -> Result<PathBuf, TrustError> {
-    let shown = prog.display();
+    let shown = quote_path(prog);
     let real = std::fs::canonicalize(prog).map_err(|e| {
         not_found(
             script,
@@ -251,11 +252,11 @@ fn open_checked(path: &Path, access: Access) -> Result<OwnedFd, TrustError> {
             return Err(match Errno::from_io_error(&e) {
                 Some(Errno::NOENT) | Some(Errno::NOTDIR) => not_found(
                     path,
-                    format!("directory {} does not exist", parent.display()),
+                    format!("directory {} does not exist", quote_path(parent)),
                 ),
                 _ => insecure(
                     path,
-                    format!("cannot resolve directory {}: {e}", parent.display()),
+                    format!("cannot resolve directory {}: {e}", quote_path(parent)),
                 ),
             })
         }
@@ -323,7 +324,7 @@ fn walk_parents(
             _ => {
                 return Err(insecure(
                     path,
-                    format!("unexpected component in {}", canonical.display()),
+                    format!("unexpected component in {}", quote_path(canonical)),
                 ))
             }
         };
@@ -333,7 +334,7 @@ fn walk_parents(
             Err(Errno::NOENT) => {
                 return Err(not_found(
                     path,
-                    format!("directory {} does not exist", shown.display()),
+                    format!("directory {} does not exist", quote_path(&shown)),
                 ))
             }
             Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
@@ -341,14 +342,14 @@ fn walk_parents(
                     path,
                     format!(
                         "directory {} changed during the check (now a symlink or not a directory)",
-                        shown.display()
+                        quote_path(&shown)
                     ),
                 ))
             }
             Err(e) => {
                 return Err(insecure(
                     path,
-                    format!("cannot open directory {}: {e}", shown.display()),
+                    format!("cannot open directory {}: {e}", quote_path(&shown)),
                 ))
             }
         };
@@ -366,14 +367,14 @@ fn check_dir(
     let st = rustix::fs::fstat(dir.as_fd()).map_err(|e| {
         insecure(
             path,
-            format!("fstat of directory {} failed: {e}", shown.display()),
+            format!("fstat of directory {} failed: {e}", quote_path(shown)),
         )
     })?;
     let mode = st.st_mode & 0o7777;
     if st.st_uid != 0 {
         problems.push(format!(
             "directory {} is owned by uid {}, not root",
-            shown.display(),
+            quote_path(shown),
             st.st_uid
         ));
     }
@@ -385,7 +386,7 @@ fn check_dir(
         };
         problems.push(format!(
             "directory {} is writable by group/others (mode {:04o}){sticky}",
-            shown.display(),
+            quote_path(shown),
             mode
         ));
     }

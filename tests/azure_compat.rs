@@ -493,3 +493,141 @@ fn relative_config_and_mounts_show_what_snapshot_would_do() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("freezing is disabled"));
 }
+
+#[test]
+fn config_warnings_carry_no_code_in_check_and_report() {
+    let d = Scratch::new("azure-warn");
+    let ok = d.script("ok.sh", OK);
+    let json = plugin_json(
+        &d,
+        "p.json",
+        &ok,
+        &ok,
+        r#", "colour": 1, "timeoutInSeconds": 3600"#,
+    );
+    let host = plugin_host(&d, &[&json]);
+    let arg = host.to_str().unwrap();
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--json", "--config", arg])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = v["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{v:#}");
+    for w in warnings {
+        assert!(w.get("code").is_none(), "a warning carries no code: {w}");
+    }
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--config", arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("warning")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in lines {
+        assert!(!l.contains("IncorrectJSONConfigFile"), "{l}");
+    }
+    let r = snapshot_json(&host);
+    assert_eq!(r.code, 0, "{:#}\n{}", r.report, r.stderr);
+    let warnings = r.report["warnings"].as_array().unwrap();
+    assert!(warnings
+        .iter()
+        .any(|w| w["message"].as_str().unwrap().contains("1800")));
+    for w in warnings {
+        assert!(w.get("code").is_none(), "a warning carries no code: {w}");
+    }
+    assert!(
+        !r.stderr.contains("IncorrectJSONConfigFile"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn config_in_utf16_or_latin1_gets_an_encoding_hint() {
+    let d = Scratch::new("azure-enc");
+    let utf16 = |text: &str, bom: bool| -> Vec<u8> {
+        let bom = bom.then_some(0xfeff_u16);
+        bom.into_iter()
+            .chain(text.encode_utf16())
+            .flat_map(u16::to_le_bytes)
+            .collect()
+    };
+    let json = "{ \"pluginName\": \"ScriptRunner\" }\n";
+    let host = "[pre_post]\nnumberOfPlugins = 0\n";
+    let toml = "[freeze]\nenabled = false\n";
+    for (name, bytes, want) in [
+        ("a.json", utf16(json, true), "UTF-16"),
+        ("b.json", utf16(json, false), "UTF-16"),
+        ("VMSnapshotPluginHost.conf", utf16(host, true), "UTF-16"),
+        (
+            "c.conf",
+            b"[pre_post]\n# caf\xe9\nnumberOfPlugins = 0\n".to_vec(),
+            "Latin-1",
+        ),
+        ("q.toml", utf16(toml, false), "UTF-16"),
+        ("r.toml", b"# r\xe9sum\xe9\n[freeze]\n".to_vec(), "Latin-1"),
+    ] {
+        let path = d.file(name, "", 0o600);
+        std::fs::write(&path, &bytes).unwrap();
+        let out = Command::new(support::quiesce_bin())
+            .args(["check", "--json", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let msg = v["problems"][0]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(want) && msg.contains("save it as UTF-8"),
+            "{name}: {v:#}"
+        );
+    }
+}
+
+#[test]
+fn paths_with_control_characters_are_printed_escaped() {
+    let d = Scratch::new("azure-ctl");
+    let ok = d.script("ok.sh", OK);
+    let evil = d.join("pre\nFAKE error\u{1b}[2J.sh");
+    // The JSON escapes the control characters; the path it names holds them.
+    let extra = format!(
+        r#", "colour": 1, "preScriptLocation": {}"#,
+        serde_json::to_string(evil.to_str().unwrap()).unwrap()
+    );
+    let json = plugin_json(&d, "p\u{1b}[31m\n.json", &ok, &ok, &extra);
+    let arg = json.to_str().unwrap();
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--config", arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(!text.contains("\nFAKE"), "{text:?}");
+    assert!(text.contains("pre\\nFAKE error\\u{1b}[2J.sh"), "{text}");
+    assert!(text.contains("p\\u{1b}[31m\\n.json"), "{text}");
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--json", "--config", arg])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = v["problems"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("pre\\nFAKE error\\u{1b}[2J.sh"), "{v:#}");
+    let r = snapshot_json(&json);
+    assert!(!r.stderr.contains('\u{1b}'), "{:?}", r.stderr);
+    assert!(!r.stderr.contains("\nFAKE"), "{:?}", r.stderr);
+    // A freeze mount point from the native TOML, in the freeze plan's problems.
+    let toml = d.file(
+        "ctl.toml",
+        "[freeze]\ninclude = [\"/nonexistent\\nFAKE\\u001B[2J\"]\n",
+        0o600,
+    );
+    let out = Command::new(support::quiesce_bin())
+        .args(["check", "--config", toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/nonexistent\\nFAKE\\u{1b}[2J"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains("\nFAKE"),
+        "{text:?}"
+    );
+}

@@ -211,6 +211,31 @@ fn too_much_stdout_fails_instead_of_truncating_ids() {
     );
 }
 
+/// A command stuck writing to a frozen filesystem cannot be killed until the thaw: after
+/// the timeout it is terminated once (SIGTERM, grace, SIGKILL, KILL_WAIT), not twice, so
+/// the freeze is not held longer than that.
+#[test]
+fn a_command_stuck_on_a_frozen_filesystem_is_terminated_once() {
+    let fs = LoopFs::new("ext4", 64);
+    support::sh("fsfreeze", &["-f", fs.mount_point.to_str().unwrap()]);
+    let target = fs.path("stuck");
+    let started = Instant::now();
+    let e = CommandProvider::new(vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "echo x > \"$0\"".into(),
+        target.display().to_string(),
+    ])
+    .with_kill_grace(Duration::from_millis(200))
+    .take(&ctx(&[], 500))
+    .unwrap_err();
+    let took = started.elapsed();
+    support::thaw(&fs.mount_point);
+    assert_eq!(e.code, ErrorCode::SnapshotTimeout, "{e:?}");
+    // 0.5 s timeout + 0.2 s grace + KILL_WAIT (2 s), plus slack; twice that took ~5 s.
+    assert!(took < Duration::from_millis(3900), "took {took:?}");
+}
+
 /// The command's stderr is quoted like hook output (one function): a newline cannot start
 /// a forged log line, a terminal escape reaches nobody's terminal.
 #[test]

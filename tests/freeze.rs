@@ -258,6 +258,15 @@ fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
         frozen.mount_points(),
         vec![inner.mount_point.clone(), outer.mount_point.clone()]
     );
+    // The state file lists the targets in freeze order, so that `recover` (which thaws
+    // in reverse) thaws the image's filesystem first: the other way round, its thaw
+    // would hang in the kernel behind the still frozen outer filesystem.
+    let recorded = state::StateFile::read(&st.path).unwrap().unwrap();
+    let recorded: Vec<PathBuf> = recorded.targets.iter().map(|t| t.path()).collect();
+    assert_eq!(
+        recorded,
+        vec![inner.mount_point.clone(), outer.mount_point.clone()]
+    );
     let po = assert_frozen(&outer.mount_point);
     let out = frozen.thaw();
     assert!(out.problems.is_empty(), "{:?}", out.problems);
@@ -491,4 +500,179 @@ fn empty_plan_is_refused() {
         Err(e) => e,
     };
     assert_eq!(errs[0].code, ErrorCode::InvalidFreezePlan);
+}
+
+/// After the guard fired at its deadline, what is frozen is no longer ours: a freeze made
+/// by somebody else afterwards (here `fsfreeze -f`) survives both the guard and the
+/// agent's later thaw, and `frozen_ms` is the guard's real thaw, not the agent's.
+#[test]
+fn a_guard_that_fired_never_thaws_again() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("state");
+    let p = plan_for(&[&a.mount_point]);
+    let lock = OpLock::acquire(&st.path).unwrap();
+    let frozen = freeze::freeze(&p, &lock, &opts(&st.path, Duration::from_secs(1))).unwrap();
+    let mut probe = WriteProbe::start(&a.mount_point);
+    assert_eq!(
+        probe.finished_within(Duration::from_millis(2000)),
+        Some(true),
+        "the guard did not thaw at its deadline"
+    );
+    support::sh("fsfreeze", &["-f", a.mount_point.to_str().unwrap()]);
+    // The guard must not thaw the third party's freeze on its own...
+    std::thread::sleep(Duration::from_millis(400));
+    let third = assert_frozen(&a.mount_point);
+    // ...and neither may the agent's thaw.
+    let out = frozen.thaw();
+    assert_eq!(
+        out.guard_fired.map(|g| g.reason),
+        Some(GuardReason::Deadline)
+    );
+    assert!(
+        (900..1500).contains(&out.frozen_ms),
+        "frozen_ms {}",
+        out.frozen_ms
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let still = assert_frozen(&a.mount_point);
+    support::sh("fsfreeze", &["-u", a.mount_point.to_str().unwrap()]);
+    assert_thawed(third, &a.mount_point);
+    assert_thawed(still, &a.mount_point);
+}
+
+fn guard_signal(frozen: &freeze::Frozen, sig: &str) {
+    support::sh(
+        "kill",
+        &[&format!("-{sig}"), &frozen.guard_pid().to_string()],
+    );
+}
+
+/// kill -9 of the guard alone: the agent notices (pidfd), thaws by itself and says so
+/// with its own code; it never pretends the guard was there.
+#[test]
+fn a_killed_guard_is_noticed_and_the_agent_thaws() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("state");
+    let p = plan_for(&[&a.mount_point]);
+    let lock = OpLock::acquire(&st.path).unwrap();
+    let frozen = freeze::freeze(&p, &lock, &opts(&st.path, Duration::from_secs(30))).unwrap();
+    let mut probe = WriteProbe::start(&a.mount_point);
+    assert_eq!(probe.finished_within(FROZEN_CHECK), None);
+    guard_signal(&frozen, "KILL");
+    // Thawed at once by the agent's watch, long before the 30 s deadline.
+    assert_eq!(
+        probe.finished_within(Duration::from_secs(2)),
+        Some(true),
+        "still frozen after the guard was killed"
+    );
+    // A freeze made by somebody else after that is left alone by the later thaw.
+    support::sh("fsfreeze", &["-f", a.mount_point.to_str().unwrap()]);
+    let out = frozen.thaw();
+    assert_eq!(out.guard_fired, None);
+    assert_eq!(out.guard_lost.map(|l| l.why), Some(freeze::LostWhy::Died));
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let third = assert_frozen(&a.mount_point);
+    support::sh("fsfreeze", &["-u", a.mount_point.to_str().unwrap()]);
+    assert_thawed(third, &a.mount_point);
+}
+
+/// SIGSTOP of the guard: it cannot answer, so the agent kills it (it must never wake up
+/// later and thaw somebody else's freeze) and thaws by itself.
+#[test]
+fn a_stopped_guard_is_killed_and_the_agent_thaws() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("state");
+    let p = plan_for(&[&a.mount_point]);
+    let lock = OpLock::acquire(&st.path).unwrap();
+    let frozen = freeze::freeze(&p, &lock, &opts(&st.path, Duration::from_secs(1))).unwrap();
+    let guard_pid = frozen.guard_pid();
+    guard_signal(&frozen, "STOP");
+    let start = Instant::now();
+    let mut probe = WriteProbe::start(&a.mount_point);
+    assert_eq!(probe.finished_within(Duration::from_millis(500)), None);
+    // The deadline is enforced by the agent itself: 1 s + its grace, not "never".
+    assert_eq!(
+        probe.finished_within(Duration::from_secs(3)),
+        Some(true),
+        "the stopped guard kept the filesystem frozen past the deadline"
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        start.elapsed()
+    );
+    let out = frozen.thaw();
+    assert_eq!(out.guard_fired, None);
+    assert_eq!(
+        out.guard_lost.map(|l| l.why),
+        Some(freeze::LostWhy::Unresponsive)
+    );
+    assert!(writable_within(&a.mount_point, THAWED_CHECK));
+    assert!(
+        !Path::new(&format!("/proc/{guard_pid}/status")).exists()
+            || std::fs::read_to_string(format!("/proc/{guard_pid}/status"))
+                .unwrap_or_default()
+                .contains("zombie"),
+        "the stopped guard was left behind"
+    );
+    drop(lock);
+    OpLock::acquire(&st.path).expect("the lock is free again");
+}
+
+/// A run that finds filesystems a crashed run left frozen thaws them first and says so in
+/// its report (and so in the catalog): recovery never goes unrecorded.
+#[test]
+fn recovery_at_start_is_recorded_in_the_report() {
+    setup();
+    let a = LoopFs::new("ext4", 64);
+    let st = Scratch::new("recorded");
+    let state_dir = st.join("run");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::set_permissions(
+        &state_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    // What a run killed together with its guard leaves behind.
+    let p = plan_for(&[&a.mount_point]);
+    state::StateFile::new("crashed-run", None, &p.targets)
+        .write(&state_dir)
+        .unwrap();
+    support::sh("fsfreeze", &["-f", a.mount_point.to_str().unwrap()]);
+    let config = st.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {:?}\ncatalog = {:?}\n\n[freeze]\ninclude = [{:?}]\n\
+             timeout = \"10s\"\n\n[snapshot]\nprovider = \"command\"\n\
+             command = [\"/bin/true\"]\ntimeout = \"10s\"\n",
+            state_dir,
+            st.join("c.db"),
+            a.mount_point
+        ),
+        0o600,
+    );
+    let out = std::process::Command::new(support::quiesce_bin())
+        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["code"] == "RecoveredFrozenFilesystems"
+                && w["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(a.mount_point.to_str().unwrap())),
+        "{report:#}"
+    );
+    assert!(writable_within(&a.mount_point, THAWED_CHECK));
 }

@@ -1,6 +1,8 @@
 //! qemu-ga's own hook path, for real: Debian's `qemu-ga` in unix-listen mode with
-//! `-F <bridge>` runs `quiesce hook pre|post --platform qemu-ga` around its freeze of the
-//! test's loop filesystem, driven by `guest-fsfreeze-freeze-list`.
+//! `-F <root>/etc/qemu/fsfreeze-hook` (Debian's stock hook, copied under a scratch root where
+//! `quiesce install --platform qemu-ga --root` put the bridge in `fsfreeze-hook.d/`) runs
+//! `quiesce hook pre|post --platform qemu-ga` around its freeze of the test's loop
+//! filesystem, driven by `guest-fsfreeze-freeze-list` naming only that filesystem.
 //!
 //! `guest-fsfreeze-thaw` thaws every filesystem qemu-ga sees frozen, so this binary holds
 //! the only such test, behind one mutex, with one thaw call.
@@ -17,10 +19,6 @@ use std::time::{Duration, Instant};
 use support::{LoopFs, Scratch, ServeProcess};
 
 static QGA: Mutex<()> = Mutex::new(());
-
-fn q(p: &Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
 
 /// A running qemu-ga, killed and reaped on drop.
 struct Qga {
@@ -69,6 +67,22 @@ impl Qga {
     }
 }
 
+/// `guest-fsfreeze-freeze-list` for exactly `mounts`. Without `mountpoints` (or with an
+/// empty list) qemu-ga freezes every filesystem of the machine: never built here.
+fn freeze_list(mounts: &[&Path]) -> Value {
+    assert!(
+        !mounts.is_empty()
+            && mounts
+                .iter()
+                .all(|m| m.is_absolute() && *m != Path::new("/")),
+        "freeze-list must name the test's own mounts"
+    );
+    serde_json::json!({
+        "execute": "guest-fsfreeze-freeze-list",
+        "arguments": { "mountpoints": mounts }
+    })
+}
+
 impl Drop for Qga {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -84,25 +98,35 @@ fn qemu_ga_freeze_list_runs_the_bridge_and_holds_last_across_its_freeze() {
     let socket = dir.join("quiesce.sock");
     let log = dir.join("calls.log");
     let cfg = support::platform::held_hook_config(&dir, &fs, &socket, &log);
-    // What `quiesce install --platform qemu-ga` would put at /etc/qemu/fsfreeze-hook.
-    let hook = dir.script(
-        "fsfreeze-hook",
-        &format!(
-            "#!/bin/sh\ncase \"$1\" in\n  freeze) side=pre ;;\n  thaw) side=post ;;\n  *) exit 0 ;;\n\
-             esac\nexec {} --config {} hook \"$side\" --platform qemu-ga --deadline 20s\n",
-            q(&support::quiesce_bin()),
-            q(&cfg)
-        ),
-    );
+    // A root with Debian's stock hook and its (empty) hook directory, and the bridge
+    // installed there the way an administrator would.
+    let root = Scratch::new("plat-qga-root");
+    let stock = std::fs::read_to_string("/etc/qemu/fsfreeze-hook")
+        .expect("Debian's stock hook (apt-get install qemu-guest-agent)");
+    let hook = root.file("etc/qemu/fsfreeze-hook", &stock, 0o755);
+    std::fs::create_dir_all(root.join("etc/qemu/fsfreeze-hook.d")).unwrap();
+    let out = Command::new(support::quiesce_bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "install",
+            "--platform",
+            "qemu-ga",
+        ])
+        .arg("--root")
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(root
+        .join("etc/qemu/fsfreeze-hook.d/quiesce-bridge")
+        .exists());
     let _srv = ServeProcess::start(&cfg, &socket);
     let qga = Qga::start(&dir, &hook);
 
     // Unflushed data: the bridge's syncfs writes it before qemu-ga freezes.
     std::fs::write(fs.path("data"), vec![5u8; 8 << 20]).unwrap();
-    let answer = qga.execute(serde_json::json!({
-        "execute": "guest-fsfreeze-freeze-list",
-        "arguments": { "mountpoints": [fs.mount_point] }
-    }));
+    let answer = qga.execute(freeze_list(&[&fs.mount_point]));
     assert_eq!(answer["return"], 1, "{answer}");
     // qemu-ga froze it (quiesce only synced), and the hold is still there.
     assert!(!support::writable_within(

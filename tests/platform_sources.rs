@@ -417,3 +417,191 @@ fn azure_extension_runs_the_bridge_which_only_syncs_because_azure_freezes() {
     );
     assert_eq!(rows[0]["consistency"], "application", "{hist:#}");
 }
+
+#[test]
+fn azure_install_round_trips_and_the_installed_bridge_runs_the_owners_plugin() {
+    let root = Scratch::new("plat-azure-install");
+    let dir = Scratch::new("plat-azure-install-cfg");
+    let fs = LoopFs::new("ext4", 64);
+    let socket = dir.join("quiesce.sock");
+    let log = dir.join("calls.log");
+    let kept = root.join("etc/azure/VMSnapshotPluginConfig.json.quiesce-orig");
+    // The test's own server configuration: its loop filesystem, and the owner's plugin where
+    // the installer keeps it (the installed native configuration says the same, on the
+    // machine's paths).
+    let cfg = dir.file(
+        "quiesce.toml",
+        &format!(
+            "azure_plugins = [{}]\n[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\n\
+             include = [{}]\ntimeout = \"30s\"\n[server]\nsocket = {}\n",
+            q(&kept),
+            q(&dir.join("state")),
+            q(&dir.join("catalog.db")),
+            q(&fs.mount_point),
+            q(&socket)
+        ),
+        0o600,
+    );
+    let (r, c) = (root.path.to_str().unwrap(), cfg.to_str().unwrap());
+    let run = |args: &[&str]| {
+        quiesce(
+            &[
+                &["--config", c, "install", "--platform", "azure", "--root", r],
+                args,
+            ]
+            .concat(),
+        )
+    };
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    };
+    // A machine without Azure's extension, and one its owner set up.
+    for set_up in [false, true] {
+        if set_up {
+            let pre = logging_script(&root, "etc/azure/owner-pre.sh", &log, "");
+            let post = logging_script(&root, "etc/azure/owner-post.sh", &log, "");
+            root.file(
+                "etc/azure/VMSnapshotPluginConfig.json",
+                &format!(
+                    "{{\"pluginName\": \"owner\", \"preScriptLocation\": {}, \
+                     \"postScriptLocation\": {}, \"preScriptParams\": [\"db1\"], \
+                     \"timeoutInSeconds\": 90, \"continueBackupOnFailure\": false, \
+                     \"fsFreezeEnabled\": true}}\n",
+                    q(&pre),
+                    q(&post)
+                ),
+                0o600,
+            );
+        }
+        let before = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!(code, 0, "{out}");
+        let plugin = root.join("etc/azure/VMSnapshotPluginConfig.json");
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&plugin).unwrap()).unwrap();
+        assert_eq!(
+            json["preScriptLocation"], "/etc/azure/quiesce/pre.sh",
+            "{json}"
+        );
+        assert_eq!(json["fsFreezeEnabled"], true, "{json}");
+        // The owner's settings are kept (a timeout of at least a minute).
+        assert_eq!(
+            json["timeoutInSeconds"],
+            if set_up { 90 } else { 60 },
+            "{json}"
+        );
+        assert_eq!(json["continueBackupOnFailure"], !set_up, "{json}");
+        assert_eq!(mode(&plugin), 0o600);
+        let pre = root.join("etc/azure/quiesce/pre.sh");
+        let post = root.join("etc/azure/quiesce/post.sh");
+        assert_eq!((mode(&pre), mode(&post)), (0o700, 0o700));
+        assert!(std::fs::read_to_string(&pre)
+            .unwrap()
+            .contains("hook pre --platform azure \"$@\""));
+        // quiesce's own lookup finds the native file first, which imports the owner's plugin
+        // from where it was kept, never the installed one.
+        let native = std::fs::read_to_string(root.join("etc/quiesce/quiesce.toml")).unwrap();
+        let want = if set_up {
+            "azure_plugins = [\"/etc/azure/VMSnapshotPluginConfig.json.quiesce-orig\"]"
+        } else {
+            "azure_plugins = []"
+        };
+        assert!(native.contains(want), "{native}");
+        assert_eq!(kept.exists(), set_up);
+        let installed = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!((code, out.contains("nothing to do")), (0, true), "{out}");
+        assert_eq!(tree(&root.path), installed);
+
+        if set_up {
+            // Azure's extension runs the installed bridge: `sh <script> <params>`, timed out.
+            let _srv = support::ServeProcess::start(&cfg, &socket);
+            let t = Duration::from_secs(60);
+            assert_eq!(run_like_azure_extension(&pre, &["--deadline", "20s"], t), 0);
+            assert_eq!(
+                std::fs::read_to_string(&log).unwrap(),
+                "owner-pre.sh 1 db1\n"
+            );
+            // Azure freezes on its own: quiesce only synced.
+            assert!(support::writable_within(
+                &fs.mount_point,
+                Duration::from_secs(2)
+            ));
+            assert_eq!(run_like_azure_extension(&post, &[], t), 0);
+            assert_eq!(
+                std::fs::read_to_string(&log).unwrap(),
+                "owner-pre.sh 1 db1\nowner-post.sh 0 \n"
+            );
+            let (_, hist) = quiesce(&["history", "--json", "--config", c]);
+            let hist: Value = serde_json::from_str(&hist).unwrap();
+            let rows = hist.as_array().unwrap();
+            assert_eq!(rows.len(), 1, "{hist:#}");
+            let id = rows[0]["operation_id"].as_str().unwrap();
+            assert!(id.starts_with("azure-"), "{hist:#}");
+            assert_eq!(rows[0]["consistency"], "application", "{hist:#}");
+        }
+
+        let (code, out) = run(&["--uninstall"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(tree(&root.path), before, "{out}");
+    }
+}
+
+#[test]
+fn qemu_ga_install_round_trips_behind_the_stock_hook_or_as_the_hook() {
+    let root = Scratch::new("plat-qga-install");
+    let r = root.path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        quiesce(&[&["install", "--platform", "qemu-ga", "--root", r], args].concat())
+    };
+    let stock = std::fs::read_to_string("/etc/qemu/fsfreeze-hook")
+        .expect("Debian's stock hook (apt-get install qemu-guest-agent)");
+    let hook = root.join("etc/qemu/fsfreeze-hook");
+    let bridge_d = root.join("etc/qemu/fsfreeze-hook.d/quiesce-bridge");
+    // Nothing of qemu's; Debian's stock hook with its empty directory (kept on uninstall);
+    // an owner's own hook (kept aside and restored).
+    for setup in ["empty", "stock", "owner"] {
+        match setup {
+            "stock" => {
+                root.file("etc/qemu/fsfreeze-hook", &stock, 0o755);
+                std::fs::create_dir_all(root.join("etc/qemu/fsfreeze-hook.d")).unwrap();
+            }
+            "owner" => {
+                std::fs::remove_dir(root.join("etc/qemu/fsfreeze-hook.d")).unwrap();
+                root.file(
+                    "etc/qemu/fsfreeze-hook",
+                    "#!/bin/sh\nlogger \"owner's hook $1\"\n",
+                    0o750,
+                );
+            }
+            _ => {}
+        }
+        let before = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!(code, 0, "{out}");
+        let installed_at = if setup == "stock" { &bridge_d } else { &hook };
+        let text = std::fs::read_to_string(installed_at).unwrap();
+        assert!(
+            text.contains("hook \"$side\" --platform qemu-ga"),
+            "{setup}: {text}"
+        );
+        if setup == "stock" {
+            assert_eq!(std::fs::read_to_string(&hook).unwrap(), stock);
+        }
+        assert_eq!(
+            root.join("etc/qemu/fsfreeze-hook.quiesce-orig").exists(),
+            setup == "owner"
+        );
+        let installed = tree(&root.path);
+        let (code, out) = run(&[]);
+        assert_eq!(
+            (code, out.contains("nothing to do")),
+            (0, true),
+            "{setup}: {out}"
+        );
+        assert_eq!(tree(&root.path), installed, "{setup}");
+        let (code, out) = run(&["--uninstall"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(tree(&root.path), before, "{setup}: {out}");
+    }
+}

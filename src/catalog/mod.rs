@@ -152,6 +152,18 @@ pub struct RunSummary {
     pub dry_run: bool,
 }
 
+/// One verification of a snapshot, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerificationRow {
+    pub provider: String,
+    pub snapshot_id: String,
+    pub started_unix: i64,
+    pub finished_unix: i64,
+    pub verified: bool,
+    pub message: String,
+    pub report_json: String,
+}
+
 /// Counts over every recorded run, for the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
@@ -428,19 +440,22 @@ impl Catalog {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sql("prepare errors"))?;
-            for (severity, list) in [("error", &report.errors), ("warning", &report.warnings)] {
-                for (seq, p) in list.iter().enumerate() {
-                    problem
-                        .execute(params![
-                            run_id,
-                            severity,
-                            seq as i64,
-                            p.code.as_str(),
-                            p.message,
-                            p.hook
-                        ])
-                        .map_err(sql("insert error"))?;
-                }
+            // Configuration warnings carry no code: stored as an empty one.
+            let errors = report
+                .errors
+                .iter()
+                .map(|p| ("error", p.code.as_str(), &p.message, &p.hook));
+            let warnings = report.warnings.iter().map(|w| {
+                let code = w.code.map_or("", |c| c.as_str());
+                ("warning", code, &w.message, &w.hook)
+            });
+            let mut seqs = [0i64; 2];
+            for (severity, code, message, hook) in errors.chain(warnings) {
+                let seq = &mut seqs[usize::from(severity == "warning")];
+                problem
+                    .execute(params![run_id, severity, *seq, code, message, hook])
+                    .map_err(sql("insert error"))?;
+                *seq += 1;
             }
 
             let mut snap = tx
@@ -611,6 +626,60 @@ impl Catalog {
             .optional()
             .map_err(self.sql("query snapshot consistency"))?;
         Ok(found.as_deref().and_then(Consistency::parse))
+    }
+
+    /// Record one verification of a snapshot (`quiesce verify`).
+    pub fn record_verification(&mut self, v: &VerificationRow) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO verifications (provider, snapshot_id, started_unix, finished_unix,
+                     verified, message, report_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    v.provider,
+                    v.snapshot_id,
+                    v.started_unix,
+                    v.finished_unix,
+                    v.verified,
+                    v.message,
+                    v.report_json
+                ],
+            )
+            .map_err(self.sql("record verification"))?;
+        Ok(())
+    }
+
+    /// The newest verification of a snapshot: (verified, message); `None`: not verified.
+    pub fn verification_of_snapshot(
+        &self,
+        provider: &str,
+        id: &str,
+    ) -> Result<Option<(bool, String)>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT verified, message FROM verifications
+                 WHERE provider = ?1 AND snapshot_id = ?2 ORDER BY id DESC LIMIT 1",
+                params![provider, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.sql("query verification"))
+    }
+
+    /// When the newest application-consistent snapshot that verified was taken (the start
+    /// of its run, seconds since the epoch).
+    pub fn last_verified_application_unix(&self) -> Result<Option<i64>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT MAX(r.started_unix) FROM runs r
+                 JOIN run_snapshots s ON s.run_id = r.id
+                 JOIN verifications v ON v.provider = s.provider AND v.snapshot_id = s.snapshot_id
+                 WHERE r.consistency = 'application' AND v.verified = 1
+                   AND v.id = (SELECT MAX(id) FROM verifications w
+                               WHERE w.provider = s.provider AND w.snapshot_id = s.snapshot_id)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sql("query last verified snapshot"))
     }
 
     /// How many errors (not warnings) of each code all recorded runs reported.

@@ -94,6 +94,22 @@ CREATE INDEX errors_by_code ON run_errors(code);
 ALTER TABLE runs ADD COLUMN caller TEXT NOT NULL DEFAULT 'cli';
 UPDATE runs SET caller = 'http' WHERE kind = 'served';
 "#,
+    // 4: verifications of snapshots (`quiesce verify`): one row per verification, with its
+    // result and the whole verification report as JSON. A snapshot without a row is
+    // "not verified"; the newest row is its state.
+    r#"
+CREATE TABLE verifications (
+    id            INTEGER PRIMARY KEY,
+    provider      TEXT    NOT NULL,
+    snapshot_id   TEXT    NOT NULL,
+    started_unix  INTEGER NOT NULL,
+    finished_unix INTEGER NOT NULL,
+    verified      INTEGER NOT NULL,
+    message       TEXT    NOT NULL,
+    report_json   TEXT    NOT NULL
+);
+CREATE INDEX verifications_by_ref ON verifications(provider, snapshot_id);
+"#,
 ];
 
 /// The schema version this build writes.

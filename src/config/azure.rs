@@ -14,9 +14,9 @@
 //!   fuzzing: `numberOfPlugins = 999999992` ran for minutes, and `u64::MAX` overflowed).
 //! - freezing is enabled only if every plugin has `fsFreezeEnabled: true`.
 
-use super::read::{line_col, read_public, read_trusted};
+use super::read::{in_words, line_col, read_public, read_trusted};
 use super::{Config, ConfigErrors, HookConfig, ScriptSpec};
-use crate::codes::{ErrorCode, Location, Problem};
+use crate::codes::{ErrorCode, Location, Problem, Warning};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -173,7 +173,7 @@ mod lenient {
 pub struct PluginJson {
     pub hook: HookConfig,
     pub fs_freeze_enabled: bool,
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Warning>,
 }
 
 fn loc(path: &Path, line: Option<usize>, column: Option<usize>) -> Location {
@@ -207,7 +207,8 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
             if let Some(i) = msg.rfind(" at line ") {
                 msg.truncate(i);
             }
-            if !key.is_empty() && key != "." {
+            msg = in_words(&msg, "a JSON object with the plugin's keys");
+            if !key.is_empty() && key != "." && key != "?" {
                 msg = format!("`{key}`: {msg}");
             }
             return Err(vec![Problem::new(JSON, msg).at(loc(
@@ -224,23 +225,22 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
         )
         .at(loc(path, Some(e.line()), Some(e.column())))]);
     }
-    let mut warnings: Vec<Problem> = ignored
+    let mut warnings: Vec<Warning> = ignored
         .into_iter()
         .map(|k| {
             let (l, c) = text
                 .find(&format!("\"{k}\""))
                 .map(|off| line_col(text, off))
                 .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-            Problem::new(JSON, format!("unknown key `{k}` ignored")).at(loc(path, l, c))
+            Warning::new(format!("unknown key `{k}` ignored")).at(loc(path, l, c))
         })
         .collect();
     if let Some(name) = &raw.plugin_name {
         if name != "ScriptRunner" {
             warnings.push(
-                Problem::new(
-                    JSON,
-                    format!("`pluginName` is {name:?}; Azure documents \"ScriptRunner\""),
-                )
+                Warning::new(format!(
+                    "`pluginName` is {name:?}; Azure documents \"ScriptRunner\""
+                ))
                 .at(loc(path, None, None)),
             );
         }
@@ -262,14 +262,11 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
     }
     if raw.timeout_in_seconds > super::read::AZURE_TIMEOUT_CAP_SECS {
         warnings.push(
-            Problem::new(
-                JSON,
-                format!(
-                    "`timeoutInSeconds` is {}; Azure caps script timeouts at {} s",
-                    raw.timeout_in_seconds,
-                    super::read::AZURE_TIMEOUT_CAP_SECS
-                ),
-            )
+            Warning::new(format!(
+                "`timeoutInSeconds` is {}; Azure caps script timeouts at {} s",
+                raw.timeout_in_seconds,
+                super::read::AZURE_TIMEOUT_CAP_SECS
+            ))
             .at(loc(path, l, c)),
         );
     }
@@ -438,9 +435,8 @@ pub fn parse_plugin_host(
     for i in first..first + count {
         for k in ["pluginName", "pluginPath"] {
             if !sec.contains_key(&format!("{k}{i}").to_ascii_lowercase()) {
-                warnings.push(
-                    Problem::new(HOST, format!("`{k}{i}` is missing")).at(loc(path, None, None)),
-                );
+                warnings
+                    .push(Warning::new(format!("`{k}{i}` is missing")).at(loc(path, None, None)));
             }
         }
         let Some((json, _)) = sec.get(&format!("pluginconfigpath{i}")) else {
@@ -474,13 +470,11 @@ pub fn parse_plugin_host(
                         .is_some_and(|n| n.parse::<u64>().is_ok())
                 });
         if !known {
-            warnings.push(
-                Problem::new(HOST, format!("unknown key `{key}` ignored")).at(loc(
-                    path,
-                    Some(sec[key].1),
-                    None,
-                )),
-            );
+            warnings.push(Warning::new(format!("unknown key `{key}` ignored")).at(loc(
+                path,
+                Some(sec[key].1),
+                None,
+            )));
         }
     }
     super::dedupe_hook_names(&mut cfg.hooks);
@@ -605,11 +599,89 @@ mod tests {
     }
 
     #[test]
+    fn wrong_shapes_are_refused_in_the_users_words() {
+        let keys = |extra: &str| {
+            format!(
+                r#"{{"preScriptLocation": "/a", "postScriptLocation": "/b",
+                "timeoutInSeconds": 5, "continueBackupOnFailure": true,
+                "fsFreezeEnabled": true{extra}}}"#
+            )
+        };
+        for (text, want) in [
+            ("[]".to_string(), "must be a JSON object"),
+            ("[\"a\"]".to_string(), "must be a JSON object"),
+            (
+                "1".to_string(),
+                "must be a JSON object with the plugin's keys, found the number 1",
+            ),
+            ("null".to_string(), "found null"),
+            (
+                "{\"preScriptLocation\": 1}".to_string(),
+                "must be a string, found the number 1",
+            ),
+            (
+                "{\"preScriptLocation\": []}".to_string(),
+                "must be a string, found a list",
+            ),
+            (
+                "{\"preScriptLocation\": {}}".to_string(),
+                "must be a string, found a JSON object",
+            ),
+            (
+                keys(r#", "preScriptParams": "a""#),
+                "must be a list of strings",
+            ),
+            (
+                keys(r#", "pluginName": 5"#),
+                "must be a string, found the number 5",
+            ),
+            (
+                keys(r#", "preScriptNoOfRetries": [1]"#),
+                "must be a whole number, found a list",
+            ),
+            (keys(r#", "fsFreezeEnabled": {}"#), "given twice"),
+            (
+                "{\"preScriptLocation\": \"/a\"}".to_string(),
+                "the required key",
+            ),
+            ("{".to_string(), "ends too early"),
+            ("".to_string(), "ends too early"),
+        ] {
+            let e = pj(&text).unwrap_err();
+            let msg = &e[0].message;
+            assert!(msg.contains(want), "{text:?}: {msg}");
+            for bad in crate::config::read::NOT_USERS_WORDS {
+                assert!(!msg.contains(bad), "{text:?}: {msg}");
+            }
+        }
+    }
+
+    #[test]
     fn huge_timeouts_are_refused_and_long_ones_warned() {
         let e = pj(&GOOD.replace(": 30", ": 18446744073709551615")).unwrap_err();
         assert!(e[0].message.contains("between 1 and"), "{}", e[0].message);
         let p = pj(&GOOD.replace(": 30", ": 3600")).unwrap();
         assert!(p.warnings.iter().any(|w| w.message.contains("1800")));
+    }
+
+    #[test]
+    fn warnings_carry_no_code() {
+        let text = GOOD.replace(": 30", ": 3600").replace(
+            "\"pluginName\" : \"ScriptRunner\"",
+            "\"pluginName\" : \"x\", \"colour\": 1",
+        );
+        let p = pj(&text).unwrap();
+        assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
+        for w in &p.warnings {
+            assert_eq!(w.code, None, "{w}");
+            assert!(!w.to_string().contains("IncorrectJSONConfigFile"), "{w}");
+            let json = serde_json::to_value(w).unwrap();
+            assert!(json.get("code").is_none(), "{json}");
+        }
+        let host = "[pre_post]\nnumberOfPlugins = 1\npluginConfigPath0 = /a.json\nshade = 2\n";
+        let cfg = parse_plugin_host(Path::new("/h"), host, &|_| pj(GOOD)).unwrap();
+        assert_eq!(cfg.warnings.len(), 3, "{:?}", cfg.warnings);
+        assert!(cfg.warnings.iter().all(|w| w.code.is_none()));
     }
 
     #[test]

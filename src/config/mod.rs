@@ -4,11 +4,12 @@
 //! `/etc/quiesce/quiesce.toml`, `/etc/azure/VMSnapshotPluginHost.conf`,
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
+pub mod arithmetic;
 pub mod azure;
 pub mod native;
 pub mod read;
 
-use crate::codes::Problem;
+use crate::codes::{Problem, Warning};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,8 +30,12 @@ pub struct Config {
     pub hooks: Vec<HookConfig>,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// `[verify]`: proving that snapshots restore (see `quiesce verify`).
+    pub verify: VerifyConfig,
+    /// `[group]`: this machine is a member of a consistency group (`docs/groups.md`).
+    pub group: Option<crate::group::GroupConfig>,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Warning>,
     /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
     /// not run; a run still takes its snapshot, at most file-system consistent (as for a
     /// failed pre script with `continueBackupOnFailure: true`), and `quiesce check` reports
@@ -185,6 +190,57 @@ pub struct HookConfig {
     pub origin: PathBuf,
 }
 
+/// `[verify]`: what `quiesce verify` checks on a disposable view of a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyConfig {
+    /// Verify every snapshot right after `quiesce snapshot` made it.
+    pub after_snapshot: bool,
+    /// The longest a whole verification may take; the view and servers are torn down then.
+    pub timeout: Duration,
+    /// The built-in PostgreSQL verifier, when configured.
+    pub postgres: Option<PgVerifyConfig>,
+    /// The built-in MariaDB / MySQL verifier, when configured.
+    pub mariadb: Option<MariaVerifyConfig>,
+    /// User verifiers: trusted scripts run with `QUIESCE_VERIFY_VIEW` set.
+    pub hooks: Vec<ScriptSpec>,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            after_snapshot: false,
+            timeout: Duration::from_secs(30 * 60),
+            postgres: None,
+            mariadb: None,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+/// `[verify.postgres]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgVerifyConfig {
+    /// The live data directory, as configured on this machine; found in the view.
+    pub data: PathBuf,
+    /// The superuser role to connect as (`postgres`).
+    pub user: String,
+    /// A query that must return `t` (true) on the restored copy, e.g. an invariant.
+    pub query: Option<String>,
+    /// The database the query runs in.
+    pub database: String,
+}
+
+/// `[verify.mariadb]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MariaVerifyConfig {
+    /// The live data directory (`datadir`); found in the view.
+    pub data: PathBuf,
+    /// The original's `log-bin` name, when the binary log is on.
+    pub log_bin: Option<String>,
+    /// A query that must return 1 (true) on the restored copy.
+    pub query: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Unix socket of `quiesce serve` (mode 0600).
@@ -219,9 +275,11 @@ impl Config {
             paths: Paths::default(),
             freeze: FreezeConfig::default(),
             snapshot: SnapshotConfig::default(),
+            verify: VerifyConfig::default(),
             hooks: Vec::new(),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            group: None,
             warnings: Vec::new(),
             skipped: Vec::new(),
         }

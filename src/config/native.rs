@@ -5,12 +5,13 @@
 //! strings like `"30s"`); unknown keys are warnings, not errors.
 
 pub use super::read::MAX_CONFIG_BYTES;
-use super::read::{char_boundary, line_col, read_trusted};
+use super::read::{char_boundary, in_words, line_col, read_trusted};
 use super::{
     azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
-    Paths, ProviderConfig, ScriptSpec, ServerConfig, SnapshotConfig,
+    MariaVerifyConfig, Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig,
+    SnapshotConfig, VerifyConfig,
 };
-use crate::codes::{ErrorCode, Location, Problem};
+use crate::codes::{ErrorCode, Location, Problem, Warning};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,7 +57,34 @@ struct RawFile {
     #[serde(rename = "hook")]
     hooks: Vec<RawHook>,
     server: RawServer,
+    verify: RawVerify,
+    group: Option<crate::group::RawGroup>,
     platforms: crate::platform::sources::PlatformSources,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawVerify {
+    after_snapshot: Option<bool>,
+    timeout: Option<Dur>,
+    postgres: Option<RawPgVerify>,
+    mariadb: Option<RawMariaVerify>,
+    hooks: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawMariaVerify {
+    data: PathBuf,
+    log_bin: Option<String>,
+    query: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPgVerify {
+    data: PathBuf,
+    user: Option<String>,
+    query: Option<String>,
+    database: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -218,7 +246,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 .span()
                 .map(|s| line_col(text, s.start))
                 .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-            let msg = inner.message().trim().to_string();
+            let msg = in_words(inner.message().trim(), "a table");
             // toml leaves the message empty for some syntax errors (a control character in a
             // comment, found by fuzzing): never report a problem without saying what it is.
             let msg = if msg.is_empty() {
@@ -245,7 +273,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             .or_else(|| find_key(text, &leaf))
             .map_or((None, None), |(l, c)| (Some(l), Some(c)));
         cfg.warnings
-            .push(Problem::new(CODE, format!("unknown key `{key}` ignored")).at(at(l, c)));
+            .push(Warning::new(format!("unknown key `{key}` ignored")).at(at(l, c)));
     }
     let problem = |msg: String, key: &str| {
         let (l, c) = find_key(text, key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
@@ -284,7 +312,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             problems.push(problem(
                 format!(
                     "freeze mount point {} must be an absolute path",
-                    p.display()
+                    crate::hooks::output::quote_path(p)
                 ),
                 if cfg.freeze.include.contains(p) {
                     "include"
@@ -369,6 +397,62 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         ));
     }
 
+    let vd = VerifyConfig::default();
+    cfg.verify = VerifyConfig {
+        after_snapshot: raw.verify.after_snapshot.unwrap_or(vd.after_snapshot),
+        timeout: raw.verify.timeout.map_or(vd.timeout, |d| d.0),
+        postgres: raw.verify.postgres.map(|p| PgVerifyConfig {
+            data: p.data,
+            user: p.user.unwrap_or_else(|| "postgres".into()),
+            query: p.query,
+            database: p.database.unwrap_or_else(|| "postgres".into()),
+        }),
+        mariadb: raw.verify.mariadb.map(|m| MariaVerifyConfig {
+            data: m.data,
+            log_bin: m.log_bin,
+            query: m.query,
+        }),
+        hooks: Vec::new(),
+    };
+    if cfg.verify.timeout.is_zero() {
+        problems.push(problem(
+            "`verify.timeout` must be more than 0".into(),
+            "timeout",
+        ));
+    }
+    let data_dirs = [
+        ("postgres", cfg.verify.postgres.as_ref().map(|p| &p.data)),
+        ("mariadb", cfg.verify.mariadb.as_ref().map(|m| &m.data)),
+    ];
+    for (which, data) in data_dirs {
+        if data.is_some_and(|d| !d.is_absolute()) {
+            problems.push(problem(
+                format!(
+                    "`verify.{which}.data` must be the absolute path of the live data directory"
+                ),
+                "data",
+            ));
+        }
+    }
+    for argv in raw.verify.hooks {
+        match argv.split_first() {
+            Some((first, rest)) if !first.is_empty() => cfg.verify.hooks.push(ScriptSpec {
+                path: PathBuf::from(first),
+                args: rest.to_vec(),
+            }),
+            _ => problems.push(problem(
+                "`verify.hooks` entries must be non-empty argv lists".into(),
+                "hooks",
+            )),
+        }
+    }
+    if let Some(g) = raw.group {
+        match g.into_config() {
+            Ok(g) => cfg.group = Some(g),
+            Err(m) => problems.push(problem(m, "group")),
+        }
+    }
+
     for h in raw.hooks {
         let spec = |argv: Option<Vec<String>>, which: &str, problems: &mut Vec<Problem>| {
             let argv = argv?;
@@ -450,7 +534,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     }
     let found = crate::platform::sources::read(&raw.platforms);
     cfg.hooks.extend(found.hooks);
-    cfg.warnings.extend(found.warnings);
+    // Configuration warnings carry no code (codes name errors).
+    cfg.warnings
+        .extend(found.warnings.into_iter().map(|p| Warning {
+            code: None,
+            ..p.into()
+        }));
     problems.extend(found.problems);
     super::dedupe_hook_names(&mut cfg.hooks);
 
@@ -513,6 +602,11 @@ mod tests {
         assert_eq!(cfg.warnings.len(), 2);
         assert!(cfg.warnings[1].message.contains("freeze.enabeld"));
         assert_eq!(cfg.warnings[1].location.as_ref().unwrap().line, Some(3));
+        assert!(
+            cfg.warnings.iter().all(|w| w.code.is_none()),
+            "{:?}",
+            cfg.warnings
+        );
     }
 
     #[test]
@@ -555,6 +649,54 @@ mod tests {
             assert_eq!(pr.code, ErrorCode::IncorrectConfigFile);
             assert!(pr.message.contains(want), "{text:?}: {:?}", pr.message);
             assert_eq!(pr.location.as_ref().unwrap().line, Some(line), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_refused_in_the_users_words() {
+        for (text, want) in [
+            (
+                "[freeze]\nenabled = 1\n",
+                "must be true or false, found the number 1",
+            ),
+            ("freeze = 1\n", "must be a table, found the number 1"),
+            (
+                "[freeze]\ninclude = \"/a\"\n",
+                "must be a list, found the string",
+            ),
+            ("[freeze]\ninclude = [1]\n", "must be a path (a string)"),
+            (
+                "[[hook]]\npre = [\"/x\"]\n",
+                "the required key `name` is missing",
+            ),
+            ("[hook]\nname = \"a\"\n", "must be a list, found a table"),
+            (
+                "[[hook]]\nname = \"a\"\nretries = -1\n",
+                "from 0 to 4294967295",
+            ),
+            (
+                "[[hook]]\nname = \"a\"\nretries = 1.5\n",
+                "found the number 1.5",
+            ),
+            (
+                "[[hook]]\nname = \"a\"\nretries = \"2\"\n",
+                "found the string \"2\"",
+            ),
+            ("[snapshot]\nkeep_last = 99999999999\n", "whole number"),
+            ("[server]\nallowed_uids = [-1]\n", "whole number"),
+            ("azure_plugins = \"/a\"\n", "must be a list"),
+            ("[paths]\nstate_dir = 5\n", "must be a path"),
+            (
+                "[snapshot]\ncommand = [1]\n",
+                "must be a string, found the number 1",
+            ),
+        ] {
+            let e = p(text).unwrap_err();
+            let msg = &e.0[0].message;
+            assert!(msg.contains(want), "{text:?}: {msg}");
+            for bad in crate::config::read::NOT_USERS_WORDS {
+                assert!(!msg.contains(bad), "{text:?}: {msg}");
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! tested on mountinfo text; [`plan_system`] adds what must be read from the running
 //! system (the mount table, canonical paths, loop devices' backing files).
 //!
-//! Rules (SPEC section 5):
+//! Rules:
 //! - one target per superblock (`major:minor`): bind mounts and btrfs subvolume mounts of
 //!   the same filesystem are frozen once, through the shortest mount point (or the one
 //!   named in `include`); the others are listed in [`Target::also_mounted_at`];
@@ -21,6 +21,7 @@
 use super::mountinfo::{self, Mount};
 use crate::codes::{ErrorCode, Problem};
 use crate::config::FreezeConfig;
+use crate::hooks::output::quote_path;
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
@@ -401,7 +402,7 @@ pub fn plan(
                 .unwrap_or_default();
             Some(format!(
                 "hidden under another mount at {}: not reachable",
-                by.display()
+                quote_path(&by)
             ))
         } else if visible
             .iter()
@@ -412,7 +413,7 @@ pub fn plan(
             provider_paths.get(&g).map(|p| {
                 format!(
                     "snapshot provider writes here ({}): never frozen",
-                    p.display()
+                    quote_path(p)
                 )
             })
         };
@@ -451,17 +452,17 @@ pub fn plan(
                 let msg = if let Some(&h) = at.first() {
                     format!(
                         "freeze.include {}: hidden under another mount at {}",
-                        p.display(),
-                        table.hidden_by[h].clone().unwrap_or_default().display()
+                        quote_path(&p),
+                        quote_path(&table.hidden_by[h].clone().unwrap_or_default())
                     )
                 } else if let Some(c) = table.containing(&p) {
                     format!(
                         "freeze.include {}: not a mount point (it is on the filesystem mounted at {})",
-                        p.display(),
-                        mounts[c].mount_point.display()
+                        quote_path(&p),
+                        quote_path(&mounts[c].mount_point)
                     )
                 } else {
-                    format!("freeze.include {}: not a mount point", p.display())
+                    format!("freeze.include {}: not a mount point", quote_path(&p))
                 };
                 problems.push(Problem::new(ErrorCode::InvalidFreezePlan, msg));
                 continue;
@@ -470,7 +471,7 @@ pub fn plan(
             if let Some(why) = &group.ineligible {
                 problems.push(Problem::new(
                     ErrorCode::InvalidFreezePlan,
-                    format!("freeze.include {}: cannot be frozen: {why}", p.display()),
+                    format!("freeze.include {}: cannot be frozen: {why}", quote_path(&p)),
                 ));
                 continue;
             }
@@ -569,8 +570,8 @@ pub fn plan(
                         true,
                         format!(
                             "same filesystem as {}: frozen once, through {}",
-                            target.mount_point.display(),
-                            target.mount_point.display()
+                            quote_path(&target.mount_point),
+                            quote_path(&target.mount_point)
                         ),
                     )
                 } else {
@@ -582,7 +583,7 @@ pub fn plan(
                         if inner == t {
                             r.push_str(&format!(
                                 "; loop image on {}: frozen before it, thawed after",
-                                targets[outer].mount_point.display()
+                                quote_path(&targets[outer].mount_point)
                             ));
                         }
                     }
@@ -598,7 +599,7 @@ pub fn plan(
             } else if let Some(x) = &group.excluded {
                 (
                     false,
-                    format!("excluded by freeze.exclude ({})", x.display()),
+                    format!("excluded by freeze.exclude ({})", quote_path(x)),
                 )
             } else {
                 (false, "not listed in freeze.include".to_string())

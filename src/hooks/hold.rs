@@ -129,7 +129,10 @@ pub fn start_held(
             Ok(p) => p,
             Err(e) => {
                 let end = AttemptEnd::SpawnFailed {
-                    error: format!("cannot execute {}: {e}", spec.path.display()),
+                    error: format!(
+                        "cannot execute {}: {e}",
+                        super::output::quote_path(&spec.path)
+                    ),
                 };
                 record(
                     &mut result,
@@ -140,7 +143,11 @@ pub fn start_held(
                     None,
                 );
                 if number == max_attempts || Instant::now() >= deadline {
-                    let msg = format!("held hook {}: {}", spec.path.display(), describe_end(&end));
+                    let msg = format!(
+                        "held hook {}: {}",
+                        super::output::quote_path(&spec.path),
+                        describe_end(&end)
+                    );
                     return fail(result, ctx.phase.failed(), msg);
                 }
                 continue;
@@ -148,7 +155,7 @@ pub fn start_held(
         };
         tracing::info!(
             hook = %ctx.hook, attempt = number, of = max_attempts, pid = p.pid(),
-            path = %spec.path.display(), "held hook started; waiting for READY"
+            path = %super::output::quote_path(&spec.path), "held hook started; waiting for READY"
         );
         match p.wait_for_line(deadline) {
             LineWait::Seen => {
@@ -160,7 +167,7 @@ pub fn start_held(
                 result.attempts.push(attempt);
                 result.message = format!(
                     "{} is holding (READY after {} ms, attempt {number} of {max_attempts})",
-                    spec.path.display(),
+                    super::output::quote_path(&spec.path),
                     ms(attempt_start.elapsed())
                 );
                 result.stdout_tail = p.stdout_tail().to_string_lossy();
@@ -182,7 +189,7 @@ pub fn start_held(
                 if number == max_attempts || Instant::now() >= deadline {
                     let msg = format!(
                         "held hook {} {} before printing READY{}",
-                        spec.path.display(),
+                        super::output::quote_path(&spec.path),
                         describe_end(&end),
                         stderr_hint(&result.stderr_tail)
                     );
@@ -203,7 +210,7 @@ pub fn start_held(
                 );
                 let msg = format!(
                     "held hook {} did not print READY within {} (killed with its process group)",
-                    spec.path.display(),
+                    super::output::quote_path(&spec.path),
                     humantime::format_duration(limits.timeout)
                 );
                 return fail(result, ctx.phase.timeout(), msg);
@@ -351,10 +358,7 @@ impl Held {
         let mut how = "after stdin EOF";
         // The hook's own release work (e.g. pg_backup_stop waiting for WAL archiving) may use
         // the post timeout, less what SIGTERM and SIGKILL need after it.
-        let eof_wait = limits
-            .timeout
-            .saturating_sub(limits.kill_grace.saturating_mul(2))
-            .max(limits.kill_grace);
+        let eof_wait = eof_wait(limits.timeout, limits.kill_grace);
         let mut end = p.wait_exit(stage(eof_wait));
         if end.is_none() {
             how = "after SIGTERM";
@@ -447,4 +451,12 @@ impl Drop for Held {
             drop(self.take_process());
         }
     }
+}
+
+/// How long a released hook may take after stdin EOF: its timeout less the two graces that
+/// SIGTERM and SIGKILL need after it, at least one grace. Saturating.
+pub fn eof_wait(timeout: Duration, kill_grace: Duration) -> Duration {
+    timeout
+        .saturating_sub(kill_grace.saturating_mul(2))
+        .max(kill_grace)
 }

@@ -219,7 +219,7 @@ fn run_attempts(
                     }
                     tracing::info!(
                         hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
-                        of = max_attempts, pid = p.pid(), path = %spec.path.display(),
+                        of = max_attempts, pid = p.pid(), path = %output::quote_path(&spec.path),
                         "hook attempt started"
                     );
                     let end = p.run(deadline, limits.kill_grace);
@@ -232,7 +232,7 @@ fn run_attempts(
                 }
                 Err(e) => (
                     AttemptEnd::SpawnFailed {
-                        error: format!("cannot execute {}: {e}", spec.path.display()),
+                        error: format!("cannot execute {}: {e}", output::quote_path(&spec.path)),
                     },
                     String::new(),
                     String::new(),
@@ -250,7 +250,7 @@ fn run_attempts(
             AttemptEnd::Exited { code: 0 } => {
                 result.message = format!(
                     "{} succeeded on attempt {number} of {max_attempts}",
-                    spec.path.display()
+                    output::quote_path(&spec.path)
                 );
                 break;
             }
@@ -259,7 +259,7 @@ fn run_attempts(
                 result.message = format!(
                     "{} did not finish within {} (attempt {number} of {max_attempts} was killed \
                      with its process group)",
-                    spec.path.display(),
+                    output::quote_path(&spec.path),
                     humantime::format_duration(limits.timeout)
                 );
                 break;
@@ -268,7 +268,7 @@ fn run_attempts(
                 result.error = Some(ctx.phase.failed());
                 result.message = format!(
                     "{} failed after {number} attempt(s): {}{}",
-                    spec.path.display(),
+                    output::quote_path(&spec.path),
                     describe_end(other),
                     stderr_hint(&result.stderr_tail)
                 );
@@ -401,6 +401,12 @@ pub(crate) fn export_deadline(ctx: &RunContext, timeout: Duration) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
+    deadline_unix(now, timeout)
+}
+
+/// `QUIESCE_DEADLINE` for a script started `now` (since the epoch) with `timeout`: whole
+/// seconds, rounded up, saturating.
+pub fn deadline_unix(now: Duration, timeout: Duration) -> u64 {
     now.saturating_add(timeout).as_secs().saturating_add(1)
 }
 

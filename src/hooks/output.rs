@@ -16,6 +16,12 @@ pub fn quote(text: &str) -> String {
     out
 }
 
+/// A path as it may appear in a message, a log line or `quiesce check` output: [`quote`]d,
+/// so a file name with a newline or an escape sequence is shown escaped (`\n`, `\u{1b}`).
+pub fn quote_path(path: &std::path::Path) -> String {
+    quote(&path.to_string_lossy())
+}
+
 /// Keeps the last `cap` bytes written to it.
 #[derive(Debug, Clone)]
 pub struct Tail {

@@ -269,6 +269,7 @@ impl Launch {
             keep: false,
             kept: None,
             group_outlives_leader: false,
+            killed: false,
             started: Instant::now(),
             buf: vec![0u8; READ_CHUNK],
             cgroup,
@@ -410,6 +411,9 @@ pub struct Process {
     /// Set while leftovers of an exited, reaped leader are being terminated: their presence
     /// keeps the group id allocated, so group signals stay safe (see `finish`).
     group_outlives_leader: bool,
+    /// The group was already sent SIGKILL and waited for: a leader that survived that is
+    /// in uninterruptible sleep, and a second round would only wait again.
+    killed: bool,
     started: Instant,
     buf: Vec<u8>,
     /// The tree's own cgroup, when cgroup2 is usable.
@@ -620,6 +624,7 @@ impl Process {
         }
         self.signal_group(Signal::KILL);
         self.wait_group_gone(Instant::now() + KILL_WAIT);
+        self.killed = true;
         (self.exit.clone(), true)
     }
 
@@ -652,8 +657,10 @@ impl Process {
         if self.reaped {
             return left;
         }
-        if self.exit.is_none() {
-            // Misuse or a leader that ignored SIGKILL so far: take the tree down first.
+        if self.exit.is_none() && !self.killed {
+            // Misuse: take the tree down first (once; a leader that survived SIGKILL and
+            // KILL_WAIT is stuck in the kernel, e.g. writing to a frozen filesystem, and
+            // waiting again would only keep the freeze longer).
             self.terminate(grace);
         }
         // Whatever is already in the pipes.

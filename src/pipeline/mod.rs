@@ -20,7 +20,7 @@
 pub mod judge;
 pub mod opid;
 
-use crate::codes::{ErrorCode, Problem};
+use crate::codes::{ErrorCode, Problem, Warning};
 use crate::config::{Config, FreezeConfig, HookConfig};
 use crate::freeze::{self, lock::OpLock, plan::Plan, FreezeOptions, Frozen};
 use crate::hooks::{self, hold::Held, Limits, Phase, RunContext, ScriptResult};
@@ -177,6 +177,8 @@ pub struct Operation {
     plan: Option<Plan>,
     provider: Box<dyn Provider>,
     errors: Vec<Problem>,
+    /// Warnings from the recovery at start (recorded in the report and the catalog).
+    recovered: Vec<Problem>,
     hook_results: Vec<ScriptResult>,
     /// Indexes of hooks whose pre was started, in start order.
     started_hooks: Vec<usize>,
@@ -226,12 +228,20 @@ impl Operation {
         };
         let lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = cfg.skipped.clone();
+        let mut recovered = Vec::new();
         match freeze::state::recover(&cfg.paths.state_dir) {
             Ok(thawed) if !thawed.is_empty() => {
                 tracing::warn!(
                     ?thawed,
                     "recovered filesystems left frozen by a crashed run"
-                )
+                );
+                recovered.push(Problem::new(
+                    ErrorCode::RecoveredFrozenFilesystems,
+                    format!(
+                        "thawed {} left frozen by a crashed run before starting",
+                        thawed.join(", ")
+                    ),
+                ));
             }
             Ok(_) => {}
             Err(p) => errors.push(p),
@@ -257,6 +267,7 @@ impl Operation {
             plan,
             provider,
             errors,
+            recovered,
             hook_results: Vec::new(),
             started_hooks: Vec::new(),
             held: Vec::new(),
@@ -580,6 +591,17 @@ impl Operation {
             self.serious = true;
         }
         self.errors.extend(outcome.problems);
+        if let Some(lost) = outcome.guard_lost {
+            // Without its guard the agent thawed at once: the freeze held only until then.
+            let before_end = self
+                .snapshot_end_ns
+                .is_none_or(|end| lost.at_monotonic_ns < end);
+            self.guard_broke_consistency |= before_end;
+            self.errors.push(Problem::new(
+                ErrorCode::FreezeGuardLost,
+                format!("{}; quiesce thawed by itself", lost.why.describe()),
+            ));
+        }
         if let Some(fired) = outcome.guard_fired {
             let before_end = self
                 .snapshot_end_ns
@@ -704,16 +726,20 @@ impl Operation {
         let (status, consistency, target) = judge::judge(&self.facts());
         self.timings.total_ms = ms(self.started.elapsed());
         let mut warnings = self.cfg.warnings.clone();
+        warnings.extend(self.recovered.drain(..).map(Warning::from));
         if let Some(plan) = self
             .plan
             .as_ref()
             .filter(|_| self.scope == FreezeScope::Plan)
         {
             if plan.targets.is_empty() {
-                warnings.push(Problem::new(
-                    ErrorCode::InvalidFreezePlan,
-                    "freezing is enabled but no filesystem is eligible; nothing was frozen",
-                ));
+                warnings.push(
+                    Problem::new(
+                        ErrorCode::InvalidFreezePlan,
+                        "freezing is enabled but no filesystem is eligible; nothing was frozen",
+                    )
+                    .into(),
+                );
             }
         }
         Report {
@@ -820,13 +846,13 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the catalog");
-            report.warnings.push(e.problem());
+            report.warnings.push(e.problem().into());
             return;
         }
     };
     if let Err(e) = catalog.record(report, kind) {
         tracing::error!(error = %e, "cannot record the run in the catalog");
-        report.warnings.push(e.problem());
+        report.warnings.push(e.problem().into());
     }
     if let Some(path) = &cfg.paths.metrics_file {
         let result = catalog
@@ -838,10 +864,9 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
             });
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot write the metrics file");
-            report.warnings.push(Problem::new(
-                ErrorCode::CatalogError,
-                format!("metrics file: {e}"),
-            ));
+            report
+                .warnings
+                .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
         }
     }
 }

@@ -304,6 +304,16 @@ pub fn qemu_ga_ignored(name: &str) -> bool {
     name.starts_with('.') || SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
+/// Whether `path` is the bridge `quiesce install` put there: it calls quiesce itself, so as
+/// one of quiesce's own hooks it would ask the server for a second operation.
+fn is_bridge(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .is_ok_and(|_| String::from_utf8_lossy(&head).contains(super::install::MARKER))
+}
+
 fn qemu_ga(dir: &Path, timeout: Duration, found: &mut Found) {
     use std::os::unix::fs::PermissionsExt;
     let entries = match std::fs::read_dir(dir) {
@@ -335,7 +345,7 @@ fn qemu_ga(dir: &Path, timeout: Duration, found: &mut Found) {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
-        if meta.is_dir() || meta.permissions().mode() & 0o111 == 0 {
+        if meta.is_dir() || meta.permissions().mode() & 0o111 == 0 || is_bridge(&path) {
             continue;
         }
         let spec = |arg: &str| {
@@ -362,7 +372,12 @@ fn qemu_ga(dir: &Path, timeout: Duration, found: &mut Found) {
 pub fn describe_hooks(hooks: &[HookConfig]) -> Vec<String> {
     hooks
         .iter()
-        .map(|h| format!("{} (from {})", h.name, h.origin.display()))
+        .map(|h| {
+            // Names and paths may hold control characters: printed escaped.
+            let q = crate::hooks::output::quote;
+            let origin = crate::hooks::output::quote_path(&h.origin);
+            format!("{} (from {origin})", q(&h.name))
+        })
         .collect()
 }
 
@@ -453,6 +468,16 @@ mod tests {
             std::fs::write(&p, "#!/bin/sh\n").unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         }
+        // The installed bridge is not one of quiesce's own hooks.
+        let bridge = &crate::platform::install::qemu_ga_files(
+            &dir,
+            Path::new("/usr/bin/quiesce"),
+            None,
+            true,
+        )[0];
+        let bridge_path = dir.join("quiesce-bridge");
+        std::fs::write(&bridge_path, &bridge.content).unwrap();
+        std::fs::set_permissions(&bridge_path, std::fs::Permissions::from_mode(0o700)).unwrap();
         let found = read(&PlatformSources {
             qemu_ga_hooks: Some(dir.clone()),
             qemu_ga_timeout: Some("5s".into()),

@@ -297,6 +297,7 @@ fn serve_connection<S: Socket>(server: &Arc<Server>, mut stream: S, authed: bool
 pub fn serve(cfg: Config) -> i32 {
     let socket_path = cfg.server.socket.clone();
     let tcp = cfg.server.tcp_listen.clone();
+    let group = cfg.group.clone();
     let server = match Server::new(cfg) {
         Ok(s) => s,
         Err(p) => {
@@ -304,6 +305,9 @@ pub fn serve(cfg: Config) -> i32 {
             return 1;
         }
     };
+    if let Some(group) = group {
+        crate::group::member::start(group, Arc::clone(&server));
+    }
     if let Some(dir) = socket_path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

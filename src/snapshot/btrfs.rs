@@ -394,6 +394,7 @@ impl Provider for BtrfsProvider {
                 created_unix: Some(f.parsed.created_unix),
                 operation_id: Some(f.parsed.operation_id),
                 consistency: None,
+                verification: None,
             })
             .collect())
     }
@@ -403,8 +404,28 @@ impl Provider for BtrfsProvider {
     }
 }
 
+/// Make `dest_dir/name`, a writable snapshot of the subvolume (or snapshot) at `source`.
+pub fn create_writable_snapshot(source: &Path, dest_dir: &Path, name: &str) -> Result<(), String> {
+    let src = open_dir(source, "snapshot").map_err(|e| e.message)?;
+    let dir = open_dir(dest_dir, "directory").map_err(|e| e.message)?;
+    ioctl::snapshot_writable(src.as_fd(), dir.as_fd(), name)
+        .map_err(|e| create_error(e, source, dest_dir, name))
+}
+
+/// Delete the subvolume `dir/name` (`BTRFS_IOC_SNAP_DESTROY`).
+pub fn delete_subvolume(dir: &Path, name: &str) -> Result<(), String> {
+    let fd = open_dir(dir, "directory").map_err(|e| e.message)?;
+    ioctl::destroy(fd.as_fd(), name).map_err(|e| {
+        format!(
+            "cannot delete subvolume {}: {}",
+            dir.join(name).display(),
+            errno_text(e)
+        )
+    })
+}
+
 /// The label of a subvolume in snapshot names: its base name (`root` for `/`).
-fn label(path: &Path) -> String {
+pub fn label(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into())

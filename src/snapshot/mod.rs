@@ -32,6 +32,9 @@ pub struct SnapshotInfo {
     pub operation_id: Option<String>,
     /// Filled in from the catalog when known.
     pub consistency: Option<Consistency>,
+    /// `verified`, `verification failed: …` or `not verified`, from the catalog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

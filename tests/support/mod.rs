@@ -399,3 +399,44 @@ impl Drop for ServeProcess {
         }
     }
 }
+
+/// Put `mb` MB of unflushed data on every filesystem (overwriting `dirty.bin`, so the images
+/// do not grow), in parallel, without fsync. For the freeze benches.
+pub fn dirty_all(mounts: &[PathBuf], mb: usize) {
+    use std::io::Write;
+    std::thread::scope(|s| {
+        for m in mounts {
+            s.spawn(move || {
+                let chunk = vec![0xa5u8; 1 << 20];
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(m.join("dirty.bin"))
+                    .unwrap();
+                for _ in 0..mb {
+                    f.write_all(&chunk).unwrap();
+                }
+            });
+        }
+    });
+}
+
+/// Let the system flush and quiet down between bench measurements.
+pub fn settle() {
+    sh("sync", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// The median of `v` (0 when empty).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

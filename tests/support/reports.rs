@@ -151,8 +151,7 @@ pub fn degraded(op: &str, started: SystemTime) -> Report {
         "pre script did not finish within 30s (attempt 2 of 2)",
     )
     .with_hook("mysql")];
-    r.warnings = vec![Problem::new(
-        ErrorCode::IncorrectConfigFile,
+    r.warnings = vec![quiesce::codes::Warning::new(
         "unknown key `retires` in [hooks.mysql]",
     )];
     r

@@ -42,12 +42,35 @@ pub fn snapshot_readonly(
     dest_dir: BorrowedFd<'_>,
     name: &str,
 ) -> Result<(), Errno> {
+    snapshot(source, dest_dir, name, true)
+}
+
+/// A writable snapshot (the same ioctl without `BTRFS_SUBVOL_RDONLY`): the disposable view
+/// `quiesce verify` starts a throwaway server on, sharing every extent with the snapshot.
+pub fn snapshot_writable(
+    source: BorrowedFd<'_>,
+    dest_dir: BorrowedFd<'_>,
+    name: &str,
+) -> Result<(), Errno> {
+    snapshot(source, dest_dir, name, false)
+}
+
+fn snapshot(
+    source: BorrowedFd<'_>,
+    dest_dir: BorrowedFd<'_>,
+    name: &str,
+    readonly: bool,
+) -> Result<(), Errno> {
     let mut name_buf = [0; 4040];
     fill_name(&mut name_buf, name)?;
     let args = btrfs_ioctl_vol_args_v2 {
         fd: i64::from(source.as_raw_fd()),
         transid: 0,
-        flags: u64::from(BTRFS_SUBVOL_RDONLY),
+        flags: if readonly {
+            u64::from(BTRFS_SUBVOL_RDONLY)
+        } else {
+            0
+        },
         __bindgen_anon_1: btrfs_ioctl_vol_args_v2__bindgen_ty_1 { unused: [0; 4] },
         __bindgen_anon_2: btrfs_ioctl_vol_args_v2__bindgen_ty_2 { name: name_buf },
     };

@@ -21,18 +21,22 @@
 //!   * on its own SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2.
 //!
 //!   It never depends on the freezing thread returning: `FIFREEZE` can block.
-//!   After firing it keeps re-thawing every 100 ms until the agent disarms it or dies, so
-//!   that a `FIFREEZE` that was still blocked when it fired cannot leave a filesystem
-//!   frozen behind it.
+//!   A guard that fired thaws each filesystem once, and never again: what is frozen later
+//!   is somebody else's freeze. The one exception is a `FIFREEZE` that was still in flight
+//!   when it fired: when the agent reports it complete ([`protocol::Command::Frozen`]), or
+//!   dies before saying, that one is thawed once more.
 //! - reports on a second pipe that it is ready, and whether, when and why it fired.
 //!
-//! When the agent has thawed by itself it disarms the guard, which then exits without
-//! touching anything (it must not thaw a freeze somebody else makes afterwards).
+//! Before the agent thaws by itself it asks the guard to yield ([`protocol::Command::Yield`]):
+//! the guard answers that it will not fire any more, or that it already fired (then the
+//! agent thaws nothing: a second thaw could undo a freeze somebody made since). After its
+//! thaw the agent disarms the guard, which exits without touching anything.
 //!
 //! Wiring: `main` must call [`run_if_requested`] first thing; the CLI must call
 //! [`install_signal_handlers`] at start and poll [`termination_requested`].
 use super::ioctl;
 use super::{monotonic_ns, GuardFired, GuardReason};
+pub use protocol::DecodeError;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use rustix::io::{Errno, FdFlags};
 use std::ffi::{OsStr, OsString};
@@ -44,51 +48,8 @@ use std::time::{Duration, Instant};
 /// `argv[1]` that turns the quiesce binary into a guard.
 pub const GUARD_ARG: &str = "__guard";
 
-// ---- wire protocol: fixed 16-byte records, written atomically (< PIPE_BUF) ----
-const REC: usize = 16;
-// agent -> guard
-const C_ARM: u8 = 1;
-const C_MARK: u8 = 2;
-const C_UNMARK: u8 = 3;
-const C_THAW: u8 = 4;
-const C_DISARM: u8 = 5;
-// guard -> agent
-const R_READY: u8 = 101;
-const R_FIRED: u8 = 102;
-const R_DONE: u8 = 103;
-
-fn record(kind: u8, reason: u8, idx: u32, value: u64) -> [u8; REC] {
-    let mut r = [0u8; REC];
-    r[0] = kind;
-    r[1] = reason;
-    r[4..8].copy_from_slice(&idx.to_le_bytes());
-    r[8..16].copy_from_slice(&value.to_le_bytes());
-    r
-}
-
-fn decode(r: &[u8]) -> (u8, u8, u32, u64) {
-    let mut idx = [0u8; 4];
-    idx.copy_from_slice(&r[4..8]);
-    let mut val = [0u8; 8];
-    val.copy_from_slice(&r[8..16]);
-    (r[0], r[1], u32::from_le_bytes(idx), u64::from_le_bytes(val))
-}
-
-fn reason_code(r: GuardReason) -> u8 {
-    match r {
-        GuardReason::Deadline => 1,
-        GuardReason::Signal => 2,
-        GuardReason::AgentDied => 3,
-    }
-}
-
-fn reason_from(c: u8) -> GuardReason {
-    match c {
-        1 => GuardReason::Deadline,
-        3 => GuardReason::AgentDied,
-        _ => GuardReason::Signal,
-    }
-}
+pub mod protocol;
+use protocol::{Command, Report, REC};
 
 /// Write a whole record to a (possibly non-blocking) pipe, waiting for room if needed.
 fn write_record(fd: BorrowedFd<'_>, rec: &[u8; REC]) -> Result<(), Errno> {
@@ -187,7 +148,7 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
                         if fd >= 0 {
                             // SAFETY: see above; the slot is open for the process lifetime.
                             let b = BorrowedFd::borrow_raw(fd);
-                            let _ = rustix::io::write(b, &record(C_THAW, 0, 0, 0));
+                            let _ = rustix::io::write(b, &protocol::THAW_RECORD);
                         }
                     })?;
                 }
@@ -232,12 +193,31 @@ pub struct GuardStatus {
     pub done_ns: Option<u64>,
     /// The guard has closed its report pipe (exited).
     pub exited: bool,
+    /// The guard answered a [`Command::Yield`]: it will not thaw on its own.
+    pub yielded: bool,
+    /// Records that could not be decoded (a mismatched guard binary).
+    pub bad_records: u32,
+}
+
+/// What the guard answered when the agent asked to thaw by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YieldAnswer {
+    /// The guard will not fire: the agent thaws.
+    Yielded,
+    /// The guard had already fired: the agent must not thaw again.
+    Fired,
+    /// The guard is gone without having fired (killed).
+    Gone,
+    /// No answer in time (stopped, or stuck): the guard was killed; the agent thaws.
+    Killed,
 }
 
 /// The agent's handle on a running guard.
 pub struct GuardHandle {
     child: Option<std::process::Child>,
     pid: u32,
+    /// Readable once the guard has exited; also used to kill it without a pid race.
+    pidfd: Option<OwnedFd>,
     control: OwnedFd,
     report: OwnedFd,
     buf: Vec<u8>,
@@ -303,7 +283,12 @@ impl GuardHandle {
         let child = cmd.spawn()?;
         drop(ctl_r);
         drop(rep_w);
+        // The child is not reaped before this handle says so: the pid cannot be reused.
+        let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
         Ok(GuardHandle {
+            pidfd,
             pid: child.id(),
             child: Some(child),
             control: ctl_w,
@@ -346,29 +331,103 @@ impl GuardHandle {
         Ok(())
     }
 
-    fn send(&self, rec: [u8; REC]) -> Result<(), Errno> {
-        write_record(self.control.as_fd(), &rec)
+    fn send(&self, c: Command) -> Result<(), Errno> {
+        write_record(self.control.as_fd(), &c.encode())
     }
 
     /// Start the deadline: the guard thaws at `start_ns + timeout`.
     pub fn arm(&self, start_ns: u64) -> Result<(), Errno> {
-        self.send(record(C_ARM, 0, 0, start_ns))
+        self.send(Command::Arm { start_ns })
     }
 
     /// Target `idx` is about to be frozen: the guard will thaw it when it fires.
     pub fn mark(&self, idx: usize) -> Result<(), Errno> {
-        self.send(record(C_MARK, 0, idx as u32, 0))
+        self.send(Command::Mark { target: idx as u32 })
     }
 
     /// The freeze of target `idx` failed (e.g. EBUSY: somebody else's freeze): the guard
     /// must leave it alone.
     pub fn unmark(&self, idx: usize) -> Result<(), Errno> {
-        self.send(record(C_UNMARK, 0, idx as u32, 0))
+        self.send(Command::Unmark { target: idx as u32 })
+    }
+
+    /// The freeze of target `idx` completed.
+    pub fn frozen(&self, idx: usize) -> Result<(), Errno> {
+        self.send(Command::Frozen { target: idx as u32 })
     }
 
     /// Ask the guard to thaw everything now (as the signal handler does).
     pub fn request_thaw(&self) -> Result<(), Errno> {
-        self.send(record(C_THAW, 0, 0, 0))
+        self.send(Command::Thaw)
+    }
+
+    /// A duplicate of the guard's pidfd (readable once it has exited).
+    pub fn pidfd_dup(&self) -> Option<OwnedFd> {
+        self.pidfd
+            .as_ref()
+            .and_then(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).ok())
+    }
+
+    /// Has the guard process exited (its pidfd is readable)? Falls back to the report
+    /// pipe's EOF when no pidfd could be opened.
+    pub fn has_exited(&mut self) -> bool {
+        self.take_records();
+        match &self.pidfd {
+            Some(fd) => {
+                let mut pfd = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+                matches!(rustix::event::poll(&mut pfd, Some(&timespec(Duration::ZERO))), Ok(n) if n > 0)
+            }
+            None => self.status.exited,
+        }
+    }
+
+    /// The agent is about to thaw by itself: ask the guard to stand down, and wait up to
+    /// `within` for its answer. A guard that does not answer (SIGSTOPped, stuck) is killed
+    /// and waited for, so that it can never thaw behind the agent's back later.
+    pub fn yield_thaw(&mut self, within: Duration) -> YieldAnswer {
+        let sent = self.send(Command::Yield).is_ok();
+        let start = Instant::now();
+        loop {
+            self.take_records();
+            if self.status.fired.is_some() {
+                return YieldAnswer::Fired;
+            }
+            if self.status.yielded {
+                return YieldAnswer::Yielded;
+            }
+            if !sent || self.status.exited || self.has_exited() {
+                return YieldAnswer::Gone;
+            }
+            if start.elapsed() >= within {
+                break;
+            }
+            self.wait_report(
+                within
+                    .saturating_sub(start.elapsed())
+                    .min(Duration::from_millis(20)),
+            );
+        }
+        self.kill_and_wait(Duration::from_secs(2));
+        if self.status.fired.is_some() {
+            YieldAnswer::Fired
+        } else {
+            YieldAnswer::Killed
+        }
+    }
+
+    /// SIGKILL the guard (through its pidfd: never another process) and wait up to
+    /// `within` for it to be gone; then read what it reported before dying.
+    pub fn kill_and_wait(&mut self, within: Duration) {
+        if let Some(fd) = &self.pidfd {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        } else if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+        }
+        let start = Instant::now();
+        while !self.has_exited() && start.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.take_records();
     }
 
     fn take_records(&mut self) {
@@ -387,19 +446,23 @@ impl GuardHandle {
         let whole = self.buf.len() / REC * REC;
         let recs: Vec<u8> = self.buf.drain(..whole).collect();
         for r in recs.chunks_exact(REC) {
-            let (kind, reason, _idx, value) = decode(r);
-            match kind {
-                R_READY => self.status.ready = true,
-                R_FIRED if self.status.fired.is_none() => {
-                    self.status.fired = Some(GuardFired {
-                        reason: reason_from(reason),
-                        at_monotonic_ns: value,
-                    });
+            let mut rec = [0u8; REC];
+            rec.copy_from_slice(r);
+            match Report::decode(&rec) {
+                Ok(Report::Ready) => self.status.ready = true,
+                Ok(Report::Fired { reason, at_ns }) => {
+                    if self.status.fired.is_none() {
+                        self.status.fired = Some(GuardFired {
+                            reason,
+                            at_monotonic_ns: at_ns,
+                        });
+                    }
                 }
-                R_DONE => {
-                    self.status.done_ns = Some(self.status.done_ns.map_or(value, |d| d.max(value)))
+                Ok(Report::Done { at_ns }) => {
+                    self.status.done_ns = Some(self.status.done_ns.map_or(at_ns, |d| d.max(at_ns)))
                 }
-                _ => {}
+                Ok(Report::Yielded) => self.status.yielded = true,
+                Err(_) => self.status.bad_records += 1,
             }
         }
     }
@@ -423,7 +486,7 @@ impl GuardHandle {
     /// to exit (up to `within`) and reap it. Returns everything it reported.
     pub fn disarm_and_reap(&mut self, within: Duration) -> GuardStatus {
         set_signal_slot(None);
-        let _ = self.send(record(C_DISARM, 0, 0, 0));
+        let _ = self.send(Command::Disarm);
         let start = Instant::now();
         while !self.status.exited && start.elapsed() < within {
             self.wait_report(
@@ -516,12 +579,22 @@ struct GuardProcess {
     _lock: OwnedFd,
     layer_of: Vec<usize>,
     marked: Vec<bool>,
+    /// Marked, and the agent has not yet said that the freeze completed or failed.
+    inflight: Vec<bool>,
     workers: Vec<Worker>,
     results: mpsc::Receiver<(usize, u64, bool)>,
     timeout_ns: u64,
     deadline: Option<u64>,
     fired: Option<GuardReason>,
+    /// The agent thaws by itself: never fire on the deadline or a signal any more.
+    yielded: bool,
     signals: OwnedFd,
+}
+
+/// What the guard's loop does next.
+enum Next {
+    Continue,
+    Exit,
 }
 
 fn parse_fd(s: &str) -> Result<OwnedFd, String> {
@@ -624,18 +697,20 @@ impl GuardProcess {
             _lock: lock,
             layer_of,
             marked: vec![false; n],
+            inflight: vec![false; n],
             workers,
             results,
             timeout_ns,
             deadline: None,
             fired: None,
+            yielded: false,
             signals: sig_r,
         })
     }
 
-    fn report(&self, rec: [u8; REC]) {
+    fn report(&self, r: Report) {
         // The agent may be gone (EPIPE, SIGPIPE is ignored); never block on it for long.
-        let _ = write_record(self.report.as_fd(), &rec);
+        let _ = write_record(self.report.as_fd(), &r.encode());
     }
 
     /// Collect finished thaws; returns the latest end time among those that thawed.
@@ -657,17 +732,17 @@ impl GuardProcess {
         last
     }
 
-    /// Thaw every marked target, highest layer first (the reverse of the freeze order),
-    /// the members of a layer in parallel, waiting at most 250 ms per layer before going
-    /// on. Returns when the last thaw that thawed something ended.
-    fn thaw_marked(&mut self) -> Option<u64> {
+    /// Thaw every target `which` selects, highest layer first (the reverse of the freeze
+    /// order), the members of a layer in parallel, waiting at most 250 ms per layer before
+    /// going on. Returns when the last thaw that thawed something ended.
+    fn thaw_selected(&mut self, which: &[bool]) -> Option<u64> {
         let mut last: Option<u64> = None;
         let n = self.workers.len();
         let layers = self.layer_of.iter().copied().max().map_or(0, |m| m + 1);
         for layer in (0..layers).rev() {
-            for idx in 0..n {
-                if self.layer_of[idx] == layer
-                    && self.marked[idx]
+            for (idx, &selected) in which.iter().enumerate().take(n) {
+                if selected
+                    && self.layer_of[idx] == layer
                     && !self.workers[idx].busy
                     && self.workers[idx].request.send(()).is_ok()
                 {
@@ -692,98 +767,152 @@ impl GuardProcess {
         last
     }
 
-    fn fire(&mut self, reason: GuardReason) {
-        let at = monotonic_ns();
-        if self.fired.is_none() {
-            self.fired = Some(reason);
-            self.report(record(R_FIRED, reason_code(reason), 0, at));
-            let end = self.thaw_marked().unwrap_or(at);
-            self.report(record(R_DONE, 0, 0, end));
-        } else if let Some(end) = self.thaw_marked() {
-            self.report(record(R_DONE, 0, 0, end));
+    /// Thaw the selected targets and report when that ended (if it thawed anything).
+    fn thaw_and_report(&mut self, which: &[bool]) {
+        if let Some(end) = self.thaw_selected(which) {
+            self.report(Report::Done { at_ns: end });
         }
+    }
+
+    /// Fire once: report, thaw every marked target once. Never again afterwards.
+    fn fire(&mut self, reason: GuardReason) {
+        if self.fired.is_some() || self.yielded {
+            return;
+        }
+        let at = monotonic_ns();
+        self.fired = Some(reason);
+        self.report(Report::Fired { reason, at_ns: at });
+        let marked = self.marked.clone();
+        let end = self.thaw_selected(&marked).unwrap_or(at);
+        self.report(Report::Done { at_ns: end });
     }
 
     fn any_marked(&self) -> bool {
         self.marked.iter().any(|m| *m)
     }
 
-    fn run(mut self) -> i32 {
-        self.report(record(R_READY, 0, 0, 0));
-        let mut buf: Vec<u8> = Vec::with_capacity(REC * 64);
-        let mut chunk = [0u8; REC * 16];
-        loop {
-            let now = monotonic_ns();
-            if self.fired.is_none() {
-                if let Some(d) = self.deadline {
-                    if now >= d {
-                        self.fire(GuardReason::Deadline);
-                        continue;
-                    }
+    /// The agent is gone (its last copy of the control pipe's write end closed).
+    fn agent_gone(&mut self) {
+        if self.fired.is_some() {
+            // Freezes still in flight when we fired completed before the agent died.
+            let inflight = self.inflight.clone();
+            self.thaw_and_report(&inflight);
+        } else if self.yielded {
+            // The agent died while thawing: finish its thaw.
+            let marked = self.marked.clone();
+            self.thaw_and_report(&marked);
+        } else if self.any_marked() {
+            self.fire(GuardReason::AgentDied);
+        }
+    }
+
+    fn command(&mut self, c: Command) -> Next {
+        let valid = |t: u32, n: usize| (t as usize) < n;
+        let n = self.marked.len();
+        match c {
+            Command::Arm { start_ns } if self.deadline.is_none() => {
+                self.deadline = Some(start_ns.saturating_add(self.timeout_ns));
+            }
+            Command::Mark { target } if valid(target, n) => {
+                self.marked[target as usize] = true;
+                self.inflight[target as usize] = true;
+            }
+            Command::Unmark { target } if valid(target, n) => {
+                self.marked[target as usize] = false;
+                self.inflight[target as usize] = false;
+            }
+            Command::Frozen { target } if valid(target, n) => {
+                let t = target as usize;
+                let was_inflight = std::mem::replace(&mut self.inflight[t], false);
+                if self.fired.is_some() && was_inflight {
+                    // This freeze completed after we had thawed: it is ours, thaw it once.
+                    let mut one = vec![false; n];
+                    one[t] = true;
+                    self.thaw_and_report(&one);
                 }
             }
-            let timeout = if self.fired.is_some() {
-                Some(Duration::from_millis(100))
-            } else {
-                self.deadline
-                    .map(|d| Duration::from_nanos(d.saturating_sub(now)))
-            };
-            let (ctl_ready, sig_ready) = {
-                use rustix::event::{PollFd, PollFlags};
-                let mut pfds = [
-                    PollFd::new(&self.control, PollFlags::IN),
-                    PollFd::new(&self.signals, PollFlags::IN),
-                ];
-                let ts = timeout.map(timespec);
-                match rustix::event::poll(&mut pfds, ts.as_ref()) {
-                    Ok(_) => (!pfds[0].revents().is_empty(), !pfds[1].revents().is_empty()),
-                    Err(_) => (false, false), // EINTR: loop
+            Command::Thaw => self.fire(GuardReason::Signal),
+            Command::Yield if self.fired.is_none() => {
+                self.yielded = true;
+                self.report(Report::Yielded);
+            }
+            Command::Disarm => return Next::Exit,
+            _ => {}
+        }
+        Next::Continue
+    }
+
+    /// Wait for the control pipe or a signal until `timeout`; (control ready, signal seen).
+    fn wait(&self, timeout: Option<Duration>) -> (bool, bool) {
+        use rustix::event::{PollFd, PollFlags};
+        let mut pfds = [
+            PollFd::new(&self.control, PollFlags::IN),
+            PollFd::new(&self.signals, PollFlags::IN),
+        ];
+        let ts = timeout.map(timespec);
+        match rustix::event::poll(&mut pfds, ts.as_ref()) {
+            Ok(_) => (!pfds[0].revents().is_empty(), !pfds[1].revents().is_empty()),
+            Err(_) => (false, false), // EINTR: loop
+        }
+    }
+
+    /// Read what the agent sent; `Exit` on EOF or disarm.
+    fn read_control(&mut self, buf: &mut Vec<u8>) -> Next {
+        let mut chunk = [0u8; REC * 16];
+        match rustix::io::read(&self.control, &mut chunk) {
+            Ok(0) => {
+                self.agent_gone();
+                return Next::Exit;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+        let whole = buf.len() / REC * REC;
+        let recs: Vec<u8> = buf.drain(..whole).collect();
+        for r in recs.chunks_exact(REC) {
+            let mut rec = [0u8; REC];
+            rec.copy_from_slice(r);
+            let next = match Command::decode(&rec) {
+                Ok(c) => self.command(c),
+                Err(_) => {
+                    // A record we do not understand: the agent is not the program we
+                    // were built with. Thaw rather than guess.
+                    self.fire(GuardReason::BadMessage);
+                    Next::Continue
                 }
             };
+            if let Next::Exit = next {
+                return Next::Exit;
+            }
+        }
+        Next::Continue
+    }
+
+    fn run(mut self) -> i32 {
+        self.report(Report::Ready);
+        let mut buf: Vec<u8> = Vec::with_capacity(REC * 64);
+        loop {
+            let now = monotonic_ns();
+            let live = self.fired.is_none() && !self.yielded;
+            if let Some(d) = self.deadline.filter(|_| live) {
+                if now >= d {
+                    self.fire(GuardReason::Deadline);
+                    continue;
+                }
+            }
+            let timeout = self
+                .deadline
+                .filter(|_| live)
+                .map(|d| Duration::from_nanos(d.saturating_sub(now)));
+            let (ctl_ready, sig_ready) = self.wait(timeout);
             if sig_ready {
                 let mut drain = [0u8; 64];
                 while matches!(rustix::io::read(&self.signals, &mut drain), Ok(n) if n > 0) {}
-                if self.fired.is_none() {
-                    self.fire(GuardReason::Signal);
-                }
+                self.fire(GuardReason::Signal);
             }
             if ctl_ready {
-                match rustix::io::read(&self.control, &mut chunk) {
-                    Ok(0) => {
-                        // The agent is gone (its last copy of the write end closed).
-                        if self.fired.is_none() {
-                            if self.any_marked() {
-                                self.fire(GuardReason::AgentDied);
-                            }
-                        } else {
-                            self.thaw_marked();
-                        }
-                        return 0;
-                    }
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(_) => {}
-                }
-                let whole = buf.len() / REC * REC;
-                let recs: Vec<u8> = buf.drain(..whole).collect();
-                for r in recs.chunks_exact(REC) {
-                    let (kind, _reason, idx, value) = decode(r);
-                    let idx = idx as usize;
-                    match kind {
-                        C_ARM if self.deadline.is_none() => {
-                            self.deadline = Some(value.saturating_add(self.timeout_ns));
-                        }
-                        C_MARK if idx < self.marked.len() => self.marked[idx] = true,
-                        C_UNMARK if idx < self.marked.len() => self.marked[idx] = false,
-                        C_THAW if self.fired.is_none() => self.fire(GuardReason::Signal),
-                        C_DISARM => return 0,
-                        _ => {}
-                    }
-                }
-            }
-            if self.fired.is_some() {
-                // Re-thaw: a FIFREEZE that was blocked when we fired may have completed.
-                if let Some(end) = self.thaw_marked() {
-                    self.report(record(R_DONE, 0, 0, end));
+                if let Next::Exit = self.read_control(&mut buf) {
+                    return 0;
                 }
             }
         }

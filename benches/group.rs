@@ -1,0 +1,134 @@
+//! Group barrier latency with a real 3-node etcd cluster on loopback and N members as real
+//! `quiesce serve` processes (freezing disabled: simulated machines, no hooks).
+//!
+//! Run: `cargo bench --bench group` (as root; `QUIESCE_BENCH_GROUP_SIZES=3,10` and
+//! `QUIESCE_BENCH_GROUP_OPS=5` to shorten). For each size it prints the median and the
+//! worst, over the operations, of "operation written" -> "all ready" and -> "all released",
+//! beside the baseline: one member's prepare + release straight through its socket, with no
+//! group (the time the members themselves need, so the difference is coordination).
+
+#[path = "../tests/support/etcd.rs"]
+mod etcd;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use quiesce::server::client::call;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{quiesce_bin, Scratch, ServeProcess};
+
+struct SimMember {
+    _server: ServeProcess,
+    socket: std::path::PathBuf,
+    _dir: Scratch,
+}
+
+fn start(name: &str, endpoints: &[String]) -> SimMember {
+    let dir = Scratch::new(&format!("bench-member-{name}"));
+    let socket = dir.join("q.sock");
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    let text = format!(
+        "[paths]\nstate_dir = {:?}\ncatalog = {:?}\n[freeze]\nenabled = false\n\
+         [server]\nsocket = {:?}\n[group]\nname = \"bench\"\nmember = \"{name}\"\n\
+         endpoints = [{}]\n",
+        dir.join("state").display().to_string(),
+        dir.join("catalog.db").display().to_string(),
+        socket.display().to_string(),
+        eps.join(", "),
+    );
+    let config = dir.file("quiesce.toml", &text, 0o600);
+    SimMember {
+        _server: ServeProcess::start(&config, &socket),
+        socket,
+        _dir: dir,
+    }
+}
+
+fn median_max(mut v: Vec<u64>) -> (u64, u64) {
+    v.sort();
+    (v[v.len() / 2], *v.last().unwrap())
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("QUIESCE_BENCH_GROUP_SIZES")
+        .unwrap_or_else(|_| "3,10,50".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let ops: usize = std::env::var("QUIESCE_BENCH_GROUP_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let cluster = etcd::EtcdCluster::start(3);
+    let etcd_client = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2));
+    println!("group barrier, {ops} operations per size, 3-node etcd, members poll every 20 ms");
+    println!(
+        "{:>8} {:>16} {:>16} {:>18} {:>18} {:>16}",
+        "members", "ready median", "ready max", "released median", "released max", "baseline"
+    );
+    let mut members: Vec<SimMember> = Vec::new();
+    for &n in &sizes {
+        while members.len() < n {
+            members.push(start(&format!("sim{}", members.len()), &cluster.endpoints));
+        }
+        let start_wait = Instant::now();
+        while quiesce::group::coordinator::members(&etcd_client, "bench").map_or(0, |m| m.len())
+            != n
+        {
+            assert!(
+                start_wait.elapsed() < Duration::from_secs(60),
+                "members did not join"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Baseline: one member alone, straight through its socket.
+        let mut base = Vec::new();
+        for i in 0..ops {
+            let id = format!("base-{n}-{i}");
+            let t = Instant::now();
+            let s = &members[0].socket;
+            call(
+                s,
+                "POST",
+                &format!("/v1/operations/{id}/prepare"),
+                None,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            call(
+                s,
+                "POST",
+                &format!("/v1/operations/{id}/release"),
+                None,
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            base.push(t.elapsed().as_millis() as u64);
+        }
+        let (mut ready, mut released) = (Vec::new(), Vec::new());
+        for i in 0..ops {
+            let out = Command::new(quiesce_bin())
+                .args(["group", "snapshot", "bench", "--json", "--deadline", "30s"])
+                .args([
+                    "--id",
+                    &format!("op-{n}-{i}"),
+                    "--endpoints",
+                    &cluster.endpoints.join(","),
+                ])
+                .output()
+                .unwrap();
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+            assert_eq!(r["status"], "succeeded", "{r:#}");
+            ready.push(r["all_ready_ms"].as_u64().unwrap());
+            released.push(r["all_released_ms"].as_u64().unwrap());
+        }
+        let (rm, rx) = median_max(ready);
+        let (lm, lx) = median_max(released);
+        let (bm, _) = median_max(base);
+        println!(
+            "{n:>8} {:>13} ms {:>13} ms {:>15} ms {:>15} ms {:>13} ms",
+            rm, rx, lm, lx, bm
+        );
+    }
+}

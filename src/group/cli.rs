@@ -1,0 +1,175 @@
+//! `quiesce group snapshot | history | members`.
+
+use super::{coordinator, GroupConfig, RawGroup};
+use clap::Subcommand;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Take one consistent cut across every live member of group NAME.
+    Snapshot {
+        name: String,
+        /// Every member has released by this deadline, whatever happens ("30s").
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+        /// Operation id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// etcd endpoints (host:port, comma separated); default: `group.endpoints`.
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        /// Group-level snapshot command, run once while every member is frozen.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Past group operations of NAME, newest first.
+    History {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// The live members of NAME.
+    Members {
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The group settings for NAME: the configuration's `[group]` (its etcd and auth), with
+/// `--endpoints` for a machine that is not a member.
+fn settings(
+    config: Option<PathBuf>,
+    name: &str,
+    endpoints: &[String],
+) -> Result<GroupConfig, String> {
+    let from_file = crate::config::load(config.as_deref())
+        .ok()
+        .and_then(|c| c.group);
+    let mut g = match from_file {
+        Some(g) => g,
+        None => RawGroup::default().into_config_for(name, endpoints)?,
+    };
+    g.name = name.to_string();
+    if !endpoints.is_empty() {
+        g.endpoints = endpoints.to_vec();
+    }
+    if !super::valid_name(name) {
+        return Err(format!(
+            "group name {name:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(g)
+}
+
+fn json_out<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Run a `quiesce group` command; the process exit code.
+pub fn run(config: Option<PathBuf>, cmd: GroupCommand) -> i32 {
+    let result = match cmd {
+        GroupCommand::Snapshot {
+            name,
+            deadline,
+            id,
+            endpoints,
+            json,
+            command,
+        } => (|| {
+            let cfg = settings(config, &name, &endpoints)?;
+            let etcd = cfg.client()?;
+            let operation_id = id.unwrap_or_else(crate::pipeline::opid::generate);
+            if !super::valid_name(&operation_id) {
+                return Err(format!(
+                    "operation id {operation_id:?} may hold only letters, digits, '-', '_' and '.'"
+                ));
+            }
+            let opts = coordinator::SnapshotOptions {
+                operation_id,
+                deadline,
+                command,
+            };
+            let report = coordinator::snapshot(&cfg, &etcd, &opts)?;
+            if json {
+                json_out(&report);
+            } else {
+                print!("{}", human(&report));
+            }
+            Ok(report.status.exit_code())
+        })(),
+        GroupCommand::History {
+            name,
+            endpoints,
+            json,
+            limit,
+        } => (|| {
+            let cfg = settings(config, &name, &endpoints)?;
+            let mut reports = coordinator::history(&cfg.client()?, &name)?;
+            reports.truncate(limit.unwrap_or(usize::MAX));
+            if json {
+                json_out(&reports);
+            } else {
+                for r in &reports {
+                    print!("{}", human(r));
+                }
+            }
+            Ok(0)
+        })(),
+        GroupCommand::Members {
+            name,
+            endpoints,
+            json,
+        } => (|| {
+            let cfg = settings(config, &name, &endpoints)?;
+            let names = coordinator::members(&cfg.client()?, &name)?;
+            if json {
+                json_out(&names);
+            } else {
+                for n in names {
+                    println!("{n}");
+                }
+            }
+            Ok(0)
+        })(),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("quiesce: {e}");
+        1
+    })
+}
+
+/// One group report in lines.
+pub fn human(r: &super::GroupReport) -> String {
+    let mut s = format!(
+        "group {} operation {}: {} ({}), ready in {}, released in {}\n",
+        r.group,
+        r.operation_id,
+        r.status.as_str(),
+        r.consistency.as_str(),
+        r.all_ready_ms.map_or("-".into(), |m| format!("{m} ms")),
+        r.all_released_ms.map_or("-".into(), |m| format!("{m} ms")),
+    );
+    for m in &r.members {
+        let (status, consistency) = m.report.as_ref().map_or(("-", "-"), |rep| {
+            (
+                rep["status"].as_str().unwrap_or("-"),
+                rep["consistency"].as_str().unwrap_or("-"),
+            )
+        });
+        s += &format!("  {}: {} -> {status} ({consistency})\n", m.member, m.ready);
+    }
+    for e in &r.errors {
+        s += &format!("  error: {e}\n");
+    }
+    s
+}

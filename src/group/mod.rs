@@ -1,0 +1,359 @@
+//! Consistency groups: one application-consistent cut across many machines, coordinated
+//! through etcd (see `docs/groups.md`).
+//!
+//! Members are ordinary `quiesce serve` processes whose configuration has a `[group]`
+//! section ([`member`]); `quiesce group snapshot` ([`coordinator`]) writes an operation,
+//! waits for every member to be frozen, runs the snapshot step, and tells everyone to
+//! release. Every member releases by itself at the operation's absolute deadline, whatever
+//! happens to the coordinator, etcd or the network.
+//!
+//! Keys, all under `/quiesce/groups/{group}/`:
+//! - `members/{member}`: one per live member, under the member's kept-alive lease.
+//! - `ops/{op}/spec`: the operation (coordinator, absolute deadline), under the coordinator's
+//!   lease: when the coordinator dies, the key disappears and members release.
+//! - `ops/{op}/ready/{member}`: the member's prepare answer (frozen, prepared or failed).
+//! - `ops/{op}/release`: written by the coordinator once the snapshot step is over (or
+//!   abandoned).
+//! - `ops/{op}/done/{member}`: the member's final report.
+//! - `reports/{op}`: the group report (no lease: it is the history).
+
+pub mod cli;
+pub mod coordinator;
+pub mod etcd;
+pub mod member;
+
+use crate::report::{Consistency, Status};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The `[group]` section of the native configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    /// The group this machine belongs to; it acts only on this group's operations.
+    pub name: String,
+    /// This member's name in the group (default: the host name).
+    pub member: String,
+    /// etcd client endpoints, `host:port`.
+    pub endpoints: Vec<String>,
+    /// etcd user (etcd auth); the password is read from `password_file` (root only).
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Lease time-to-live of members and coordinators: how fast a death is noticed.
+    pub lease_ttl: Duration,
+    /// How often members and the coordinator look at etcd.
+    pub poll: Duration,
+}
+
+/// `[group]` as written in TOML.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RawGroup {
+    name: Option<String>,
+    member: Option<String>,
+    endpoints: Vec<String>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    lease_ttl: Option<String>,
+    poll: Option<String>,
+}
+
+/// Is `s` usable as a group, member or operation name (it becomes part of an etcd key)?
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != ".."
+}
+
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl RawGroup {
+    /// Validate; problems are phrased for the person editing the file.
+    pub fn into_config(self) -> Result<GroupConfig, String> {
+        let name = self.name.ok_or("`group.name` is required")?;
+        if !valid_name(&name) {
+            return Err(format!(
+                "`group.name` {name:?} may hold only letters, digits, '-', '_' and '.'"
+            ));
+        }
+        let member = self.member.unwrap_or_else(host_name);
+        if !valid_name(&member) {
+            return Err(format!(
+                "`group.member` {member:?} may hold only letters, digits, '-', '_' and '.'"
+            ));
+        }
+        if self.endpoints.is_empty() {
+            return Err("`group.endpoints` must name at least one etcd endpoint".into());
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err("`group.user` and `group.password_file` go together".into());
+        }
+        let dur = |v: Option<String>, key: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(&s)
+                .map_err(|e| format!("`group.{key}`: invalid duration {s:?}: {e}")),
+        };
+        let lease_ttl = dur(self.lease_ttl, "lease_ttl", Duration::from_secs(3))?;
+        if lease_ttl < Duration::from_secs(1) {
+            return Err("`group.lease_ttl` must be at least 1s".into());
+        }
+        Ok(GroupConfig {
+            name,
+            member,
+            endpoints: self.endpoints,
+            user: self.user,
+            password_file: self.password_file,
+            lease_ttl,
+            poll: dur(self.poll, "poll", Duration::from_millis(20))?,
+        })
+    }
+}
+
+impl RawGroup {
+    /// Settings for a machine that is not a member (an admin box): only the group and the
+    /// endpoints are known.
+    pub fn into_config_for(
+        mut self,
+        name: &str,
+        endpoints: &[String],
+    ) -> Result<GroupConfig, String> {
+        self.name = Some(name.to_string());
+        self.endpoints = endpoints.to_vec();
+        if self.endpoints.is_empty() {
+            return Err(
+                "no etcd endpoint: give --endpoints, or a configuration with a [group] section"
+                    .into(),
+            );
+        }
+        self.into_config()
+    }
+}
+
+impl GroupConfig {
+    /// A client for this group's etcd, authenticated when a user is configured.
+    pub fn client(&self) -> Result<etcd::Etcd, String> {
+        let c = etcd::Etcd::new(&self.endpoints, Duration::from_secs(2));
+        match (&self.user, &self.password_file) {
+            (Some(user), Some(file)) => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut crate::trust::open_config(file)
+                        .map_err(|e| format!("group.password_file: {e}"))?,
+                    &mut text,
+                )
+                .map_err(|e| format!("group.password_file: {e}"))?;
+                let c = c.with_credentials(user.clone(), text.trim().to_string());
+                c.authenticate()?;
+                Ok(c)
+            }
+            _ => Ok(c),
+        }
+    }
+}
+
+/// Members start releasing this long (1 s) before the deadline, so that they are thawed (post hooks
+/// aside) by it; the coordinator stops waiting and kills the snapshot step at the same time.
+pub const RELEASE_MARGIN_MS: u64 = 1000;
+
+/// When members start releasing by themselves, and the snapshot step is cut off.
+pub fn release_at_ms(deadline_ms: u64) -> u64 {
+    deadline_ms.saturating_sub(RELEASE_MARGIN_MS)
+}
+
+/// Key prefix of a group.
+pub fn group_prefix(group: &str) -> String {
+    format!("/quiesce/groups/{group}/")
+}
+
+/// Key prefix of one operation.
+pub fn op_prefix(group: &str, op: &str) -> String {
+    format!("{}ops/{op}/", group_prefix(group))
+}
+
+/// Milliseconds since the epoch (the shared clock of deadlines).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The operation as the coordinator writes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OpSpec {
+    pub group: String,
+    pub operation_id: String,
+    pub coordinator: String,
+    /// Absolute deadline, milliseconds since the epoch: every member has released by then.
+    pub deadline_ms: u64,
+    /// The members expected (those whose membership key existed when it was written).
+    pub members: Vec<String>,
+    /// The coordinator's lease: members attach their keys to it, so that everything but the
+    /// group report goes away with the coordinator.
+    pub lease: i64,
+}
+
+/// What became of one member in a group operation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberOutcome {
+    pub member: String,
+    /// `frozen`, `prepared`, `failed`, or `missing` (never reported ready).
+    pub ready: String,
+    /// The member's final report (status, consistency, errors ...), if it reported one.
+    pub report: Option<serde_json::Value>,
+}
+
+/// The status and consistency of a member's report (`None` when it has none).
+fn member_result(m: &MemberOutcome) -> Option<(Status, Consistency)> {
+    let r = m.report.as_ref()?;
+    let status = serde_json::from_value(r["status"].clone()).ok()?;
+    let consistency = serde_json::from_value(r["consistency"].clone()).ok()?;
+    Some((status, consistency))
+}
+
+/// The group's outcome: the weakest member's. A member without a report, or that was not
+/// ready, fails the group; `barrier_held` is false when the snapshot step did not run with
+/// every member ready.
+pub fn group_outcome(members: &[MemberOutcome], barrier_held: bool) -> (Status, Consistency) {
+    if members.is_empty() || !barrier_held {
+        return (Status::Failed, Consistency::None);
+    }
+    let mut status = Status::Succeeded;
+    let mut consistency = Consistency::Application;
+    for m in members {
+        match member_result(m) {
+            Some((s, c)) if m.ready != "failed" && m.ready != "missing" => {
+                consistency = consistency.min(c);
+                status = match (status, s) {
+                    (Status::Failed, _) | (_, Status::Failed) => Status::Failed,
+                    (Status::Degraded, _) | (_, Status::Degraded) => Status::Degraded,
+                    _ => Status::Succeeded,
+                };
+            }
+            _ => return (Status::Failed, Consistency::None),
+        }
+    }
+    (status, consistency)
+}
+
+/// The group report, stored under `reports/{op}` and printed by `quiesce group snapshot`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupReport {
+    pub group: String,
+    pub operation_id: String,
+    pub coordinator: String,
+    pub status: Status,
+    pub consistency: Consistency,
+    /// Why the group did not succeed, in words (naming members).
+    pub errors: Vec<String>,
+    pub members: Vec<MemberOutcome>,
+    /// From "operation written" to every member ready, and to every member released.
+    pub all_ready_ms: Option<u64>,
+    pub all_released_ms: Option<u64>,
+    pub started_at_ms: u64,
+    pub deadline_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn m(ready: &str, report: Option<(&str, &str)>) -> MemberOutcome {
+        MemberOutcome {
+            member: "m".into(),
+            ready: ready.into(),
+            report: report.map(|(s, c)| json!({ "status": s, "consistency": c })),
+        }
+    }
+
+    #[test]
+    fn outcome_is_the_weakest_member() {
+        use Consistency::*;
+        use Status::*;
+        let app = Some(("succeeded", "application"));
+        let fs = Some(("degraded", "file-system"));
+        let cases: Vec<(Vec<MemberOutcome>, bool, (Status, Consistency))> = vec![
+            (
+                vec![m("frozen", app), m("frozen", app)],
+                true,
+                (Succeeded, Application),
+            ),
+            (
+                vec![m("frozen", app), m("frozen", fs)],
+                true,
+                (Degraded, FileSystem),
+            ),
+            (
+                vec![m("frozen", app), m("prepared", app)],
+                true,
+                (Succeeded, Application),
+            ),
+            (
+                vec![m("frozen", app), m("missing", Option::None)],
+                true,
+                (Failed, None),
+            ),
+            (
+                vec![m("frozen", app), m("frozen", Option::None)],
+                true,
+                (Failed, None),
+            ),
+            (
+                vec![m("frozen", app), m("failed", Some(("failed", "none")))],
+                true,
+                (Failed, None),
+            ),
+            (
+                vec![m("frozen", app), m("frozen", Some(("failed", "crash")))],
+                true,
+                (Failed, Crash),
+            ),
+            (vec![m("frozen", app)], false, (Failed, None)),
+            (vec![], true, (Failed, None)),
+        ];
+        for (members, barrier, want) in cases {
+            assert_eq!(
+                group_outcome(&members, barrier),
+                want,
+                "{members:?} {barrier}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_problems_are_in_words() {
+        let raw = |t: &str| -> RawGroup { toml::from_str(t).unwrap() };
+        let ok = raw("name = \"db\"\nmember = \"a\"\nendpoints = [\"127.0.0.1:2379\"]\n")
+            .into_config()
+            .unwrap();
+        assert_eq!(ok.lease_ttl, Duration::from_secs(3));
+        for (text, words) in [
+            ("endpoints = [\"x:1\"]", "`group.name` is required"),
+            ("name = \"a/b\"\nendpoints = [\"x:1\"]", "may hold only"),
+            ("name = \"a\"", "at least one etcd endpoint"),
+            (
+                "name = \"a\"\nendpoints = [\"x:1\"]\nuser = \"u\"",
+                "go together",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"x:1\"]\nlease_ttl = \"5\"",
+                "invalid duration",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"x:1\"]\nlease_ttl = \"10ms\"",
+                "at least 1s",
+            ),
+        ] {
+            let e = raw(text).into_config().unwrap_err();
+            assert!(e.contains(words), "{text}: {e}");
+        }
+    }
+}
