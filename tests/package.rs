@@ -159,19 +159,27 @@ impl Root {
     }
 }
 
-/// A clean Debian 12 root (minbase + systemd, man-db, bash-completion) extracted into
-/// `dir`. The tarball is made once by mmdebstrap and cached.
+/// Packages of the clean root besides minbase: systemd (for `systemd-analyze verify`),
+/// man-db, bash-completion, and qemu-guest-agent (the guest-agent units run its qemu-ga).
+const ROOT_PACKAGES: &str = "systemd,man-db,bash-completion,qemu-guest-agent";
+
+/// A clean Debian 12 root (minbase + [`ROOT_PACKAGES`]) extracted into `dir`. The tarball
+/// is made once by mmdebstrap and cached under a name that lists the packages.
 fn debian_root(dir: &Path) {
-    let tarball = PathBuf::from(CACHE).join("debian-bookworm-quiesce-test.tar");
+    let tarball = PathBuf::from(CACHE).join(format!(
+        "debian-bookworm-{}.tar",
+        ROOT_PACKAGES.replace(',', "-")
+    ));
     static MADE: OnceLock<()> = OnceLock::new();
     MADE.get_or_init(|| {
         if !tarball.exists() {
             std::fs::create_dir_all(CACHE).unwrap();
-            let tmp = tarball.with_extension("tar.tmp");
+            // mmdebstrap picks the format from the extension: keep ".tar" last.
+            let tmp = tarball.with_extension("partial.tar");
             run(Command::new("mmdebstrap")
                 .args([
                     "--variant=minbase",
-                    "--include=systemd,man-db,bash-completion",
+                    &format!("--include={ROOT_PACKAGES}"),
                     "bookworm",
                 ])
                 .arg(&tmp)
