@@ -7,7 +7,7 @@ for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-li
                qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
                postgresql-client:pgbench \
                etcd-server:etcd etcd-client:etcdctl \
-               socat:socat iproute2:ip; do
+               socat:socat iproute2:ip busybox-static:busybox; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
 # qemu-ga (Debian's qemu-guest-agent) for the platform tests: its fsfreeze-hook path.
@@ -33,7 +33,13 @@ command -v qemu-ga >/dev/null 2>&1 || {
 # The QEMU guest test (tests/qemu_guest.rs): QEMU and a Debian kernel, unpacked (not installed:
 # qemu-system-x86 conflicts with the newer qemu-utils) into a cache outside the checkout.
 QEMU_CACHE=/var/cache/quiesce-tests/qemu
+# The Debian 6.1 kernel the guest test was measured with, or the newest one the mirror has
+# once that one is gone (the -NN suffix moves with Debian's updates).
 KERNEL_PKG=linux-image-6.1.0-47-amd64
+if ! apt-cache show "$KERNEL_PKG" >/dev/null 2>&1; then
+  KERNEL_PKG=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' 2>/dev/null \
+    | awk '{print $1}' | sort -V | tail -1)
+fi
 if [ ! -x "$QEMU_CACHE/root/usr/bin/qemu-system-x86_64" ] || ! ls "$QEMU_CACHE"/root/boot/vmlinuz-* >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq busybox-static seabios ipxe-qemu cpio libcapstone4 libfdt1 libpmem1 \
@@ -44,3 +50,9 @@ if [ ! -x "$QEMU_CACHE/root/usr/bin/qemu-system-x86_64" ] || ! ls "$QEMU_CACHE"/
 fi
 # benches/guest_agent.rs times both agents' FIFREEZE/FITHAW calls with strace.
 command -v strace >/dev/null 2>&1 || apt-get install -y -qq strace >/dev/null
+# The server tests hold idle connections open as another user (python3 from /usr/bin).
+if [ ! -x /usr/bin/python3 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq python3-minimal >/dev/null
+fi

@@ -1,4 +1,4 @@
-//! The command line (SPEC section 9). `main` only calls [`main`] here.
+//! The command line. `main` only calls [`main`] here.
 
 use crate::api::{Caller, FreezeScope, OpState};
 use crate::codes::Problem;
@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// Exit code for an invalid invocation (SPEC section 8).
+/// Exit code for an invalid invocation.
 pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Parser, Debug)]
@@ -46,7 +46,8 @@ pub enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
-        /// Check everything (config, script trust, freeze plan) and run nothing.
+        /// The same as `quiesce check` (with `--json`, `check --json`): validate the config,
+        /// script trust and the freeze plan, and run nothing. No report, no catalog row.
         #[arg(long)]
         dry_run: bool,
     },
@@ -218,8 +219,22 @@ pub fn run(cli: Cli) -> i32 {
                     return report.status.exit_code();
                 }
             };
+            // The locks come before the log file and the catalog are opened: a run refused
+            // by the lock reports on stderr only (those files may be on a frozen filesystem).
+            let begun = pipeline::begin_snapshot(&cfg, &RunOptions::default());
+            if let Err(report) = &begun {
+                if pipeline::refused_by_lock(report) {
+                    init_logging(&config::LogConfig::default(), cli.verbose);
+                    print_problems(&report.errors);
+                    emit(report, json);
+                    return report.status.exit_code();
+                }
+            }
             init_logging(&cfg.log, cli.verbose);
-            let mut report = pipeline::run_snapshot(&cfg, &RunOptions::default());
+            let mut report = match begun {
+                Ok(op) => pipeline::run_begun(op),
+                Err(report) => *report,
+            };
             pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
             emit(&report, json);
             if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
@@ -371,13 +386,51 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
     (problems, freeze)
 }
 
+/// What `check` finds about where the configuration would run: a state directory on a
+/// read-only filesystem (a problem: no run could lock or record its freeze) and a TCP
+/// listener on all interfaces (a warning).
+pub fn check_environment(cfg: &Config) -> (Vec<Problem>, Vec<crate::codes::Warning>) {
+    use crate::codes::ErrorCode;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    // The directory itself, or the nearest existing parent (it is created on first use).
+    let existing = cfg.paths.state_dir.ancestors().find(|p| p.exists());
+    if let Some(st) = existing.and_then(|p| rustix::fs::statvfs(p).ok()) {
+        if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            problems.push(Problem::new(
+                ErrorCode::StateError,
+                format!(
+                    "paths.state_dir {} is on a read-only filesystem: no run could take                      its lock or record what it froze",
+                    cfg.paths.state_dir.display()
+                ),
+            ));
+        }
+    }
+    if let Some(listen) = &cfg.server.tcp_listen {
+        let everywhere = listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified());
+        if everywhere {
+            warnings.push(crate::codes::Warning::new(
+                format!(
+                    "server.tcp_listen {listen} listens on all interfaces: every host that                      can reach this machine can try the token; prefer 127.0.0.1"
+                ),
+            ));
+        }
+    }
+    (problems, warnings)
+}
+
 fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
     let located = config::locate(config_path.as_deref());
     let (problems, warnings, freeze, hooks) = match config::load(config_path.as_deref()) {
         Ok(cfg) => {
-            let (problems, freeze) = check_config(&cfg);
+            let (mut problems, freeze) = check_config(&cfg);
+            let (more, mut warnings) = check_environment(&cfg);
+            problems.extend(more);
+            warnings.splice(0..0, cfg.warnings.iter().cloned());
             let hooks = crate::platform::sources::describe_hooks(&cfg.hooks);
-            (problems, cfg.warnings.clone(), freeze, hooks)
+            (problems, warnings, freeze, hooks)
         }
         Err(errs) => (errs.0, Vec::new(), Vec::new(), Vec::new()),
     };

@@ -23,5 +23,6 @@ pub mod qga;
 pub mod report;
 pub mod server;
 pub mod snapshot;
+pub mod time;
 pub mod trust;
 pub mod verify;

@@ -30,7 +30,14 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use crate::catalog::Totals;
+/// Counts over every recorded run, for the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Runs per status (`succeeded`, `degraded`, `failed`); absent statuses are zero.
+    pub runs_by_status: BTreeMap<String, u64>,
+    /// Errors (not warnings) per code, over all runs.
+    pub errors_by_code: BTreeMap<String, u64>,
+}
 
 /// One hook script of the last run, as the metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use crate::codes::Problem;
 use crate::hooks::ScriptResult;
 use serde::{Deserialize, Serialize};
 
-/// Overall outcome; maps to the exit code (SPEC section 8).
+/// Overall outcome; maps to the exit code (README "The flow", exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -33,7 +33,7 @@ impl Status {
     }
 }
 
-/// The consistency level that held at the moment of the snapshot (SPEC section 1).
+/// The consistency level that held at the moment of the snapshot (README "Consistency rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Consistency {
@@ -143,7 +143,6 @@ pub struct Report {
     /// Mount points that were frozen.
     pub frozen: Vec<String>,
     pub hooks: Vec<ScriptResult>,
-    pub dry_run: bool,
 }
 
 impl Report {

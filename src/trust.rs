@@ -79,6 +79,10 @@ pub struct TrustedFile {
 pub struct Interpreter {
     /// The canonical path executed.
     pub program: PathBuf,
+    /// The interpreter as the `#!` line names it (for `env`, as found on [`HOOK_PATH`]):
+    /// its `argv[0]`, as the kernel passes it. Multi-call binaries such as busybox choose
+    /// what to be from this name (`/bin/sh` -> `sh`), so the canonical path would not do.
+    pub name: PathBuf,
     /// The optional single argument of the `#!` line (the kernel passes it as one word).
     pub arg: Option<String>,
 }
@@ -130,7 +134,13 @@ fn interpreter_of(path: &Path, fd: &OwnedFd) -> Result<Option<Interpreter>, Trus
     } else {
         (PathBuf::from(prog), arg)
     };
-    check_interpreter(path, &prog).map(|program| Some(Interpreter { program, arg }))
+    check_interpreter(path, &prog).map(|program| {
+        Some(Interpreter {
+            program,
+            name: prog,
+            arg,
+        })
+    })
 }
 
 /// Resolve `prog` (symlinks included: `/bin/sh` is usually one) and check the file it names

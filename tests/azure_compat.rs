@@ -631,3 +631,25 @@ fn paths_with_control_characters_are_printed_escaped() {
         "{text:?}"
     );
 }
+
+/// `snapshot --dry-run` is `check`: the same output, and nothing runs or is recorded.
+#[test]
+fn snapshot_dry_run_is_check_and_runs_nothing() {
+    let d = Scratch::new("azure-dry");
+    let marker = d.join("ran");
+    let pre = d.script(
+        "pre.sh",
+        &format!("#!/bin/sh\ntouch {:?}\n", marker.display().to_string()),
+    );
+    let json = plugin_json(&d, "p.json", &pre, &pre, "");
+    let cfg = native(&d, &[&json], &[]);
+    let arg = cfg.to_str().unwrap();
+    let dry = quiesce(&["snapshot", "--dry-run", "--json", "--config", arg]);
+    let check = quiesce(&["check", "--json", "--config", arg]);
+    assert_eq!(dry.code, check.code, "{}", dry.stderr);
+    assert_eq!(dry.report, check.report);
+    assert_eq!(dry.report["ok"], true, "{:#}", dry.report);
+    assert!(dry.report.get("operation_id").is_none(), "not a run report");
+    assert!(!marker.exists(), "a dry run must not run scripts");
+    assert!(!d.join("catalog.db").exists(), "a dry run records nothing");
+}

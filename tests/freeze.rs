@@ -676,3 +676,120 @@ fn recovery_at_start_is_recorded_in_the_report() {
     );
     assert!(writable_within(&a.mount_point, THAWED_CHECK));
 }
+
+/// A `quiesce snapshot` configuration freezing `fs` around a `sleep_s` snapshot command,
+/// with its own state dir under `st` (and the catalog at `catalog`).
+fn instance_config(st: &Scratch, name: &str, fs: &Path, catalog: &Path, sleep_s: u32) -> PathBuf {
+    st.file(
+        &format!("{name}.toml"),
+        &format!(
+            "[paths]\nstate_dir = {:?}\ncatalog = {:?}\n\n[freeze]\ninclude = [{fs:?}]\n\
+             timeout = \"20s\"\n\n[snapshot]\nprovider = \"command\"\n\
+             command = [\"/bin/sleep\", \"{sleep_s}\"]\ntimeout = \"30s\"\n",
+            st.join(&format!("{name}-state")),
+            catalog,
+        ),
+        0o600,
+    )
+}
+
+fn start_instance(config: &Path) -> std::process::Child {
+    std::process::Command::new(support::quiesce_bin())
+        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn report_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "report: {e}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Wait until the instance with state dir `state_dir` has frozen (its state file exists).
+fn wait_frozen(state_dir: &Path) {
+    let t = Instant::now();
+    while !matches!(state::StateFile::read(state_dir), Ok(Some(_))) {
+        assert!(t.elapsed() < Duration::from_secs(10), "never froze");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn two_instances_with_different_state_dirs_never_share_a_filesystem() {
+    let fs = LoopFs::new("ext4", 64);
+    let other = LoopFs::new("ext4", 64);
+    let st = Scratch::new("two-instances");
+    let a = instance_config(&st, "a", &fs.mount_point, &st.join("a.db"), 2);
+    let b = instance_config(&st, "b", &fs.mount_point, &st.join("b.db"), 0);
+    let c = instance_config(&st, "c", &other.mount_point, &st.join("c.db"), 0);
+    let first = start_instance(&a);
+    wait_frozen(&st.join("a-state"));
+    // Same filesystem, another state dir: refused, naming the holder.
+    let out = start_instance(&b).wait_with_output().unwrap();
+    let refused = report_of(&out);
+    assert_eq!(refused["status"], "failed", "{refused:#}");
+    let text = refused.to_string();
+    assert!(text.contains("OperationInProgress"), "{refused:#}");
+    assert!(
+        text.contains(&format!("quiesce pid {}", first.id())) && text.contains("a-state"),
+        "holder not named: {refused:#}"
+    );
+    // Another filesystem runs in parallel.
+    let out = start_instance(&c).wait_with_output().unwrap();
+    let parallel = report_of(&out);
+    assert_eq!(parallel["status"], "succeeded", "{parallel:#}");
+    assert_eq!(parallel["consistency"], "file-system", "{parallel:#}");
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(report_of(&out)["status"], "succeeded");
+    // Once the first is done, the same filesystem is free again.
+    let out = start_instance(&b).wait_with_output().unwrap();
+    assert_eq!(report_of(&out)["status"], "succeeded");
+}
+
+#[test]
+fn a_refused_run_never_touches_its_catalog_on_the_frozen_filesystem() {
+    let fs = LoopFs::new("ext4", 64);
+    let st = Scratch::new("refused-catalog");
+    let a = instance_config(&st, "a", &fs.mount_point, &st.join("a.db"), 4);
+    let b = instance_config(&st, "b", &fs.mount_point, &fs.path("b.db"), 0);
+    let first = start_instance(&a);
+    wait_frozen(&st.join("a-state"));
+    let t = Instant::now();
+    let mut second = start_instance(&b);
+    let mut done = None;
+    while t.elapsed() < Duration::from_secs(2) {
+        if let Some(s) = second.try_wait().unwrap() {
+            done = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = t.elapsed();
+    assert!(
+        done.is_some(),
+        "the refused run waited for the frozen filesystem ({took:?})"
+    );
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let refused = report_of(&out);
+    assert!(
+        refused.to_string().contains("OperationInProgress"),
+        "{refused:#}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OperationInProgress"));
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(report_of(&out)["status"], "succeeded");
+    assert!(
+        !fs.path("b.db").exists(),
+        "the refused run created its catalog"
+    );
+}

@@ -446,6 +446,30 @@ fn mode_600_script_runs_and_env_shebang_resolves_on_the_hook_path() {
     assert!(r.stdout_tail.contains("env /root"), "{}", r.stdout_tail);
 }
 
+/// A `#!` interpreter that is a symlink to a multi-call binary (busybox's `/bin/sh` on
+/// Alpine, initramfs and QEMU guests) gets the name from the `#!` line as its `argv[0]`, as
+/// the kernel would pass it: busybox picks its applet from that name.
+#[test]
+fn shebang_symlink_to_a_multi_call_binary_gets_its_name_as_argv0() {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "busybox is missing: run scripts/install-deps.sh"
+    );
+    let d = Scratch::new("hooks-busybox");
+    std::os::unix::fs::symlink(busybox, d.join("sh")).unwrap();
+    let body = format!("#!{}\necho \"applet ran $0\"\n", d.join("sh").display());
+    let s = d.file("pre", &body, 0o700);
+    let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
+    assert!(r.succeeded(), "{r:?}");
+    assert!(
+        r.stdout_tail
+            .contains(&format!("applet ran {}", s.display())),
+        "{}",
+        r.stdout_tail
+    );
+}
+
 // ---------------------------------------------------------------- hold mode
 
 fn hold_script(d: &Scratch, body: &str) -> PathBuf {

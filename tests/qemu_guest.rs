@@ -414,7 +414,8 @@ fn a_real_guest_is_frozen_and_snapshotted_through_qga_and_qmp() {
             .unwrap();
         assert!(
             !String::from_utf8_lossy(&marker.stdout).trim().is_empty(),
-            "hook marker missing from the frozen snapshot"
+            "hook marker missing from the frozen snapshot; freeze answer {r}; guest console:\n{}",
+            console_text()
         );
 
         // Control: the same snapshot without a freeze, under the same load.

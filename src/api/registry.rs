@@ -139,6 +139,25 @@ impl Api {
         }))
     }
 
+    /// Thaw what a crashed run (of this or another process with the same state dir) left
+    /// frozen; call once when a front end starts. Returns the mount points thawed.
+    pub fn recover_at_start(&self) -> Result<Vec<String>, Problem> {
+        let state_dir = &self.cfg.paths.state_dir;
+        let _lock = crate::freeze::lock::OpLock::acquire(state_dir)?;
+        let thawed = crate::freeze::state::recover(state_dir)?;
+        if !thawed.is_empty() {
+            tracing::warn!(
+                ?thawed,
+                "recovered filesystems left frozen by a crashed run"
+            );
+            eprintln!(
+                "quiesce: recovered at start: thawed {} (left frozen by a crashed run)",
+                thawed.join(", ")
+            );
+        }
+        Ok(thawed)
+    }
+
     /// The configuration every operation runs with.
     pub fn config(&self) -> &Config {
         &self.cfg

@@ -1,4 +1,4 @@
-//! The catalog: every run, recorded in an embedded SQLite database (SPEC section 8), read
+//! The catalog: every run, recorded in an embedded SQLite database, read
 //! back by `quiesce history`, `quiesce snapshots` (the consistency a snapshot was taken at)
 //! and the metrics (totals per status and per error code).
 //!
@@ -149,8 +149,9 @@ pub struct RunSummary {
     /// Codes of the run's errors (not warnings), in report order, repeats kept.
     pub error_codes: Vec<String>,
     pub snapshots: Vec<SnapshotRef>,
-    pub dry_run: bool,
 }
+
+pub use crate::metrics::Totals;
 
 /// One verification of a snapshot, as recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,15 +163,6 @@ pub struct VerificationRow {
     pub verified: bool,
     pub message: String,
     pub report_json: String,
-}
-
-/// Counts over every recorded run, for the metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
-    /// Runs per status (`succeeded`, `degraded`, `failed`); absent statuses are zero.
-    pub runs_by_status: BTreeMap<String, u64>,
-    /// Errors (not warnings) per code, over all runs.
-    pub errors_by_code: BTreeMap<String, u64>,
 }
 
 /// An open catalog database.
@@ -417,7 +409,9 @@ impl Catalog {
                 t.thaw_ms.map(to_i64),
                 t.post_ms.map(to_i64),
                 to_i64(t.total_ms),
-                report.dry_run,
+                // The `dry_run` column stays for old rows; no run is a dry run any more
+                // (`snapshot --dry-run` is `check`, which records nothing).
+                false,
                 json,
                 report.caller.label(),
             ],
@@ -540,7 +534,7 @@ impl Catalog {
             .conn
             .prepare(
                 "SELECT id, operation_id, kind, started_at, started_unix, finished_at, status,
-                     consistency, target_consistency, frozen_ms, total_ms, dry_run, caller
+                     consistency, target_consistency, frozen_ms, total_ms, caller
                  FROM runs
                  WHERE ?1 IS NULL OR started_unix >= ?1
                  ORDER BY started_unix DESC, id DESC
@@ -564,8 +558,7 @@ impl Catalog {
                             .unwrap_or(Consistency::None),
                         frozen_ms: r.get::<_, Option<i64>>(9)?.map(to_u64),
                         total_ms: to_u64(r.get(10)?),
-                        dry_run: r.get(11)?,
-                        caller: r.get(12)?,
+                        caller: r.get(11)?,
                         error_codes: Vec::new(),
                         snapshots: Vec::new(),
                     },

@@ -57,11 +57,7 @@ fn row(r: &RunSummary) -> [String; 7] {
     } else {
         r.started_at.clone()
     };
-    let kind = if r.dry_run {
-        format!("{} (dry run)", r.kind.as_str())
-    } else {
-        r.kind.as_str().to_string()
-    };
+    let kind = r.kind.as_str().to_string();
     let consistency = if r.consistency < r.target_consistency {
         format!(
             "{} (target {})",

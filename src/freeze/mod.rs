@@ -293,8 +293,15 @@ fn start_guard(
 ) -> Result<guard::GuardHandle, Vec<Problem>> {
     let failed = |m: String| vec![Problem::new(ErrorCode::FreezeFailed, m)];
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-    let mut guard = guard::GuardHandle::spawn(&borrowed, layer_of, lock.file.as_fd(), opts.timeout)
-        .map_err(|e| failed(format!("cannot start the freeze guard: {e}")))?;
+    let fs_locks: Vec<BorrowedFd<'_>> = lock.filesystems.iter().map(|f| f.as_fd()).collect();
+    let mut guard = guard::GuardHandle::spawn(
+        &borrowed,
+        layer_of,
+        lock.file.as_fd(),
+        &fs_locks,
+        opts.timeout,
+    )
+    .map_err(|e| failed(format!("cannot start the freeze guard: {e}")))?;
     guard.wait_ready(GUARD_READY_WITHIN).map_err(failed)?;
     let state = state::StateFile::new(&opts.operation_id, Some(guard.pid()), &freeze_order(plan));
     if let Err(p) = state.write(&opts.state_dir) {

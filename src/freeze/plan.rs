@@ -337,137 +337,109 @@ fn depth_key(p: &Path) -> usize {
     p.components().count()
 }
 
-/// Plan from the given mounts. `never_freeze` are paths whose filesystems must stay thawed
-/// (the snapshot provider's). `backing_of(major, minor)` gives, for a loop device, the
-/// `major:minor` of the filesystem holding its backing file.
-pub fn plan(
-    mounts: &[Mount],
-    cfg: &FreezeConfig,
-    never_freeze: &[PathBuf],
-    backing_of: &dyn Fn(u32, u32) -> Option<(u32, u32)>,
-) -> Result<Plan, Vec<Problem>> {
-    let table = MountTable::new(mounts);
-    let mut problems = Vec::new();
+/// The mounts grouped by superblock, in order of first appearance.
+struct Groups {
+    list: Vec<Group>,
+    of_dev: HashMap<(u32, u32), usize>,
+    /// `of_mount[i]`: the group of mount i.
+    of_mount: Vec<usize>,
+}
 
-    // Group by superblock, in order of first appearance.
-    let mut groups: Vec<Group> = Vec::new();
-    let mut group_of_dev: HashMap<(u32, u32), usize> = HashMap::new();
-    let mut group_of_mount = vec![0usize; mounts.len()];
-    for (i, m) in mounts.iter().enumerate() {
-        let g = *group_of_dev.entry((m.major, m.minor)).or_insert_with(|| {
-            groups.push(Group {
-                major: m.major,
-                minor: m.minor,
-                members: Vec::new(),
-                ineligible: None,
-                excluded: None,
-                primary: None,
+impl Groups {
+    fn new(mounts: &[Mount]) -> Groups {
+        let mut list: Vec<Group> = Vec::new();
+        let mut of_dev: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut of_mount = vec![0usize; mounts.len()];
+        for (i, m) in mounts.iter().enumerate() {
+            let g = *of_dev.entry((m.major, m.minor)).or_insert_with(|| {
+                list.push(Group {
+                    major: m.major,
+                    minor: m.minor,
+                    members: Vec::new(),
+                    ineligible: None,
+                    excluded: None,
+                    primary: None,
+                });
+                list.len() - 1
             });
-            groups.len() - 1
-        });
-        groups[g].members.push(i);
-        group_of_mount[i] = g;
-    }
-
-    // Filesystems the snapshot provider writes to.
-    let mut provider_paths: HashMap<usize, PathBuf> = HashMap::new();
-    for p in never_freeze {
-        if let Some(i) = table.containing(p) {
-            provider_paths
-                .entry(group_of_mount[i])
-                .or_insert_with(|| p.clone());
+            list[g].members.push(i);
+            of_mount[i] = g;
+        }
+        Groups {
+            list,
+            of_dev,
+            of_mount,
         }
     }
 
-    // Eligibility per superblock.
-    for (g, group) in groups.iter_mut().enumerate() {
-        let first = &mounts[group.members[0]];
-        let visible: Vec<usize> = group
-            .members
-            .iter()
-            .copied()
-            .filter(|&i| table.visible[i])
-            .collect();
-        group.ineligible = if let Some(r) = class_reason(classify(&first.fstype), &first.fstype) {
-            Some(r)
-        } else if group
-            .members
-            .iter()
-            .any(|&i| mounts[i].super_options.iter().any(|o| o == "ro"))
-        {
-            Some("read-only filesystem (ro in the super options): nothing can change".into())
-        } else if visible.is_empty() {
-            let by = table.hidden_by[group.members[0]]
-                .clone()
-                .unwrap_or_default();
-            Some(format!(
-                "hidden under another mount at {}: not reachable",
-                quote_path(&by)
-            ))
-        } else if visible
-            .iter()
-            .all(|&i| mounts[i].mount_options.iter().any(|o| o == "ro"))
-        {
-            Some("read-only mount (ro): nothing can change through it".into())
-        } else {
-            provider_paths.get(&g).map(|p| {
-                format!(
-                    "snapshot provider writes here ({}): never frozen",
-                    quote_path(p)
-                )
-            })
-        };
+    /// Why each superblock cannot be frozen, if it cannot (`never_freeze`: the paths the
+    /// snapshot provider writes to).
+    fn mark_ineligible(&mut self, table: &MountTable<'_>, never_freeze: &[PathBuf]) {
+        let mut provider_paths: HashMap<usize, PathBuf> = HashMap::new();
+        for p in never_freeze {
+            if let Some(i) = table.containing(p) {
+                provider_paths
+                    .entry(self.of_mount[i])
+                    .or_insert_with(|| p.clone());
+            }
+        }
+        for (g, group) in self.list.iter_mut().enumerate() {
+            group.ineligible = ineligibility(group, table).or_else(|| {
+                provider_paths.get(&g).map(|p| {
+                    format!(
+                        "snapshot provider writes here ({}): never frozen",
+                        quote_path(p)
+                    )
+                })
+            });
+        }
     }
 
-    // Exclusions (by any mount point of the superblock).
-    let exclude: Vec<PathBuf> = cfg.exclude.iter().map(|p| normalize(p)).collect();
-    for group in groups.iter_mut() {
-        for &i in &group.members {
-            if let Some(x) = exclude.iter().find(|x| **x == mounts[i].mount_point) {
-                group.excluded = Some(x.clone());
-                break;
+    /// Exclusions (by any mount point of the superblock).
+    fn mark_excluded(&mut self, mounts: &[Mount], cfg: &FreezeConfig) {
+        let exclude: Vec<PathBuf> = cfg.exclude.iter().map(|p| normalize(p)).collect();
+        for group in self.list.iter_mut() {
+            for &i in &group.members {
+                if let Some(x) = exclude.iter().find(|x| **x == mounts[i].mount_point) {
+                    group.excluded = Some(x.clone());
+                    break;
+                }
             }
         }
     }
 
-    // Selection.
-    if cfg.include.is_empty() {
-        for group in groups.iter_mut() {
+    /// Without `freeze.include`: every eligible, not excluded superblock, through its
+    /// shallowest visible mount.
+    fn select_all(&mut self, table: &MountTable<'_>) {
+        for group in self.list.iter_mut() {
             if group.ineligible.is_none() && group.excluded.is_none() {
                 group.primary = group
                     .members
                     .iter()
                     .copied()
                     .filter(|&i| table.visible[i])
-                    .min_by_key(|&i| depth_key(&mounts[i].mount_point));
+                    .min_by_key(|&i| depth_key(&table.mounts[i].mount_point));
             }
         }
-    } else {
-        for inc in &cfg.include {
+    }
+
+    /// With `freeze.include`: exactly those mount points; the problems with any of them.
+    fn select_included(&mut self, table: &MountTable<'_>, include: &[PathBuf]) -> Vec<Problem> {
+        let mounts = table.mounts;
+        let mut problems = Vec::new();
+        for inc in include {
             let p = normalize(inc);
             let at: Vec<usize> = (0..mounts.len())
                 .filter(|&i| mounts[i].mount_point == p)
                 .collect();
             let Some(&i) = at.iter().find(|&&i| table.visible[i]) else {
-                let msg = if let Some(&h) = at.first() {
-                    format!(
-                        "freeze.include {}: hidden under another mount at {}",
-                        quote_path(&p),
-                        quote_path(&table.hidden_by[h].clone().unwrap_or_default())
-                    )
-                } else if let Some(c) = table.containing(&p) {
-                    format!(
-                        "freeze.include {}: not a mount point (it is on the filesystem mounted at {})",
-                        quote_path(&p),
-                        quote_path(&mounts[c].mount_point)
-                    )
-                } else {
-                    format!("freeze.include {}: not a mount point", quote_path(&p))
-                };
-                problems.push(Problem::new(ErrorCode::InvalidFreezePlan, msg));
+                problems.push(Problem::new(
+                    ErrorCode::InvalidFreezePlan,
+                    not_a_visible_mount(table, &p, at.first().copied()),
+                ));
                 continue;
             };
-            let group = &mut groups[group_of_mount[i]];
+            let group = &mut self.list[self.of_mount[i]];
             if let Some(why) = &group.ineligible {
                 problems.push(Problem::new(
                     ErrorCode::InvalidFreezePlan,
@@ -482,51 +454,123 @@ pub fn plan(
                 group.primary = Some(i);
             }
         }
-    }
-    if !problems.is_empty() {
-        return Err(problems);
+        problems
     }
 
-    // Targets, in mountinfo order of their chosen mount.
-    let mut selected: Vec<usize> = (0..groups.len())
-        .filter(|&g| groups[g].primary.is_some())
-        .collect();
-    selected.sort_by_key(|&g| groups[g].primary);
-    let mut target_of_group: HashMap<usize, usize> = HashMap::new();
-    let mut targets = Vec::new();
-    for &g in &selected {
-        let group = &groups[g];
-        let primary = group.primary.unwrap_or(group.members[0]);
-        let pm = &mounts[primary];
-        let mut also: Vec<PathBuf> = Vec::new();
-        for &i in &group.members {
-            let mp = &mounts[i].mount_point;
-            if *mp != pm.mount_point && !also.contains(mp) {
-                also.push(mp.clone());
-            }
-        }
-        target_of_group.insert(g, targets.len());
-        targets.push(Target {
-            mount_point: pm.mount_point.clone(),
-            also_mounted_at: also,
-            major: group.major,
-            minor: group.minor,
-            fstype: pm.fstype.clone(),
-            source: pm.source.clone(),
-        });
-    }
-
-    // Layers: a target whose loop image lives on another target goes before it.
-    let n = targets.len();
-    let mut edges: Vec<(usize, usize)> = Vec::new(); // (inner, outer)
-    for (t, target) in targets.iter().enumerate() {
-        if let Some(dev) = backing_of(target.major, target.minor) {
-            if let Some(&g) = group_of_dev.get(&dev) {
-                if let Some(&o) = target_of_group.get(&g) {
-                    if o != t {
-                        edges.push((t, o));
-                    }
+    /// The targets, in mountinfo order of their chosen mount, and the target of each
+    /// selected group.
+    fn targets(&self, mounts: &[Mount]) -> (Vec<Target>, HashMap<usize, usize>) {
+        let groups = &self.list;
+        let mut selected: Vec<usize> = (0..groups.len())
+            .filter(|&g| groups[g].primary.is_some())
+            .collect();
+        selected.sort_by_key(|&g| groups[g].primary);
+        let mut target_of_group: HashMap<usize, usize> = HashMap::new();
+        let mut targets = Vec::new();
+        for &g in &selected {
+            let group = &groups[g];
+            let primary = group.primary.unwrap_or(group.members[0]);
+            let pm = &mounts[primary];
+            let mut also: Vec<PathBuf> = Vec::new();
+            for &i in &group.members {
+                let mp = &mounts[i].mount_point;
+                if *mp != pm.mount_point && !also.contains(mp) {
+                    also.push(mp.clone());
                 }
+            }
+            target_of_group.insert(g, targets.len());
+            targets.push(Target {
+                mount_point: pm.mount_point.clone(),
+                also_mounted_at: also,
+                major: group.major,
+                minor: group.minor,
+                fstype: pm.fstype.clone(),
+                source: pm.source.clone(),
+            });
+        }
+        (targets, target_of_group)
+    }
+}
+
+/// Why a superblock cannot be frozen whatever the configuration says, if it cannot.
+fn ineligibility(group: &Group, table: &MountTable<'_>) -> Option<String> {
+    let mounts = table.mounts;
+    let first = &mounts[group.members[0]];
+    let visible: Vec<usize> = group
+        .members
+        .iter()
+        .copied()
+        .filter(|&i| table.visible[i])
+        .collect();
+    if let Some(r) = class_reason(classify(&first.fstype), &first.fstype) {
+        Some(r)
+    } else if group
+        .members
+        .iter()
+        .any(|&i| mounts[i].super_options.iter().any(|o| o == "ro"))
+    {
+        Some("read-only filesystem (ro in the super options): nothing can change".into())
+    } else if visible.is_empty() {
+        let by = table.hidden_by[group.members[0]]
+            .clone()
+            .unwrap_or_default();
+        Some(format!(
+            "hidden under another mount at {}: not reachable",
+            quote_path(&by)
+        ))
+    } else if visible
+        .iter()
+        .all(|&i| mounts[i].mount_options.iter().any(|o| o == "ro"))
+    {
+        Some("read-only mount (ro): nothing can change through it".into())
+    } else {
+        None
+    }
+}
+
+/// Why the included path `p` cannot be selected (`hidden`: a hidden mount at `p`).
+fn not_a_visible_mount(table: &MountTable<'_>, p: &Path, hidden: Option<usize>) -> String {
+    if let Some(h) = hidden {
+        format!(
+            "freeze.include {}: hidden under another mount at {}",
+            quote_path(p),
+            quote_path(&table.hidden_by[h].clone().unwrap_or_default())
+        )
+    } else if let Some(c) = table.containing(p) {
+        format!(
+            "freeze.include {}: not a mount point (it is on the filesystem mounted at {})",
+            quote_path(p),
+            quote_path(&table.mounts[c].mount_point)
+        )
+    } else {
+        format!("freeze.include {}: not a mount point", quote_path(p))
+    }
+}
+
+/// The freeze order: a target whose loop image lives on another target goes before it.
+struct Layering {
+    /// `layer[t]`: the layer of target t.
+    layer: Vec<usize>,
+    /// (inner, outer): inner's loop image lives on outer.
+    edges: Vec<(usize, usize)>,
+    count: usize,
+}
+
+fn layering(
+    targets: &[Target],
+    groups: &Groups,
+    target_of_group: &HashMap<usize, usize>,
+    backing_of: &dyn Fn(u32, u32) -> Option<(u32, u32)>,
+) -> Result<Layering, Problem> {
+    let n = targets.len();
+    let mut edges: Vec<(usize, usize)> = Vec::new();
+    for (t, target) in targets.iter().enumerate() {
+        let outer = backing_of(target.major, target.minor)
+            .and_then(|dev| groups.of_dev.get(&dev))
+            .and_then(|g| target_of_group.get(g));
+        if let Some(&o) = outer {
+            if o != t {
+                edges.push((t, o));
             }
         }
     }
@@ -546,78 +590,124 @@ pub fn plan(
         }
     }
     if !settled {
-        return Err(vec![Problem::new(
+        return Err(Problem::new(
             ErrorCode::InvalidFreezePlan,
             "loop devices back each other in a cycle; no safe freeze order exists",
-        )]);
+        ));
     }
-    let layer_count = layer.iter().copied().max().map_or(0, |m| m + 1);
-    let layers: Vec<Vec<usize>> = (0..layer_count)
-        .map(|l| (0..n).filter(|&t| layer[t] == l).collect())
-        .collect();
+    let count = layer.iter().copied().max().map_or(0, |m| m + 1);
+    Ok(Layering {
+        layer,
+        edges,
+        count,
+    })
+}
 
-    // Decisions, one per mount in mountinfo order.
-    let decisions = mounts
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let g = group_of_mount[i];
-            let group = &groups[g];
-            let (freeze, reason) = if let Some(&t) = target_of_group.get(&g) {
-                let target = &targets[t];
-                if target.mount_point != m.mount_point {
-                    (
-                        true,
-                        format!(
-                            "same filesystem as {}: frozen once, through {}",
-                            quote_path(&target.mount_point),
-                            quote_path(&target.mount_point)
-                        ),
-                    )
-                } else {
-                    let mut r = format!("local {} filesystem", m.fstype);
-                    if layer_count > 1 {
-                        r.push_str(&format!("; layer {} of {layer_count}", layer[t] + 1));
-                    }
-                    for &(inner, outer) in &edges {
-                        if inner == t {
-                            r.push_str(&format!(
-                                "; loop image on {}: frozen before it, thawed after",
-                                quote_path(&targets[outer].mount_point)
-                            ));
-                        }
-                    }
-                    (true, r)
-                }
-            } else if let Some(why) = &group.ineligible {
-                let hidden = !table.visible[i] && !why.starts_with("hidden");
-                let mut r = why.clone();
-                if hidden {
-                    r.push_str("; this mount is hidden under another mount");
-                }
-                (false, r)
-            } else if let Some(x) = &group.excluded {
-                (
-                    false,
-                    format!("excluded by freeze.exclude ({})", quote_path(x)),
-                )
-            } else {
-                (false, "not listed in freeze.include".to_string())
-            };
-            MountDecision {
-                mount_point: m.mount_point.clone(),
-                fstype: m.fstype.clone(),
-                source: m.source.clone(),
-                device: m.device(),
-                freeze,
-                reason,
+impl Layering {
+    fn layers(&self) -> Vec<Vec<usize>> {
+        let n = self.layer.len();
+        (0..self.count)
+            .map(|l| (0..n).filter(|&t| self.layer[t] == l).collect())
+            .collect()
+    }
+}
+
+/// Why mount `i` is (or is not) frozen.
+fn decide(
+    i: usize,
+    table: &MountTable<'_>,
+    groups: &Groups,
+    targets: &[Target],
+    target_of_group: &HashMap<usize, usize>,
+    order: &Layering,
+) -> MountDecision {
+    let m = &table.mounts[i];
+    let g = groups.of_mount[i];
+    let group = &groups.list[g];
+    let (freeze, reason) = if let Some(&t) = target_of_group.get(&g) {
+        let target = &targets[t];
+        if target.mount_point != m.mount_point {
+            (
+                true,
+                format!(
+                    "same filesystem as {}: frozen once, through {}",
+                    quote_path(&target.mount_point),
+                    quote_path(&target.mount_point)
+                ),
+            )
+        } else {
+            let mut r = format!("local {} filesystem", m.fstype);
+            if order.count > 1 {
+                r.push_str(&format!(
+                    "; layer {} of {}",
+                    order.layer[t] + 1,
+                    order.count
+                ));
             }
-        })
-        .collect();
+            for &(inner, outer) in &order.edges {
+                if inner == t {
+                    r.push_str(&format!(
+                        "; loop image on {}: frozen before it, thawed after",
+                        quote_path(&targets[outer].mount_point)
+                    ));
+                }
+            }
+            (true, r)
+        }
+    } else if let Some(why) = &group.ineligible {
+        let hidden = !table.visible[i] && !why.starts_with("hidden");
+        let mut r = why.clone();
+        if hidden {
+            r.push_str("; this mount is hidden under another mount");
+        }
+        (false, r)
+    } else if let Some(x) = &group.excluded {
+        (
+            false,
+            format!("excluded by freeze.exclude ({})", quote_path(x)),
+        )
+    } else {
+        (false, "not listed in freeze.include".to_string())
+    };
+    MountDecision {
+        mount_point: m.mount_point.clone(),
+        fstype: m.fstype.clone(),
+        source: m.source.clone(),
+        device: m.device(),
+        freeze,
+        reason,
+    }
+}
 
+/// Plan from the given mounts. `never_freeze` are paths whose filesystems must stay thawed
+/// (the snapshot provider's). `backing_of(major, minor)` gives, for a loop device, the
+/// `major:minor` of the filesystem holding its backing file.
+pub fn plan(
+    mounts: &[Mount],
+    cfg: &FreezeConfig,
+    never_freeze: &[PathBuf],
+    backing_of: &dyn Fn(u32, u32) -> Option<(u32, u32)>,
+) -> Result<Plan, Vec<Problem>> {
+    let table = MountTable::new(mounts);
+    let mut groups = Groups::new(mounts);
+    groups.mark_ineligible(&table, never_freeze);
+    groups.mark_excluded(mounts, cfg);
+    if cfg.include.is_empty() {
+        groups.select_all(&table);
+    } else {
+        let problems = groups.select_included(&table, &cfg.include);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+    }
+    let (targets, target_of_group) = groups.targets(mounts);
+    let order = layering(&targets, &groups, &target_of_group, backing_of).map_err(|p| vec![p])?;
+    let decisions = (0..mounts.len())
+        .map(|i| decide(i, &table, &groups, &targets, &target_of_group, &order))
+        .collect();
     Ok(Plan {
         targets,
-        layers,
+        layers: order.layers(),
         decisions,
     })
 }

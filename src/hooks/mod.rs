@@ -483,9 +483,7 @@ pub(crate) fn stderr_hint(stderr: &str) -> String {
     }
 }
 
-pub(crate) fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
-}
+pub(crate) use crate::time::ms;
 
 #[cfg(test)]
 mod tests {

@@ -113,7 +113,7 @@ impl Launch {
             argv.push(path);
             Launch::new(
                 interp.program.clone(),
-                interp.program.clone().into_os_string(),
+                interp.name.clone().into_os_string(),
                 argv,
             )
         } else {

@@ -1,6 +1,6 @@
 //! The run pipeline: pre hooks -> syncfs + freeze -> snapshot -> thaw -> post hooks, and the
 //! rules that turn what happened into a status, error codes and a consistency level
-//! (SPEC sections 1 and 2).
+//! (README "Consistency rules"; the decision itself is [`judge`]).
 //!
 //! [`Operation`] holds one run's state so that the same steps serve `quiesce snapshot`
 //! ([`run_snapshot`], all steps in one go) and the host-driven mode (`prepare` = pre hooks +
@@ -28,7 +28,7 @@ use crate::report::{Caller, Consistency, Report, SnapshotRef, Status, Timings};
 use crate::snapshot::{self, Provider, SnapshotContext};
 use judge::{Facts, PreOutcome};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,11 +45,32 @@ pub struct RunOptions {
 /// Run the whole flow once and return its report (the catalog and metrics are written by
 /// [`finish`]).
 pub fn run_snapshot(cfg: &Config, opts: &RunOptions) -> Report {
+    match begin_snapshot(cfg, opts) {
+        Ok(op) => run_begun(op),
+        Err(report) => *report,
+    }
+}
+
+/// The first step of [`run_snapshot`]: take the locks, recover, plan. Nothing is written to
+/// the catalog or the log file before this returns, so a caller can keep a run refused by
+/// the lock (see [`refused_by_lock`]) away from files on a filesystem another run froze.
+pub fn begin_snapshot(cfg: &Config, opts: &RunOptions) -> Result<Operation, Box<Report>> {
     let op_id = opts.operation_id.clone().unwrap_or_else(opid::generate);
-    let mut op = match Operation::begin(Arc::new(cfg.clone()), op_id, &FreezeScope::Plan) {
-        Ok(op) => op,
-        Err(report) => return *report,
-    };
+    Operation::begin(Arc::new(cfg.clone()), op_id, &FreezeScope::Plan)
+}
+
+/// Was this run refused because another operation holds the lock? Such a run must not touch
+/// its catalog, metrics or log file: they may live on a filesystem the other run holds
+/// frozen, and writing there would wait until that run thaws.
+pub fn refused_by_lock(report: &Report) -> bool {
+    report
+        .errors
+        .iter()
+        .any(|e| e.code == ErrorCode::OperationInProgress)
+}
+
+/// The rest of [`run_snapshot`] once [`begin_snapshot`] succeeded.
+pub fn run_begun(mut op: Operation) -> Report {
     op.pre_hooks();
     op.freeze();
     op.snapshot();
@@ -226,7 +247,7 @@ impl Operation {
                 snapshot::from_config(&cfg.snapshot).takes_snapshots(),
             ))
         };
-        let lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
+        let mut lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = cfg.skipped.clone();
         let mut recovered = Vec::new();
         match freeze::state::recover(&cfg.paths.state_dir) {
@@ -254,6 +275,17 @@ impl Operation {
                 return Err(fail(errors));
             }
         };
+        if let Some(plan) = plan.as_ref().filter(|_| scope.freezes(&cfg)) {
+            let devices: Vec<(u32, u32)> =
+                plan.targets.iter().map(|t| (t.major, t.minor)).collect();
+            let holder = format!(
+                "quiesce pid {}, operation {operation_id}, state dir {}",
+                std::process::id(),
+                cfg.paths.state_dir.display()
+            );
+            lock.lock_filesystems(Path::new(freeze::lock::FS_LOCK_DIR), &devices, &holder)
+                .map_err(|p| fail(vec![p]))?;
+        }
         Ok(Operation {
             freeze_timeout: cfg.freeze.timeout,
             cfg,
@@ -757,7 +789,6 @@ impl Operation {
             frozen_ms: self.frozen_ms,
             frozen: self.frozen_mounts,
             hooks: self.hook_results,
-            dry_run: false,
         }
     }
 }
@@ -807,7 +838,6 @@ pub fn bare_report(
         frozen_ms: None,
         frozen: Vec::new(),
         hooks: Vec::new(),
-        dry_run: false,
     }
 }
 
@@ -828,14 +858,8 @@ fn sync_targets(plan: &Plan) -> Vec<Problem> {
     problems
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-/// RFC 3339 UTC with second precision.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use crate::time::ms;
+pub use crate::time::rfc3339;
 
 /// After a run (never while frozen): record it in the catalog and write the metrics file.
 /// Failures here become `CatalogError` warnings, not failures: the snapshot exists whatever

@@ -1,7 +1,7 @@
 //! Operation ids: `YYYYMMDDTHHMMSSZ-xxxxxxxx` (UTC time, 32 random bits), sortable by time
 //! and safe in file names.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// A new operation id.
 pub fn generate() -> String {
@@ -17,16 +17,7 @@ pub fn generate() -> String {
     )
 }
 
-/// `YYYYMMDDTHHMMSSZ` for `t` (UTC, whole seconds): sortable and safe in file names.
-/// `None` before 1970 or from the year 10000 on (not four digits any more).
-pub fn compact_utc(t: SystemTime) -> Option<String> {
-    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    if secs >= 253_402_300_800 {
-        return None;
-    }
-    let rfc = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
-    Some(rfc.chars().filter(|c| *c != '-' && *c != ':').collect())
-}
+pub use crate::time::compact_utc;
 
 /// Is `s` a plausible operation id (used to validate ids given by API callers)?
 pub fn is_valid(s: &str) -> bool {

@@ -60,10 +60,17 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
     }
     let mut out_headers = Vec::new();
     let mut content_length = 0usize;
+    let mut seen_length = false;
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
         let value = String::from_utf8_lossy(h.value).trim().to_string();
         if name == "content-length" {
+            if seen_length {
+                // Two lengths: which one a proxy in front used is anybody's guess (request
+                // smuggling); refuse rather than pick.
+                return Err(HttpError::Malformed("more than one Content-Length".into()));
+            }
+            seen_length = true;
             content_length = value
                 .parse()
                 .map_err(|_| HttpError::Malformed("bad Content-Length".into()))?;
@@ -213,6 +220,20 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(HttpError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_second_content_length_is_refused() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"[..],
+            &b"POST / HTTP/1.1\r\nContent-Length: 0\r\ncontent-length: 2\r\n\r\n{}"[..],
+        ] {
+            assert!(
+                matches!(parse(raw), Err(HttpError::Malformed(m)) if m.contains("Content-Length")),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]

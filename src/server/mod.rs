@@ -20,8 +20,10 @@
 
 pub mod client;
 pub mod http;
+mod listen;
 mod route;
 
+pub use listen::{serve, MAX_CONNECTIONS, REQUEST_TIMEOUT};
 pub use route::{route, Refusal, Route, MAX_DEADLINE};
 
 use crate::api::{Api, ApiError, OpState, PrepareAnswer, PrepareRequest};
@@ -31,88 +33,7 @@ use crate::pipeline;
 use http::{Request, Response};
 use serde_json::json;
 use std::io::Read;
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Most connections served at once, per listener (the unix socket and the TCP one each have
-/// their own); a connection beyond that is closed at once, unanswered.
-/// Each connection costs a thread, and a TCP listener is reachable by every local user
-/// before the token is checked: without a bound, idle connections would exhaust threads.
-pub const MAX_CONNECTIONS: usize = 32;
-
-/// Time a caller has to send its whole request: one deadline for all reads, so a caller
-/// trickling a byte at a time is cut off too (a per-read timeout would let it stay forever).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Time a caller has to take the response.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One of the [`MAX_CONNECTIONS`] slots, given back on drop.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(count: &Arc<AtomicUsize>) -> Option<Slot> {
-        if count.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            count.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(Slot(Arc::clone(count)))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A connected socket (unix or TCP) with settable timeouts.
-trait Socket: Read + std::io::Write {
-    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()>;
-}
-
-impl Socket for UnixStream {
-    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(read))?;
-        self.set_write_timeout(Some(write))
-    }
-}
-
-impl Socket for std::net::TcpStream {
-    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(read))?;
-        self.set_write_timeout(Some(write))
-    }
-}
-
-/// Reads from a socket that all end by one deadline.
-struct ByDeadline<'a, S: Socket> {
-    socket: &'a mut S,
-    deadline: Instant,
-}
-
-impl<S: Socket> Read for ByDeadline<'_, S> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        self.socket.set_timeouts(left, RESPONSE_TIMEOUT)?;
-        self.socket.read(buf)
-    }
-}
-
-/// Read one request within [`REQUEST_TIMEOUT`].
-fn read_request_in_time<S: Socket>(socket: &mut S) -> Result<Request, http::HttpError> {
-    http::read_request(&mut ByDeadline {
-        socket,
-        deadline: Instant::now() + REQUEST_TIMEOUT,
-    })
-}
 
 /// The HTTP front end: the bearer token and the registry it adapts to.
 pub struct Server {
@@ -237,20 +158,9 @@ impl Server {
         }
     }
 
-    /// Finish the active operation (thaw, post hooks) before the server exits.
-    fn shutdown(&self) {
-        self.api.shutdown();
-    }
-
-    /// Is this unix-socket peer allowed?
-    fn unix_peer_allowed(&self, stream: &UnixStream) -> bool {
-        match rustix::net::sockopt::socket_peercred(stream.as_fd()) {
-            Ok(cred) => {
-                let uid = cred.uid.as_raw();
-                uid == 0 || self.api.config().server.allowed_uids.contains(&uid)
-            }
-            Err(_) => false,
-        }
+    /// May this uid use the unix socket? (root and `server.allowed_uids`)
+    fn uid_allowed(&self, uid: u32) -> bool {
+        uid == 0 || self.api.config().server.allowed_uids.contains(&uid)
     }
 
     fn bearer_ok(&self, req: &Request) -> bool {
@@ -258,153 +168,31 @@ impl Server {
             return false;
         };
         req.header("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| http::constant_time_eq(given.trim().as_bytes(), token))
+            .and_then(bearer_token)
+            .is_some_and(|given| http::constant_time_eq(given.as_bytes(), token))
     }
 }
 
-fn serve_connection<S: Socket>(server: &Arc<Server>, mut stream: S, authed: bool) {
-    let resp = match read_request_in_time(&mut stream) {
-        Err(http::HttpError::Truncated) => return,
-        Err(e) => problem_json(
-            if matches!(
-                e,
-                http::HttpError::BodyTooLarge | http::HttpError::HeadTooLarge
-            ) {
-                413
-            } else {
-                400
-            },
-            ErrorCode::InvalidRequest,
-            e.to_string(),
-        ),
-        Ok(req) => {
-            if authed || server.bearer_ok(&req) {
-                server.handle(&req)
-            } else {
-                problem_json(
-                    401,
-                    ErrorCode::Unauthorized,
-                    "missing or wrong bearer token",
-                )
-            }
-        }
-    };
-    let _ = resp.write_to(&mut stream);
+/// The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
-/// Run `quiesce serve` until SIGTERM/SIGINT. Returns the exit code.
-pub fn serve(cfg: Config) -> i32 {
-    let socket_path = cfg.server.socket.clone();
-    let tcp = cfg.server.tcp_listen.clone();
-    let group = cfg.group.clone();
-    let server = match Server::new(cfg) {
-        Ok(s) => s,
-        Err(p) => {
-            eprintln!("quiesce: {p}");
-            return 1;
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_auth_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", " beArer abc"] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v}");
         }
-    };
-    if let Some(group) = group {
-        crate::group::member::start(group, Arc::clone(&server));
-    }
-    if let Some(dir) = socket_path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&socket_path);
-    // Create the socket with no access for anybody but root from the first instant.
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let listener = UnixListener::bind(&socket_path);
-    rustix::process::umask(old);
-    let listener = match listener {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "quiesce: {}: cannot listen on {}: {e}",
-                ErrorCode::StateError,
-                socket_path.display()
-            );
-            return 1;
-        }
-    };
-    let _ = std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600));
-    let tcp_listener = match tcp.as_deref().map(std::net::TcpListener::bind) {
-        None => None,
-        Some(Ok(l)) => Some(l),
-        Some(Err(e)) => {
-            eprintln!(
-                "quiesce: cannot listen on TCP {}: {e}",
-                tcp.unwrap_or_default()
-            );
-            return 1;
-        }
-    };
-    listener.set_nonblocking(true).ok();
-    if let Some(t) = &tcp_listener {
-        t.set_nonblocking(true).ok();
-    }
-    tracing::info!(socket = %socket_path.display(), tcp = ?tcp, "quiesce serve listening");
-    eprintln!("quiesce serve: listening on {}", socket_path.display());
-    let unix_connections = Arc::new(AtomicUsize::new(0));
-    let tcp_connections = Arc::new(AtomicUsize::new(0));
-    loop {
-        if crate::freeze::guard::termination_requested() {
-            break;
-        }
-        let mut fds = vec![rustix::event::PollFd::new(
-            &listener,
-            rustix::event::PollFlags::IN,
-        )];
-        if let Some(t) = &tcp_listener {
-            fds.push(rustix::event::PollFd::new(t, rustix::event::PollFlags::IN));
-        }
-        let timeout = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 200_000_000,
-        };
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        while let Ok((stream, _)) = listener.accept() {
-            // Over the limit: closed unanswered (only root and allowed uids can connect).
-            let Some(slot) = Slot::take(&unix_connections) else {
-                continue;
-            };
-            let server = Arc::clone(&server);
-            std::thread::spawn(move || {
-                let _slot = slot;
-                stream.set_nonblocking(false).ok();
-                stream.set_timeouts(REQUEST_TIMEOUT, RESPONSE_TIMEOUT).ok();
-                let allowed = server.unix_peer_allowed(&stream);
-                if allowed {
-                    serve_connection(&server, stream, true);
-                } else {
-                    // Read the (bounded) request first so the caller gets the answer rather
-                    // than a reset connection.
-                    let mut s = stream;
-                    let _ = read_request_in_time(&mut s);
-                    let _ = problem_json(403, ErrorCode::Unauthorized, "caller not allowed")
-                        .write_to(&mut s);
-                }
-            });
-        }
-        if let Some(t) = &tcp_listener {
-            while let Ok((stream, _)) = t.accept() {
-                // TCP callers have their own limit, so that a flood of unauthenticated
-                // connections cannot lock root out of the unix socket.
-                let Some(slot) = Slot::take(&tcp_connections) else {
-                    continue;
-                };
-                let server = Arc::clone(&server);
-                std::thread::spawn(move || {
-                    let _slot = slot;
-                    stream.set_nonblocking(false).ok();
-                    stream.set_timeouts(REQUEST_TIMEOUT, RESPONSE_TIMEOUT).ok();
-                    serve_connection(&server, stream, false);
-                });
-            }
+        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(v), None, "{v}");
         }
     }
-    tracing::info!("quiesce serve: shutting down");
-    server.shutdown();
-    let _ = std::fs::remove_file(&socket_path);
-    0
 }

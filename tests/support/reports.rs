@@ -68,7 +68,6 @@ fn base(op: &str, started: SystemTime, total_ms: u64) -> Report {
         frozen_ms: None,
         frozen: Vec::new(),
         hooks: Vec::new(),
-        dry_run: false,
     }
 }
 

@@ -226,11 +226,14 @@ pub struct GuardHandle {
 
 impl GuardHandle {
     /// Start a guard holding `targets` (with each one's layer) and the lock descriptor.
+    /// `fs_locks` (the per-filesystem locks) are inherited without being named: the guard
+    /// keeps them open, hence locked, until it exits.
     /// It is not armed (no deadline) until [`GuardHandle::arm`].
     pub fn spawn(
         targets: &[BorrowedFd<'_>],
         layer_of: &[usize],
         lock: BorrowedFd<'_>,
+        fs_locks: &[BorrowedFd<'_>],
         timeout: Duration,
     ) -> std::io::Result<GuardHandle> {
         use rustix::pipe::{pipe_with, PipeFlags};
@@ -242,6 +245,7 @@ impl GuardHandle {
 
         let mut inherit: Vec<RawFd> = vec![ctl_r.as_raw_fd(), rep_w.as_raw_fd(), lock.as_raw_fd()];
         inherit.extend(targets.iter().map(|f| f.as_raw_fd()));
+        inherit.extend(fs_locks.iter().map(|f| f.as_raw_fd()));
         let target_arg: Vec<String> = targets
             .iter()
             .zip(layer_of)

@@ -31,9 +31,9 @@ pub struct ParsedName {
 }
 
 /// `YYYYMMDDTHHMMSSZ` for `t` (UTC); `None` before 1970 or after 9999.
-/// The same stamp operation ids start with ([`crate::pipeline::opid::compact_utc`]).
+/// The same stamp operation ids start with ([`crate::time::compact_utc`]).
 pub fn format_time(t: SystemTime) -> Option<String> {
-    crate::pipeline::opid::compact_utc(t)
+    crate::time::compact_utc(t)
 }
 
 /// Seconds since the epoch for a `YYYYMMDDTHHMMSSZ` field, if it is one.
