@@ -17,7 +17,7 @@ pub const EXIT_USAGE: i32 = 2;
 #[derive(Parser, Debug)]
 #[command(
     name = "quiesce",
-    version,
+    version = crate::generate::VERSION,
     about = "Application-consistent snapshots for Linux",
     long_about = "quiesce runs your pre-scripts to quiesce applications, freezes the \
 filesystems (a guard process guarantees the thaw), has a snapshot taken, thaws, runs the \
@@ -152,6 +152,15 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Bring the catalog to this version's schema (run by the package on upgrade).
+    #[command(hide = true)]
+    MigrateCatalog,
+    /// Write man pages or shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    Generate {
+        what: crate::generate::Artefact,
+        dir: PathBuf,
+    },
 }
 
 /// Parse the command line, run, and return the process exit code.
@@ -283,6 +292,8 @@ pub fn run(cli: Cli) -> i32 {
         } => crate::platform::install::run(platform, &root, uninstall, cli.config.as_deref()),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
+        Command::Generate { what, dir } => crate::generate::run(what, &dir),
+        Command::MigrateCatalog => crate::generate::migrate_catalog(&load_or_defaults(cli.config)),
         Command::Verify {
             snapshot,
             latest: _,

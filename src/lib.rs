@@ -12,6 +12,7 @@ pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod freeze;
+pub mod generate;
 pub mod group;
 pub mod hooks;
 pub mod logging;
