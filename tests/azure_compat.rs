@@ -21,9 +21,18 @@ struct Run {
 
 /// Where runs of Azure-only configurations keep their state and catalog (Azure files cannot
 /// name paths): never the machine's own `/run/quiesce` and `/var/lib/quiesce/catalog.db`.
+/// One fixed directory, emptied when the first test of a run needs it: a static is never
+/// dropped, so a per-process name would leave one directory behind per run.
 fn default_paths() -> &'static Scratch {
     static DIR: std::sync::OnceLock<Scratch> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| Scratch::new("azure-defaults"))
+    DIR.get_or_init(|| {
+        let path = support::scratch_base().join("azure-defaults");
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Scratch { path }
+    })
 }
 
 fn quiesce(args: &[&str]) -> Run {
