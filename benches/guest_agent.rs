@@ -212,6 +212,14 @@ fn measure(
     conn.set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
+    // Without `mountpoints` (or with `{}` arguments) qemu-ga freezes every filesystem,
+    // `/` included: only ever a non-empty list of this run's own loop mounts.
+    assert!(
+        !mounts.is_empty()
+            && mounts
+                .iter()
+                .all(|m| m.is_absolute() && m.as_path() != Path::new("/"))
+    );
     let probes = Probes::start(mounts);
     std::thread::sleep(Duration::from_millis(50));
     let t = Instant::now();

@@ -205,6 +205,8 @@ fn main() {
             for m in &mounts {
                 std::fs::write(Path::new(m).join("data"), vec![9u8; dirty_mb << 20]).unwrap();
             }
+            // Without `mountpoints` qemu-ga would freeze every filesystem, `/` included.
+            assert!(!mounts.is_empty() && mounts.iter().all(|m| Path::new(m) != Path::new("/")));
             let answer = qga.execute(serde_json::json!({
                 "execute": "guest-fsfreeze-freeze-list",
                 "arguments": { "mountpoints": mounts }

@@ -159,6 +159,8 @@ fn shape(line: &[u8]) -> Value {
 /// The sequence sent to both agents, with how many answer lines each step gives.
 fn sequence(mnt: &str, not_a_mount: &str) -> Vec<(String, Vec<u8>, usize)> {
     let freeze_list = |paths: &[&str]| {
+        // Without `mountpoints` qemu-ga would freeze every filesystem, `/` included.
+        assert!(!paths.is_empty() && !paths.contains(&"/"));
         format!(
             "{}\n",
             json!({"execute": "guest-fsfreeze-freeze-list", "arguments": {"mountpoints": paths}})
