@@ -1,5 +1,5 @@
 //! The `btrfs` provider: read-only subvolume snapshots through the kernel ioctl, with
-//! retention (SPEC section 6).
+//! retention.
 //!
 //! # What a run makes
 //! One read-only snapshot per configured subvolume, created with

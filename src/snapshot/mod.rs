@@ -1,4 +1,4 @@
-//! Snapshot providers behind one trait (SPEC section 6).
+//! Snapshot providers behind one trait.
 
 pub mod btrfs;
 pub mod command;
