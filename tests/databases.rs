@@ -104,7 +104,7 @@ struct ConfigSpec<'a> {
     hook_timeout: &'a str,
 }
 
-/// Native TOML (SPEC section 3) in the private scratch dir, mode 0600.
+/// Native TOML (README, "Native") in the private scratch dir, mode 0600.
 fn write_config(c: &ConfigSpec<'_>, file: &str) -> PathBuf {
     let state = c.private.join("state");
     std::fs::create_dir_all(&state).unwrap();
