@@ -133,21 +133,14 @@ pub fn verify(
         }
     };
     let mut checks = Vec::new();
-    let started = server::wait_ready(
+    checks.push(server::start_check(
+        "mariadb",
         &mut child,
         deadline,
         || sql("SELECT 1").is_ok(),
-        || server::log_tail(&run, "server.log"),
-    );
-    checks.push(match started {
-        Ok(()) => check(
-            "mariadb start",
-            true,
-            "recovered and accepting connections".into(),
-            t,
-        ),
-        Err(e) => check("mariadb start", false, e, t),
-    });
+        &run,
+        t,
+    ));
     if checks.iter().all(|c| c.ok) {
         checks.push(check_tables(&sql));
     }

@@ -366,7 +366,7 @@ fn snapshot_set(cfg: &BtrfsConfig, which: &Which) -> Result<Vec<(String, PathBuf
     Ok(set)
 }
 
-fn check(name: &str, ok: bool, message: String, since: Instant) -> Check {
+pub(crate) fn check(name: &str, ok: bool, message: String, since: Instant) -> Check {
     Check {
         name: name.into(),
         ok,

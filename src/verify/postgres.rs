@@ -152,21 +152,14 @@ pub fn verify(
         }
     };
     let mut checks = Vec::new();
-    let started = server::wait_ready(
+    checks.push(server::start_check(
+        "postgres",
         &mut child,
         deadline,
         || sql(&cfg.database, "SELECT 1").is_ok(),
-        || server::log_tail(&run, "server.log"),
-    );
-    checks.push(match started {
-        Ok(()) => check(
-            "postgres start",
-            true,
-            "recovered and accepting connections".into(),
-            t,
-        ),
-        Err(e) => check("postgres start", false, e, t),
-    });
+        &run,
+        t,
+    ));
     if checks.iter().all(|c| c.ok) {
         checks.push(amcheck(&run, port, cfg, &sql, deadline));
     }

@@ -136,6 +136,28 @@ pub fn wait_ready(
     }
 }
 
+/// [`wait_ready`] as the verify's first check, named `NAME start`: the server recovered and
+/// accepts connections, or why not (with its log tail from `run/server.log`).
+pub fn start_check(
+    name: &str,
+    child: &mut Child,
+    deadline: Instant,
+    ready: impl FnMut() -> bool,
+    run: &Path,
+    since: Instant,
+) -> super::Check {
+    let label = format!("{name} start");
+    match wait_ready(child, deadline, ready, || log_tail(run, "server.log")) {
+        Ok(()) => super::check(
+            &label,
+            true,
+            "recovered and accepting connections".into(),
+            since,
+        ),
+        Err(e) => super::check(&label, false, e, since),
+    }
+}
+
 /// Stop the throwaway server: `first` to the leader, SIGKILL to its group after 10 s (and
 /// always, for anything left in the group), then reap it.
 pub fn stop(child: &mut Child, first: rustix::process::Signal) {
