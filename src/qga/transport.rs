@@ -6,8 +6,6 @@ use super::Agent;
 use crate::freeze::guard::termination_requested;
 use rustix::event::{poll, PollFd, PollFlags};
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,12 +86,7 @@ fn converse<S: Read + Write + std::os::fd::AsFd>(
 
 /// Listen on a unix socket (mode 0600) and serve one client at a time.
 pub fn serve_unix(agent: &Arc<Agent>, path: &Path) -> Result<(), String> {
-    let _ = std::fs::remove_file(path);
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let listener = UnixListener::bind(path);
-    rustix::process::umask(old);
-    let listener = listener.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    let listener = crate::server::listen::bind_private(path)?;
     eprintln!("quiesce guest-agent: listening on {}", path.display());
     while !termination_requested() {
         if !wait_readable(&listener) {

@@ -264,16 +264,22 @@ fn lock_socket(path: &Path) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// Bind the socket at `path`, whose lock is held.
-fn bind(path: &Path, lock: OwnedFd) -> Result<Bound, String> {
-    // We hold the lock: a socket file left here is a dead server's.
+/// Replace whatever is at `path` with a unix socket that only root can use (mode 0600 from
+/// the first instant: the umask is tight while it is created).
+pub fn bind_private(path: &Path) -> Result<UnixListener, String> {
     let _ = std::fs::remove_file(path);
-    // Create the socket with no access for anybody but root from the first instant.
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let listener = UnixListener::bind(path);
     rustix::process::umask(old);
     let listener = listener.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(listener)
+}
+
+/// Bind the socket at `path`, whose lock is held.
+fn bind(path: &Path, lock: OwnedFd) -> Result<Bound, String> {
+    // We hold the lock: a socket file left here is a dead server's.
+    let listener = bind_private(path)?;
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
     Ok(Bound {

@@ -20,7 +20,7 @@
 
 pub mod client;
 pub mod http;
-mod listen;
+pub mod listen;
 mod route;
 
 pub use listen::{serve, MAX_CONNECTIONS, REQUEST_TIMEOUT};
