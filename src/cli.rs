@@ -236,13 +236,12 @@ pub fn run(cli: Cli) -> i32 {
                 Err(report) => *report,
             };
             pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
-            emit(&report, json);
             if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
-                let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
-                match crate::verify::run(&cfg, which) {
-                    Ok(v) => eprint!("{}", v.human()),
-                    Err(e) => eprintln!("quiesce: verify: {e}"),
-                }
+                crate::verify::after_snapshot(&cfg, &mut report);
+            }
+            emit(&report, json);
+            if let Some(v) = report.verification.as_ref().filter(|_| !json) {
+                print!("{}", v.human());
             }
             report.status.exit_code()
         }

@@ -148,6 +148,7 @@ impl Api {
         let state_dir = &self.cfg.paths.state_dir;
         let _lock = crate::freeze::lock::OpLock::acquire(state_dir)?;
         let thawed = crate::freeze::state::recover(state_dir)?;
+        crate::verify::leftovers::clean(state_dir);
         if !thawed.is_empty() {
             tracing::warn!(
                 ?thawed,

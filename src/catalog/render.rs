@@ -17,9 +17,10 @@ pub fn render_history_table(runs: &[RunSummary]) -> String {
         "STATUS",
         "CONSISTENCY",
         "FROZEN MS",
+        "VERIFICATION",
         "ERRORS",
     ];
-    let rows: Vec<[String; 7]> = runs.iter().map(row).collect();
+    let rows: Vec<[String; 8]> = runs.iter().map(row).collect();
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -50,7 +51,7 @@ pub fn render_history_table(runs: &[RunSummary]) -> String {
     out
 }
 
-fn row(r: &RunSummary) -> [String; 7] {
+fn row(r: &RunSummary) -> [String; 8] {
     let started = if r.started_unix >= 0 {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(r.started_unix as u64))
             .to_string()
@@ -78,6 +79,7 @@ fn row(r: &RunSummary) -> [String; 7] {
         r.status.as_str().to_string(),
         consistency,
         frozen,
+        r.verification.clone().unwrap_or_else(|| "-".to_string()),
         error_list(&r.error_codes),
     ]
 }

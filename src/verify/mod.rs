@@ -28,63 +28,15 @@ use crate::hooks::{self, Phase, RunContext};
 use crate::snapshot::btrfs::{self as btrfs_provider, BtrfsProvider};
 use crate::snapshot::Provider;
 use leftovers::Leftovers;
-use serde::Serialize;
+pub use crate::report::{Verification as VerifyReport, VerifyCheck as Check};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Which snapshot to verify.
 #[derive(Debug, Clone)]
 pub enum Which {
     Id(String),
     Latest,
-}
-
-/// One check and how it ended.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub message: String,
-    pub duration_ms: u64,
-}
-
-/// The result of one `quiesce verify`, printed with `--json` and stored in the catalog.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    pub verify_id: String,
-    pub provider: String,
-    /// Every snapshot of the verified run.
-    pub snapshots: Vec<String>,
-    pub started_at: String,
-    pub finished_at: String,
-    pub total_ms: u64,
-    /// `true` only when every check passed.
-    pub verified: bool,
-    /// `verified` or `verification failed: CHECK: WHY`.
-    pub status: String,
-    pub checks: Vec<Check>,
-}
-
-impl VerifyReport {
-    pub fn human(&self) -> String {
-        let mut s = format!(
-            "verify {} ({} {}): {}\n",
-            self.verify_id,
-            self.provider,
-            self.snapshots.join(", "),
-            self.status
-        );
-        for c in &self.checks {
-            s.push_str(&format!(
-                "  {} {} ({} ms): {}\n",
-                if c.ok { "ok  " } else { "FAIL" },
-                c.name,
-                c.duration_ms,
-                c.message
-            ));
-        }
-        s
-    }
 }
 
 /// An error before anything could be verified (nothing is recorded).
@@ -132,7 +84,7 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
     let deadline = t0 + cfg.verify.timeout;
     let verify_id = format!(
         "{}-{}",
-        crate::pipeline::opid::compact_utc(started).unwrap_or_default(),
+        crate::time::compact_utc(started).unwrap_or_default(),
         std::process::id()
     );
     let mut record = Leftovers::new(&cfg.paths.state_dir);
@@ -203,8 +155,8 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
         verify_id,
         provider: "btrfs".into(),
         snapshots: set.iter().map(|(id, _)| id.clone()).collect(),
-        started_at: crate::pipeline::rfc3339(started),
-        finished_at: crate::pipeline::rfc3339(finished),
+        started_at: crate::time::rfc3339(started),
+        finished_at: crate::time::rfc3339(finished),
         total_ms: t0.elapsed().as_millis() as u64,
         verified: failed.is_empty(),
         status,
@@ -216,6 +168,45 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
     Ok(report)
 }
 
+/// `[verify] after_snapshot`: verify the run that just made `report`'s snapshots, put the
+/// verification into the report, and store that report in the catalog in place of the one
+/// recorded before. A verification that cannot start is recorded as a failed one.
+pub fn after_snapshot(cfg: &Config, report: &mut crate::report::Report) {
+    let Some(first) = report.snapshots.first() else {
+        return;
+    };
+    let verification = match run(cfg, Which::Id(first.id.clone())) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot verify the snapshot");
+            let now = crate::time::rfc3339(SystemTime::now());
+            VerifyReport {
+                verify_id: report.operation_id.clone(),
+                provider: first.provider.clone(),
+                snapshots: report.snapshots.iter().map(|s| s.id.clone()).collect(),
+                started_at: now.clone(),
+                finished_at: now,
+                total_ms: 0,
+                verified: false,
+                status: format!("verification failed: start: {e}"),
+                checks: vec![Check {
+                    name: "start".into(),
+                    ok: false,
+                    message: e.to_string(),
+                    duration_ms: 0,
+                }],
+            }
+        }
+    };
+    report.verification = Some(verification);
+    let stored = Catalog::open(&cfg.paths.catalog)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.replace_report(report).map_err(|e| e.to_string()));
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "cannot store the verification in the run's report");
+    }
+}
+
 fn first_line(s: &str) -> &str {
     s.lines()
         .find(|l| !l.trim().is_empty())
@@ -223,10 +214,7 @@ fn first_line(s: &str) -> &str {
         .trim()
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::time::unix_secs as unix;
 
 fn record_report(
     cfg: &Config,
@@ -250,39 +238,10 @@ fn record_report(
             .map_err(|e| e.to_string())?;
     }
     if let Some(path) = &cfg.paths.metrics_file {
-        let totals = catalog.totals().unwrap_or_default();
-        let last = catalog.last_run().ok().flatten();
-        let mut text = crate::metrics::render_last_run(last.as_ref(), &totals);
-        text.push_str(&metrics_text(&catalog));
+        let text = crate::pipeline::catalog_metrics(&catalog);
         crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-/// Prometheus lines: when the newest verified application-consistent snapshot was taken,
-/// and how long ago (the number to alert on).
-pub fn metrics_text(catalog: &Catalog) -> String {
-    let mut s = String::from(
-        "# HELP quiesce_last_verified_application_snapshot_timestamp_seconds When the newest \
-         application-consistent snapshot that verified was taken.\n\
-         # TYPE quiesce_last_verified_application_snapshot_timestamp_seconds gauge\n",
-    );
-    let Ok(Some(t)) = catalog.last_verified_application_unix() else {
-        return s;
-    };
-    s.push_str(&format!(
-        "quiesce_last_verified_application_snapshot_timestamp_seconds {t}\n"
-    ));
-    s.push_str(
-        "# HELP quiesce_seconds_since_last_verified_application_snapshot Age of the newest \
-         application-consistent snapshot that verified.\n\
-         # TYPE quiesce_seconds_since_last_verified_application_snapshot gauge\n",
-    );
-    s.push_str(&format!(
-        "quiesce_seconds_since_last_verified_application_snapshot {}\n",
-        (unix(SystemTime::now()) - t).max(0)
-    ));
-    s
 }
 
 /// `verified`, `verification failed: …` or `not verified`, for listings.
