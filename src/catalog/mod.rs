@@ -641,6 +641,26 @@ impl Catalog {
         Ok(found.as_deref().and_then(Consistency::parse))
     }
 
+    /// The operation id of the run that made snapshot `id` of `provider` (the newest one if
+    /// several claim it), or of the newest run with a snapshot of `provider` when `id` is
+    /// `None`.
+    pub fn run_of_snapshot(
+        &self,
+        provider: &str,
+        id: Option<&str>,
+    ) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT r.operation_id FROM run_snapshots s JOIN runs r ON r.id = s.run_id
+                 WHERE s.provider = ?1 AND (?2 IS NULL OR s.snapshot_id = ?2)
+                 ORDER BY r.started_unix DESC, r.id DESC LIMIT 1",
+                params![provider, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("query the run of a snapshot"))
+    }
+
     /// Record one verification of a snapshot (`quiesce verify`).
     pub fn record_verification(&mut self, v: &VerificationRow) -> Result<(), CatalogError> {
         self.conn

@@ -121,6 +121,8 @@ struct RawSnapshot {
     directory: Option<PathBuf>,
     keep_last: Option<u32>,
     max_age: Option<Dur>,
+    verify_command: Option<Vec<String>>,
+    verify_teardown: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -374,9 +376,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             ProviderConfig::None
         }
     };
+    for (key, argv) in [
+        ("verify_command", &s.verify_command),
+        ("verify_teardown", &s.verify_teardown),
+    ] {
+        if argv.as_ref().is_some_and(|a| a.first().is_none_or(|c| c.is_empty())) {
+            problems.push(problem(
+                format!("`snapshot.{key}` must be a non-empty argv list"),
+                key,
+            ));
+        } else if argv.is_some() && !matches!(provider, ProviderConfig::Command { .. }) {
+            problems.push(problem(
+                format!("`snapshot.{key}` is for the \"command\" provider only"),
+                key,
+            ));
+        }
+    }
+    if s.verify_teardown.is_some() && s.verify_command.is_none() {
+        problems.push(problem(
+            "`snapshot.verify_teardown` needs `snapshot.verify_command` (it removes the view \
+             that command made)"
+                .into(),
+            "verify_teardown",
+        ));
+    }
     cfg.snapshot = SnapshotConfig {
         provider,
         timeout: s.timeout.map_or(sd.timeout, |d| d.0),
+        verify_command: s.verify_command,
+        verify_teardown: s.verify_teardown,
     };
 
     let svd = ServerConfig::default();

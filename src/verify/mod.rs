@@ -21,13 +21,13 @@ pub mod leftovers;
 pub mod mariadb;
 pub mod postgres;
 pub mod server;
+pub mod view;
 
 use crate::catalog::{Catalog, VerificationRow};
-use crate::config::{BtrfsConfig, Config, ProviderConfig};
+use crate::config::Config;
 use crate::hooks::{self, Phase, RunContext};
-use crate::snapshot::btrfs::{self as btrfs_provider, BtrfsProvider};
-use crate::snapshot::Provider;
 use leftovers::Leftovers;
+pub use view::View;
 pub use crate::report::{Verification as VerifyReport, VerifyCheck as Check};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -44,18 +44,12 @@ pub enum Which {
 #[error("{0}")]
 pub struct VerifyError(pub String);
 
-/// A view: the original location of a snapshotted volume and where its writable copy is.
-#[derive(Debug, Clone)]
-pub struct View {
-    pub original: PathBuf,
-    pub path: PathBuf,
-}
-
 /// `original` seen through the views: the same place inside the view of the volume that
 /// holds it (the longest original prefix wins).
 pub fn map_into_views(original: &Path, views: &[View]) -> Option<PathBuf> {
     views
         .iter()
+        .filter(|v| v.original.is_absolute())
         .filter_map(|v| {
             original
                 .strip_prefix(&v.original)
@@ -71,14 +65,6 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
     let lock = acquire_lock(&cfg.paths.state_dir, Duration::from_secs(30))?;
     leftovers::clean(&cfg.paths.state_dir);
     lower_priority();
-    let ProviderConfig::Btrfs(bcfg) = &cfg.snapshot.provider else {
-        return Err(VerifyError(
-            "quiesce verify needs the btrfs snapshot provider here (snapshot.provider = \
-             \"btrfs\")"
-                .into(),
-        ));
-    };
-    let set = snapshot_set(bcfg, &which)?;
     let started = SystemTime::now();
     let t0 = Instant::now();
     let deadline = t0 + cfg.verify.timeout;
@@ -88,55 +74,31 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
         std::process::id()
     );
     let mut record = Leftovers::new(&cfg.paths.state_dir);
-    let mut checks = Vec::new();
-    let mut views = Vec::new();
-    for (i, (id, original)) in set.iter().enumerate() {
-        let name = format!(".quiesce-verify-{verify_id}-{i}");
-        let path = bcfg.directory.join(&name);
-        record.add_subvolume(&path);
-        let t = Instant::now();
-        match btrfs_provider::create_writable_snapshot(
-            &bcfg.directory.join(id),
-            &bcfg.directory,
-            &name,
-        ) {
-            Ok(()) => views.push(View {
-                original: original.clone(),
-                path,
-            }),
-            Err(e) => checks.push(check("view", false, e, t)),
+    let v = &cfg.verify;
+    let needs_files = v.postgres.is_some() || v.mariadb.is_some() || !v.hooks.is_empty();
+    let made = view::make(cfg, &which, &verify_id, needs_files, &mut record);
+    let view::Views {
+        provider,
+        snapshots,
+        views,
+        mut checks,
+    } = match made {
+        Ok(m) => m,
+        Err(e) => {
+            record.clean_all();
+            return Err(e);
         }
+    };
+    if checks.iter().all(|c| c.ok) {
+        checks.extend(run_verifiers(cfg, &views, &verify_id, deadline, &mut record));
     }
     if checks.is_empty() {
-        if let Some(pg) = &cfg.verify.postgres {
-            checks.extend(postgres::verify(
-                pg,
-                &views,
-                &verify_id,
-                deadline,
-                &mut record,
-            ));
-        }
-        if let Some(my) = &cfg.verify.mariadb {
-            checks.extend(mariadb::verify(
-                my,
-                &views,
-                &verify_id,
-                deadline,
-                &mut record,
-            ));
-        }
-        for spec in &cfg.verify.hooks {
-            checks.push(user_verifier(spec, &views, &verify_id, deadline));
-        }
-        if checks.is_empty() {
-            checks.push(Check {
-                name: "view".into(),
-                ok: true,
-                message: "the writable view was made; no verifier is configured".into(),
-                duration_ms: 0,
-            });
-        }
+        checks.push(Check {
+            name: "view".into(),
+            ok: true,
+            message: "the view was made; no verifier is configured".into(),
+            duration_ms: 0,
+        });
     }
     record.clean_all();
     drop(lock);
@@ -153,8 +115,8 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
     let finished = SystemTime::now();
     let report = VerifyReport {
         verify_id,
-        provider: "btrfs".into(),
-        snapshots: set.iter().map(|(id, _)| id.clone()).collect(),
+        provider,
+        snapshots,
         started_at: crate::time::rfc3339(started),
         finished_at: crate::time::rfc3339(finished),
         total_ms: t0.elapsed().as_millis() as u64,
@@ -205,6 +167,48 @@ pub fn after_snapshot(cfg: &Config, report: &mut crate::report::Report) {
     if let Err(e) = stored {
         tracing::error!(error = %e, "cannot store the verification in the run's report");
     }
+}
+
+/// The database verifiers and the user's verifiers, on views every one of them can use.
+fn run_verifiers(
+    cfg: &Config,
+    views: &[View],
+    verify_id: &str,
+    deadline: Instant,
+    record: &mut Leftovers,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let read_only = views.iter().find(|v| !v.writable);
+    for (name, configured) in [
+        ("postgres start", cfg.verify.postgres.is_some()),
+        ("mariadb start", cfg.verify.mariadb.is_some()),
+    ] {
+        if let Some(v) = read_only.filter(|_| configured) {
+            checks.push(Check {
+                name: name.into(),
+                ok: false,
+                message: format!(
+                    "the view of {} is read-only; a database verifier runs crash recovery \
+                     and needs a writable view (a `snapshot.verify_command` that mounts one)",
+                    v.device.as_deref().unwrap_or(&v.path.to_string_lossy())
+                ),
+                duration_ms: 0,
+            });
+        }
+    }
+    if !checks.is_empty() {
+        return checks;
+    }
+    if let Some(pg) = &cfg.verify.postgres {
+        checks.extend(postgres::verify(pg, views, verify_id, deadline, record));
+    }
+    if let Some(my) = &cfg.verify.mariadb {
+        checks.extend(mariadb::verify(my, views, verify_id, deadline, record));
+    }
+    for spec in &cfg.verify.hooks {
+        checks.push(user_verifier(spec, views, verify_id, deadline, record));
+    }
+    checks
 }
 
 fn first_line(s: &str) -> &str {
@@ -289,42 +293,6 @@ fn lower_priority() {
     }
 }
 
-/// The snapshots of one run: (snapshot id, original subvolume path), for `which`.
-fn snapshot_set(cfg: &BtrfsConfig, which: &Which) -> Result<Vec<(String, PathBuf)>, VerifyError> {
-    let provider = BtrfsProvider::new(cfg.clone());
-    let list = provider.list().map_err(|e| VerifyError(e.message))?;
-    let chosen = match which {
-        Which::Latest => list.last(),
-        Which::Id(id) => list.iter().find(|s| &s.id == id),
-    }
-    .ok_or_else(|| {
-        VerifyError(match which {
-            Which::Latest => format!("no snapshot in {}", cfg.directory.display()),
-            Which::Id(id) => format!("no snapshot {id:?} in {}", cfg.directory.display()),
-        })
-    })?;
-    let op = chosen.operation_id.clone();
-    let mut set = Vec::new();
-    for s in list.iter().filter(|s| s.operation_id == op) {
-        let label = btrfs_provider::parse_name(&s.id)
-            .map(|n| n.label)
-            .unwrap_or_default();
-        let original = cfg
-            .subvolumes
-            .iter()
-            .find(|p| btrfs_provider::label(p) == label)
-            .cloned()
-            .ok_or_else(|| {
-                VerifyError(format!(
-                    "snapshot {} belongs to no configured subvolume (label {label:?})",
-                    s.id
-                ))
-            })?;
-        set.push((s.id.clone(), original));
-    }
-    Ok(set)
-}
-
 pub(crate) fn check(name: &str, ok: bool, message: String, since: Instant) -> Check {
     Check {
         name: name.into(),
@@ -340,6 +308,7 @@ fn user_verifier(
     views: &[View],
     verify_id: &str,
     deadline: Instant,
+    record: &mut Leftovers,
 ) -> Check {
     let t = Instant::now();
     let name = format!("verifier {}", spec.path.display());
@@ -370,6 +339,9 @@ fn user_verifier(
         Ok(p) => p,
         Err(e) => return check(&name, false, format!("cannot run it: {e}"), t),
     };
+    // Its process group is killed by the next start if quiesce is killed meanwhile (it
+    // keeps the view busy).
+    record.add_group(process.pid());
     let end = process.run(deadline, Duration::from_secs(5));
     let err = process.stderr_tail().to_string_lossy();
     let out = process.stdout_tail().to_string_lossy();
@@ -398,10 +370,17 @@ mod tests {
             View {
                 original: "/srv/pg".into(),
                 path: "/snaps/.v-0".into(),
+                ..View::default()
             },
             View {
                 original: "/srv/pg/wal".into(),
                 path: "/snaps/.v-1".into(),
+                ..View::default()
+            },
+            // A view whose original is unknown stands for nothing.
+            View {
+                path: "/snaps/.v-2".into(),
+                ..View::default()
             },
         ];
         let table: &[(&str, Option<&str>)] = &[
