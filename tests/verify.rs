@@ -734,3 +734,176 @@ fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
     );
     assert!(views_in(&snaps).is_empty(), "views left behind");
 }
+
+// =========================================================================================
+// quiesce verify: the command provider (image copies, and the user's own view command)
+// =========================================================================================
+
+/// An ext4 loop filesystem with a file in it, a command provider that copies its image while
+/// it is frozen (printing the copy's path as the snapshot id), a pre hook (so runs are
+/// application-consistent) and the given `[verify]` / `[snapshot]` extras.
+struct ImageEnv {
+    fs: LoopFs,
+    snaps: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    private: Scratch,
+}
+
+fn image_env(tag: &str, snapshot_extra: &str, verify_extra: &str) -> ImageEnv {
+    let private = Scratch::new(tag);
+    let fs = LoopFs::new("ext4", 64);
+    std::fs::create_dir(fs.path("data")).unwrap();
+    std::fs::write(fs.path("data/keep.txt"), "kept\n").unwrap();
+    let snaps = private.join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let copy = private.script(
+        "copy-image",
+        &format!(
+            "#!/bin/sh\nset -e\ndst={}/img-$QUIESCE_OPERATION_ID\n\
+             cp --sparse=always {} \"$dst\"\necho \"$dst\"\n",
+            p(&snaps),
+            p(&fs.image)
+        ),
+    );
+    let pre = private.script("pre", "#!/bin/sh\nexit 0\n");
+    let socket = private.join("quiesce.sock");
+    let config = private.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\nmetrics_file = {}\n\n\
+             [server]\nsocket = {}\n\n\
+             [freeze]\nenabled = true\ninclude = {}\n\n\
+             [snapshot]\nprovider = \"command\"\ncommand = {}\n{snapshot_extra}\n\n\
+             [[hook]]\nname = \"app\"\npre = {}\ntimeout = \"10s\"\n\n\
+             [verify]\ntimeout = \"60s\"\n{verify_extra}\n",
+            toml_str(p(&private.join("state"))),
+            toml_str(p(&private.join("catalog.db"))),
+            toml_str(p(&private.join("metrics.prom"))),
+            toml_str(p(&socket)),
+            toml_list(&[p(&fs.mount_point)]),
+            toml_list(&[p(&copy)]),
+            toml_list(&[p(&pre)]),
+        ),
+        0o600,
+    );
+    ImageEnv {
+        fs,
+        snaps,
+        config,
+        socket,
+        private,
+    }
+}
+
+/// Loop devices whose backing file is under `dir`.
+fn loops_backed_in(dir: &Path) -> Vec<String> {
+    let out = support::sh("losetup", &["-l", "-n", "-O", "NAME,BACK-FILE"]);
+    out.lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|b| b.starts_with(p(dir))))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+fn verify_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("quiesce-verify-"))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+fn http_get(socket: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damage_is_caught() {
+    require_root();
+    let _slot = SLOTS.take();
+    let private = Scratch::new("vrfy-img-v");
+    let verifier = private.script(
+        "check-keep",
+        "#!/bin/sh\nset -e\ntest \"$(cat \"$QUIESCE_VERIFY_VIEW/data/keep.txt\")\" = kept\n\
+         if touch \"$QUIESCE_VERIFY_VIEW/x\" 2>/dev/null; then echo writable; exit 1; fi\n\
+         echo \"keep.txt is intact in a read-only view\"\n",
+    );
+    let env = image_env(
+        "vrfy-img",
+        "",
+        &format!("after_snapshot = true\nhooks = [{}]\n", toml_list(&[p(&verifier)])),
+    );
+    let mut ops = Vec::new();
+    for i in 0..3 {
+        std::fs::write(env.fs.path(&format!("data/f{i}")), vec![b'a' + i as u8; 100_000]).unwrap();
+        let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(report["consistency"], "application", "{out}");
+        let v = &report["verification"];
+        eprintln!("image snapshot {i}: {} in {} ms", v["status"], v["total_ms"]);
+        assert_eq!(v["status"], "verified", "{out}");
+        let checks = v["checks"].as_array().unwrap();
+        let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names[0], "e2fsck", "{out}");
+        assert!(names[1].starts_with("verifier "), "{out}");
+        assert!(checks.iter().all(|c| c["ok"] == true), "{out}");
+        ops.push(report["operation_id"].as_str().unwrap().to_string());
+    }
+    // Nothing attached or mounted afterwards, and the copies are untouched snapshots.
+    assert!(loops_backed_in(&env.snaps).is_empty(), "{:?}", loops_backed_in(&env.snaps));
+    assert!(verify_mounts().is_empty(), "{:?}", verify_mounts());
+
+    // History and the catalog's stored report say so.
+    let (code, hist, out) = quiesce(&env.config, &["history", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let runs = hist.as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{out}");
+    assert!(runs.iter().all(|r| r["verification"] == "verified"), "{out}");
+    let (_, _, table) = quiesce(&env.config, &["history"]);
+    assert!(table.lines().next().unwrap().contains("VERIFICATION"), "{table}");
+    let catalog = quiesce::catalog::Catalog::open_read_only(&env.private.join("catalog.db"))
+        .unwrap()
+        .unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_str(&catalog.report_json(&ops[2]).unwrap().unwrap()).unwrap();
+    assert_eq!(stored["verification"]["status"], "verified");
+    assert_eq!(stored["verification"]["checks"][0]["name"], "e2fsck");
+    drop(catalog);
+
+    // The gauge an operator alerts on, in the metrics file and on serve's /metrics.
+    let file = std::fs::read_to_string(env.private.join("metrics.prom")).unwrap();
+    assert!(file.contains("\nquiesce_seconds_since_last_verified_application_snapshot "), "{file}");
+    let serve = support::ServeProcess::start(&env.config, &env.socket);
+    let metrics = http_get(&env.socket, "/metrics");
+    drop(serve);
+    let age: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quiesce_seconds_since_last_verified_application_snapshot "))
+        .unwrap_or_else(|| panic!("no gauge on /metrics: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((0..600).contains(&age), "{metrics}");
+
+    // Damage: the newest copy's inode of data/keep.txt cleared; e2fsck names it.
+    let (_, hist, _) = quiesce(&env.config, &["history", "--json"]);
+    let id = hist[0]["snapshots"][0]["id"].as_str().unwrap().to_string();
+    sh_ok("debugfs", &["-w", "-R", "clri /data/keep.txt", &id]);
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
+    eprintln!("damaged image: {}", v["status"]);
+    assert_eq!(code, 1, "{out}");
+    let status = v["status"].as_str().unwrap_or("");
+    assert!(status.starts_with("verification failed: e2fsck: "), "{out}");
+    assert!(status.contains("keep.txt") || status.contains("inode"), "{out}");
+    let (_, hist, _) = quiesce(&env.config, &["history", "--json"]);
+    assert!(hist[0]["verification"].as_str().unwrap().starts_with("verification failed: e2fsck"));
+    assert_eq!(hist[1]["verification"], "verified");
+    assert!(loops_backed_in(&env.snaps).is_empty());
+    assert!(verify_mounts().is_empty());
+}
