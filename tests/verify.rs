@@ -907,3 +907,142 @@ fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damag
     assert!(loops_backed_in(&env.snaps).is_empty());
     assert!(verify_mounts().is_empty());
 }
+
+/// Is any mount point under `dir` mounted?
+fn mounted_under(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(p(dir))))
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapshot_and_serve_start()
+{
+    require_root();
+    let _slot = SLOTS.take();
+    let work = Scratch::new("vrfy-cmdview-w");
+    let views = work.join("views");
+    std::fs::create_dir(&views).unwrap();
+    let torn = work.join("torn-down.log");
+    let hold = work.join("hold");
+    let pidfile = work.join("verifier.pid");
+    // The user's view: a writable copy of the image, loop-mounted; its teardown unmounts it.
+    let make_view = work.script(
+        "make-view",
+        &format!(
+            "#!/bin/sh\nset -e\nimg={v}/$QUIESCE_VERIFY_ID.img\nmnt={v}/$QUIESCE_VERIFY_ID\n\
+             test \"$1\" = \"$QUIESCE_SNAPSHOT_ID\"\n\
+             cp --sparse=always \"$1\" \"$img\"\nmkdir -p \"$mnt\"\nmount -o loop \"$img\" \"$mnt\"\n\
+             echo \"making the view\" >&2\necho \"$mnt\"\n",
+            v = p(&views)
+        ),
+    );
+    let teardown = work.script(
+        "drop-view",
+        &format!(
+            "#!/bin/sh\nmnt={v}/$QUIESCE_VERIFY_ID\numount \"$mnt\" 2>/dev/null\n\
+             rm -f {v}/$QUIESCE_VERIFY_ID.img\nrmdir \"$mnt\"\n\
+             echo \"$QUIESCE_SNAPSHOT_ID $QUIESCE_VERIFY_VIEW\" >> {t}\n",
+            v = p(&views),
+            t = p(&torn)
+        ),
+    );
+    let verifier = work.script(
+        "check",
+        &format!(
+            "#!/bin/sh\nset -e\necho \"$QUIESCE_VERIFY_VIEWS\" > {pid}.views\necho $$ > {pid}\n\
+             if [ -e {hold} ]; then sleep 300; fi\n\
+             test \"$(cat \"$QUIESCE_VERIFY_VIEW/data/keep.txt\")\" = kept\n\
+             echo scribble > \"$QUIESCE_VERIFY_VIEW/data/scribble\"\necho \"writable view, keep.txt intact\"\n",
+            pid = p(&pidfile),
+            hold = p(&hold)
+        ),
+    );
+    let env = image_env(
+        "vrfy-cmdview",
+        &format!(
+            "verify_command = {}\nverify_teardown = {}",
+            toml_list(&[p(&make_view)]),
+            toml_list(&[p(&teardown)])
+        ),
+        &format!("hooks = [{}]\n", toml_list(&[p(&verifier)])),
+    );
+    let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let image_before = std::fs::read(&id).unwrap();
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", "--latest"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["status"], "verified", "{out}");
+    assert_eq!(v["provider"], "command");
+    // The run froze one filesystem and made one snapshot: the view stands for that mount.
+    let seen = std::fs::read_to_string(format!("{}.views", p(&pidfile))).unwrap();
+    assert!(
+        seen.starts_with(&format!("{}={}/", p(&env.fs.mount_point), p(&views))),
+        "{seen}"
+    );
+    let log = std::fs::read_to_string(&torn).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.starts_with(&format!("{id} {}/", p(&views))), "{log}");
+    assert!(!mounted_under(&views), "the view is still mounted");
+    assert!(
+        std::fs::read(&id).unwrap() == image_before,
+        "the snapshot image changed (the view must be a copy)"
+    );
+
+    // kill -9 during the verifier, twice: the next `quiesce snapshot`, then the next
+    // `quiesce serve`, kill the verifier, run the teardown and remove the record.
+    std::fs::write(&hold, "").unwrap();
+    for (round, next) in ["snapshot", "serve"].iter().enumerate() {
+        let _ = std::fs::remove_file(&pidfile);
+        let mut child = Command::new(support::quiesce_bin())
+            .args(["verify", &id, "--config"])
+            .arg(&env.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the verifier", Duration::from_secs(30), || pidfile.exists());
+        std::thread::sleep(Duration::from_millis(200));
+        let verifier_pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(mounted_under(&views), "round {round}: the view should outlive kill -9");
+        assert!(Path::new(&format!("/proc/{verifier_pid}")).exists());
+        let state = env.private.join("state/verify.json");
+        assert!(state.exists());
+        let _serve;
+        if *next == "snapshot" {
+            let (code, _, out) = quiesce(&env.config, &["snapshot", "--json"]);
+            assert_eq!(code, 0, "{out}");
+        } else {
+            _serve = support::ServeProcess::start(&env.config, &env.socket);
+        }
+        wait_for("the cleanup", Duration::from_secs(20), || {
+            !mounted_under(&views) && !state.exists()
+        });
+        let stat = std::fs::read_to_string(format!("/proc/{verifier_pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "round {round}: the verifier still runs: {stat}"
+        );
+        let log = std::fs::read_to_string(&torn).unwrap();
+        assert_eq!(log.lines().count(), 2 + round, "{log}");
+        eprintln!("kill -9 during verify, cleaned by the next {next}: ok");
+    }
+    std::fs::remove_file(&hold).unwrap();
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["status"], "verified");
+    assert!(std::fs::read_dir(&views).unwrap().next().is_none(), "views left");
+}
