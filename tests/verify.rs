@@ -594,7 +594,7 @@ fn damaged_copy(snaps: &Path, id: &str, damage: impl FnOnce(&Path)) -> String {
 
 fn mariadb_config(
     private: &Scratch,
-    myvol: &Path,
+    subvolumes: &[&str],
     snaps: &Path,
     datadir: &Path,
     hook: Option<Vec<String>>,
@@ -607,7 +607,7 @@ fn mariadb_config(
          [verify.mariadb]\ndata = {}\nlog_bin = \"binlog\"\n\n",
         toml_str(p(&private.join("state"))),
         toml_str(p(&private.join("catalog.db"))),
-        toml_list(&[p(myvol)]),
+        toml_list(subvolumes),
         toml_str(p(snaps)),
         toml_str(p(datadir)),
     );
@@ -670,8 +670,9 @@ fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
         "--defaults-extra-file".into(),
         p(&option_file).to_string(),
     ];
-    let config = mariadb_config(&private, &myvol, &snaps, &datadir, Some(argv), "q.toml");
-    let control = mariadb_config(&private, &myvol, &snaps, &datadir, None, "control.toml");
+    let vols = [p(&myvol)];
+    let config = mariadb_config(&private, &vols, &snaps, &datadir, Some(argv), "q.toml");
+    let control = mariadb_config(&private, &vols, &snaps, &datadir, None, "control.toml");
 
     let writer = MariaWriter::start(&server);
     std::thread::sleep(Duration::from_millis(500));
@@ -1045,4 +1046,149 @@ fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapsh
     assert_eq!(code, 0, "{out}");
     assert_eq!(v["status"], "verified");
     assert!(std::fs::read_dir(&views).unwrap().next().is_none(), "views left");
+}
+
+// =========================================================================================
+// quiesce verify: MariaDB with its redo log and undo tablespaces on a second volume
+// =========================================================================================
+
+/// `tree_digest` once it no longer changes (a quiet server's background flushing done).
+fn settled_digest(dir: &Path) -> BTreeMap<String, String> {
+    let mut last = tree_digest(dir);
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = tree_digest(dir);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("{} never settled", dir.display());
+}
+
+#[test]
+fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and_original_untouched(
+) {
+    require_root();
+    let _slot = SLOTS.take();
+    let my = User::get("mysql");
+    let open = OpenDir::new("vrfy-my2");
+    let private = Scratch::new("vrfy-my2-priv");
+    let vol = btrfs_volume(&open, &private);
+    let myvol = vol.path("my");
+    let logvol = vol.path("logs");
+    for v in [&myvol, &logvol] {
+        sh_ok("btrfs", &["-q", "subvolume", "create", p(v)]);
+        std::fs::set_permissions(v, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let snaps = vol.path("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let datadir = myvol.join("mysql");
+    let logdir = logvol.join("innodb");
+    const UNDO: &str = "--innodb-undo-tablespaces=2";
+    mariadb_install_with(&my, &datadir, &open.path().join("install-tmp"), &[UNDO]);
+    // The redo log and both undo tablespaces live on the second volume, symlinked (by
+    // absolute path) from the data directory.
+    mkdir_owned(&logdir, Some(&my));
+    for f in ["ib_logfile0", "undo001", "undo002"] {
+        // (Another subvolume: a copy, not a rename.)
+        std::fs::copy(datadir.join(f), logdir.join(f)).unwrap();
+        std::os::unix::fs::chown(logdir.join(f), Some(my.uid), Some(my.gid)).unwrap();
+        std::fs::remove_file(datadir.join(f)).unwrap();
+        std::os::unix::fs::symlink(logdir.join(f), datadir.join(f)).unwrap();
+        std::os::unix::fs::lchown(datadir.join(f), Some(my.uid), Some(my.gid)).unwrap();
+    }
+    let rundir = open.path().join("run");
+    let server = MariaDb::start_with(&my, &datadir, &rundir, &open.path().join("m.log"), &[UNDO])
+        .unwrap();
+    server.create_quiesce_user();
+    server.sql(
+        "CREATE DATABASE w; \
+         CREATE TABLE w.log (id BIGINT PRIMARY KEY, at DATETIME(6) NOT NULL, payload VARCHAR(200)) ENGINE=InnoDB; \
+         CREATE TABLE w.mlog (id BIGINT PRIMARY KEY) ENGINE=MyISAM",
+    );
+    let option_file = private.file("mariadb.cnf", &server.quiesce_option_file(), 0o600);
+    let positions = private.join("positions");
+    std::fs::create_dir_all(&positions).unwrap();
+    let hook = install_hook(&private, "mariadb-hold");
+    let argv = vec![
+        p(&hook).to_string(),
+        "--out-dir".into(),
+        p(&positions).to_string(),
+        "--defaults-extra-file".into(),
+        p(&option_file).to_string(),
+    ];
+    let both = mariadb_config(
+        &private,
+        &[p(&myvol), p(&logvol)],
+        &snaps,
+        &datadir,
+        Some(argv.clone()),
+        "both.toml",
+    );
+    let data_only = mariadb_config(&private, &[p(&myvol)], &snaps, &datadir, Some(argv), "one.toml");
+
+    // Both volumes snapshotted in one run, under write load: the view's symlinks are
+    // re-pointed at the log volume's view, and every snapshot verifies.
+    let writer = MariaWriter::start(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (code, report, out) = quiesce(&both, &["snapshot", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(report["snapshots"].as_array().unwrap().len(), 2, "{out}");
+        let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        let (code, v, out) = quiesce(&both, &["verify", "--json", &id]);
+        eprintln!("two volumes, both snapshotted, snapshot {i}: {}", v["status"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(v["status"], "verified", "{out}");
+        let layout = v["checks"][0]["message"].as_str().unwrap_or("");
+        assert!(
+            v["checks"][0]["name"] == "mariadb layout"
+                && layout.contains("ib_logfile0 -> ")
+                && layout.contains("undo002 -> ")
+                && layout.contains(".quiesce-verify-"),
+            "{out}"
+        );
+        ids.push(id);
+    }
+    let acked = writer.finish().unwrap();
+    eprintln!("{acked} inserts acknowledged during the snapshots");
+
+    // The original, quiet, byte for byte and process for process, around a verification of
+    // each kind: re-pointed into the view, and refused (the log volume not snapshotted).
+    let (code, report, out) = quiesce(&data_only, &["snapshot", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let lone = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+    for (config, id, want) in [(&both, &ids[2], "verified"), (&data_only, &lone, "refused")] {
+        let data_before = settled_digest(&datadir);
+        let logs_before = settled_digest(&logdir);
+        let run_before = tree_digest(&rundir);
+        let pids_before = pids_in(&datadir);
+        assert!(!pids_before.is_empty());
+        let (code, v, out) = quiesce(config, &["verify", "--json", id]);
+        eprintln!("two volumes ({want}): {}", v["status"]);
+        let status = v["status"].as_str().unwrap_or("");
+        if want == "verified" {
+            assert_eq!(code, 0, "{out}");
+            assert_eq!(status, "verified", "{out}");
+        } else {
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                status.starts_with("verification failed: mariadb layout")
+                    && (status.contains("ib_logfile0") || status.contains("undo00"))
+                    && status.contains("outside the snapshot"),
+                "{out}"
+            );
+        }
+        assert_eq!(tree_digest(&datadir), data_before, "the live data directory changed");
+        assert_eq!(tree_digest(&logdir), logs_before, "the live redo/undo volume changed");
+        assert_eq!(tree_digest(&rundir), run_before, "the live socket dir changed");
+        assert_eq!(pids_in(&datadir), pids_before, "the live server's processes changed");
+        for f in ["ib_logfile0", "undo001", "undo002"] {
+            assert_eq!(std::fs::read_link(datadir.join(f)).unwrap(), logdir.join(f));
+        }
+    }
+    server.sql("SELECT COUNT(*) FROM w.log");
+    assert!(views_in(&snaps).is_empty(), "views left behind");
 }
