@@ -752,8 +752,18 @@ struct ImageEnv {
 }
 
 fn image_env(tag: &str, snapshot_extra: &str, verify_extra: &str) -> ImageEnv {
+    image_env_of("ext4", 64, tag, snapshot_extra, verify_extra)
+}
+
+fn image_env_of(
+    fstype: &str,
+    size_mb: u64,
+    tag: &str,
+    snapshot_extra: &str,
+    verify_extra: &str,
+) -> ImageEnv {
     let private = Scratch::new(tag);
-    let fs = LoopFs::new("ext4", 64);
+    let fs = LoopFs::new(fstype, size_mb);
     std::fs::create_dir(fs.path("data")).unwrap();
     std::fs::write(fs.path("data/keep.txt"), "kept\n").unwrap();
     let snaps = private.join("snaps");
@@ -801,7 +811,11 @@ fn image_env(tag: &str, snapshot_extra: &str, verify_extra: &str) -> ImageEnv {
 fn loops_backed_in(dir: &Path) -> Vec<String> {
     let out = support::sh("losetup", &["-l", "-n", "-O", "NAME,BACK-FILE"]);
     out.lines()
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|b| b.starts_with(p(dir))))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|b| b.starts_with(p(dir)))
+        })
         .map(|l| l.to_string())
         .collect()
 }
@@ -818,7 +832,11 @@ fn verify_mounts() -> Vec<String> {
 fn http_get(socket: &Path, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -838,16 +856,26 @@ fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damag
     let env = image_env(
         "vrfy-img",
         "",
-        &format!("after_snapshot = true\nhooks = [{}]\n", toml_list(&[p(&verifier)])),
+        &format!(
+            "after_snapshot = true\nhooks = [{}]\n",
+            toml_list(&[p(&verifier)])
+        ),
     );
     let mut ops = Vec::new();
     for i in 0..3 {
-        std::fs::write(env.fs.path(&format!("data/f{i}")), vec![b'a' + i as u8; 100_000]).unwrap();
+        std::fs::write(
+            env.fs.path(&format!("data/f{i}")),
+            vec![b'a' + i as u8; 100_000],
+        )
+        .unwrap();
         let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
         assert_eq!(code, 0, "{out}");
         assert_eq!(report["consistency"], "application", "{out}");
         let v = &report["verification"];
-        eprintln!("image snapshot {i}: {} in {} ms", v["status"], v["total_ms"]);
+        eprintln!(
+            "image snapshot {i}: {} in {} ms",
+            v["status"], v["total_ms"]
+        );
         assert_eq!(v["status"], "verified", "{out}");
         let checks = v["checks"].as_array().unwrap();
         let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -857,7 +885,11 @@ fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damag
         ops.push(report["operation_id"].as_str().unwrap().to_string());
     }
     // Nothing attached or mounted afterwards, and the copies are untouched snapshots.
-    assert!(loops_backed_in(&env.snaps).is_empty(), "{:?}", loops_backed_in(&env.snaps));
+    assert!(
+        loops_backed_in(&env.snaps).is_empty(),
+        "{:?}",
+        loops_backed_in(&env.snaps)
+    );
     assert!(verify_mounts().is_empty(), "{:?}", verify_mounts());
 
     // History and the catalog's stored report say so.
@@ -865,9 +897,15 @@ fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damag
     assert_eq!(code, 0, "{out}");
     let runs = hist.as_array().unwrap();
     assert_eq!(runs.len(), 3, "{out}");
-    assert!(runs.iter().all(|r| r["verification"] == "verified"), "{out}");
+    assert!(
+        runs.iter().all(|r| r["verification"] == "verified"),
+        "{out}"
+    );
     let (_, _, table) = quiesce(&env.config, &["history"]);
-    assert!(table.lines().next().unwrap().contains("VERIFICATION"), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("VERIFICATION"),
+        "{table}"
+    );
     let catalog = quiesce::catalog::Catalog::open_read_only(&env.private.join("catalog.db"))
         .unwrap()
         .unwrap();
@@ -879,7 +917,10 @@ fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damag
 
     // The gauge an operator alerts on, in the metrics file and on serve's /metrics.
     let file = std::fs::read_to_string(env.private.join("metrics.prom")).unwrap();
-    assert!(file.contains("\nquiesce_seconds_since_last_verified_application_snapshot "), "{file}");
+    assert!(
+        file.contains("\nquiesce_seconds_since_last_verified_application_snapshot "),
+        "{file}"
+    );
     let serve = support::ServeProcess::start(&env.config, &env.socket);
     let metrics = http_get(&env.socket, "/metrics");
     drop(serve);
@@ -901,12 +942,45 @@ fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damag
     assert_eq!(code, 1, "{out}");
     let status = v["status"].as_str().unwrap_or("");
     assert!(status.starts_with("verification failed: e2fsck: "), "{out}");
-    assert!(status.contains("keep.txt") || status.contains("inode"), "{out}");
+    assert!(
+        status.contains("keep.txt") || status.contains("inode"),
+        "{out}"
+    );
     let (_, hist, _) = quiesce(&env.config, &["history", "--json"]);
-    assert!(hist[0]["verification"].as_str().unwrap().starts_with("verification failed: e2fsck"));
+    assert!(hist[0]["verification"]
+        .as_str()
+        .unwrap()
+        .starts_with("verification failed: e2fsck"));
     assert_eq!(hist[1]["verification"], "verified");
     assert!(loops_backed_in(&env.snaps).is_empty());
     assert!(verify_mounts().is_empty());
+
+    // A database verifier needs a writable view (crash recovery): an image view is refused
+    // in plain words, and the image is left as it was.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let with_db = env.private.file(
+        "with-db.toml",
+        &format!(
+            "{text}\n[verify.postgres]\ndata = {}\n",
+            toml_str(p(&env.fs.path("data")))
+        ),
+        0o600,
+    );
+    let good = hist[1]["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let before = std::fs::read(&good).unwrap();
+    let (code, v, out) = quiesce(&with_db, &["verify", "--json", &good]);
+    assert_eq!(code, 1, "{out}");
+    let status = v["status"].as_str().unwrap_or("");
+    assert!(
+        status.starts_with("verification failed: postgres start: the view of /dev/loop")
+            && status.contains("is read-only"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read(&good).unwrap() == before,
+        "the snapshot image changed"
+    );
+    assert!(loops_backed_in(&env.snaps).is_empty());
 }
 
 /// Is any mount point under `dir` mounted?
@@ -1015,10 +1089,17 @@ fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapsh
             .unwrap();
         wait_for("the verifier", Duration::from_secs(30), || pidfile.exists());
         std::thread::sleep(Duration::from_millis(200));
-        let verifier_pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let verifier_pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let _ = child.kill();
         let _ = child.wait();
-        assert!(mounted_under(&views), "round {round}: the view should outlive kill -9");
+        assert!(
+            mounted_under(&views),
+            "round {round}: the view should outlive kill -9"
+        );
         assert!(Path::new(&format!("/proc/{verifier_pid}")).exists());
         let state = env.private.join("state/verify.json");
         assert!(state.exists());
@@ -1032,7 +1113,8 @@ fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapsh
         wait_for("the cleanup", Duration::from_secs(20), || {
             !mounted_under(&views) && !state.exists()
         });
-        let stat = std::fs::read_to_string(format!("/proc/{verifier_pid}/stat")).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{verifier_pid}/stat")).unwrap_or_default();
         assert!(
             stat.is_empty() || stat.contains(") Z "),
             "round {round}: the verifier still runs: {stat}"
@@ -1045,7 +1127,10 @@ fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapsh
     let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(v["status"], "verified");
-    assert!(std::fs::read_dir(&views).unwrap().next().is_none(), "views left");
+    assert!(
+        std::fs::read_dir(&views).unwrap().next().is_none(),
+        "views left"
+    );
 }
 
 // =========================================================================================
@@ -1099,8 +1184,8 @@ fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and
         std::os::unix::fs::lchown(datadir.join(f), Some(my.uid), Some(my.gid)).unwrap();
     }
     let rundir = open.path().join("run");
-    let server = MariaDb::start_with(&my, &datadir, &rundir, &open.path().join("m.log"), &[UNDO])
-        .unwrap();
+    let server =
+        MariaDb::start_with(&my, &datadir, &rundir, &open.path().join("m.log"), &[UNDO]).unwrap();
     server.create_quiesce_user();
     server.sql(
         "CREATE DATABASE w; \
@@ -1126,7 +1211,14 @@ fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and
         Some(argv.clone()),
         "both.toml",
     );
-    let data_only = mariadb_config(&private, &[p(&myvol)], &snaps, &datadir, Some(argv), "one.toml");
+    let data_only = mariadb_config(
+        &private,
+        &[p(&myvol)],
+        &snaps,
+        &datadir,
+        Some(argv),
+        "one.toml",
+    );
 
     // Both volumes snapshotted in one run, under write load: the view's symlinks are
     // re-pointed at the log volume's view, and every snapshot verifies.
@@ -1139,7 +1231,10 @@ fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and
         assert_eq!(report["snapshots"].as_array().unwrap().len(), 2, "{out}");
         let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
         let (code, v, out) = quiesce(&both, &["verify", "--json", &id]);
-        eprintln!("two volumes, both snapshotted, snapshot {i}: {}", v["status"]);
+        eprintln!(
+            "two volumes, both snapshotted, snapshot {i}: {}",
+            v["status"]
+        );
         assert_eq!(code, 0, "{out}");
         assert_eq!(v["status"], "verified", "{out}");
         let layout = v["checks"][0]["message"].as_str().unwrap_or("");
@@ -1181,14 +1276,92 @@ fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and
                 "{out}"
             );
         }
-        assert_eq!(tree_digest(&datadir), data_before, "the live data directory changed");
-        assert_eq!(tree_digest(&logdir), logs_before, "the live redo/undo volume changed");
-        assert_eq!(tree_digest(&rundir), run_before, "the live socket dir changed");
-        assert_eq!(pids_in(&datadir), pids_before, "the live server's processes changed");
+        assert_eq!(
+            tree_digest(&datadir),
+            data_before,
+            "the live data directory changed"
+        );
+        assert_eq!(
+            tree_digest(&logdir),
+            logs_before,
+            "the live redo/undo volume changed"
+        );
+        assert_eq!(
+            tree_digest(&rundir),
+            run_before,
+            "the live socket dir changed"
+        );
+        assert_eq!(
+            pids_in(&datadir),
+            pids_before,
+            "the live server's processes changed"
+        );
         for f in ["ib_logfile0", "undo001", "undo002"] {
             assert_eq!(std::fs::read_link(datadir.join(f)).unwrap(), logdir.join(f));
         }
     }
     server.sql("SELECT COUNT(*) FROM w.log");
     assert!(views_in(&snaps).is_empty(), "views left behind");
+}
+
+#[test]
+fn command_provider_xfs_and_btrfs_image_copies_are_checked_by_their_own_tools() {
+    require_root();
+    let _slot = SLOTS.take();
+    let private = Scratch::new("vrfy-img-fs");
+    let verifier = private.script(
+        "check-keep",
+        "#!/bin/sh\nset -e\ntest \"$(cat \"$QUIESCE_VERIFY_VIEW/data/keep.txt\")\" = kept\n",
+    );
+    let extra = format!(
+        "after_snapshot = true\nhooks = [{}]\n",
+        toml_list(&[p(&verifier)])
+    );
+    for (fstype, size, check_name) in [("xfs", 300, "xfs_repair"), ("btrfs", 256, "btrfs check")] {
+        let env = image_env_of(fstype, size, &format!("vrfy-img-{fstype}"), "", &extra);
+        let mut last = String::new();
+        for i in 0..2 {
+            std::fs::write(env.fs.path(&format!("data/f{i}")), vec![b'x'; 300_000]).unwrap();
+            let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+            assert_eq!(code, 0, "{out}");
+            let v = &report["verification"];
+            eprintln!(
+                "{fstype} image copy {i}: {} ({})",
+                v["status"], v["checks"][0]["message"]
+            );
+            assert_eq!(v["status"], "verified", "{out}");
+            assert_eq!(v["checks"][0]["name"], check_name, "{out}");
+            last = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(loops_backed_in(&env.snaps).is_empty());
+        assert!(verify_mounts().is_empty());
+        if fstype == "xfs" {
+            // The inode of data/keep.txt zeroed in the newest copy.
+            let ino = std::fs::metadata(env.fs.path("data/keep.txt"))
+                .unwrap()
+                .ino();
+            sh_ok(
+                "xfs_db",
+                &[
+                    "-x",
+                    "-c",
+                    &format!("inode {ino}"),
+                    "-c",
+                    "write core.mode 0",
+                    &last,
+                ],
+            );
+            let (code, v, out) = quiesce(&env.config, &["verify", "--json", &last]);
+            eprintln!("damaged xfs copy: {}", v["status"]);
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                v["status"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("verification failed: xfs_repair: "),
+                "{out}"
+            );
+            assert!(loops_backed_in(&env.snaps).is_empty());
+        }
+    }
 }

@@ -380,7 +380,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         ("verify_command", &s.verify_command),
         ("verify_teardown", &s.verify_teardown),
     ] {
-        if argv.as_ref().is_some_and(|a| a.first().is_none_or(|c| c.is_empty())) {
+        if argv
+            .as_ref()
+            .is_some_and(|a| a.first().is_none_or(|c| c.is_empty()))
+        {
             problems.push(problem(
                 format!("`snapshot.{key}` must be a non-empty argv list"),
                 key,

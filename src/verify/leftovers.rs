@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 /// The record file's name under the state directory.
 pub const FILE: &str = "verify.json";
 
+/// Environment variables given to a command, in order.
+type Env = Vec<(String, String)>;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {
     subvolumes: Vec<PathBuf>,
@@ -26,7 +29,7 @@ struct Record {
     loops: Vec<(String, PathBuf)>,
     /// (argv, environment): the user's teardown of a view the `verify` command made.
     #[serde(default)]
-    teardowns: Vec<(Vec<String>, Vec<(String, String)>)>,
+    teardowns: Vec<(Vec<String>, Env)>,
 }
 
 /// The live record of one verification.
@@ -70,12 +73,16 @@ impl Leftovers {
     }
 
     pub fn add_mount(&mut self, mount_point: &Path, device: &str) {
-        self.rec.mounts.push((mount_point.to_path_buf(), device.to_string()));
+        self.rec
+            .mounts
+            .push((mount_point.to_path_buf(), device.to_string()));
         self.save();
     }
 
     pub fn add_loop(&mut self, device: &str, backing: &Path) {
-        self.rec.loops.push((device.to_string(), backing.to_path_buf()));
+        self.rec
+            .loops
+            .push((device.to_string(), backing.to_path_buf()));
         self.save();
     }
 

@@ -26,11 +26,11 @@ pub mod view;
 use crate::catalog::{Catalog, VerificationRow};
 use crate::config::Config;
 use crate::hooks::{self, Phase, RunContext};
-use leftovers::Leftovers;
-pub use view::View;
 pub use crate::report::{Verification as VerifyReport, VerifyCheck as Check};
+use leftovers::Leftovers;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+pub use view::View;
 
 /// Which snapshot to verify.
 #[derive(Debug, Clone)]
@@ -90,7 +90,13 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
         }
     };
     if checks.iter().all(|c| c.ok) {
-        checks.extend(run_verifiers(cfg, &views, &verify_id, deadline, &mut record));
+        checks.extend(run_verifiers(
+            cfg,
+            &views,
+            &verify_id,
+            deadline,
+            &mut record,
+        ));
     }
     if checks.is_empty() {
         checks.push(Check {
