@@ -84,8 +84,9 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
-    /// Prove that a snapshot restores: a disposable writable view of it, a throwaway database
-    /// server and checks on it (see `[verify]`); the result is recorded in the catalog.
+    /// Prove that a snapshot restores: a disposable view of it (btrfs, the command provider's
+    /// `verify_command`, or an image file), a filesystem check, throwaway database servers and
+    /// your verifiers on it (see `[verify]`); the result is recorded in the catalog.
     Verify {
         /// The snapshot id (as `quiesce snapshots` lists it).
         #[arg(required_unless_present = "latest", conflicts_with = "latest")]

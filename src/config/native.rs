@@ -732,6 +732,42 @@ mod tests {
     }
 
     #[test]
+    fn command_provider_view_commands_are_checked() {
+        let cmd = "[snapshot]\nprovider = \"command\"\ncommand = [\"/s\"]\n";
+        let cfg = p(&format!(
+            "{cmd}verify_command = [\"/v\", \"-x\"]\nverify_teardown = [\"/t\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.snapshot.verify_command,
+            Some(vec!["/v".to_string(), "-x".to_string()])
+        );
+        assert_eq!(cfg.snapshot.verify_teardown, Some(vec!["/t".to_string()]));
+        for (text, want) in [
+            (
+                format!("{cmd}verify_command = []\n"),
+                "`snapshot.verify_command` must be a non-empty argv list",
+            ),
+            (
+                format!("{cmd}verify_teardown = [\"/t\"]\n"),
+                "`snapshot.verify_teardown` needs `snapshot.verify_command`",
+            ),
+            (
+                "[snapshot]\nprovider = \"btrfs\"\nsubvolumes = [\"/a\"]\ndirectory = \"/b\"\n\
+                 verify_command = [\"/v\"]\n"
+                    .to_string(),
+                "is for the \"command\" provider only",
+            ),
+        ] {
+            let e = p(&text).unwrap_err();
+            assert!(
+                e.0.iter().any(|m| m.message.contains(want)),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn tcp_listener_requires_a_token_file() {
         let e = p("[server]\ntcp_listen = \"127.0.0.1:7450\"\n").unwrap_err();
         assert_eq!(e.0[0].code, ErrorCode::IncorrectConfigFile);
