@@ -367,8 +367,8 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
     problems.extend(
         provider
             .check()
-            .into_iter()
-            .map(|e| Problem::new(e.code, e.message)),
+            .iter()
+            .map(crate::snapshot::SnapshotError::to_problem),
     );
     let mut freeze = Vec::new();
     if cfg.freeze.enabled {
@@ -687,7 +687,7 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
     let mut list = match provider.list() {
         Ok(l) => l,
         Err(e) => {
-            print_problems(&[Problem::new(e.code, e.message)]);
+            print_problems(&[e.to_problem()]);
             return 1;
         }
     };
