@@ -27,7 +27,7 @@ fn argv(script: &Path, args: &[&str]) -> Vec<String> {
 }
 
 fn alive(pid: i32) -> bool {
-    quiesce::hooks::process::stat_state_pgrp(pid)
+    quiesce::process::stat_state_pgrp(pid)
         .map(|(st, _)| st != 'Z' && st != 'X')
         .unwrap_or(false)
 }

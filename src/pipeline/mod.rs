@@ -205,7 +205,7 @@ pub struct Operation {
     started_hooks: Vec<usize>,
     held: Vec<(usize, Held)>,
     /// What each pre script left running, kept until the hook's post script has run.
-    kept: Vec<(usize, hooks::process::KeptGroup)>,
+    kept: Vec<(usize, crate::process::KeptGroup)>,
     /// Held hooks released at the freeze deadline while the provider was still running.
     released_at_deadline: Vec<usize>,
     all_pre_ok: bool,

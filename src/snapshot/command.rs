@@ -1,12 +1,12 @@
 //! The `command` provider: any external command, run with a timeout while the set is frozen.
 //!
-//! The command runs with the same process machinery as hooks ([`crate::hooks::process`]):
+//! The command runs with the same process machinery as hooks ([`crate::process`]):
 //! argv without a shell, its own process group (killed as a whole at the timeout), cwd `/`,
 //! stdin `/dev/null`, and an environment cleared except:
 //!
 //! | variable | value |
 //! |---|---|
-//! | `PATH` | [`SAFE_PATH`](crate::hooks::process::SAFE_PATH) (a bare command name is looked up there) |
+//! | `PATH` | [`SAFE_PATH`](crate::process::SAFE_PATH) (a bare command name is looked up there) |
 //! | `QUIESCE_OPERATION_ID` | the operation id |
 //! | `QUIESCE_FROZEN_MOUNTS` | mount points of the frozen filesystems, `:`-separated |
 //! | `QUIESCE_FROZEN_DEVICES` | their sources (e.g. `/dev/loop3`), `:`-separated, same order |
@@ -18,8 +18,8 @@
 //! Note that cloud CLIs usually find their credentials through `HOME` or their own variables,
 //! which are not passed: wrap them in a script that sets what they need.
 use super::{Provider, SnapshotContext, SnapshotError};
-use crate::hooks::process::{deadline_after, Launch};
-use crate::hooks::AttemptEnd;
+use crate::process::AttemptEnd;
+use crate::process::{deadline_after, Launch};
 use crate::report::SnapshotRef;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -126,7 +126,7 @@ impl Provider for CommandProvider {
                 tracing::error!(command = %self.display(), end = ?other, stderr = %stderr, "snapshot command failed");
                 return Err(SnapshotError::CommandFailed {
                     command: self.display(),
-                    end: crate::hooks::describe_end(&other),
+                    end: crate::process::describe_end(&other),
                     stderr: stderr_tail,
                 });
             }
