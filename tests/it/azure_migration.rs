@@ -17,41 +17,11 @@
 use crate::support;
 use crate::support::db;
 
-use db::{mariadb_install, MariaDb, OpenDir, User, MARIADB_QUIESCE_PASSWORD};
+use db::{mariadb_install, MariaDb, OpenDir, RootMyCnf, User, MARIADB_QUIESCE_PASSWORD};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::{LoopFs, Scratch};
-
-/// Root's `~/.my.cnf` for the duration of the test (an existing one is restored on drop).
-struct MyCnf {
-    path: PathBuf,
-    backup: Option<PathBuf>,
-}
-
-impl MyCnf {
-    fn install(text: &str) -> MyCnf {
-        let path = PathBuf::from("/root/.my.cnf");
-        let backup = path.exists().then(|| {
-            let b = PathBuf::from("/root/.my.cnf.quiesce-test-backup");
-            std::fs::rename(&path, &b).unwrap();
-            b
-        });
-        std::fs::write(&path, text).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        MyCnf { path, backup }
-    }
-}
-
-impl Drop for MyCnf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        if let Some(b) = &self.backup {
-            let _ = std::fs::rename(b, &self.path);
-        }
-    }
-}
 
 /// Microsoft's sample plugin JSON, with our paths.
 fn plugin_json(etc: &Scratch, name: &str, pre: &str, post: &str, mode: u32) -> PathBuf {
@@ -119,7 +89,7 @@ fn azure_migration_end_to_end_with_a_real_mariadb() {
     .unwrap();
     server.create_quiesce_user();
     server.sql("CREATE DATABASE mig; CREATE TABLE mig.t (id INT PRIMARY KEY) ENGINE=InnoDB");
-    let _cnf = MyCnf::install(&format!(
+    let _cnf = RootMyCnf::install(&format!(
         "[client]\nuser=quiesce\npassword={MARIADB_QUIESCE_PASSWORD}\nsocket={}\n",
         server.sock.display()
     ));

@@ -456,7 +456,7 @@ fn sigkill_mid_record_leaves_no_partial_run() {
         .args([
             "--ignored",
             "--exact",
-            "subprocess_entry",
+            "catalog::subprocess_entry",
             "--nocapture",
             "--test-threads=1",
         ])

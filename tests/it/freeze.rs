@@ -13,10 +13,10 @@ use support::{writable_within, BindMount, LoopFs, Scratch, WriteProbe};
 const FROZEN_CHECK: Duration = Duration::from_millis(300);
 const THAWED_CHECK: Duration = Duration::from_secs(5);
 
-fn setup() {
-    // The library's guard is the quiesce binary (its main dispatches `__guard`); the
-    // test harness itself cannot be re-executed as one.
-    freeze::guard::set_program(support::quiesce_bin());
+/// The library's guard is the quiesce binary (its main dispatches `__guard`); the test
+/// harness itself cannot be re-executed as one. Held for the whole test.
+fn setup() -> std::sync::RwLockReadGuard<'static, ()> {
+    support::library_guard()
 }
 
 fn cfg(include: &[&Path]) -> FreezeConfig {
@@ -67,7 +67,7 @@ fn assert_thawed(mut probe: WriteProbe, dir: &Path) {
 
 #[test]
 fn freeze_and_thaw_ext4_xfs_btrfs_together() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let b = LoopFs::new("xfs", 320);
     let c = LoopFs::new("btrfs", 128);
@@ -111,7 +111,7 @@ fn freeze_and_thaw_ext4_xfs_btrfs_together() {
 
 #[test]
 fn state_file_is_written_before_the_freeze_and_removed_after() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let p = plan_for(&[&a.mount_point]);
@@ -141,7 +141,7 @@ fn state_file_is_written_before_the_freeze_and_removed_after() {
 
 #[test]
 fn bind_mount_is_frozen_once() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     std::fs::create_dir_all(a.path("sub")).unwrap();
     let st = Scratch::new("state");
@@ -181,7 +181,7 @@ fn bind_mount_is_frozen_once() {
 
 #[test]
 fn nested_mounts_are_frozen_independently() {
-    setup();
+    let _guard = setup();
     let parent = LoopFs::new("ext4", 64);
     let img = Scratch::new("nested-img");
     let child = LoopFs::create("xfs", 320, &img.join("child.img"), &parent.path("child"));
@@ -218,7 +218,7 @@ fn nested_mounts_are_frozen_independently() {
 
 #[test]
 fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
-    setup();
+    let _guard = setup();
     let outer = LoopFs::new("ext4", 400);
     let mnt = Scratch::new("inner-mnt");
     let inner = LoopFs::create("ext4", 128, &outer.path("inner.img"), &mnt.join("mnt"));
@@ -279,7 +279,7 @@ fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
 
 #[test]
 fn already_frozen_filesystem_fails_and_the_other_is_thawed_again() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let b = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -319,7 +319,7 @@ fn already_frozen_filesystem_fails_and_the_other_is_thawed_again() {
 
 #[test]
 fn guard_thaws_at_the_deadline() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let p = plan_for(&[&a.mount_point]);
@@ -352,7 +352,7 @@ fn guard_thaws_at_the_deadline() {
 
 #[test]
 fn guard_thaws_on_its_own_sigterm() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let p = plan_for(&[&a.mount_point]);
@@ -376,7 +376,7 @@ fn guard_thaws_on_its_own_sigterm() {
 
 #[test]
 fn dropping_frozen_without_thaw_still_thaws() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let p = plan_for(&[&a.mount_point]);
@@ -390,7 +390,7 @@ fn dropping_frozen_without_thaw_still_thaws() {
 
 #[test]
 fn recover_thaws_what_a_crash_left_frozen() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let lock = OpLock::acquire(&st.path).unwrap();
@@ -507,7 +507,7 @@ fn empty_plan_is_refused() {
 /// agent's later thaw, and `frozen_ms` is the guard's real thaw, not the agent's.
 #[test]
 fn a_guard_that_fired_never_thaws_again() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let p = plan_for(&[&a.mount_point]);
@@ -552,7 +552,7 @@ fn guard_signal(frozen: &freeze::Frozen, sig: &str) {
 /// with its own code; it never pretends the guard was there.
 #[test]
 fn a_killed_guard_is_noticed_and_the_agent_thaws() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let p = plan_for(&[&a.mount_point]);
@@ -582,7 +582,7 @@ fn a_killed_guard_is_noticed_and_the_agent_thaws() {
 /// later and thaw somebody else's freeze) and thaws by itself.
 #[test]
 fn a_stopped_guard_is_killed_and_the_agent_thaws() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
     let p = plan_for(&[&a.mount_point]);
@@ -626,7 +626,7 @@ fn a_stopped_guard_is_killed_and_the_agent_thaws() {
 /// its report (and so in the catalog): recovery never goes unrecorded.
 #[test]
 fn recovery_at_start_is_recorded_in_the_report() {
-    setup();
+    let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("recorded");
     let state_dir = st.join("run");

@@ -1,6 +1,6 @@
 //! Failure paths of freeze() on real filesystems: a guard that cannot start, and a
 //! filesystem without freeze support. One test function, because it switches the
-//! process-wide guard program.
+//! process-wide guard program (`support::OtherGuardProgram`).
 use crate::support;
 
 use quiesce::codes::ErrorCode;
@@ -66,11 +66,13 @@ fn freeze_failure_paths() {
     .unwrap();
 
     // 1. A guard program that is not a guard: nothing is frozen, the cause is named.
-    freeze::guard::set_program(PathBuf::from("/bin/true"));
     let lock = OpLock::acquire(&st.path).unwrap();
-    let errs = match freeze::freeze(&p, &lock, &opts(&st.path)) {
-        Ok(_) => panic!("froze without a guard"),
-        Err(e) => e,
+    let errs = {
+        let _not_a_guard = support::OtherGuardProgram::set(Path::new("/bin/true"));
+        match freeze::freeze(&p, &lock, &opts(&st.path)) {
+            Ok(_) => panic!("froze without a guard"),
+            Err(e) => e,
+        }
     };
     assert_eq!(errs[0].code, ErrorCode::FreezeFailed);
     assert!(
@@ -84,7 +86,7 @@ fn freeze_failure_paths() {
     // 2. A filesystem without freeze support (a tmpfs of our own, forced into a plan the
     //    planner would refuse): FreezeNotSupported, and the ext4 frozen alongside it is
     //    thawed again.
-    freeze::guard::set_program(support::quiesce_bin());
+    let _guard = support::library_guard();
     let t = OwnTmpfs::new(st.join("tmpfs"));
     let m = mountinfo::read_self()
         .unwrap()

@@ -645,7 +645,12 @@ fn hold_releases_when_the_agent_dies() {
         "echo READY\ncat >/dev/null\necho released-by-eof > \"$1/released\"\nexit 0\n",
     );
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "hold_agent_helper", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "hooks::hold_agent_helper",
+            "--nocapture",
+        ])
         .env("QUIESCE_TEST_HOLD_DIR", &d.path)
         .stdout(std::process::Stdio::null())
         .status()

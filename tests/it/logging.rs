@@ -24,8 +24,15 @@ const SCENARIO_ENV: &str = "QUIESCE_TEST_LOG_SCENARIO";
 const DIR_ENV: &str = "QUIESCE_TEST_LOG_DIR";
 const BIG_LINES: usize = 2600;
 
+/// In a child process: the hold is process-wide, and in-process freezes of other tests in
+/// this binary hold and release it too.
 #[test]
 fn hold_release_without_init() {
+    let s = Scratch::new("log-hold");
+    run_child("hold", &s.path);
+}
+
+fn child_hold() {
     assert!(!logging::is_held());
     logging::hold();
     logging::hold();
@@ -172,6 +179,7 @@ fn subprocess_entry() {
     };
     let dir = PathBuf::from(dir);
     match scenario.as_str() {
+        "hold" => child_hold(),
         "text" => child_text(&dir),
         "json" => child_json(&dir),
         "overflow" => child_overflow(&dir),
@@ -250,7 +258,7 @@ fn child_text(dir: &Path) {
     );
     for (i, d) in j[1..51].iter().enumerate() {
         assert_eq!(d["MESSAGE"], format!("held line {i}  n={i}"));
-        assert_eq!(d["QUIESCE_TARGET"], "logging");
+        assert_eq!(d["QUIESCE_TARGET"], module_path!());
     }
     assert_eq!(j[51]["MESSAGE"], "multi\nline message");
     assert_eq!(j[51]["PRIORITY"], "4");
@@ -331,7 +339,7 @@ fn run_child(scenario: &str, dir: &Path) {
         .args([
             "--ignored",
             "--exact",
-            "subprocess_entry",
+            "logging::subprocess_entry",
             "--nocapture",
             "--test-threads=1",
         ])

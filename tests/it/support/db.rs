@@ -493,6 +493,88 @@ pub struct MariaDb {
     pub sock: PathBuf,
     pub log: PathBuf,
     proc: Proc,
+    _running: Running,
+}
+
+/// Root's `~/.my.cnf` is read by every mariadb client run as root (the hooks), after its
+/// `--defaults-extra-file`, so its `user`, `password` and `socket` win: while a test has
+/// one installed ([`RootMyCnf`]), no other test's server may run, or that test's hooks
+/// would log in to the wrong server. Counted here: servers running, and whether a test has
+/// root's option file to itself.
+struct Servers {
+    running: usize,
+    my_cnf_taken: bool,
+}
+
+static SERVERS: Mutex<Servers> = Mutex::new(Servers {
+    running: 0,
+    my_cnf_taken: false,
+});
+static SERVERS_CHANGED: Condvar = Condvar::new();
+
+/// One running server, counted in [`SERVERS`] (waits while another test has root's
+/// `~/.my.cnf`).
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        let mut s = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+        while s.my_cnf_taken {
+            s = SERVERS_CHANGED.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.running += 1;
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        SERVERS.lock().unwrap_or_else(|e| e.into_inner()).running -= 1;
+        SERVERS_CHANGED.notify_all();
+    }
+}
+
+/// Root's `~/.my.cnf` with `text`, for a test whose one server is already running: waits
+/// until no other test has a server, and keeps others from starting one until drop. An
+/// existing file is moved aside and put back on drop.
+pub struct RootMyCnf {
+    path: PathBuf,
+    backup: Option<PathBuf>,
+}
+
+impl RootMyCnf {
+    pub fn install(text: &str) -> RootMyCnf {
+        let mut s = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+        while s.my_cnf_taken || s.running > 1 {
+            s = SERVERS_CHANGED.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.my_cnf_taken = true;
+        drop(s);
+        let path = PathBuf::from("/root/.my.cnf");
+        let backup = path.exists().then(|| {
+            let b = PathBuf::from("/root/.my.cnf.quiesce-test-backup");
+            std::fs::rename(&path, &b).unwrap();
+            b
+        });
+        let cnf = RootMyCnf { path, backup };
+        std::fs::write(&cnf.path, text).unwrap();
+        std::fs::set_permissions(&cnf.path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        cnf
+    }
+}
+
+impl Drop for RootMyCnf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(b) = &self.backup {
+            let _ = std::fs::rename(b, &self.path);
+        }
+        SERVERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .my_cnf_taken = false;
+        SERVERS_CHANGED.notify_all();
+    }
 }
 
 impl MariaDb {
@@ -500,6 +582,7 @@ impl MariaDb {
     /// `rundir` (created), error log at `log`, binary log on (`binlog.*` in the datadir),
     /// durable commits.
     pub fn start(my: &User, datadir: &Path, rundir: &Path, log: &Path) -> Result<MariaDb, String> {
+        let running = Running::start();
         mkdir_owned(rundir, Some(my));
         let logf = log_file(log, my);
         let sock = rundir.join("sock");
@@ -535,6 +618,7 @@ impl MariaDb {
             sock,
             log: logf,
             proc,
+            _running: running,
         };
         let ready = wait_until("mariadbd start", Duration::from_secs(90), || {
             if let Some(st) = server.proc.exited() {
@@ -725,16 +809,19 @@ impl Drop for MariaWriter {
 pub struct Attached {
     pub device: String,
     pub mount_point: PathBuf,
+    image: PathBuf,
 }
 
 impl Attached {
     pub fn new(image: &Path, mount_point: &Path) -> Attached {
+        let image = std::fs::canonicalize(image).unwrap();
         let device = sh("losetup", &["-f", "--show", image.to_str().unwrap()])
             .trim()
             .to_string();
         let a = Attached {
             device,
             mount_point: mount_point.to_path_buf(),
+            image,
         };
         std::fs::create_dir_all(mount_point).unwrap();
         sh("mount", &[&a.device, mount_point.to_str().unwrap()]);
@@ -753,7 +840,7 @@ impl Drop for Attached {
         if mounted {
             let _ = Command::new("umount").arg(&self.mount_point).status();
         }
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        crate::support::detach_loop(&self.device, &self.image);
     }
 }
 

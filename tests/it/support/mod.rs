@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -191,31 +192,34 @@ impl Drop for LoopFs {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        // Detach until it succeeds once (the device may be busy for a moment after umount),
-        // and never again after that: the number may already belong to another test.
-        let name = self.device.trim_start_matches("/dev/");
-        let ours = || {
-            std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
-                .map(|f| {
-                    f.trim().trim_end_matches(" (deleted)") == self.image.to_str().unwrap_or("")
-                })
-                .unwrap_or(false)
-        };
-        for _ in 0..50 {
-            if !ours() {
-                break;
-            }
-            let detached = Command::new("losetup")
-                .args(["-d", &self.device])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if detached {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        detach_loop(&self.device, &self.image);
         let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// Detach `device` if it is still backed by `image`: retried while busy (a moment after
+/// umount), and never again once detached, because the number may already belong to
+/// another test.
+pub fn detach_loop(device: &str, image: &Path) {
+    let name = device.trim_start_matches("/dev/");
+    let ours = || {
+        std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+            .map(|f| f.trim().trim_end_matches(" (deleted)") == image.to_str().unwrap_or(""))
+            .unwrap_or(false)
+    };
+    for _ in 0..50 {
+        if !ours() {
+            break;
+        }
+        let detached = Command::new("losetup")
+            .args(["-d", device])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if detached {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -276,6 +280,37 @@ pub fn writable_within(mount_point: &Path, deadline: Duration) -> bool {
 /// Path of the quiesce binary under test.
 pub fn quiesce_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_quiesce"))
+}
+
+/// The library's guard program (`freeze::guard::set_program`) is one setting for the whole
+/// process, and tests of several areas freeze in-process at once in this binary.
+static GUARD_PROGRAM: RwLock<()> = RwLock::new(());
+
+/// For a test that freezes in-process through the library: the guard is the quiesce binary
+/// (the test harness cannot be re-executed as one). Hold the returned guard for the whole
+/// test: no other test swaps the program meanwhile.
+pub fn library_guard() -> RwLockReadGuard<'static, ()> {
+    let held = GUARD_PROGRAM.read().unwrap_or_else(|e| e.into_inner());
+    quiesce::freeze::guard::set_program(quiesce_bin());
+    held
+}
+
+/// Another guard program (a test of a broken guard) until drop, while no other test of this
+/// process freezes in-process; the quiesce binary is put back on drop.
+pub struct OtherGuardProgram(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
+
+impl OtherGuardProgram {
+    pub fn set(program: &Path) -> OtherGuardProgram {
+        let held = GUARD_PROGRAM.write().unwrap_or_else(|e| e.into_inner());
+        quiesce::freeze::guard::set_program(program.to_path_buf());
+        OtherGuardProgram(held)
+    }
+}
+
+impl Drop for OtherGuardProgram {
+    fn drop(&mut self) {
+        quiesce::freeze::guard::set_program(quiesce_bin());
+    }
 }
 
 /// A write+fsync probe that, unlike [`writable_within`], never thaws anything: it shows
