@@ -54,27 +54,24 @@ fn start_member(name: &str, endpoints: &[String], extra: &str) -> Member {
 
 /// This member's own snapshot provider: the `command` provider copying the member's own
 /// filesystem image (while it is frozen) into `snaps`, and printing the copy's path as the
-/// snapshot id. It fails, saying why, while `ctl/fail-NAME` exists.
+/// snapshot id. It fails, saying why, while `ctl/fail-NAME` exists, and hangs (past the
+/// group deadline, until its own timeout) while `ctl/slow-NAME` exists.
 fn own_provider(ctl: &Scratch, snaps: &Scratch, name: &str, fs: &LoopFs) -> String {
     let script = ctl.script(
         &format!("snapshot-{name}"),
         &format!(
-            "#!/bin/sh
-set -e
-if [ -e {ctl}/fail-{name} ]; then echo 'disk full on {name}' >&2; \
-             exit 1; fi
-out={snaps}/\"$QUIESCE_OPERATION_ID\"-{name}.img
-\
-             cp --sparse=always {img} \"$out\"
-echo \"$out\"
-",
+            "#!/bin/sh\nset -e\n\
+             if [ -e {ctl}/fail-{name} ]; then echo 'disk full on {name}' >&2; exit 1; fi\n\
+             if [ -e {ctl}/slow-{name} ]; then touch {ctl}/stuck-{name}; sleep 30; fi\n\
+             out={snaps}/\"$QUIESCE_OPERATION_ID\"-{name}.img\n\
+             cp --sparse=always {img} \"$out\"\necho \"$out\"\n",
             ctl = ctl.path.display(),
             snaps = snaps.path.display(),
             img = fs.image.display(),
         ),
     );
     format!(
-        "[snapshot]\nprovider = \"command\"\ncommand = [{:?}]\ntimeout = \"10s\"\n",
+        "[snapshot]\nprovider = \"command\"\ncommand = [{:?}]\ntimeout = \"6s\"\n",
         script.display().to_string()
     )
 }
@@ -377,16 +374,21 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
     std::fs::write(ctl.join("fail-m1"), "").unwrap();
     let report = group_snapshot(&cluster.endpoints, "cut-fail", "20s", &[]);
     std::fs::remove_file(ctl.join("fail-m1")).unwrap();
-    stop.store(true, Ordering::SeqCst);
-    let transfers = w.join().unwrap();
     assert_eq!(report["status"], "failed", "{report:#}");
     let errors = report["errors"].to_string();
-    assert!(errors.contains("member m1's own snapshot failed"), "{errors}");
+    assert!(
+        errors.contains("member m1's own snapshot failed"),
+        "{errors}"
+    );
     assert!(errors.contains("disk full on m1"), "{errors}");
     assert!(!errors.contains("m0") && !errors.contains("m2"), "{errors}");
     for n in ["m0", "m2"] {
         std::fs::remove_file(own_snapshot(&report, n)).unwrap();
     }
+    // The writer keeps running (the members' pre hooks wait for it to pause).
+    stuck_provider_is_cut_off_by_the_deadline(&cluster.endpoints, &members, &ctl);
+    stop.store(true, Ordering::SeqCst);
+    let transfers = w.join().unwrap();
 
     let live: i64 = members
         .iter()
@@ -414,6 +416,82 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
     drop(members);
 }
 
+/// A member whose own provider hangs: the coordinator stops waiting at the release time and
+/// aborts, the others are released, the stuck member's filesystem is thawed by its guard at
+/// the deadline, and the group report names it.
+fn stuck_provider_is_cut_off_by_the_deadline(
+    endpoints: &[String],
+    members: &[Member],
+    ctl: &Scratch,
+) {
+    std::fs::write(ctl.join("slow-m2"), "").unwrap();
+    let started = Instant::now();
+    let mut coord = coordinator(endpoints, "cut-stuck", "4s", &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !ctl.join("stuck-m2").exists() {
+        if started.elapsed() > Duration::from_secs(4) || coord.try_wait().unwrap().is_some() {
+            let _ = coord.kill();
+            let out = coord.wait_with_output().unwrap();
+            panic!(
+                "m2's provider never ran: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::remove_file(ctl.join("slow-m2")).unwrap();
+    assert!(
+        frozen_now(&members[2].fs),
+        "m2 frozen while its provider runs"
+    );
+    let etcd = quiesce::group::etcd::Etcd::new(endpoints, Duration::from_secs(2));
+    let spec: quiesce::group::OpSpec = serde_json::from_str(
+        &etcd
+            .get("/quiesce/groups/grp/specs/cut-stuck")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut probe = support::WriteProbe::start(&members[2].fs.mount_point);
+    assert!(
+        probe.finished_within(Duration::from_secs(8)).is_some(),
+        "m2 never thawed"
+    );
+    let late_ms = quiesce::group::now_ms() as i64 - spec.deadline_ms as i64;
+    eprintln!("stuck provider: m2 writable {late_ms} ms after the deadline (negative: before)");
+    // The guard thaws at the deadline, counted from the freeze (a little after the spec
+    // was written); the probe notices within its own polling.
+    assert!(
+        late_ms < 500,
+        "m2 thawed by the deadline: {late_ms} ms after it"
+    );
+    for m in &members[..2] {
+        assert!(
+            thawed_within(&m.fs, Duration::from_secs(1)),
+            "{} released",
+            m.name
+        );
+    }
+    let out = coord.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "failed", "{report:#}");
+    let errors = report["errors"].to_string();
+    assert!(
+        errors.contains("member m2 did not report its own snapshot before the deadline"),
+        "{errors}"
+    );
+    assert!(took < Duration::from_secs(4 + 3 + 3 + 1), "{took:?}");
+    let _ = std::fs::remove_file(ctl.join("stuck-m2"));
+    for n in ["m0", "m1"] {
+        std::fs::remove_file(own_snapshot(&report, n)).unwrap();
+    }
+}
+
 /// Every member's catalog holds the group reports; `quiesce history` on a member shows its
 /// run with the group's outcome, and `quiesce group history` (from etcd) says whose
 /// catalogs hold each report.
@@ -424,7 +502,11 @@ fn assert_catalogs_hold_the_group_reports(endpoints: &[String], members: &[Membe
             .unwrap();
         let until = Instant::now() + Duration::from_secs(10);
         // The failed operation's report is recorded once the coordinator wrote it.
-        while catalog.group_report_json("grp", "cut-fail").unwrap().is_none() {
+        while catalog
+            .group_report_json("grp", "cut-fail")
+            .unwrap()
+            .is_none()
+        {
             assert!(Instant::now() < until, "{}: no cut-fail report", m.name);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -439,9 +521,8 @@ fn assert_catalogs_hold_the_group_reports(endpoints: &[String], members: &[Membe
             .args(["--config", m.config.to_str().unwrap(), "history", "--json"])
             .output()
             .unwrap();
-        let runs: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!("{}: {}", m.name, String::from_utf8_lossy(&out.stderr))
-        });
+        let runs: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}: {}", m.name, String::from_utf8_lossy(&out.stderr)));
         let run = |id: &str| {
             runs.as_array()
                 .unwrap()
@@ -479,11 +560,12 @@ fn assert_catalogs_hold_the_group_reports(endpoints: &[String], members: &[Membe
             "--endpoints",
             &endpoints.join(","),
             "--limit",
-            "2",
+            "3",
         ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("operation cut-stuck: failed"), "{text}");
     assert!(text.contains("operation cut-fail: failed"), "{text}");
     assert!(
         text.contains("operation cut-19: succeeded (application)"),
@@ -495,7 +577,7 @@ fn assert_catalogs_hold_the_group_reports(endpoints: &[String], members: &[Membe
         "grp",
     )
     .unwrap();
-    assert_eq!(history.len(), 21);
+    assert_eq!(history.len(), 22);
     assert!(history.iter().all(|r| r.catalogs == ["m0", "m1", "m2"]));
 }
 
@@ -737,7 +819,9 @@ fn member_losing_its_etcd_link_releases_by_the_deadline() {
     let members = [
         start_member("l0", &cluster.endpoints, ""),
         start_member("l1", &cluster.endpoints, ""),
-        start_member_in(Some(&netns.name), "l2", &cluster.endpoints, &|_| String::new()),
+        start_member_in(Some(&netns.name), "l2", &cluster.endpoints, &|_| {
+            String::new()
+        }),
     ];
     wait_members(&cluster.endpoints, 3);
     let marker = dir.join("all-frozen");

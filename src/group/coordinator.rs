@@ -169,7 +169,9 @@ fn snapshot_step(
     let mut held = true;
     if !takers.is_empty() {
         if let Err(e) = etcd.put(&format!("{prefix}snapshot"), "take", spec.lease) {
-            errors.push(format!("could not ask the members for their snapshots: {e}"));
+            errors.push(format!(
+                "could not ask the members for their snapshots: {e}"
+            ));
             held = false;
         }
     }
@@ -194,7 +196,10 @@ fn snapshot_step(
     }
     let mut snapshots = BTreeMap::new();
     for n in takers {
-        match raw.get(n).map(|v| serde_json::from_value::<MemberSnapshot>(v.clone())) {
+        match raw
+            .get(n)
+            .map(|v| serde_json::from_value::<MemberSnapshot>(v.clone()))
+        {
             Some(Ok(snap)) => {
                 if let Some(e) = &snap.error {
                     errors.push(format!("member {n}'s own snapshot failed: {e}"));
@@ -276,13 +281,18 @@ pub fn snapshot(
     // Wait for every member to report its release; never past the deadline (plus the
     // time a member needs to notice it).
     let wait_until = spec.deadline_ms + cfg.lease_ttl.as_millis() as u64;
-    let (done, all_released_ms) =
-        wait_for(etcd, &format!("{prefix}done/"), cfg.poll, wait_until, |seen| {
+    let (done, all_released_ms) = wait_for(
+        etcd,
+        &format!("{prefix}done/"),
+        cfg.poll,
+        wait_until,
+        |seen| {
             names
                 .iter()
                 .all(|n| seen.contains_key(n))
                 .then(|| started.elapsed().as_millis() as u64)
-        });
+        },
+    );
     let members = outcomes(&names, &ready, snapshots, done, &mut errors);
     let (status, consistency) = group_outcome(&members, barrier_held);
     let mut report = GroupReport {

@@ -77,9 +77,7 @@ fn run(cfg: GroupConfig, api: Arc<Api>) {
                     }
                     handled.insert(kv.key.clone());
                     match serde_json::from_str::<OpSpec>(&kv.value) {
-                        Ok(spec) if acts_on(&cfg, &spec) => {
-                            run_operation(&cfg, &etcd, &api, &spec)
-                        }
+                        Ok(spec) if acts_on(&cfg, &spec) => run_operation(&cfg, &etcd, &api, &spec),
                         Ok(spec) => tracing::warn!(
                             group = %spec.group, operation_id = %spec.operation_id,
                             "group: ignoring an operation not meant for this member"
@@ -114,12 +112,7 @@ enum Heard {
 }
 
 /// What etcd says now (None: nothing new, or etcd unreachable).
-fn listen_once(
-    etcd: &Etcd,
-    prefix: &str,
-    spec_key: &str,
-    wants_snapshot: bool,
-) -> Option<Heard> {
+fn listen_once(etcd: &Etcd, prefix: &str, spec_key: &str, wants_snapshot: bool) -> Option<Heard> {
     match etcd.get(&format!("{prefix}release")) {
         Ok(Some(_)) => return Some(Heard::Release("released by the coordinator")),
         Ok(None) => {}
@@ -294,12 +287,7 @@ fn take_snapshot(api: &Arc<Api>, id: &str) -> MemberSnapshot {
 /// and say so under `catalogs/OP/MEMBER`. On another thread: the next operation does not
 /// wait for it. Gives up when no report came by the time the coordinator stops waiting.
 fn record_group_report_later(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpSpec) {
-    let (cfg, etcd, api, spec) = (
-        cfg.clone(),
-        Arc::clone(etcd),
-        Arc::clone(api),
-        spec.clone(),
-    );
+    let (cfg, etcd, api, spec) = (cfg.clone(), Arc::clone(etcd), Arc::clone(api), spec.clone());
     std::thread::spawn(move || {
         let key = super::report_key(&cfg.name, &spec.operation_id);
         let give_up = super::report_written_by_ms(&spec, cfg.lease_ttl);
