@@ -694,6 +694,56 @@ fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() 
     let report = group_snapshot(&cluster.endpoints, "one-node-down", "15s", &["true"]);
     assert_eq!(report["status"], "succeeded", "{report:#}");
 
+    // A member busy with a host's own operation refuses the group's (one operation at a
+    // time): the group fails at once, naming it and why; the others are released.
+    let (st, _) = call(
+        &members[0].socket,
+        "POST",
+        "/v1/operations/host-op/prepare",
+        Some(&serde_json::json!({ "deadline": "20s" })),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(st, 200);
+    let started = Instant::now();
+    let report = group_snapshot(&cluster.endpoints, "member-busy", "15s", &["true"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no wait for the deadline"
+    );
+    assert_eq!(report["status"], "failed", "{report:#}");
+    assert!(
+        report["errors"]
+            .to_string()
+            .contains("member d0 failed to prepare"),
+        "{report:#}"
+    );
+    let busy = &report["members"][0];
+    assert_eq!(busy["ready"], "failed", "{report:#}");
+    assert_eq!(
+        busy["report"]["errors"][0]["code"], "OperationInProgress",
+        "{report:#}"
+    );
+    assert!(
+        busy["report"]["errors"].to_string().contains("host-op"),
+        "{report:#}"
+    );
+    for m in &members[1..] {
+        assert!(
+            thawed_within(&m.fs, Duration::from_secs(1)),
+            "{} released",
+            m.name
+        );
+    }
+    call(
+        &members[0].socket,
+        "POST",
+        "/v1/operations/host-op/release",
+        None,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+
     // A member killed -9: the others are released, the group is failed and names it.
     let mut dead = members[1].server.take().unwrap();
     dead.child.kill().unwrap();

@@ -320,3 +320,57 @@ fn record_group_report_later(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::ErrorCode;
+
+    fn answer(state: OpState) -> PrepareAnswer {
+        PrepareAnswer {
+            id: "op".into(),
+            state,
+            frozen: vec!["/data".into()],
+            errors: Vec::new(),
+            deadline_s: 10.0,
+            deadline_capped: false,
+        }
+    }
+
+    /// What a member tells the coordinator, from what its registry answered: only a member
+    /// that is ready and has a provider takes a snapshot; a refusal is a failure with its
+    /// code.
+    #[test]
+    fn ready_answer_follows_the_registry() {
+        let cases: Vec<(Result<PrepareAnswer, ApiError>, bool, &str, bool)> = vec![
+            (Ok(answer(OpState::Frozen)), true, "frozen", true),
+            (Ok(answer(OpState::Frozen)), false, "frozen", false),
+            (Ok(answer(OpState::Prepared)), true, "prepared", true),
+            (Ok(answer(OpState::Failed)), true, "failed", false),
+            (
+                Err(ApiError::InProgress {
+                    active: "host-op".into(),
+                }),
+                true,
+                "failed",
+                false,
+            ),
+        ];
+        for (prepared, provider, state, takes) in cases {
+            let r = ready_answer(&prepared, provider);
+            assert_eq!(
+                (r.state.as_str(), r.takes_snapshot),
+                (state, takes),
+                "{r:?}"
+            );
+        }
+        let refused = ready_answer(
+            &Err(ApiError::InProgress {
+                active: "host-op".into(),
+            }),
+            true,
+        );
+        assert_eq!(refused.errors[0].code, ErrorCode::OperationInProgress);
+        assert!(refused.errors[0].message.contains("host-op"));
+    }
+}
