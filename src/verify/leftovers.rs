@@ -235,7 +235,7 @@ pub fn backs(device: &str, backing: &Path) -> bool {
 /// The user's teardown command, with the environment it was given when the view was made
 /// (hook process rules: argv, own process group, killed after two minutes).
 pub fn teardown(argv: &[String], env: &[(String, String)]) -> Result<(), String> {
-    use crate::hooks::process::Launch;
+    use crate::process::Launch;
     let mut launch = Launch::argv(argv);
     for (k, v) in env {
         launch = launch.env(k, v);
@@ -243,10 +243,10 @@ pub fn teardown(argv: &[String], env: &[(String, String)]) -> Result<(), String>
     let mut p = launch.spawn().map_err(|e| format!("cannot run it: {e}"))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     match p.run(deadline, std::time::Duration::from_secs(2)) {
-        crate::hooks::AttemptEnd::Exited { code: 0 } => Ok(()),
+        crate::process::AttemptEnd::Exited { code: 0 } => Ok(()),
         other => Err(format!(
             "{}: {}",
-            crate::hooks::describe_end(&other),
+            crate::process::describe_end(&other),
             p.stderr_tail().to_string_lossy().trim()
         )),
     }

@@ -108,7 +108,7 @@ fn btrfs_views(
 /// The snapshots of one btrfs run: (snapshot id, original subvolume path), for `which`.
 fn btrfs_set(cfg: &BtrfsConfig, which: &Which) -> Result<Vec<(String, PathBuf)>, VerifyError> {
     let provider = BtrfsProvider::new(cfg.clone());
-    let list = provider.list().map_err(|e| VerifyError(e.message))?;
+    let list = provider.list().map_err(|e| VerifyError(e.to_string()))?;
     let chosen = match which {
         Which::Latest => list.last(),
         Which::Id(id) => list.iter().find(|s| &s.id == id),
@@ -280,7 +280,7 @@ fn user_view(
     deadline: Instant,
     record: &mut Leftovers,
 ) -> Result<String, String> {
-    use crate::hooks::process::Launch;
+    use crate::process::Launch;
     let mut env = vec![
         ("QUIESCE_SNAPSHOT_ID".to_string(), id.to_string()),
         ("QUIESCE_VERIFY_ID".to_string(), verify_id.to_string()),
@@ -301,10 +301,10 @@ fn user_view(
     let end = p.run(deadline, std::time::Duration::from_secs(2));
     let (stdout, _) = p.captured_stdout();
     let stdout = String::from_utf8_lossy(stdout).into_owned();
-    if !matches!(end, crate::hooks::AttemptEnd::Exited { code: 0 }) {
+    if !matches!(end, crate::process::AttemptEnd::Exited { code: 0 }) {
         return Err(format!(
             "`{shown}` {}: {}",
-            crate::hooks::describe_end(&end),
+            crate::process::describe_end(&end),
             p.stderr_tail().to_string_lossy().trim()
         ));
     }
