@@ -10,8 +10,18 @@
 //!   naming the check; the two-volume layout whose view's `pg_wal` leads into the live WAL
 //!   refused with the original byte-for-byte and pid-for-pid the same; kill -9 of quiesce
 //!   during a verify leaves nothing mounted or running after the next start.
+//! - `mariadb_on_btrfs_*`: MariaDB under an insert load verified 10/10, control copies and a
+//!   truncated InnoDB file caught; its redo log and undo tablespaces on a second volume,
+//!   symlinked from the data directory: re-pointed into the view when both volumes are
+//!   snapshotted, refused when not, the original byte-for-byte and pid-for-pid the same.
+//! - `command_provider_*`: a command provider copying a real loop image (ext4, XFS, btrfs):
+//!   copies verified after every snapshot (`e2fsck -fn`, `xfs_repair -n`, `btrfs check
+//!   --readonly`, a user verifier on a read-only mount), shown in `history`, the stored
+//!   report and serve's `/metrics`; damaged copies caught by name; a user `verify_command`
+//!   view torn down after a verify and after kill -9 (by the next `snapshot` and `serve`).
 //!
-//! Run: `cargo test --test verify -- --nocapture` (as root; PostgreSQL and btrfs-progs).
+//! Run: `cargo test --test it verify:: -- --nocapture` (as root; PostgreSQL, MariaDB,
+//! btrfs-progs, xfsprogs).
 use crate::support;
 use crate::support::db;
 
