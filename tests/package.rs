@@ -248,6 +248,23 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     let v: serde_json::Value = serde_json::from_str(&check).unwrap();
     assert_eq!(v["ok"], true, "{check}");
     assert_eq!(v["freeze"], serde_json::json!([]), "{check}");
+    // The admin names a filesystem but forgets `enabled = true`: check says so in words.
+    in_root(
+        root,
+        "sed -i 's|^include = \\[\\]|include = [\"/srv\"]|' /etc/quiesce/quiesce.toml",
+    );
+    let warned = in_root(root, "quiesce check");
+    assert!(
+        warned.contains("warning freeze.include names /srv but freezing is disabled"),
+        "{warned}"
+    );
+    assert!(warned.contains("check passed"), "{warned}");
+    in_root(
+        root,
+        "sed -i 's|^include = \\[\"/srv\"\\]|include = []|' /etc/quiesce/quiesce.toml",
+    );
+    let again = in_root(root, "quiesce check");
+    assert!(!again.contains("warning"), "{again}");
 
     // Man pages for the command and each subcommand render.
     let page = in_root(root, "MANWIDTH=80 man quiesce 2>&1");
