@@ -18,8 +18,9 @@ fi
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi
-# Packaging tests: a clean Debian root for the package (tests/package.rs).
+# Packaging tests: a clean Debian root for the package, and lintian (tests/package.rs).
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -12,7 +12,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use support::Scratch;
+use std::time::{Duration, Instant};
+use support::{LoopFs, Scratch, ServeProcess, WriteProbe};
 
 /// The previous release: packaged from this commit for the upgrade test.
 const PREVIOUS_RELEASE: &str = "c758554";
@@ -225,6 +226,20 @@ fn tree(root: &Path) -> Vec<String> {
 #[test]
 fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     let a = artefacts();
+    // lintian-clean: no error or warning (the overrides in the package say why each is one).
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(&a.deb)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&lint.stdout);
+    assert!(lint.status.success(), "lintian:\n{said}");
+    assert!(
+        !said
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{said}"
+    );
     let r = Root::new("pkg-deb", true, &[]);
     let root = &r.path;
     let before = tree(root);
@@ -424,4 +439,128 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
     );
     in_root(root, "quiesce check");
     in_root(root, "dpkg --purge quiesce");
+}
+
+/// `quiesce serve` of the installed package, started inside `root` with the shipped
+/// configuration; stopped (SIGTERM, which thaws) on drop.
+fn serve_in_root(root: &Path) -> ServeProcess {
+    let socket = root.join("run/quiesce/quiesce.sock");
+    let child = Command::new("chroot")
+        .arg(root)
+        .args([
+            "/usr/bin/quiesce",
+            "serve",
+            "--config",
+            "/etc/quiesce/quiesce.toml",
+        ])
+        .env_remove("QUIESCE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve = ServeProcess {
+        child,
+        socket: socket.clone(),
+    };
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serve
+}
+
+/// dpkg -i of the new package while the running agent holds an operation frozen: the
+/// preinst waits (bounded) and refuses, the old version stays installed and working; when
+/// the operation is released during the wait, the upgrade proceeds.
+#[test]
+fn upgrade_waits_for_a_frozen_operation_and_refuses_while_it_lasts() {
+    let a = artefacts();
+    let r = Root::new("pkg-upgrade-busy", true, &[&a.old_deb, &a.deb]);
+    let root = &r.path;
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let (old, new) = (name(&a.old_deb), name(&a.deb));
+    in_root(root, &format!("dpkg -i ./{old}"));
+    // This test's own loop filesystem, mounted inside the root; the only one frozen.
+    let data = LoopFs::create(
+        "ext4",
+        32,
+        &root.join("root/data.img"),
+        &root.join("mnt/data"),
+    );
+    in_root(
+        root,
+        "printf '[freeze]\\nenabled = true\\ninclude = [\"/mnt/data\"]\\ntimeout = \"300s\"\\n\
+         [snapshot]\\nprovider = \"none\"\\n' > /etc/quiesce/quiesce.toml",
+    );
+    let _serve = serve_in_root(root);
+    in_root(root, "quiesce prepare --id before-upgrade --deadline 300s");
+    let mut probe = WriteProbe::start(&data.mount_point);
+    assert_eq!(
+        probe.finished_within(Duration::from_millis(500)),
+        None,
+        "not frozen"
+    );
+
+    // Refused: the preinst waits 3 s, then says why and what to do.
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", &format!("cd /root && dpkg -i ./{new}")])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("QUIESCE_UPGRADE_WAIT", "3")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for words in [
+        "waiting up to 3s",
+        "the upgrade is refused",
+        "OperationInProgress",
+        "operation before-upgrade",
+        "stays and keeps working",
+    ] {
+        assert!(text.contains(words), "{words:?} not in:\n{text}");
+    }
+    let status = in_root(root, "dpkg -s quiesce");
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(status.contains("Version: 0.1.0-1"), "{status}");
+    assert_eq!(in_root(root, "quiesce --version").trim(), "quiesce 0.1.0");
+    assert_eq!(
+        probe.finished_within(Duration::ZERO),
+        None,
+        "thawed by the refusal"
+    );
+
+    // Waits: released during the wait, the upgrade goes on.
+    let mut dpkg = Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", &format!("cd /root && dpkg -i ./{new}")])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("QUIESCE_UPGRADE_WAIT", "120")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(dpkg.try_wait().unwrap().is_none(), "dpkg did not wait");
+    assert_eq!(
+        probe.finished_within(Duration::ZERO),
+        None,
+        "thawed while waiting"
+    );
+    let released = in_root(root, "quiesce release --id before-upgrade");
+    assert!(released.contains("succeeded"), "{released}");
+    assert_eq!(probe.finished_within(Duration::from_secs(5)), Some(true));
+    let out = dpkg.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("waiting up to 120s"), "{text}");
+    let v = in_root(root, "quiesce --version");
+    assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
+    let history = in_root(root, "quiesce history --json");
+    assert!(history.contains("before-upgrade"), "{history}");
 }
