@@ -400,7 +400,6 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let new = a.deb.file_name().unwrap().to_string_lossy().into_owned();
     in_root(root, &format!("dpkg -i ./{old}"));
     let v = in_root(root, "quiesce --version");
     assert_eq!(
@@ -420,7 +419,15 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
     let before: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert_eq!(before.as_array().unwrap().len(), 2, "{before}");
 
-    in_root(root, &format!("dpkg -i ./{new}"));
+    // README's upgrade steps, verbatim, with only the new package in the directory.
+    in_root(root, &format!("rm ./{old}"));
+    let cmds = readme_commands("<!-- tested: deb upgrade -->");
+    assert!(cmds.len() >= 2, "{cmds:?}");
+    let outputs: Vec<String> = cmds.iter().map(|c| in_root(root, c)).collect();
+    assert!(
+        outputs.join("\n").contains("quiesce 0.2.0 (commit "),
+        "{outputs:?}"
+    );
     let v = in_root(root, "quiesce --version");
     assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
     let after = in_root(root, "quiesce history --json");
