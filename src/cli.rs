@@ -207,44 +207,10 @@ pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Snapshot { json, dry_run } => {
             if dry_run {
-                return check(cli.config, json);
+                check(cli.config, json)
+            } else {
+                snapshot(cli.config, cli.verbose, json)
             }
-            let cfg = match config::load(cli.config.as_deref()) {
-                Ok(cfg) => cfg,
-                Err(errs) => {
-                    init_logging(&config::LogConfig::default(), cli.verbose);
-                    let report = config_failure_report(&errs.0);
-                    tracing::error!(errors = %errs, "configuration refused; nothing was run");
-                    emit(&report, json);
-                    return report.status.exit_code();
-                }
-            };
-            // The locks come before the log file and the catalog are opened: a run refused
-            // by the lock reports on stderr only (those files may be on a frozen filesystem).
-            let begun = pipeline::begin_snapshot(&cfg, &RunOptions::default());
-            if let Err(report) = &begun {
-                if pipeline::refused_by_lock(report) {
-                    init_logging(&config::LogConfig::default(), cli.verbose);
-                    print_problems(&report.errors);
-                    emit(report, json);
-                    return report.status.exit_code();
-                }
-            }
-            init_logging(&cfg.log, cli.verbose);
-            let mut report = match begun {
-                Ok(op) => pipeline::run_begun(op),
-                Err(report) => *report,
-            };
-            pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
-            emit(&report, json);
-            if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
-                let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
-                match crate::verify::run(&cfg, which) {
-                    Ok(v) => eprint!("{}", v.human()),
-                    Err(e) => eprintln!("quiesce: verify: {e}"),
-                }
-            }
-            report.status.exit_code()
         }
         Command::Check { json } => check(cli.config, json),
         Command::Mounts { json } => mounts(cli.config, json),
@@ -301,6 +267,46 @@ pub fn run(cli: Cli) -> i32 {
         } => verify(cli.config, snapshot, json, cli.verbose),
         Command::Group(cmd) => crate::group::cli::run(cli.config, cmd),
     }
+}
+
+/// `quiesce snapshot`: one whole run, recorded, then the optional verification.
+fn snapshot(config_path: Option<PathBuf>, verbose: u8, json: bool) -> i32 {
+    let cfg = match config::load(config_path.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(errs) => {
+            init_logging(&config::LogConfig::default(), verbose);
+            let report = config_failure_report(&errs.0);
+            tracing::error!(errors = %errs, "configuration refused; nothing was run");
+            emit(&report, json);
+            return report.status.exit_code();
+        }
+    };
+    // The locks come before the log file and the catalog are opened: a run refused
+    // by the lock reports on stderr only (those files may be on a frozen filesystem).
+    let begun = pipeline::begin_snapshot(&cfg, &RunOptions::default());
+    if let Err(report) = &begun {
+        if pipeline::refused_by_lock(report) {
+            init_logging(&config::LogConfig::default(), verbose);
+            print_problems(&report.errors);
+            emit(report, json);
+            return report.status.exit_code();
+        }
+    }
+    init_logging(&cfg.log, verbose);
+    let mut report = match begun {
+        Ok(op) => pipeline::run_begun(op),
+        Err(report) => *report,
+    };
+    pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
+    emit(&report, json);
+    if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
+        let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
+        match crate::verify::run(&cfg, which) {
+            Ok(v) => eprint!("{}", v.human()),
+            Err(e) => eprintln!("quiesce: verify: {e}"),
+        }
+    }
+    report.status.exit_code()
 }
 
 /// Load the configuration and start logging for a long-running agent, then run it.
@@ -367,8 +373,8 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
     problems.extend(
         provider
             .check()
-            .into_iter()
-            .map(|e| Problem::new(e.code, e.message)),
+            .iter()
+            .map(crate::snapshot::SnapshotError::to_problem),
     );
     let mut freeze = Vec::new();
     if cfg.freeze.enabled {
@@ -720,7 +726,7 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
     let mut list = match provider.list() {
         Ok(l) => l,
         Err(e) => {
-            print_problems(&[Problem::new(e.code, e.message)]);
+            print_problems(&[e.to_problem()]);
             return 1;
         }
     };

@@ -10,6 +10,7 @@
 //!
 //! Every trial cleans up on every path: [`Trial`] continues and kills what it started, and
 //! thaws its filesystems, on drop; [`LoopFs`] thaws, unmounts and detaches on drop.
+#[path = "it/support/mod.rs"]
 mod support;
 
 use quiesce::freeze::state;

@@ -6,6 +6,7 @@
 //! quiesce binary does it). The driver kills the agent at random moments, 50 times with
 //! SIGKILL and 50 times with SIGTERM, and checks each time that the filesystem is writable
 //! again within the guard timeout + 1 s (thawing by hand if not, so it never wedges).
+#[path = "it/support/mod.rs"]
 mod support;
 
 use quiesce::config::FreezeConfig;

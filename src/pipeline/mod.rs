@@ -205,7 +205,7 @@ pub struct Operation {
     started_hooks: Vec<usize>,
     held: Vec<(usize, Held)>,
     /// What each pre script left running, kept until the hook's post script has run.
-    kept: Vec<(usize, hooks::process::KeptGroup)>,
+    kept: Vec<(usize, crate::process::KeptGroup)>,
     /// Held hooks released at the freeze deadline while the provider was still running.
     released_at_deadline: Vec<usize>,
     all_pre_ok: bool,
@@ -559,7 +559,7 @@ impl Operation {
                 self.snapshot_taken = true;
             }
             Err(e) => {
-                let problem = Problem::new(e.code, e.message);
+                let problem = e.to_problem();
                 self.snapshot_error = Some(problem.clone());
                 self.errors.push(problem);
             }
@@ -768,7 +768,7 @@ impl Operation {
         if self.snapshot_taken && !self.snapshots.is_empty() {
             if let Err(e) = self.provider.prune(&self.snapshots) {
                 self.errors
-                    .push(Problem::new(e.code, format!("retention: {}", e.message)));
+                    .push(Problem::new(e.code(), format!("retention: {e}")));
             }
         }
         let (status, consistency, target) = judge::judge(&self.facts());

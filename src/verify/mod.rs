@@ -333,7 +333,7 @@ fn lower_priority() {
 /// The snapshots of one run: (snapshot id, original subvolume path), for `which`.
 fn snapshot_set(cfg: &BtrfsConfig, which: &Which) -> Result<Vec<(String, PathBuf)>, VerifyError> {
     let provider = BtrfsProvider::new(cfg.clone());
-    let list = provider.list().map_err(|e| VerifyError(e.message))?;
+    let list = provider.list().map_err(|e| VerifyError(e.to_string()))?;
     let chosen = match which {
         Which::Latest => list.last(),
         Which::Id(id) => list.iter().find(|s| &s.id == id),

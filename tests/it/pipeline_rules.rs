@@ -1,0 +1,87 @@
+//! Pipeline rules through the real binary that the other files do not cover.
+
+use crate::support;
+
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+use support::{LoopFs, Scratch};
+
+fn q(p: &std::path::Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// A snapshot that outlives the freeze guard's deadline still completes, but a held hook
+/// (think: a database lock) is released at that deadline, not when the snapshot ends; and the
+/// report does not claim a consistency that did not hold.
+#[test]
+fn a_hold_never_outlives_the_freeze_deadline() {
+    let dir = Scratch::new("hold-deadline");
+    let fs = LoopFs::new("ext4", 64);
+    let released = dir.join("released");
+    let snapshot_end = dir.join("snapshot-end");
+    let hold = dir.script(
+        "hold.sh",
+        &format!(
+            "#!/bin/sh\necho READY\nwhile read -r _; do :; done\ndate +%s.%N > {}\n",
+            released.display()
+        ),
+    );
+    let slow = dir.script(
+        "slow-snapshot.sh",
+        &format!(
+            "#!/bin/sh\nsleep 4\ndate +%s.%N > {}\necho late-snap\n",
+            snapshot_end.display()
+        ),
+    );
+    let cfg = dir.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\ninclude = [{}]\ntimeout = \"1500ms\"\n\
+             [snapshot]\nprovider = \"command\"\ncommand = [{}]\ntimeout = \"120s\"\n\
+             [[hook]]\nname = \"db\"\npre = [{}]\nhold = true\ntimeout = \"10s\"\n",
+            q(&dir.join("state")),
+            q(&dir.join("catalog.db")),
+            q(&fs.mount_point),
+            q(&slow),
+            q(&hold)
+        ),
+        0o600,
+    );
+    let out = Command::new(support::quiesce_bin())
+        .args(["snapshot", "--json", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let time = |p: &std::path::Path| -> f64 {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}: {report:#}", p.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (released_at, snapshot_done_at) = (time(&released), time(&snapshot_end));
+    assert!(
+        released_at + 1.5 < snapshot_done_at,
+        "released at {released_at}, snapshot done at {snapshot_done_at}"
+    );
+    let codes: Vec<&str> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"FreezeGuardFired"), "{report:#}");
+    assert!(
+        !codes.contains(&"HoldLost"),
+        "released on purpose, not lost: {report:#}"
+    );
+    assert_eq!(report["snapshots"][0]["id"], "late-snap");
+    assert_eq!(report["consistency"], "crash");
+    assert_eq!(report["status"], "degraded");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(support::writable_within(
+        &fs.mount_point,
+        Duration::from_secs(2)
+    ));
+}
