@@ -26,8 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{sh, Scratch};
 
-const CACHE: &str = "/var/cache/quiesce-tests/qemu";
-const MODULES: &[&str] = &[
+pub(crate) const CACHE: &str = "/var/cache/quiesce-tests/qemu";
+pub(crate) const MODULES: &[&str] = &[
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_pci_modern_dev.ko",
@@ -43,7 +43,7 @@ const MODULES: &[&str] = &[
 ];
 
 /// The QEMU process, killed and reaped on drop.
-struct Guest(Child);
+pub(crate) struct Guest(pub(crate) Child);
 
 impl Drop for Guest {
     fn drop(&mut self) {
@@ -112,13 +112,42 @@ if [ -e /data/frozen-probe ]; then echo WRITTEN-WHILE-FROZEN; else echo BLOCKED-
 
 const PRE_HOOK: &str = "#!/bin/sh\ndate > /data/hook-marker\nsync\n";
 
-fn need(path: &Path) -> PathBuf {
+pub(crate) fn need(path: &Path) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: run scripts/install-deps.sh (QEMU and the kernel for the guest test)",
         path.display()
     );
     path.to_path_buf()
+}
+
+/// The cached kernel image.
+pub(crate) fn kernel() -> PathBuf {
+    std::fs::read_dir(need(&Path::new(CACHE).join("root/boot")))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+        .expect("a vmlinuz in the cache")
+}
+
+/// The `kernel/` directory of the cached kernel's modules ([`MODULES`] are under it).
+pub(crate) fn module_dir() -> PathBuf {
+    let kver = std::fs::read_dir(need(&Path::new(CACHE).join("root/lib/modules")))
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a kernel in the cache")
+        .file_name();
+    Path::new(CACHE)
+        .join("root/lib/modules")
+        .join(&kver)
+        .join("kernel")
 }
 
 /// The static release binary (built by `scripts/release.sh static-binary`, stripped).
@@ -142,16 +171,7 @@ fn static_quiesce() -> PathBuf {
 /// C library).
 fn initramfs(dir: &Scratch) -> PathBuf {
     let root = dir.join("initramfs");
-    let kver = std::fs::read_dir(need(&Path::new(CACHE).join("root/lib/modules")))
-        .unwrap()
-        .flatten()
-        .next()
-        .expect("a kernel in the cache")
-        .file_name();
-    let moddir = Path::new(CACHE)
-        .join("root/lib/modules")
-        .join(&kver)
-        .join("kernel");
+    let moddir = module_dir();
     for d in ["bin", "modules", "etc/quiesce", "proc", "sys", "dev"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -346,17 +366,7 @@ fn static_binary_snapshotted_its_own_disk(console: &str) {
 #[test]
 fn a_real_guest_is_frozen_and_snapshotted_through_qga_and_qmp() {
     let qemu = need(&Path::new(CACHE).join("root/usr/bin/qemu-system-x86_64"));
-    let kernel = std::fs::read_dir(need(&Path::new(CACHE).join("root/boot")))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vmlinuz-")
-        })
-        .expect("a vmlinuz in the cache");
+    let kernel = kernel();
     let dir = Scratch::new("qemu-guest");
     let initrd = initramfs(&dir);
     let disk = dir.join("data.img");
