@@ -102,6 +102,9 @@ pub fn acts_on(cfg: &GroupConfig, spec: &OpSpec) -> bool {
         && spec.deadline_ms > now_ms()
 }
 
+/// Why a member released when the snapshot step completed for the whole group.
+const RELEASED: &str = "released by the coordinator";
+
 /// What the member hears from the coordinator while it is prepared.
 #[derive(Debug, PartialEq)]
 enum Heard {
@@ -114,7 +117,8 @@ enum Heard {
 /// What etcd says now (None: nothing new, or etcd unreachable).
 fn listen_once(etcd: &Etcd, prefix: &str, spec_key: &str, wants_snapshot: bool) -> Option<Heard> {
     match etcd.get(&format!("{prefix}release")) {
-        Ok(Some(_)) => return Some(Heard::Release("released by the coordinator")),
+        Ok(Some(v)) if v == "release" => return Some(Heard::Release(RELEASED)),
+        Ok(Some(_)) => return Some(Heard::Release("the coordinator aborted the operation")),
         Ok(None) => {}
         Err(_) => return None, // etcd unreachable: keep trying until the deadline
     }
@@ -189,8 +193,22 @@ fn ready_answer(prepared: &Result<PrepareAnswer, ApiError>, provider: bool) -> R
 
 /// This member's final report as a JSON value: the registry's, or, when the operation
 /// never existed here (another operation was in progress), a failure saying why.
-fn final_report(api: &Arc<Api>, id: &str, prepared: &Result<PrepareAnswer, ApiError>) -> Value {
-    match api.release(id) {
+/// `abandoned`: no snapshot of this member can be counted on (the group's snapshot step
+/// did not complete and its own provider took none), so the report must not claim one.
+fn final_report(
+    api: &Arc<Api>,
+    id: &str,
+    prepared: &Result<PrepareAnswer, ApiError>,
+    abandoned: Option<&str>,
+) -> Value {
+    let ended = match abandoned {
+        None => api.release(id),
+        Some(why) => api.abandon(
+            id,
+            &format!("the group's snapshot step did not complete ({why}); no snapshot"),
+        ),
+    };
+    match ended {
         Ok(report) => serde_json::to_value(&report).unwrap_or(Value::Null),
         Err(e) => {
             let mut errors: Vec<Problem> = match prepared {
@@ -225,6 +243,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         &serde_json::to_string(&ready).unwrap_or_default(),
         spec.lease,
     );
+    let mut own_snapshot_taken = false;
     let why = if ready.state == OpState::Failed.as_str() {
         "this member failed to prepare"
     } else {
@@ -244,6 +263,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
             match rx.recv_timeout(left) {
                 Ok(Heard::Snapshot) => {
                     let taken = take_snapshot(api, id);
+                    own_snapshot_taken = taken.error.is_none();
                     let _ = etcd.put(
                         &format!("{prefix}snapshot/{}", cfg.member),
                         &serde_json::to_string(&taken).unwrap_or_default(),
@@ -258,7 +278,11 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         }
     };
     tracing::info!(operation_id = %id, reason = why, "group: releasing");
-    let mut report = final_report(api, id, &prepared);
+    // A member whose own provider took its snapshot keeps it (a snapshot of this machine
+    // alone, whatever became of the group); any other member that was not released by the
+    // coordinator after the whole snapshot step has no snapshot to speak of.
+    let abandoned = (why != RELEASED && !own_snapshot_taken).then_some(why);
+    let mut report = final_report(api, id, &prepared, abandoned);
     report["group_release_reason"] = json!(why);
     let _ = etcd.put(
         &format!("{prefix}done/{}", cfg.member),
