@@ -173,6 +173,7 @@ fn assert_code(run: &Run, code: &str) {
 
 #[test]
 fn pre_script_execution_failed() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(FAIL), Some(OK), |_, _, _| {});
     assert_code(&r, "Pre-ScriptExecutionFailed");
     let hooks = r.report["hooks"].as_array().unwrap();
@@ -186,24 +187,28 @@ fn pre_script_execution_failed() {
 
 #[test]
 fn post_script_execution_failed() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(FAIL), |_, _, _| {});
     assert_code(&r, "Post-ScriptExecutionFailed");
 }
 
 #[test]
 fn pre_script_not_found() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(None, Some(OK), |_, _, _| {});
     assert_code(&r, "Pre-ScriptNotFound");
 }
 
 #[test]
 fn post_script_not_found() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), None, |_, _, _| {});
     assert_code(&r, "Post-ScriptNotFound");
 }
 
 #[test]
 fn insufficient_permission_for_pre_script() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(OK), |_, pre, _| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(pre, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -213,6 +218,7 @@ fn insufficient_permission_for_pre_script() {
 
 #[test]
 fn insufficient_permission_for_post_script() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(OK), |_, _, post| {
         std::os::unix::fs::chown(post, Some(65534), None).unwrap();
     });
@@ -221,6 +227,7 @@ fn insufficient_permission_for_post_script() {
 
 #[test]
 fn pre_script_timeout() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-timeout");
     let pre = d.script("pre.sh", SLOW);
     let post = d.script("post.sh", OK);
@@ -236,6 +243,7 @@ fn pre_script_timeout() {
 
 #[test]
 fn post_script_timeout() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-timeout");
     let pre = d.script("pre.sh", OK);
     let post = d.script("post.sh", SLOW);
@@ -246,6 +254,7 @@ fn post_script_timeout() {
 
 #[test]
 fn incorrect_pluginhost_file_broken_and_unsafe() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-host");
     let pre = d.script("pre.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &pre, "");
@@ -270,6 +279,7 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
 
 #[test]
 fn incorrect_json_config_file_broken_and_unsafe() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-json");
     let marker = d.join("ran");
     let pre = d.script(
@@ -310,6 +320,7 @@ fn incorrect_json_config_file_broken_and_unsafe() {
 
 #[test]
 fn two_plugins_first_fails_second_succeeds_not_masked() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-two");
     let ok_marker = d.join("second-ran");
     let second = d.script(
@@ -335,6 +346,7 @@ fn two_plugins_first_fails_second_succeeds_not_masked() {
 
 #[test]
 fn params_are_passed_as_argv_without_a_shell() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-argv");
     let out = d.join("argv");
     let pre = d.script(
@@ -355,6 +367,7 @@ fn params_are_passed_as_argv_without_a_shell() {
 
 #[test]
 fn check_lists_every_problem_and_runs_nothing() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("check");
     let marker = d.join("ran");
     let good = d.script(
@@ -417,6 +430,7 @@ fn failing_pre_run(continue_on_failure: bool, volumes: usize) -> (Run, Vec<LoopF
 
 #[test]
 fn continue_on_failure_true_falls_back_to_file_system() {
+    support::require_root!();
     let (r, _fs) = failing_pre_run(true, 2);
     assert_eq!(r.report["consistency"], "file-system", "{:#}", r.report);
     assert_eq!(r.report["status"], "degraded");
@@ -427,6 +441,7 @@ fn continue_on_failure_true_falls_back_to_file_system() {
 
 #[test]
 fn continue_on_failure_false_fails_the_job() {
+    support::require_root!();
     let (r, _fs) = failing_pre_run(false, 2);
     assert_eq!(r.report["consistency"], "none", "{:#}", r.report);
     assert_eq!(r.report["status"], "failed");
@@ -437,6 +452,7 @@ fn continue_on_failure_false_fails_the_job() {
 
 #[test]
 fn continue_on_failure_false_single_volume_takes_crash_snapshot() {
+    support::require_root!();
     let (r, _fs) = failing_pre_run(false, 1);
     assert_eq!(r.report["consistency"], "crash", "{:#}", r.report);
     assert_eq!(r.report["status"], "degraded");
@@ -446,6 +462,7 @@ fn continue_on_failure_false_single_volume_takes_crash_snapshot() {
 
 #[test]
 fn all_good_reaches_application_consistency() {
+    support::require_root!();
     let d = Scratch::new("appcons");
     let fs = LoopFs::new("xfs", 300);
     let pre = d.script("pre.sh", OK);
@@ -473,6 +490,7 @@ fn all_good_reaches_application_consistency() {
 
 #[test]
 fn azure_only_runs_keep_to_the_test_paths() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(OK), |_, _, _| {});
     assert_eq!(r.code, 0, "{:#}", r.report);
     assert!(default_paths().join("catalog.db").exists());
@@ -480,6 +498,7 @@ fn azure_only_runs_keep_to_the_test_paths() {
 
 #[test]
 fn relative_config_and_mounts_show_what_snapshot_would_do() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-rel");
     let pre = d.script("pre.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &pre, "");
@@ -505,6 +524,7 @@ fn relative_config_and_mounts_show_what_snapshot_would_do() {
 
 #[test]
 fn config_warnings_carry_no_code_in_check_and_report() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-warn");
     let ok = d.script("ok.sh", OK);
     let json = plugin_json(
@@ -554,6 +574,7 @@ fn config_warnings_carry_no_code_in_check_and_report() {
 
 #[test]
 fn config_in_utf16_or_latin1_gets_an_encoding_hint() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-enc");
     let utf16 = |text: &str, bom: bool| -> Vec<u8> {
         let bom = bom.then_some(0xfeff_u16);
@@ -594,6 +615,7 @@ fn config_in_utf16_or_latin1_gets_an_encoding_hint() {
 
 #[test]
 fn paths_with_control_characters_are_printed_escaped() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-ctl");
     let ok = d.script("ok.sh", OK);
     let evil = d.join("pre\nFAKE error\u{1b}[2J.sh");
@@ -644,6 +666,7 @@ fn paths_with_control_characters_are_printed_escaped() {
 /// `snapshot --dry-run` is `check`: the same output, and nothing runs or is recorded.
 #[test]
 fn snapshot_dry_run_is_check_and_runs_nothing() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-dry");
     let marker = d.join("ran");
     let pre = d.script(

@@ -69,6 +69,7 @@ fn hook<'a>(r: &'a Value, name: &str, phase: &str) -> &'a Value {
 
 #[test]
 fn azure_migration_end_to_end_with_a_real_mariadb() {
+    support::require_root!();
     let my = User::get("mysql");
     let open = OpenDir::new("azure-mig");
     let private = Scratch::new("azure-mig-priv");

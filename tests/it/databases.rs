@@ -51,13 +51,6 @@ static SLOTS: Slots = Slots::new(2);
 /// Snapshots per database, as the issue asks.
 const SNAPSHOTS: usize = 10;
 
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests create loop filesystems and start servers as other users: run as root"
-    );
-}
-
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -173,7 +166,7 @@ fn assert_not_frozen(mounts: &[&Path]) {
 
 #[test]
 fn postgres_single_volume_checkpoint_hook_10_snapshots_under_pgbench() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let pg = User::get("postgres");
@@ -417,7 +410,7 @@ fn gtid_seq(gtid: &str) -> i64 {
 
 #[test]
 fn mariadb_held_ftwrl_10_snapshots_under_write_load() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let m = mariadb_setup("db-my1");
@@ -762,7 +755,7 @@ fn crash_restore_prepare(pair: &RestoredPair) {
 
 #[test]
 fn postgres_two_volumes_held_backup_restores_with_backup_label() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let env = pg_two_volumes("db-pg2");
@@ -852,7 +845,7 @@ fn postgres_two_volumes_held_backup_restores_with_backup_label() {
 
 #[test]
 fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let env = pg_two_volumes("db-pg3");
@@ -1121,7 +1114,7 @@ fn killing_snapshot_script(
 
 #[test]
 fn mariadb_hold_never_ready_times_out_and_database_stays_writable() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let m = mariadb_setup("db-my2");
@@ -1211,7 +1204,7 @@ fn mariadb_hold_never_ready_times_out_and_database_stays_writable() {
 
 #[test]
 fn mariadb_hold_killed_while_holding_is_hold_lost() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let m = mariadb_setup("db-my3");
@@ -1387,7 +1380,7 @@ impl Drop for FrozenByTest<'_> {
 
 #[test]
 fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let env = pg_one_volume("db-pg5");
@@ -1483,7 +1476,7 @@ fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
 
 #[test]
 fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let mut env = pg_one_volume("db-pg4");

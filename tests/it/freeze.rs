@@ -67,6 +67,7 @@ fn assert_thawed(mut probe: WriteProbe, dir: &Path) {
 
 #[test]
 fn freeze_and_thaw_ext4_xfs_btrfs_together() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let b = LoopFs::new("xfs", 320);
@@ -111,6 +112,7 @@ fn freeze_and_thaw_ext4_xfs_btrfs_together() {
 
 #[test]
 fn state_file_is_written_before_the_freeze_and_removed_after() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -141,6 +143,7 @@ fn state_file_is_written_before_the_freeze_and_removed_after() {
 
 #[test]
 fn bind_mount_is_frozen_once() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     std::fs::create_dir_all(a.path("sub")).unwrap();
@@ -181,6 +184,7 @@ fn bind_mount_is_frozen_once() {
 
 #[test]
 fn nested_mounts_are_frozen_independently() {
+    support::require_root!();
     let _guard = setup();
     let parent = LoopFs::new("ext4", 64);
     let img = Scratch::new("nested-img");
@@ -218,6 +222,7 @@ fn nested_mounts_are_frozen_independently() {
 
 #[test]
 fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
+    support::require_root!();
     let _guard = setup();
     let outer = LoopFs::new("ext4", 400);
     let mnt = Scratch::new("inner-mnt");
@@ -279,6 +284,7 @@ fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
 
 #[test]
 fn already_frozen_filesystem_fails_and_the_other_is_thawed_again() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let b = LoopFs::new("ext4", 64);
@@ -319,6 +325,7 @@ fn already_frozen_filesystem_fails_and_the_other_is_thawed_again() {
 
 #[test]
 fn guard_thaws_at_the_deadline() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -352,6 +359,7 @@ fn guard_thaws_at_the_deadline() {
 
 #[test]
 fn guard_thaws_on_its_own_sigterm() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -376,6 +384,7 @@ fn guard_thaws_on_its_own_sigterm() {
 
 #[test]
 fn dropping_frozen_without_thaw_still_thaws() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -390,6 +399,7 @@ fn dropping_frozen_without_thaw_still_thaws() {
 
 #[test]
 fn recover_thaws_what_a_crash_left_frozen() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -464,6 +474,7 @@ fn second_operation_is_refused_while_the_lock_is_held() {
 
 #[test]
 fn include_errors_on_real_mounts() {
+    support::require_root!();
     let a = LoopFs::new("ext4", 64);
     std::fs::create_dir_all(a.path("dir")).unwrap();
     let errs = plan::plan_system(&cfg(&[&a.path("dir"), Path::new("/proc")]), &[]).unwrap_err();
@@ -507,6 +518,7 @@ fn empty_plan_is_refused() {
 /// agent's later thaw, and `frozen_ms` is the guard's real thaw, not the agent's.
 #[test]
 fn a_guard_that_fired_never_thaws_again() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -552,6 +564,7 @@ fn guard_signal(frozen: &freeze::Frozen, sig: &str) {
 /// with its own code; it never pretends the guard was there.
 #[test]
 fn a_killed_guard_is_noticed_and_the_agent_thaws() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -582,6 +595,7 @@ fn a_killed_guard_is_noticed_and_the_agent_thaws() {
 /// later and thaw somebody else's freeze) and thaws by itself.
 #[test]
 fn a_stopped_guard_is_killed_and_the_agent_thaws() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -626,6 +640,7 @@ fn a_stopped_guard_is_killed_and_the_agent_thaws() {
 /// its report (and so in the catalog): recovery never goes unrecorded.
 #[test]
 fn recovery_at_start_is_recorded_in_the_report() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("recorded");
@@ -725,6 +740,7 @@ fn wait_frozen(state_dir: &Path) {
 
 #[test]
 fn two_instances_with_different_state_dirs_never_share_a_filesystem() {
+    support::require_root!();
     let fs = LoopFs::new("ext4", 64);
     let other = LoopFs::new("ext4", 64);
     let st = Scratch::new("two-instances");
@@ -757,6 +773,7 @@ fn two_instances_with_different_state_dirs_never_share_a_filesystem() {
 
 #[test]
 fn a_refused_run_never_touches_its_catalog_on_the_frozen_filesystem() {
+    support::require_root!();
     let fs = LoopFs::new("ext4", 64);
     let st = Scratch::new("refused-catalog");
     let a = instance_config(&st, "a", &fs.mount_point, &st.join("a.db"), 4);

@@ -60,6 +60,7 @@ fn fsck(image: &Path) -> (bool, bool) {
 
 #[test]
 fn frozen_copies_are_clean_twenty_times_and_unfrozen_ones_are_not() {
+    support::require_root!();
     let dir = Scratch::new("image-copy");
     let fs = LoopFs::new("ext4", 256);
     let copies = dir.join("copies");

@@ -16,6 +16,7 @@ fn q(p: &std::path::Path) -> String {
 /// report does not claim a consistency that did not hold.
 #[test]
 fn a_hold_never_outlives_the_freeze_deadline() {
+    support::require_root!();
     let dir = Scratch::new("hold-deadline");
     let fs = LoopFs::new("ext4", 64);
     let released = dir.join("released");

@@ -56,6 +56,7 @@ fn base_config(dir: &Scratch, fs: &LoopFs, log: &Path, platforms: &str) -> std::
 
 #[test]
 fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
+    support::require_root!();
     let dir = Scratch::new("plat-qga");
     let fs = LoopFs::new("ext4", 64);
     let log = dir.join("calls.log");
@@ -112,6 +113,7 @@ fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
 
 #[test]
 fn google_snapshot_scripts_follow_the_guest_agent_settings() {
+    support::require_root!();
     let dir = Scratch::new("plat-gcp");
     let fs = LoopFs::new("ext4", 64);
     let log = dir.join("calls.log");
@@ -201,6 +203,7 @@ fn run_like_google_agent(script: &Path, timeout: Duration) -> i32 {
 
 #[test]
 fn google_agent_runs_the_bridge_and_the_hold_lasts_until_post() {
+    support::require_root!();
     let dir = Scratch::new("plat-gcp-bridge");
     let fs = LoopFs::new("ext4", 64);
     let socket = dir.join("quiesce.sock");
@@ -279,6 +282,7 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>, u32, u32)> {
 
 #[test]
 fn gcp_install_and_uninstall_leave_the_platform_files_as_they_were() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let root = Scratch::new("plat-install");
     let r = root.path.to_str().unwrap();
     let run =
@@ -369,6 +373,7 @@ fn run_like_azure_extension(script: &Path, params: &[&str], timeout: Duration) -
 
 #[test]
 fn azure_extension_runs_the_bridge_which_only_syncs_because_azure_freezes() {
+    support::require_root!();
     let dir = Scratch::new("plat-azure-bridge");
     let fs = LoopFs::new("ext4", 64);
     let socket = dir.join("quiesce.sock");
@@ -420,6 +425,7 @@ fn azure_extension_runs_the_bridge_which_only_syncs_because_azure_freezes() {
 
 #[test]
 fn azure_install_round_trips_and_the_installed_bridge_runs_the_owners_plugin() {
+    support::require_root!();
     let root = Scratch::new("plat-azure-install");
     let dir = Scratch::new("plat-azure-install-cfg");
     let fs = LoopFs::new("ext4", 64);

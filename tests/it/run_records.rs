@@ -27,6 +27,7 @@ fn q(p: &Path) -> String {
 
 #[test]
 fn log_and_state_on_the_frozen_filesystem() {
+    support::require_root!();
     let dir = Scratch::new("frozen-log");
     let fs = LoopFs::new("ext4", 64);
     let log = fs.path("quiesce.log");
@@ -73,6 +74,7 @@ fn log_and_state_on_the_frozen_filesystem() {
 
 #[test]
 fn history_across_outcomes_and_a_killed_run() {
+    support::require_root!();
     let dir = Scratch::new("history");
     let fs = LoopFs::new("ext4", 64);
     let ok = dir.script("ok.sh", "#!/bin/sh\nexit 0\n");
@@ -184,6 +186,7 @@ fn history_across_outcomes_and_a_killed_run() {
 
 #[test]
 fn snapshots_lists_btrfs_snapshots_with_their_consistency_and_retention() {
+    support::require_root!();
     let dir = Scratch::new("snapshots-cli");
     let btrfs = LoopFs::new("btrfs", 300);
     let other = LoopFs::new("ext4", 64);
