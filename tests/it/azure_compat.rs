@@ -8,16 +8,13 @@
 
 use crate::support;
 
+use quiesce::codes::ErrorCode;
+use quiesce::hooks::Phase;
+use quiesce::report::{Consistency, Status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{LoopFs, Scratch};
-
-struct Run {
-    code: i32,
-    report: Value,
-    stderr: String,
-}
+use support::{code_names, LoopFs, Run, Scratch};
 
 /// Where runs of Azure-only configurations keep their state and catalog (Azure files cannot
 /// name paths): never the machine's own `/run/quiesce` and `/var/lib/quiesce/catalog.db`.
@@ -36,27 +33,10 @@ fn default_paths() -> &'static Scratch {
 }
 
 fn quiesce(args: &[&str]) -> Run {
-    let out = Command::new(support::quiesce_bin())
+    support::quiesce(args)
         .env("QUIESCE_STATE_DIR", default_paths().join("run"))
         .env("QUIESCE_CATALOG", default_paths().join("catalog.db"))
-        .args(args)
-        .output()
-        .expect("run quiesce");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn codes(report: &Value) -> Vec<String> {
-    report["errors"]
-        .as_array()
-        .unwrap_or(&Vec::new())
-        .iter()
-        .map(|e| e["code"].as_str().unwrap().to_string())
-        .collect()
+        .run()
 }
 
 /// An Azure plugin JSON with the given script paths and settings, mode 0600.
@@ -164,10 +144,9 @@ fn azure_run(pre: Option<&str>, post: Option<&str>, tweak: impl Fn(&Scratch, &Pa
 
 fn assert_code(run: &Run, code: &str) {
     assert!(
-        codes(&run.report).contains(&code.to_string()),
-        "expected {code} in {:#}\nstderr: {}",
-        run.report,
-        run.stderr
+        code_names(&run.report()).contains(&code.to_string()),
+        "expected {code} in {}",
+        run.describe()
     );
 }
 
@@ -176,13 +155,10 @@ fn pre_script_execution_failed() {
     support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(FAIL), Some(OK), |_, _, _| {});
     assert_code(&r, "Pre-ScriptExecutionFailed");
-    let hooks = r.report["hooks"].as_array().unwrap();
-    assert!(hooks[0]["stderr_tail"]
-        .as_str()
-        .unwrap()
-        .contains("failing"));
+    let hooks = r.report().hooks;
+    assert!(hooks[0].stderr_tail.contains("failing"));
     // The post script of a started pre still runs.
-    assert!(hooks.iter().any(|h| h["phase"] == "post"));
+    assert!(hooks.iter().any(|h| h.phase == Phase::Post));
 }
 
 #[test]
@@ -262,7 +238,10 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
     let r = snapshot_json(&host);
     assert_code(&r, "IncorrectPluginhostFile");
     assert_eq!(r.code, 1);
-    assert_eq!(r.report["errors"][0]["location"]["line"], 1);
+    assert_eq!(
+        r.report().errors[0].location.as_ref().unwrap().line,
+        Some(1)
+    );
 
     let unsafe_host = plugin_host(&d, &[&json]);
     use std::os::unix::fs::PermissionsExt;
@@ -270,11 +249,7 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
     std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = snapshot_json(&unsafe_host);
     assert_code(&r, "IncorrectPluginhostFile");
-    assert_eq!(
-        r.report["hooks"].as_array().unwrap().len(),
-        0,
-        "no script may run"
-    );
+    assert_eq!(r.report().hooks.len(), 0, "no script may run");
 }
 
 #[test]
@@ -301,13 +276,14 @@ fn incorrect_json_config_file_broken_and_unsafe() {
     let r = snapshot_json(&native(&d, &[&broken], &[]));
     assert_code(&r, "IncorrectJSONConfigFile");
     // Skipped, not fatal: the snapshot is still taken, the run is degraded.
-    assert_eq!(r.report["status"], "degraded", "{:#}", r.report);
-    assert_eq!(r.report["consistency"], "crash");
-    assert_eq!(r.report["target_consistency"], "application");
-    let err = &r.report["errors"][0];
-    assert!(err["message"].as_str().unwrap().contains("fsFreezeEnabled"));
-    assert!(err["location"]["line"].as_u64().unwrap() > 1);
-    assert!(err["location"]["column"].as_u64().is_some());
+    assert_eq!(r.report().status, Status::Degraded, "{}", r.describe());
+    assert_eq!(r.report().consistency, Consistency::Crash);
+    assert_eq!(r.report().target_consistency, Consistency::Application);
+    let err = &r.report().errors[0];
+    assert!(err.message.contains("fsFreezeEnabled"));
+    let at = err.location.as_ref().unwrap();
+    assert!(at.line.unwrap() > 1);
+    assert!(at.column.is_some());
 
     std::os::unix::fs::chown(&json, Some(65534), None).unwrap();
     let r = snapshot_json(&native(&d, &[&json], &[]));
@@ -332,15 +308,15 @@ fn two_plugins_first_fails_second_succeeds_not_masked() {
     let two = plugin_json(&d, "two.json", &second, &second, "");
     let r = snapshot_json(&plugin_host(&d, &[&one, &two]));
     assert_code(&r, "Pre-ScriptNotFound");
-    let err = r.report["errors"]
-        .as_array()
-        .unwrap()
+    let report = r.report();
+    let err = report
+        .errors
         .iter()
-        .find(|e| e["code"] == "Pre-ScriptNotFound")
+        .find(|e| e.code == ErrorCode::PreScriptNotFound)
         .unwrap();
-    assert_eq!(err["hook"], "one");
+    assert_eq!(err.hook.as_deref(), Some("one"));
     assert!(ok_marker.exists(), "the second plugin's pre script ran");
-    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(r.report().status, Status::Degraded);
     assert_eq!(r.code, 3);
 }
 
@@ -360,7 +336,7 @@ fn params_are_passed_as_argv_without_a_shell() {
     let post = d.script("post.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &post, "");
     let r = snapshot_json(&plugin_host(&d, &[&json]));
-    assert_eq!(r.report["status"], "succeeded", "{:#}", r.report);
+    assert_eq!(r.report().status, Status::Succeeded, "{}", r.describe());
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.starts_with("[p1]\n[p 2]\n"), "{text}");
 }
@@ -432,32 +408,47 @@ fn failing_pre_run(continue_on_failure: bool, volumes: usize) -> (Run, Vec<LoopF
 fn continue_on_failure_true_falls_back_to_file_system() {
     support::require_root!();
     let (r, _fs) = failing_pre_run(true, 2);
-    assert_eq!(r.report["consistency"], "file-system", "{:#}", r.report);
-    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::FileSystem,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Degraded);
     assert_eq!(r.code, 3);
-    assert_eq!(r.report["snapshots"][0]["id"], "snap-1");
-    assert_eq!(r.report["frozen"].as_array().unwrap().len(), 2);
+    assert_eq!(r.report().snapshots[0].id, "snap-1");
+    assert_eq!(r.report().frozen.len(), 2);
 }
 
 #[test]
 fn continue_on_failure_false_fails_the_job() {
     support::require_root!();
     let (r, _fs) = failing_pre_run(false, 2);
-    assert_eq!(r.report["consistency"], "none", "{:#}", r.report);
-    assert_eq!(r.report["status"], "failed");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::None,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Failed);
     assert_eq!(r.code, 1);
-    assert!(r.report["snapshots"].as_array().unwrap().is_empty());
-    assert!(r.report["frozen_ms"].is_null(), "nothing may be frozen");
+    assert!(r.report().snapshots.is_empty());
+    assert!(r.report().frozen_ms.is_none(), "nothing may be frozen");
 }
 
 #[test]
 fn continue_on_failure_false_single_volume_takes_crash_snapshot() {
     support::require_root!();
     let (r, _fs) = failing_pre_run(false, 1);
-    assert_eq!(r.report["consistency"], "crash", "{:#}", r.report);
-    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::Crash,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Degraded);
     assert_eq!(r.code, 3);
-    assert_eq!(r.report["snapshots"][0]["id"], "snap-1");
+    assert_eq!(r.report().snapshots[0].id, "snap-1");
 }
 
 #[test]
@@ -468,20 +459,26 @@ fn all_good_reaches_application_consistency() {
     let pre = d.script("pre.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &pre, r#", "fsFreezeEnabled": true"#);
     let r = snapshot_json(&native(&d, &[&json], &[&fs.mount_point]));
-    assert_eq!(r.report["consistency"], "application", "{:#}", r.report);
-    assert_eq!(r.report["status"], "succeeded");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::Application,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Succeeded);
     assert_eq!(r.code, 0);
-    assert!(r.report["frozen_ms"].as_u64().is_some());
-    for k in [
-        "pre_ms",
-        "freeze_ms",
-        "snapshot_ms",
-        "thaw_ms",
-        "post_ms",
-        "total_ms",
+    assert!(r.report().frozen_ms.is_some());
+    let t = r.report().timings;
+    for (k, v) in [
+        ("pre_ms", t.pre_ms),
+        ("freeze_ms", t.freeze_ms),
+        ("snapshot_ms", t.snapshot_ms),
+        ("thaw_ms", t.thaw_ms),
+        ("post_ms", t.post_ms),
     ] {
-        assert!(r.report["timings"][k].as_u64().is_some(), "missing {k}");
+        assert!(v.is_some(), "missing {k}");
     }
+    assert!(t.total_ms >= t.freeze_ms.unwrap());
     assert!(support::writable_within(
         &fs.mount_point,
         std::time::Duration::from_secs(2)
@@ -492,7 +489,7 @@ fn all_good_reaches_application_consistency() {
 fn azure_only_runs_keep_to_the_test_paths() {
     support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(OK), |_, _, _| {});
-    assert_eq!(r.code, 0, "{:#}", r.report);
+    assert_eq!(r.code, 0, "{}", r.describe());
     assert!(default_paths().join("catalog.db").exists());
 }
 
@@ -557,12 +554,15 @@ fn config_warnings_carry_no_code_in_check_and_report() {
         assert!(!l.contains("IncorrectJSONConfigFile"), "{l}");
     }
     let r = snapshot_json(&host);
-    assert_eq!(r.code, 0, "{:#}\n{}", r.report, r.stderr);
-    let warnings = r.report["warnings"].as_array().unwrap();
-    assert!(warnings
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert!(r
+        .report()
+        .warnings
         .iter()
-        .any(|w| w["message"].as_str().unwrap().contains("1800")));
-    for w in warnings {
+        .any(|w| w.message.contains("1800")));
+    // The JSON shape itself: a warning has no `code` key.
+    let json: Value = serde_json::from_str(&r.stdout).unwrap();
+    for w in json["warnings"].as_array().unwrap() {
         assert!(w.get("code").is_none(), "a warning carries no code: {w}");
     }
     assert!(
@@ -679,9 +679,12 @@ fn snapshot_dry_run_is_check_and_runs_nothing() {
     let dry = quiesce(&["snapshot", "--dry-run", "--json", "--config", arg]);
     let check = quiesce(&["check", "--json", "--config", arg]);
     assert_eq!(dry.code, check.code, "{}", dry.stderr);
-    assert_eq!(dry.report, check.report);
-    assert_eq!(dry.report["ok"], true, "{:#}", dry.report);
-    assert!(dry.report.get("operation_id").is_none(), "not a run report");
+    // `check --json` prints the check's answer, not a run report.
+    let dry_json: Value = serde_json::from_str(&dry.stdout).unwrap();
+    let check_json: Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(dry_json, check_json);
+    assert_eq!(dry_json["ok"], true, "{dry_json:#}");
+    assert!(dry.try_report().is_err(), "not a run report");
     assert!(!marker.exists(), "a dry run must not run scripts");
     assert!(!d.join("catalog.db").exists(), "a dry run records nothing");
 }

@@ -9,6 +9,10 @@ pub mod db;
 pub mod etcd;
 pub mod platform;
 pub mod reports;
+pub mod run;
+
+#[allow(unused_imports)]
+pub use run::{code_names, codes, quiesce, Quiesce, Run};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
