@@ -6,6 +6,7 @@ use crate::support;
 use quiesce::codes::ErrorCode;
 use quiesce::config::FreezeConfig;
 use quiesce::freeze::{self, lock::OpLock, plan, state, FreezeOptions, GuardReason};
+use quiesce::report::{Consistency, Status};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{writable_within, BindMount, LoopFs, Scratch, WriteProbe};
@@ -669,25 +670,19 @@ fn recovery_at_start_is_recorded_in_the_report() {
         ),
         0o600,
     );
-    let out = std::process::Command::new(support::quiesce_bin())
-        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
-    });
-    assert_eq!(report["status"], "succeeded", "{report:#}");
-    let warnings = report["warnings"].as_array().unwrap();
+    let run = support::quiesce(&["snapshot", "--json"])
+        .config(&config)
+        .run();
+    let report = run.report();
+    assert_eq!(report.status, Status::Succeeded, "{}", run.describe());
     assert!(
-        warnings
+        report
+            .warnings
             .iter()
-            .any(|w| w["code"] == "RecoveredFrozenFilesystems"
-                && w["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains(a.mount_point.to_str().unwrap())),
-        "{report:#}"
+            .any(|w| w.code == Some(ErrorCode::RecoveredFrozenFilesystems)
+                && w.message.contains(a.mount_point.to_str().unwrap())),
+        "{}",
+        run.describe()
     );
     assert!(writable_within(&a.mount_point, THAWED_CHECK));
 }
@@ -708,24 +703,10 @@ fn instance_config(st: &Scratch, name: &str, fs: &Path, catalog: &Path, sleep_s:
     )
 }
 
-fn start_instance(config: &Path) -> std::process::Child {
-    std::process::Command::new(support::quiesce_bin())
-        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+fn start_instance(config: &Path) -> support::Running {
+    support::quiesce(&["snapshot", "--json"])
+        .config(config)
         .spawn()
-        .unwrap()
-}
-
-fn report_of(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "report: {e}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 /// Wait until the instance with state dir `state_dir` has frozen (its state file exists).
@@ -750,25 +731,28 @@ fn two_instances_with_different_state_dirs_never_share_a_filesystem() {
     let first = start_instance(&a);
     wait_frozen(&st.join("a-state"));
     // Same filesystem, another state dir: refused, naming the holder.
-    let out = start_instance(&b).wait_with_output().unwrap();
-    let refused = report_of(&out);
-    assert_eq!(refused["status"], "failed", "{refused:#}");
-    let text = refused.to_string();
-    assert!(text.contains("OperationInProgress"), "{refused:#}");
+    let run = start_instance(&b).wait();
+    let refused = run.report();
+    assert_eq!(refused.status, Status::Failed, "{}", run.describe());
+    let text = &refused
+        .errors
+        .iter()
+        .find(|e| e.code == ErrorCode::OperationInProgress)
+        .unwrap_or_else(|| panic!("not OperationInProgress: {}", run.describe()))
+        .message;
     assert!(
         text.contains(&format!("quiesce pid {}", first.id())) && text.contains("a-state"),
-        "holder not named: {refused:#}"
+        "holder not named: {}",
+        run.describe()
     );
     // Another filesystem runs in parallel.
-    let out = start_instance(&c).wait_with_output().unwrap();
-    let parallel = report_of(&out);
-    assert_eq!(parallel["status"], "succeeded", "{parallel:#}");
-    assert_eq!(parallel["consistency"], "file-system", "{parallel:#}");
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(report_of(&out)["status"], "succeeded");
+    let run = start_instance(&c).wait();
+    let parallel = run.report();
+    assert_eq!(parallel.status, Status::Succeeded, "{}", run.describe());
+    assert_eq!(parallel.consistency, Consistency::FileSystem);
+    assert_eq!(first.wait().report().status, Status::Succeeded);
     // Once the first is done, the same filesystem is free again.
-    let out = start_instance(&b).wait_with_output().unwrap();
-    assert_eq!(report_of(&out)["status"], "succeeded");
+    assert_eq!(start_instance(&b).wait().report().status, Status::Succeeded);
 }
 
 #[test]
@@ -784,7 +768,7 @@ fn a_refused_run_never_touches_its_catalog_on_the_frozen_filesystem() {
     let mut second = start_instance(&b);
     let mut done = None;
     while t.elapsed() < Duration::from_secs(2) {
-        if let Some(s) = second.try_wait().unwrap() {
+        if let Some(s) = second.child.try_wait().unwrap() {
             done = Some(s);
             break;
         }
@@ -795,16 +779,15 @@ fn a_refused_run_never_touches_its_catalog_on_the_frozen_filesystem() {
         done.is_some(),
         "the refused run waited for the frozen filesystem ({took:?})"
     );
-    let out = second.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let refused = report_of(&out);
+    let run = second.wait();
+    assert_ne!(run.code, 0);
     assert!(
-        refused.to_string().contains("OperationInProgress"),
-        "{refused:#}"
+        support::codes(&run.report()).contains(&ErrorCode::OperationInProgress),
+        "{}",
+        run.describe()
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("OperationInProgress"));
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(report_of(&out)["status"], "succeeded");
+    assert!(run.stderr.contains("OperationInProgress"));
+    assert_eq!(first.wait().report().status, Status::Succeeded);
     assert!(
         !fs.path("b.db").exists(),
         "the refused run created its catalog"

@@ -12,7 +12,7 @@ pub mod reports;
 pub mod run;
 
 #[allow(unused_imports)]
-pub use run::{code_names, codes, quiesce, Quiesce, Run};
+pub use run::{code_names, codes, quiesce, Quiesce, Run, Running};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use quiesce::codes::ErrorCode;
 use quiesce::report::Report;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 /// `quiesce ARGS` to be run; see the module documentation.
@@ -46,19 +46,49 @@ impl Quiesce {
     }
 
     /// Run it to the end.
-    pub fn run(mut self) -> Run {
+    pub fn run(self) -> Run {
+        self.spawn().wait()
+    }
+
+    /// Start it, stdout and stderr captured; [`Running::wait`] gives the [`Run`].
+    pub fn spawn(mut self) -> Running {
         let spawned_at = SystemTime::now();
-        let t = Instant::now();
-        let out = self
+        let started = Instant::now();
+        let child = self
             .cmd
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap_or_else(|e| panic!("run {:?}: {e}", self.cmd));
+        Running {
+            child,
+            spawned_at,
+            started,
+        }
+    }
+}
+
+/// A started run of the binary.
+pub struct Running {
+    pub child: Child,
+    spawned_at: SystemTime,
+    started: Instant,
+}
+
+impl Running {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for it to end.
+    pub fn wait(self) -> Run {
+        let out = self.child.wait_with_output().expect("wait for quiesce");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            spawned_at,
-            elapsed: t.elapsed(),
+            spawned_at: self.spawned_at,
+            elapsed: self.started.elapsed(),
         }
     }
 }
