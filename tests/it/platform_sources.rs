@@ -5,6 +5,8 @@
 
 use crate::support;
 
+use quiesce::codes::ErrorCode;
+use quiesce::report::Consistency;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -83,13 +85,18 @@ fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
     );
     assert!(!out.contains("dpkg-old") && !out.contains("edit~"), "{out}");
 
-    let (code, out) = quiesce(&["snapshot", "--json", "--config", cfg]);
-    let report: Value = serde_json::from_str(&out).unwrap();
+    let run = support::quiesce(&["snapshot", "--json", "--config", cfg]).run();
+    let report = run.report();
     // The failing script is recorded and lowers the consistency, but does not stop the
     // others or the snapshot (the stock script ignores its status): degraded, exit 3.
-    assert_eq!(code, 3, "{report:#}");
-    assert_eq!(report["consistency"], "file-system", "{report:#}");
-    assert_eq!(report["frozen"][0], fs.mount_point.to_str().unwrap());
+    assert_eq!(run.code, 3, "{}", run.describe());
+    assert_eq!(
+        report.consistency,
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(report.frozen, [fs.mount_point.to_str().unwrap()]);
     let calls = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(
@@ -108,7 +115,7 @@ fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
     let (_, hist) = quiesce(&["history", "--json", "--config", cfg]);
     let hist: Value = serde_json::from_str(&hist).unwrap();
     assert_eq!(hist.as_array().unwrap().len(), 1, "{hist:#}");
-    assert_eq!(hist[0]["operation_id"], report["operation_id"]);
+    assert_eq!(hist[0]["operation_id"], report.operation_id.as_str());
 }
 
 #[test]
@@ -161,18 +168,25 @@ fn google_snapshot_scripts_follow_the_guest_agent_settings() {
     );
 
     let t = Instant::now();
-    let (code, out) = quiesce(&["snapshot", "--json", "--config", cfg]);
-    let report: Value = serde_json::from_str(&out).unwrap();
+    let run = support::quiesce(&["snapshot", "--json", "--config", cfg]).run();
+    let report = run.report();
     assert!(
         t.elapsed() < Duration::from_secs(20),
         "pre.sh was not killed"
     );
-    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(run.code, 3, "{}", run.describe());
     assert_eq!(
-        report["errors"][0]["code"], "Pre-ScriptTimeout",
-        "{report:#}"
+        report.errors[0].code,
+        ErrorCode::PreScriptTimeout,
+        "{}",
+        run.describe()
     );
-    assert_eq!(report["consistency"], "file-system", "{report:#}");
+    assert_eq!(
+        report.consistency,
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
     // One argument, the (empty) disk list, as the agent passes it; post always runs.
     let calls = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
