@@ -38,6 +38,8 @@ use crate::support;
 use crate::support::db;
 
 use db::*;
+use quiesce::codes::ErrorCode;
+use quiesce::report::{Consistency, Status};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -50,13 +52,6 @@ static SLOTS: Slots = Slots::new(2);
 
 /// Snapshots per database, as the issue asks.
 const SNAPSHOTS: usize = 10;
-
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests create loop filesystems and start servers as other users: run as root"
-    );
-}
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -173,7 +168,7 @@ fn assert_not_frozen(mounts: &[&Path]) {
 
 #[test]
 fn postgres_single_volume_checkpoint_hook_10_snapshots_under_pgbench() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let pg = User::get("postgres");
@@ -243,7 +238,12 @@ fn postgres_single_volume_checkpoint_hook_10_snapshots_under_pgbench() {
             .parse()
             .unwrap();
         assert_eq!(run.code, 0, "snapshot {i}: {}", run.describe());
-        assert_eq!(run.consistency(), "application", "{}", run.describe());
+        assert_eq!(
+            run.consistency(),
+            Consistency::Application,
+            "{}",
+            run.describe()
+        );
         let ids = run.snapshot_ids();
         assert_eq!(ids.len(), 1, "{}", run.describe());
         eprintln!(
@@ -417,7 +417,7 @@ fn gtid_seq(gtid: &str) -> i64 {
 
 #[test]
 fn mariadb_held_ftwrl_10_snapshots_under_write_load() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let m = mariadb_setup("db-my1");
@@ -467,7 +467,12 @@ fn mariadb_held_ftwrl_10_snapshots_under_write_load() {
         let run = quiesce_snapshot(&config);
         let after = writer.last_acked();
         assert_eq!(run.code, 0, "snapshot {i}: {}", run.describe());
-        assert_eq!(run.consistency(), "application", "{}", run.describe());
+        assert_eq!(
+            run.consistency(),
+            Consistency::Application,
+            "{}",
+            run.describe()
+        );
         let acked_before_snapshot = writer.last_acked_before(run.snapshot_start_lower_bound());
         assert!(acked_before_snapshot >= before);
         let pos = read_kv(&m.positions.join(format!("{}.binlog", run.operation_id())));
@@ -496,7 +501,7 @@ fn mariadb_held_ftwrl_10_snapshots_under_write_load() {
     let control = quiesce_snapshot(&config_control);
     assert_eq!(
         control.consistency(),
-        "file-system",
+        Consistency::FileSystem,
         "{}",
         control.describe()
     );
@@ -762,7 +767,7 @@ fn crash_restore_prepare(pair: &RestoredPair) {
 
 #[test]
 fn postgres_two_volumes_held_backup_restores_with_backup_label() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let env = pg_two_volumes("db-pg2");
@@ -790,7 +795,12 @@ fn postgres_two_volumes_held_backup_restores_with_backup_label() {
         let before = env.history();
         let run = quiesce_snapshot(&config);
         assert_eq!(run.code, 0, "snapshot {i}: {}", run.describe());
-        assert_eq!(run.consistency(), "application", "{}", run.describe());
+        assert_eq!(
+            run.consistency(),
+            Consistency::Application,
+            "{}",
+            run.describe()
+        );
         let backup = env.backups.join(run.operation_id());
         assert!(
             backup.join("backup_label").is_file(),
@@ -852,7 +862,7 @@ fn postgres_two_volumes_held_backup_restores_with_backup_label() {
 
 #[test]
 fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let env = pg_two_volumes("db-pg3");
@@ -877,7 +887,12 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
         "a.toml",
     );
     let run_a = quiesce_snapshot(&config_a);
-    assert_eq!(run_a.consistency(), "file-system", "{}", run_a.describe());
+    assert_eq!(
+        run_a.consistency(),
+        Consistency::FileSystem,
+        "{}",
+        run_a.describe()
+    );
 
     // B and C. An uncoordinated provider: each volume copied on its own (frozen only around
     // its own copy, as per-disk snapshots are), WAL first, data later. A checkpoint between
@@ -949,7 +964,7 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
     let run_b = quiesce_snapshot(&config_b);
     assert_eq!(
         run_b.consistency(),
-        "crash",
+        Consistency::Crash,
         "{}\nscript:\n{}\nsnapshot stderr: {}",
         run_b.describe(),
         std::fs::read_to_string(&snap_b).unwrap_or_default(),
@@ -972,7 +987,12 @@ fn postgres_two_volumes_uncoordinated_copies_need_the_backup_label() {
     let before_c = env.history();
     let run_c = quiesce_snapshot(&config_c);
     assert_eq!(run_c.code, 0, "{}", run_c.describe());
-    assert_eq!(run_c.consistency(), "application", "{}", run_c.describe());
+    assert_eq!(
+        run_c.consistency(),
+        Consistency::Application,
+        "{}",
+        run_c.describe()
+    );
     assert_not_frozen(&[&env.walvol.mount_point, &env.datavol.mount_point]);
     load.stop();
     let backup_c = env.backups.join(run_c.operation_id());
@@ -1121,7 +1141,7 @@ fn killing_snapshot_script(
 
 #[test]
 fn mariadb_hold_never_ready_times_out_and_database_stays_writable() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let m = mariadb_setup("db-my2");
@@ -1146,11 +1166,16 @@ fn mariadb_hold_never_ready_times_out_and_database_stays_writable() {
     let lock = lock_table(&m.server);
     let run = quiesce_snapshot(&config);
     assert!(
-        run.error_codes().contains(&"Pre-ScriptTimeout".to_string()),
+        run.error_codes().contains(&ErrorCode::PreScriptTimeout),
         "{}",
         run.describe()
     );
-    assert_eq!(run.consistency(), "file-system", "{}", run.describe());
+    assert_eq!(
+        run.consistency(),
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
     assert_not_frozen(&[&m.vol.mount_point]);
     m.assert_no_hook_session();
     // With w.log still locked by the other session, a write elsewhere must go through: no
@@ -1184,16 +1209,21 @@ fn mariadb_hold_never_ready_times_out_and_database_stays_writable() {
     let run = quiesce_snapshot(&config);
     assert!(
         run.error_codes()
-            .contains(&"Pre-ScriptExecutionFailed".to_string()),
+            .contains(&ErrorCode::PreScriptExecutionFailed),
         "{}",
         run.describe()
     );
     assert!(
-        run.json.to_string().contains("Lock wait timeout"),
+        run.stdout.contains("Lock wait timeout"),
         "{}",
         run.describe()
     );
-    assert_eq!(run.consistency(), "file-system", "{}", run.describe());
+    assert_eq!(
+        run.consistency(),
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
     assert_not_frozen(&[&m.vol.mount_point]);
     m.assert_no_hook_session();
     m.write_succeeds("w.other")
@@ -1211,7 +1241,7 @@ fn mariadb_hold_never_ready_times_out_and_database_stays_writable() {
 
 #[test]
 fn mariadb_hold_killed_while_holding_is_hold_lost() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let m = mariadb_setup("db-my3");
@@ -1236,12 +1266,17 @@ fn mariadb_hold_killed_while_holding_is_hold_lost() {
     std::thread::sleep(Duration::from_secs(1));
     let run = quiesce_snapshot(&config);
     assert!(
-        run.error_codes().contains(&"HoldLost".to_string()),
+        run.error_codes().contains(&ErrorCode::HoldLost),
         "{}",
         run.describe()
     );
-    assert_eq!(run.consistency(), "file-system", "{}", run.describe());
-    assert_eq!(run.status(), "degraded", "{}", run.describe());
+    assert_eq!(
+        run.consistency(),
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.status(), Status::Degraded, "{}", run.describe());
     assert_eq!(
         run.snapshot_ids().len(),
         1,
@@ -1266,7 +1301,7 @@ fn mariadb_hold_killed_while_holding_is_hold_lost() {
     eprintln!(
         "my3 hook killed while holding: {:?}, consistency {}; writes resumed",
         run.error_codes(),
-        run.consistency()
+        run.consistency().as_str()
     );
     eprintln!("my3 figures: total {}", secs(t0.elapsed()));
 }
@@ -1387,7 +1422,7 @@ impl Drop for FrozenByTest<'_> {
 
 #[test]
 fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let env = pg_one_volume("db-pg5");
@@ -1416,11 +1451,11 @@ fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
     support::sh("fsfreeze", &["-f", p(&env.vol.mount_point)]);
     let run = quiesce_snapshot(&config);
     assert!(
-        run.error_codes().contains(&"Pre-ScriptTimeout".to_string()),
+        run.error_codes().contains(&ErrorCode::PreScriptTimeout),
         "{}",
         run.describe()
     );
-    assert_eq!(run.consistency(), "crash", "{}", run.describe());
+    assert_eq!(run.consistency(), Consistency::Crash, "{}", run.describe());
     // The hook's process group is gone: no psql of this test's server is left.
     let sock = p(&env.server.sock).to_string();
     let leftover: Vec<String> = std::fs::read_dir("/proc")
@@ -1463,12 +1498,12 @@ fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
     assert!(
         misconfigured
             .error_codes()
-            .contains(&"Pre-ScriptExecutionFailed".to_string())
-            && misconfigured.json.to_string().contains("hold = true"),
+            .contains(&ErrorCode::PreScriptExecutionFailed)
+            && misconfigured.stdout.contains("hold = true"),
         "{}",
         misconfigured.describe()
     );
-    assert_eq!(misconfigured.consistency(), "file-system");
+    assert_eq!(misconfigured.consistency(), Consistency::FileSystem);
     eprintln!(
         "pg5 hold hook configured without hold: {:?}",
         misconfigured.error_codes()
@@ -1483,7 +1518,7 @@ fn postgres_hold_never_ready_times_out_and_database_stays_writable() {
 
 #[test]
 fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
-    require_root();
+    support::require_root!("database servers run as their own users, on loop filesystems");
     let _slot = SLOTS.take();
     let t0 = Instant::now();
     let mut env = pg_one_volume("db-pg4");
@@ -1513,14 +1548,19 @@ fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
     std::thread::sleep(Duration::from_secs(1));
     let run = quiesce_snapshot(&config);
     assert!(
-        run.error_codes().contains(&"HoldLost".to_string()),
+        run.error_codes().contains(&ErrorCode::HoldLost),
         "{}",
         run.describe()
     );
-    assert_eq!(run.consistency(), "file-system", "{}", run.describe());
-    assert_eq!(run.status(), "degraded", "{}", run.describe());
+    assert_eq!(
+        run.consistency(),
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.status(), Status::Degraded, "{}", run.describe());
     assert!(
-        run.json.to_string().contains("HOLD LOST"),
+        run.stdout.contains("HOLD LOST"),
         "the hook did not say why: {}",
         run.describe()
     );
@@ -1547,7 +1587,7 @@ fn postgres_hold_psql_killed_while_holding_is_hold_lost() {
     eprintln!(
         "pg4 psql killed while holding: {:?}, consistency {}; database writable, no backup left",
         run.error_codes(),
-        run.consistency()
+        run.consistency().as_str()
     );
     eprintln!("pg4 figures: total {}", secs(t0.elapsed()));
 }

@@ -67,6 +67,7 @@ fn frozen(fs: &LoopFs) -> bool {
 
 #[test]
 fn prepare_copy_release_gives_a_clean_copy() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     // Dirty the filesystem so an unfrozen copy would need recovery.
@@ -99,6 +100,7 @@ fn prepare_copy_release_gives_a_clean_copy() {
 
 #[test]
 fn never_released_is_thawed_at_the_deadline_and_reported_inconsistent() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = prepare(&s.socket, "op-late", "1s");
@@ -143,6 +145,7 @@ fn never_released_is_thawed_at_the_deadline_and_reported_inconsistent() {
 
 #[test]
 fn duplicates_are_idempotent_and_a_second_operation_is_refused() {
+    support::require_root!();
     let marker_dir = Scratch::new("serve-hooks");
     let count = marker_dir.join("pre-count");
     let pre = marker_dir.script(
@@ -174,6 +177,7 @@ fn duplicates_are_idempotent_and_a_second_operation_is_refused() {
 
 #[test]
 fn non_root_callers_are_refused() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let mode = std::fs::metadata(&s.socket).unwrap();
@@ -212,6 +216,7 @@ fn non_root_callers_are_refused() {
 
 #[test]
 fn server_killed_while_frozen_is_thawed_by_the_guard() {
+    support::require_root!();
     let s = setup("");
     let mut srv = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = prepare(&s.socket, "op-kill", "30s");
@@ -231,6 +236,7 @@ fn server_killed_while_frozen_is_thawed_by_the_guard() {
 
 #[test]
 fn sigterm_thaws_and_shuts_down_cleanly() {
+    support::require_root!();
     let s = setup("");
     let mut srv = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = prepare(&s.socket, "op-term", "30s");
@@ -246,6 +252,7 @@ fn sigterm_thaws_and_shuts_down_cleanly() {
 
 #[test]
 fn health_and_bad_requests() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let (code, v) = call(&s.socket, "GET", "/healthz", None, T).unwrap();
@@ -293,6 +300,7 @@ fn raw_get(socket: &Path, path: &str) -> String {
 
 #[test]
 fn mounts_scope_freezes_exactly_the_named_mount_and_refuses_others() {
+    support::require_root!();
     let s = setup("");
     let other = LoopFs::new("ext4", 64);
     let _srv = ServeProcess::start(&s.config, &s.socket);

@@ -7,7 +7,9 @@
 //! server running and no loop device behind.
 #![allow(dead_code)]
 
-use crate::support::{sh, Scratch};
+use crate::support::{sh, Run, Scratch};
+use quiesce::codes::ErrorCode;
+use quiesce::report::{Consistency, Report, Status};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -874,96 +876,57 @@ pub fn e2fsck_clean(image: &Path) -> Result<(), String> {
 
 // ---- quiesce ----------------------------------------------------------------------------------
 
-/// One `quiesce snapshot --json` run.
+/// One `quiesce snapshot --json` run and its report, typed.
 pub struct QuiesceRun {
-    pub json: serde_json::Value,
-    pub code: i32,
-    pub stderr: String,
-    pub spawned_at: SystemTime,
-    pub elapsed: Duration,
+    pub run: Run,
+    pub report: Report,
+}
+
+impl std::ops::Deref for QuiesceRun {
+    type Target = Run;
+    fn deref(&self) -> &Run {
+        &self.run
+    }
 }
 
 impl QuiesceRun {
-    pub fn consistency(&self) -> &str {
-        self.json["consistency"].as_str().unwrap_or("?")
+    pub fn consistency(&self) -> Consistency {
+        self.report.consistency
     }
-    pub fn status(&self) -> &str {
-        self.json["status"].as_str().unwrap_or("?")
+    pub fn status(&self) -> Status {
+        self.report.status
     }
     pub fn operation_id(&self) -> String {
-        self.json["operation_id"].as_str().unwrap_or("").to_string()
+        self.report.operation_id.clone()
     }
-    pub fn error_codes(&self) -> Vec<String> {
-        self.json["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["code"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+    pub fn error_codes(&self) -> Vec<ErrorCode> {
+        crate::support::codes(&self.report)
     }
     pub fn snapshot_ids(&self) -> Vec<String> {
-        self.json["snapshots"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s["id"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.report.snapshots.iter().map(|s| s.id.clone()).collect()
     }
     pub fn frozen_ms(&self) -> Option<u64> {
-        self.json["frozen_ms"].as_u64()
+        self.report.frozen_ms
     }
     /// A lower bound of the moment the snapshot started: the report's start plus the pre
     /// and freeze phases (each rounded down), and never before quiesce was spawned.
     pub fn snapshot_start_lower_bound(&self) -> SystemTime {
-        let t = &self.json["timings"];
-        let phases = Duration::from_millis(
-            t["pre_ms"].as_u64().unwrap_or(0) + t["freeze_ms"].as_u64().unwrap_or(0),
-        );
-        let started = self.json["started_at"]
-            .as_str()
-            .and_then(|s| humantime::parse_rfc3339_weak(s).ok());
-        match started {
-            Some(s) => (s + phases).max(self.spawned_at),
-            None => self.spawned_at,
+        let t = &self.report.timings;
+        let phases = Duration::from_millis(t.pre_ms.unwrap_or(0) + t.freeze_ms.unwrap_or(0));
+        match humantime::parse_rfc3339_weak(&self.report.started_at) {
+            Ok(s) => (s + phases).max(self.run.spawned_at),
+            Err(_) => self.run.spawned_at,
         }
-    }
-    /// Everything worth seeing when an assertion fails.
-    pub fn describe(&self) -> String {
-        format!(
-            "exit {} json {}\nstderr: {}",
-            self.code,
-            serde_json::to_string_pretty(&self.json).unwrap_or_default(),
-            self.stderr
-        )
     }
 }
 
+/// `quiesce snapshot --json --config CONFIG`.
 pub fn quiesce_snapshot(config: &Path) -> QuiesceRun {
-    let spawned_at = SystemTime::now();
-    let t = Instant::now();
-    let out = Command::new(crate::support::quiesce_bin())
-        .args(["snapshot", "--json", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let elapsed = t.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("quiesce printed no JSON report ({e}): {stdout}\nstderr: {stderr}")
-    });
-    QuiesceRun {
-        json,
-        code: out.status.code().unwrap_or(-1),
-        stderr,
-        spawned_at,
-        elapsed,
-    }
+    let run = crate::support::quiesce(&["snapshot", "--json"])
+        .config(config)
+        .run();
+    let report = run.report();
+    QuiesceRun { run, report }
 }
 
 /// TOML string literal.
