@@ -52,9 +52,13 @@ fn settings(
     name: &str,
     endpoints: &[String],
 ) -> Result<GroupConfig, String> {
-    let from_file = crate::config::load(config.as_deref())
-        .ok()
-        .and_then(|c| c.group);
+    // An explicit configuration that does not load is an error (its `[group]` may hold the
+    // TLS or auth settings); the default one may be absent on an admin box.
+    let from_file = match crate::config::load(config.as_deref()) {
+        Ok(c) => c.group,
+        Err(e) if config.is_some() => return Err(e.to_string()),
+        Err(_) => None,
+    };
     let mut g = match from_file {
         Some(g) => g,
         None => RawGroup::default().into_config_for(name, endpoints)?,
