@@ -170,10 +170,26 @@ pub fn human(r: &super::GroupReport) -> String {
                 rep["consistency"].as_str().unwrap_or("-"),
             )
         });
-        s += &format!("  {}: {} -> {status} ({consistency})\n", m.member, m.ready);
+        s += &format!("  {}: {} -> {status} ({consistency})", m.member, m.ready);
+        if let Some(snap) = &m.snapshot {
+            let ids: Vec<&str> = snap.snapshots.iter().map(|x| x.id.as_str()).collect();
+            match &snap.error {
+                Some(e) => s += &format!(", own snapshot failed: {e}"),
+                None => s += &format!(", own snapshot {}", ids.join(" ")),
+            }
+        }
+        s += "\n";
     }
     for e in &r.errors {
         s += &format!("  error: {e}\n");
     }
+    s += &format!(
+        "  in the catalogs of: {}\n",
+        if r.catalogs.is_empty() {
+            "no member yet".to_string()
+        } else {
+            r.catalogs.join(", ")
+        }
+    );
     s
 }
