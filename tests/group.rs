@@ -933,7 +933,7 @@ fn a_watch_wakes_at_once_and_survives_a_stopped_etcd_node() {
     let writer = Etcd::new(&cluster.endpoints[1..], Duration::from_secs(2));
     writer.put("/w/before", "0", 0).unwrap();
     // A long poll: a wake within it can only come from the watch stream.
-    let mut m = Mirror::new(&etcd, &["/w/".to_string()], Duration::from_secs(5));
+    let mut m = Mirror::prefixes(&etcd, &["/w/".to_string()], Duration::from_secs(5));
     assert_eq!(m.get("/w/before"), Some("0"));
     let until = Instant::now() + Duration::from_secs(5);
     while !m.is_live() {

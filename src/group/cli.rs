@@ -91,7 +91,7 @@ pub fn run(config: Option<PathBuf>, cmd: GroupCommand) -> i32 {
             command,
         } => (|| {
             let cfg = settings(config, &name, &endpoints)?;
-            let etcd = cfg.client()?;
+            let etcd = std::sync::Arc::new(cfg.client()?);
             let operation_id = id.unwrap_or_else(crate::pipeline::opid::generate);
             if !super::valid_name(&operation_id) {
                 return Err(format!(

@@ -299,10 +299,17 @@ impl Etcd {
 
     /// Every key under `prefix`, and the store's revision they were read at.
     pub fn range_prefix_at(&self, prefix: &str) -> Result<(Vec<Kv>, i64), String> {
-        let v = self.call(
-            "/v3/kv/range",
-            &json!({ "key": b64(prefix), "range_end": B64.encode(prefix_end(prefix)) }),
-        )?;
+        self.range_at(prefix, &prefix_end(prefix))
+    }
+
+    /// Keys from `key` to `range_end` (exclusive; empty: `key` alone), and the store's
+    /// revision they were read at.
+    pub fn range_at(&self, key: &str, range_end: &[u8]) -> Result<(Vec<Kv>, i64), String> {
+        let mut body = json!({ "key": b64(key) });
+        if !range_end.is_empty() {
+            body["range_end"] = json!(B64.encode(range_end));
+        }
+        let v = self.call("/v3/kv/range", &body)?;
         let kvs = v["kvs"]
             .as_array()
             .map(|kvs| kvs.iter().map(kv_of).collect())

@@ -251,14 +251,18 @@ fn watch_thread(
     }
 }
 
-/// A local copy of every key under some prefixes, kept current by watch streams.
+/// A local copy of some keys (or every key under some prefixes), kept current by watch
+/// streams.
 pub struct Mirror {
     etcd: Arc<Etcd>,
-    prefixes: Vec<String>,
+    /// `(key, range_end)`; an empty end is the key alone.
+    ranges: Vec<(String, Vec<u8>)>,
     kvs: BTreeMap<String, Kv>,
     rx: Receiver<Note>,
     /// Every stream is open.
     live: bool,
+    /// The keys have been read at least once (until then, an absent key says nothing).
+    known: bool,
     lost: usize,
     poll: Duration,
     next_read: Instant,
@@ -269,24 +273,39 @@ impl Mirror {
     /// Read every key under `prefixes` and watch them from that revision on. `poll` is how
     /// often the keys are re-read while a stream is lost. When etcd cannot be reached now,
     /// the copy starts empty and fills once it can.
-    pub fn new(etcd: &Arc<Etcd>, prefixes: &[String], poll: Duration) -> Mirror {
+    pub fn prefixes(etcd: &Arc<Etcd>, prefixes: &[String], poll: Duration) -> Mirror {
+        let ranges = prefixes
+            .iter()
+            .map(|p| (p.clone(), prefix_end(p)))
+            .collect();
+        Mirror::new(etcd, ranges, poll)
+    }
+
+    /// Like [`Mirror::prefixes`], for single keys.
+    pub fn keys(etcd: &Arc<Etcd>, keys: &[String], poll: Duration) -> Mirror {
+        let ranges = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        Mirror::new(etcd, ranges, poll)
+    }
+
+    fn new(etcd: &Arc<Etcd>, ranges: Vec<(String, Vec<u8>)>, poll: Duration) -> Mirror {
         let (tx, rx) = channel();
         let mut m = Mirror {
             etcd: Arc::clone(etcd),
-            prefixes: prefixes.to_vec(),
+            lost: ranges.len(),
+            ranges,
             kvs: BTreeMap::new(),
             rx,
             live: false,
-            lost: prefixes.len(),
+            known: false,
             poll,
             next_read: Instant::now(),
             stops: Vec::new(),
         };
         let rev = m.read().unwrap_or(0);
-        for p in prefixes {
+        for (key, end) in m.ranges.clone() {
             let stop = Arc::new(Stop::default());
             m.stops.push(Arc::clone(&stop));
-            let (etcd, key, end, tx) = (Arc::clone(etcd), p.clone(), prefix_end(p), tx.clone());
+            let (etcd, tx) = (Arc::clone(etcd), tx.clone());
             let from = if rev > 0 { rev + 1 } else { 0 };
             std::thread::spawn(move || watch_thread(etcd, key, end, from, tx, stop));
         }
@@ -303,6 +322,12 @@ impl Mirror {
         self.kvs.get(key).map(|kv| kv.value.as_str())
     }
 
+    /// The keys have been read from etcd at least once: an absent key is really absent
+    /// (as of the last change seen).
+    pub fn is_known(&self) -> bool {
+        self.known
+    }
+
     /// Every stream is open (false while one is being reopened).
     pub fn is_live(&self) -> bool {
         self.live
@@ -313,12 +338,13 @@ impl Mirror {
     fn read(&mut self) -> Result<i64, String> {
         let mut fresh = BTreeMap::new();
         let mut rev = i64::MAX;
-        for p in &self.prefixes {
-            let (kvs, r) = self.etcd.range_prefix_at(p)?;
+        for (key, end) in &self.ranges {
+            let (kvs, r) = self.etcd.range_at(key, end)?;
             rev = rev.min(r);
             fresh.extend(kvs.into_iter().map(|kv| (kv.key.clone(), kv)));
         }
         self.kvs = fresh;
+        self.known = true;
         self.next_read = Instant::now() + if self.live { REFRESH } else { self.poll };
         Ok(rev)
     }
