@@ -959,3 +959,351 @@ fn member_losing_its_etcd_link_releases_by_the_deadline() {
         "{report:#}"
     );
 }
+
+/// `quiesce --config CONFIG group ...`: the settings (TLS, auth) come from the file.
+fn group_cli(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(quiesce_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("group")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn report_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no report: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A configuration with only a `[group]` section (a coordinator on an admin box).
+fn admin_config(dir: &Scratch, name: &str, endpoints: &[String], extra: &str) -> PathBuf {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    dir.file(
+        name,
+        &format!(
+            "[group]\nname = \"grp\"\nmember = \"admin\"\nendpoints = [{}]\n{extra}",
+            eps.join(", ")
+        ),
+        0o600,
+    )
+}
+
+#[test]
+fn a_watch_wakes_at_once_and_survives_a_stopped_etcd_node() {
+    use quiesce::group::etcd::{watch::Mirror, Etcd};
+    let mut cluster = EtcdCluster::start(3);
+    let etcd = Arc::new(Etcd::new(&cluster.endpoints, Duration::from_secs(2)));
+    let writer = Etcd::new(&cluster.endpoints[1..], Duration::from_secs(2));
+    writer.put("/w/before", "0", 0).unwrap();
+    // A long poll: a wake within it can only come from the watch stream.
+    let mut m = Mirror::prefixes(&etcd, &["/w/".to_string()], Duration::from_secs(5));
+    assert_eq!(m.get("/w/before"), Some("0"));
+    let until = Instant::now() + Duration::from_secs(5);
+    while !m.is_live() {
+        assert!(Instant::now() < until, "the watch never opened");
+        m.wait(Instant::now() + Duration::from_millis(20));
+    }
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        writer.put(&format!("/w/k{i}"), &i.to_string(), 0).unwrap();
+        assert!(m.wait(t + Duration::from_secs(3)), "no wake for k{i}");
+        waits.push(t.elapsed());
+        assert_eq!(m.get(&format!("/w/k{i}")), Some(i.to_string().as_str()));
+    }
+    eprintln!("watch wake after a put: {waits:?}");
+    assert!(
+        waits.iter().all(|w| *w < Duration::from_millis(500)),
+        "woken by the stream, not a re-read: {waits:?}"
+    );
+    // A delete is seen too.
+    writer
+        .call(
+            "/v3/kv/deleterange",
+            &serde_json::json!({"key": "L3cvazA="}),
+        )
+        .unwrap();
+    assert!(m.wait(Instant::now() + Duration::from_secs(3)));
+    assert_eq!(m.get("/w/k0"), None);
+
+    // The node the stream is on stops: the stream reopens on another node, and nothing
+    // written meanwhile is missed.
+    cluster.stop(0);
+    writer.put("/w/after-stop", "1", 0).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while m.get("/w/after-stop") != Some("1") {
+        assert!(
+            Instant::now() < until,
+            "the change after the node stopped was missed"
+        );
+        m.wait(until);
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while !m.is_live() {
+        assert!(
+            Instant::now() < until,
+            "the watch never reopened on another node"
+        );
+        m.wait(Instant::now() + Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    writer.put("/w/k9", "9", 0).unwrap();
+    assert!(m.wait(t + Duration::from_secs(3)));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "reopened stream wakes: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(m.get("/w/k9"), Some("9"));
+}
+
+#[test]
+fn over_tls_a_member_joins_and_a_group_snapshot_completes_and_bad_certs_are_refused_in_words() {
+    let dir = Scratch::new("group-tls");
+    let certs = etcd::Certs::make(&dir.path);
+    let cluster = EtcdCluster::start_with(1, Some(&certs));
+    assert!(cluster.endpoints[0].starts_with("https://"));
+    let tls = format!(
+        "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        certs.ca.display().to_string(),
+        certs.client_cert.display().to_string(),
+        certs.client_key.display().to_string()
+    );
+    let member = start_member("t0", &cluster.endpoints, &tls);
+    let good = admin_config(&dir, "good.toml", &cluster.endpoints, &tls);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = group_cli(&good, &["members", "grp", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("t0") {
+            break;
+        }
+        assert!(Instant::now() < until, "t0 never joined over TLS: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = group_cli(
+        &good,
+        &[
+            "snapshot",
+            "grp",
+            "--id",
+            "tls-1",
+            "--deadline",
+            "15s",
+            "--json",
+            "--",
+            "true",
+        ],
+    );
+    let report = report_of(&out);
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    assert_eq!(report["members"][0]["ready"], "frozen", "{report:#}");
+    assert!(thawed_within(&member.fs, Duration::from_secs(1)));
+
+    let cases = [
+        (
+            "wrong-ca.toml",
+            format!(
+                "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+                certs.other_ca.display().to_string(),
+                certs.client_cert.display().to_string(),
+                certs.client_key.display().to_string()
+            ),
+            "etcd's certificate is not signed by the CA in `group.ca_file`",
+        ),
+        (
+            "no-cert.toml",
+            format!("ca_file = {:?}\n", certs.ca.display().to_string()),
+            "etcd requires a client certificate: set `group.cert_file` and `group.key_file`",
+        ),
+        (
+            "plain.toml",
+            String::new(),
+            "has https:// endpoints: set `group.ca_file`",
+        ),
+    ];
+    for (name, extra, words) in cases {
+        let config = admin_config(&dir, name, &cluster.endpoints, &extra);
+        let out = group_cli(&config, &["snapshot", "grp", "--id", name, "--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(words), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // The plain-HTTP client against the TLS port is refused too, in words.
+    let plain = quiesce::group::etcd::Etcd::new(
+        &[cluster.endpoints[0].replace("https://", "")],
+        Duration::from_secs(2),
+    );
+    let e = plain.get("/x").unwrap_err();
+    assert!(
+        e.contains("could not reach etcd") || e.contains("HTTP 400"),
+        "{e}"
+    );
+}
+
+/// `etcdctl` as etcd's root user.
+fn etcdctl(endpoint: &str, user: Option<&str>, args: &[&str]) -> String {
+    let mut c = Command::new("etcdctl");
+    c.env("ETCDCTL_API", "3").arg("--endpoints").arg(endpoint);
+    if let Some(u) = user {
+        c.arg("--user").arg(u);
+    }
+    let out = c
+        .args(args)
+        .output()
+        .expect("etcdctl (apt-get install etcd-client)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn with_etcd_auth_the_group_user_works_only_in_its_own_group() {
+    let cluster = EtcdCluster::start(1);
+    let ep = &cluster.endpoints[0];
+    let root = Some("root:rootpw");
+    etcdctl(ep, None, &["user", "add", "root:rootpw"]);
+    etcdctl(ep, None, &["user", "grant-role", "root", "root"]);
+    etcdctl(ep, None, &["role", "add", "quiesce-grp"]);
+    etcdctl(
+        ep,
+        None,
+        &[
+            "role",
+            "grant-permission",
+            "quiesce-grp",
+            "--prefix=true",
+            "readwrite",
+            "/quiesce/groups/grp/",
+        ],
+    );
+    etcdctl(ep, None, &["user", "add", "quiesce:s3cret"]);
+    etcdctl(ep, None, &["user", "grant-role", "quiesce", "quiesce-grp"]);
+    etcdctl(ep, None, &["put", "/quiesce/groups/other/secret", "x"]);
+    etcdctl(ep, None, &["auth", "enable"]);
+
+    let dir = Scratch::new("group-auth");
+    let good_pw = dir.file("pw", "s3cret\n", 0o600);
+    let bad_pw = dir.file("bad-pw", "guess\n", 0o600);
+    let auth = |pw: &Path| {
+        format!(
+            "user = \"quiesce\"\npassword_file = {:?}\n",
+            pw.display().to_string()
+        )
+    };
+    let member = start_member("a0", &cluster.endpoints, &auth(&good_pw));
+    let good = admin_config(&dir, "good.toml", &cluster.endpoints, &auth(&good_pw));
+    let until = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&group_cli(&good, &["members", "grp"]).stdout).contains("a0") {
+        assert!(Instant::now() < until, "a0 never joined with etcd auth on");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The right password: a group snapshot completes.
+    let report = report_of(&group_cli(
+        &good,
+        &[
+            "snapshot",
+            "grp",
+            "--id",
+            "auth-1",
+            "--deadline",
+            "15s",
+            "--json",
+            "--",
+            "true",
+        ],
+    ));
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+
+    // A wrong password, and no credentials at all: refused in words.
+    for (name, extra, words) in [
+        (
+            "bad.toml",
+            auth(&bad_pw),
+            "refused user \"quiesce\": wrong user name or password",
+        ),
+        (
+            "none.toml",
+            String::new(),
+            "it has authentication on; set `group.user` and `group.password_file`",
+        ),
+    ] {
+        let config = admin_config(&dir, name, &cluster.endpoints, &extra);
+        let out = group_cli(&config, &["members", "grp"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(words), "{name}: {stderr}");
+    }
+
+    // The group user can neither read nor write another group's keys ...
+    let user = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2))
+        .with_credentials("quiesce".into(), "s3cret".into());
+    user.authenticate().unwrap();
+    for e in [
+        user.range_prefix("/quiesce/groups/other/").unwrap_err(),
+        user.put("/quiesce/groups/other/secret", "y", 0)
+            .unwrap_err(),
+    ] {
+        assert!(
+            e.contains("permission denied") && e.contains("\"quiesce\""),
+            "{e}"
+        );
+    }
+    let out = group_cli(&good, &["snapshot", "other", "--id", "x", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{out:?}"
+    );
+    assert_eq!(
+        etcdctl(
+            ep,
+            root,
+            &["get", "--print-value-only", "/quiesce/groups/other/secret"]
+        )
+        .trim(),
+        "x"
+    );
+    // ... and the member does not act on an operation that is not its group's, even when it
+    // is written under its group's prefix (by someone with more rights).
+    let foreign = serde_json::json!({
+        "group": "other", "operation_id": "foreign", "coordinator": "intruder",
+        "deadline_ms": quiesce::group::now_ms() + 20_000, "members": ["a0"], "lease": 0,
+    });
+    etcdctl(
+        ep,
+        root,
+        &[
+            "put",
+            "/quiesce/groups/grp/specs/foreign",
+            &foreign.to_string(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !frozen_now(&member.fs),
+        "a0 froze for another group's operation"
+    );
+    let keys = etcdctl(
+        ep,
+        root,
+        &[
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/quiesce/groups/grp/ops/foreign/",
+        ],
+    );
+    assert!(
+        keys.trim().is_empty(),
+        "a0 answered another group's operation: {keys}"
+    );
+}
