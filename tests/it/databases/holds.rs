@@ -272,21 +272,9 @@ fn pg_one_volume(tag: &str) -> PgOne {
         &open.path().join("vol"),
     );
     let data = vol.path("pgdata");
-    pg_initdb(&pg, &data, None);
-    let server = Postgres::start(
-        &pg,
-        &data,
-        &open.path().join("sock"),
-        &open.path().join("pg.log"),
-    )
-    .unwrap();
-    server.create_quiesce_role();
+    let server = Postgres::fresh(&pg, &data, None, &open);
     server.pgbench_init(1);
-    let passfile = private.file(
-        "pgpass",
-        &format!("*:*:*:quiesce:{PG_QUIESCE_PASSWORD}\n"),
-        0o600,
-    );
+    let passfile = quiesce_passfile(&private);
     let hook = install_hook(&private, "pg-backup-hold");
     PgOne {
         server,

@@ -169,15 +169,7 @@ fn mariadb_setup(tag: &str) -> MariaSetup {
         &open.path().join("vol"),
     );
     let datadir = vol.path("mysql");
-    mariadb_install(&my, &datadir, &open.path().join("install-tmp"));
-    let server = MariaDb::start(
-        &my,
-        &datadir,
-        &open.path().join("run"),
-        &open.path().join("mariadb.log"),
-    )
-    .unwrap();
-    server.create_quiesce_user();
+    let server = MariaDb::fresh(&my, &datadir, &open);
     server.sql(
         "CREATE DATABASE w; \
          CREATE TABLE w.log (id BIGINT PRIMARY KEY, at DATETIME(6) NOT NULL, payload VARCHAR(200)) ENGINE=InnoDB; \

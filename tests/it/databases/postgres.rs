@@ -25,21 +25,9 @@ fn postgres_single_volume_checkpoint_hook_10_snapshots_under_pgbench() {
         &open.path().join("vol"),
     );
     let data = vol.path("pgdata");
-    pg_initdb(&pg, &data, None);
-    let mut server = Postgres::start(
-        &pg,
-        &data,
-        &open.path().join("sock"),
-        &open.path().join("pg.log"),
-    )
-    .unwrap();
-    server.create_quiesce_role();
+    let mut server = Postgres::fresh(&pg, &data, None, &open);
     server.pgbench_init(1);
-    let passfile = private.file(
-        "pgpass",
-        &format!("*:*:*:quiesce:{PG_QUIESCE_PASSWORD}\n"),
-        0o600,
-    );
+    let passfile = quiesce_passfile(&private);
     let hook = install_hook(&private, "pg-checkpoint");
     let snap = snapshot_script(&private, &snaps, &[(&vol.image, "data.img")], &[]);
     let config = write_config(

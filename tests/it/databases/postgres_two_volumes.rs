@@ -44,21 +44,9 @@ fn pg_two_volumes(tag: &str) -> PgTwo {
     );
     let waldir = walvol.path("pg_wal");
     let data = datavol.path("pgdata");
-    pg_initdb(&pg, &data, Some(&waldir));
-    let server = Postgres::start(
-        &pg,
-        &data,
-        &open.path().join("sock"),
-        &open.path().join("pg.log"),
-    )
-    .unwrap();
-    server.create_quiesce_role();
+    let server = Postgres::fresh(&pg, &data, Some(&waldir), &open);
     server.pgbench_init(1);
-    let passfile = private.file(
-        "pgpass",
-        &format!("*:*:*:quiesce:{PG_QUIESCE_PASSWORD}\n"),
-        0o600,
-    );
+    let passfile = quiesce_passfile(&private);
     let backups = private.join("backups");
     let snaps = private.join("snaps");
     std::fs::create_dir_all(&backups).unwrap();

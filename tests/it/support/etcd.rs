@@ -1,7 +1,7 @@
 //! A real etcd cluster on loopback ports for the group tests: data directories in scratch,
 //! every node killed by pid on drop.
 
-use crate::support::Scratch;
+use crate::support::{free_port, Scratch};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,15 +10,6 @@ pub struct EtcdCluster {
     /// `127.0.0.1:port` of each node's client listener.
     pub endpoints: Vec<String>,
     _dir: Scratch,
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl EtcdCluster {

@@ -117,6 +117,21 @@ impl Drop for RootMyCnf {
 }
 
 impl MariaDb {
+    /// A new server for the hook tests: installed in `datadir`, started with its socket,
+    /// temporary files and log in `open`, with the hook's `quiesce` account.
+    pub fn fresh(my: &User, datadir: &Path, open: &OpenDir) -> MariaDb {
+        mariadb_install(my, datadir, &open.path().join("install-tmp"));
+        let server = MariaDb::start(
+            my,
+            datadir,
+            &open.path().join("run"),
+            &open.path().join("mariadb.log"),
+        )
+        .unwrap();
+        server.create_quiesce_user();
+        server
+    }
+
     /// Start `mariadbd` as mysql on `datadir`, socket, pid file and temporary files in
     /// `rundir` (created), error log at `log`, binary log on (`binlog.*` in the datadir),
     /// durable commits.

@@ -7,6 +7,15 @@ use super::*;
 /// a root-only passfile, never from argv or the environment.
 pub const PG_QUIESCE_PASSWORD: &str = "quiesce-test-secret";
 
+/// The hook's root-only passfile for the `quiesce` role, `private/pgpass`.
+pub fn quiesce_passfile(private: &Scratch) -> PathBuf {
+    private.file(
+        "pgpass",
+        &format!("*:*:*:quiesce:{PG_QUIESCE_PASSWORD}\n"),
+        0o600,
+    )
+}
+
 /// `initdb` a data directory (owned by postgres) with trust for local superuser connections
 /// and scram-sha-256 for the `quiesce` role, whose rights are created on first start by
 /// [`Postgres::create_quiesce_role`].
@@ -38,6 +47,21 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// A new server for the hook tests: `data` initdb'd (WAL in `waldir` if given), started
+    /// with its socket and log in `open`, with the hook's `quiesce` role.
+    pub fn fresh(pg: &User, data: &Path, waldir: Option<&Path>, open: &OpenDir) -> Postgres {
+        pg_initdb(pg, data, waldir);
+        let server = Postgres::start(
+            pg,
+            data,
+            &open.path().join("sock"),
+            &open.path().join("pg.log"),
+        )
+        .unwrap();
+        server.create_quiesce_role();
+        server
+    }
+
     /// Start `postgres -D data` as the postgres user, socket in `sock` (created), log to
     /// `log`. Err(log contents) if it does not come up (e.g. recovery refused to start).
     pub fn start(pg: &User, data: &Path, sock: &Path, log: &Path) -> Result<Postgres, String> {
