@@ -70,11 +70,12 @@ fn is_readonly_subvolume(p: &Path) -> bool {
 
 fn expect_failed(r: Result<Vec<SnapshotRef>, SnapshotError>, needles: &[&str]) -> String {
     let e = r.expect_err("take should fail");
-    assert_eq!(e.code, ErrorCode::SnapshotFailed, "{e}");
+    assert_eq!(e.code(), ErrorCode::SnapshotFailed, "{e}");
+    let message = e.to_string();
     for n in needles {
-        assert!(e.message.contains(n), "{n:?} not in {:?}", e.message);
+        assert!(message.contains(n), "{n:?} not in {message:?}");
     }
-    e.message
+    message
 }
 
 // ---------------------------------------------------------------- snapshot under writes
@@ -445,7 +446,7 @@ fn clear_errors_and_nothing_left_behind() {
     eprintln!("{m}");
     let problems = p.check();
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert_eq!(problems[0].message, m);
+    assert_eq!(problems[0].to_string(), m);
     assert!(entries(&elsewhere.path).is_empty());
 
     // A plain directory on the btrfs is not a subvolume.
@@ -491,9 +492,23 @@ fn clear_errors_and_nothing_left_behind() {
     let missing = fs.path("missing");
     let p = BtrfsProvider::new(config(&[&a, &plain, &missing, &a], &elsewhere.path));
     let problems = p.check();
-    let text: Vec<&str> = problems.iter().map(|e| e.message.as_str()).collect();
+    let text: Vec<String> = problems.iter().map(|e| e.to_string()).collect();
     assert_eq!(problems.len(), 4, "{text:#?}");
-    assert!(problems.iter().all(|e| e.code == ErrorCode::SnapshotFailed));
+    assert!(problems
+        .iter()
+        .all(|e| e.code() == ErrorCode::SnapshotFailed));
+    assert!(
+        matches!(
+            &problems[..],
+            [
+                SnapshotError::ListedTwice { .. },
+                SnapshotError::NotBtrfs { .. },
+                SnapshotError::NotSubvolume { .. },
+                SnapshotError::Open { .. },
+            ]
+        ),
+        "{problems:#?}"
+    );
     assert!(text[0].contains("listed twice"), "{text:#?}");
     assert!(text[1].contains("is not on btrfs"), "{text:#?}");
     assert!(text[2].contains("is not a btrfs subvolume"), "{text:#?}");
@@ -528,13 +543,14 @@ fn clear_errors_and_nothing_left_behind() {
         timeout: Duration::ZERO,
     };
     let e = p.take(&zero).unwrap_err();
-    assert_eq!(e.code, ErrorCode::SnapshotTimeout, "{e}");
-    assert!(e.message.contains("not snapshotted"), "{}", e.message);
-    assert!(
-        e.message.contains("removed the 1 snapshot(s)"),
-        "{}",
-        e.message
-    );
+    assert_eq!(e.code(), ErrorCode::SnapshotTimeout, "{e}");
+    let SnapshotError::Abandoned { cause, made, left } = &e else {
+        panic!("not abandoned: {e:?}");
+    };
+    assert!(matches!(**cause, SnapshotError::TookTooLong { .. }), "{e}");
+    assert_eq!((*made, left.len()), (1, 0), "{e}");
+    assert!(e.to_string().contains("not snapshotted"), "{e}");
+    assert!(e.to_string().contains("removed the 1 snapshot(s)"), "{e}");
     assert_eq!(entries(&snaps), [first[1].id.clone()]);
 }
 

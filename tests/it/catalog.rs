@@ -365,6 +365,80 @@ fn opening_an_older_schema_migrates_it() {
     assert_eq!(indexes, 3);
 }
 
+/// Migration 5: a catalog of version 4 gets `group_runs`; a group report recorded beside
+/// the member's own run (same operation id) shows in `history` (JSON and a GROUP column
+/// only when some run has a group), recording it again replaces it, and prune removes it.
+#[test]
+fn a_group_report_is_recorded_beside_the_members_run() {
+    let s = Scratch::new("catalog-group");
+    let db = s.join("catalog.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for m in &catalog::MIGRATIONS[..4] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+    }
+    let mut c = Catalog::open(&db).unwrap();
+    assert_eq!(c.schema_version().unwrap(), catalog::current_version());
+    c.record(&reports::succeeded("alone", at(T0)), RunKind::Served)
+        .unwrap();
+    let table = render_history_table(&c.history(None, None).unwrap());
+    assert!(!table.contains("GROUP"), "no group, no column: {table}");
+
+    c.record(&reports::degraded("grp-op", at(T0 + 60)), RunKind::Served)
+        .unwrap();
+    let row = |status, json: &str| catalog::GroupRunRow {
+        group: "orders".into(),
+        operation_id: "grp-op".into(),
+        member: "db-1".into(),
+        coordinator: "admin-77".into(),
+        status,
+        consistency: Consistency::FileSystem,
+        started_unix: (T0 + 60) as i64,
+        report_json: json.into(),
+    };
+    c.record_group(&row(Status::Failed, "{\"first\":true}"))
+        .unwrap();
+    // The same operation again (a member restarted) replaces the row.
+    c.record_group(&row(Status::Degraded, "{\"members\":[]}"))
+        .unwrap();
+    assert_eq!(
+        c.group_report_json("orders", "grp-op").unwrap().as_deref(),
+        Some("{\"members\":[]}")
+    );
+    assert_eq!(c.group_report_json("other", "grp-op").unwrap(), None);
+
+    let h = c.history(None, None).unwrap();
+    assert_eq!(h[0].operation_id, "grp-op");
+    let g = h[0].group.as_ref().unwrap();
+    assert_eq!(
+        (g.group.as_str(), g.status, g.consistency),
+        ("orders", Status::Degraded, Consistency::FileSystem)
+    );
+    assert_eq!(h[1].group, None);
+    let json: serde_json::Value = serde_json::from_str(&render_history_json(&h)).unwrap();
+    assert_eq!(json[0]["group"]["group"], "orders");
+    assert_eq!(json[0]["group"]["status"], "degraded");
+    assert!(json[1].get("group").is_none());
+
+    let table = render_history_table(&h);
+    print!("{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    let (group_col, status_col) = (
+        lines[0].find("GROUP").unwrap(),
+        lines[0].find("STATUS").unwrap(),
+    );
+    assert!(lines[1][group_col..].starts_with("orders: degraded (file-system)"));
+    assert!(lines[2][group_col..].starts_with("- "));
+    assert!(lines[1][status_col..].starts_with("degraded"));
+    assert!(lines[2][status_col..].starts_with("succeeded"));
+
+    c.prune(std::time::UNIX_EPOCH + Duration::from_secs(T0 + 3600))
+        .unwrap();
+    assert_eq!(c.group_report_json("orders", "grp-op").unwrap(), None);
+}
+
 #[test]
 fn a_newer_schema_is_refused_untouched() {
     let s = Scratch::new("catalog-newer");

@@ -7,7 +7,7 @@ use crate::support;
 use quiesce::codes::ErrorCode;
 use quiesce::freeze::plan::Target;
 use quiesce::snapshot::command::CommandProvider;
-use quiesce::snapshot::{Provider, SnapshotContext};
+use quiesce::snapshot::{Provider, SnapshotContext, SnapshotError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{LoopFs, Scratch};
@@ -27,7 +27,7 @@ fn argv(script: &Path, args: &[&str]) -> Vec<String> {
 }
 
 fn alive(pid: i32) -> bool {
-    quiesce::hooks::process::stat_state_pgrp(pid)
+    quiesce::process::stat_state_pgrp(pid)
         .map(|(st, _)| st != 'Z' && st != 'X')
         .unwrap_or(false)
 }
@@ -151,9 +151,16 @@ fn non_zero_exit_is_snapshot_failed_with_stderr() {
     let e = CommandProvider::new(argv(&s, &[]))
         .take(&ctx(&[], 5000))
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::SnapshotFailed);
-    assert!(e.message.contains("exited with code 3"), "{}", e.message);
-    assert!(e.message.contains("quota exceeded"), "{}", e.message);
+    assert_eq!(e.code(), ErrorCode::SnapshotFailed);
+    let SnapshotError::CommandFailed { end, stderr, .. } = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(end, "exited with code 3");
+    assert!(stderr.contains("quota exceeded"), "{stderr}");
+    assert!(
+        e.to_string().contains("; stderr: ERROR: quota exceeded"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -161,12 +168,14 @@ fn missing_command_is_snapshot_failed() {
     let e = CommandProvider::new(vec!["/nonexistent/take-snapshot".into()])
         .take(&ctx(&[], 5000))
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::SnapshotFailed);
-    assert!(e.message.contains("cannot start"), "{}", e.message);
+    assert_eq!(e.code(), ErrorCode::SnapshotFailed);
+    assert!(matches!(e, SnapshotError::CommandStart { .. }), "{e:?}");
+    assert!(e.to_string().contains("cannot start"), "{e}");
     let e = CommandProvider::new(vec![])
         .take(&ctx(&[], 5000))
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::SnapshotFailed);
+    assert_eq!(e.code(), ErrorCode::SnapshotFailed);
+    assert!(matches!(e, SnapshotError::EmptyCommand), "{e:?}");
 }
 
 #[test]
@@ -185,7 +194,8 @@ fn timeout_is_snapshot_timeout_and_the_tree_is_killed() {
         .with_kill_grace(Duration::from_millis(200))
         .take(&ctx(&[], 600))
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::SnapshotTimeout, "{e:?}");
+    assert_eq!(e.code(), ErrorCode::SnapshotTimeout, "{e:?}");
+    assert!(matches!(e, SnapshotError::CommandTimedOut { .. }), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
     for f in ["leader", "child"] {
         let pid: i32 = std::fs::read_to_string(d.join(f))
@@ -204,12 +214,9 @@ fn too_much_stdout_fails_instead_of_truncating_ids() {
     let e = CommandProvider::new(argv(&s, &[]))
         .take(&ctx(&[], 10_000))
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::SnapshotFailed);
-    assert!(
-        e.message.contains("one snapshot id per line"),
-        "{}",
-        e.message
-    );
+    assert_eq!(e.code(), ErrorCode::SnapshotFailed);
+    assert!(matches!(e, SnapshotError::TooMuchOutput { .. }), "{e:?}");
+    assert!(e.to_string().contains("one snapshot id per line"), "{e}");
 }
 
 /// A command stuck writing to a frozen filesystem cannot be killed until the thaw: after
@@ -233,7 +240,8 @@ fn a_command_stuck_on_a_frozen_filesystem_is_terminated_once() {
     .unwrap_err();
     let took = started.elapsed();
     support::thaw(&fs.mount_point);
-    assert_eq!(e.code, ErrorCode::SnapshotTimeout, "{e:?}");
+    assert_eq!(e.code(), ErrorCode::SnapshotTimeout, "{e:?}");
+    assert!(matches!(e, SnapshotError::CommandTimedOut { .. }), "{e:?}");
     // 0.5 s timeout + 0.2 s grace + KILL_WAIT (2 s), plus slack; twice that took ~5 s.
     assert!(took < Duration::from_millis(3900), "took {took:?}");
 }
@@ -250,12 +258,11 @@ fn stderr_in_the_message_is_quoted_like_hook_output() {
     let e = CommandProvider::new(argv(&s, &[]))
         .take(&ctx(&[], 5000))
         .unwrap_err();
-    assert!(!e.message.contains('\n'), "{:?}", e.message);
-    assert!(!e.message.contains('\u{1b}'), "{:?}", e.message);
+    let message = e.to_string();
+    assert!(!message.contains('\n'), "{message:?}");
+    assert!(!message.contains('\u{1b}'), "{message:?}");
     assert!(
-        e.message
-            .contains("bad\\nINFO snapshot succeeded\\u{1b}[2J"),
-        "{:?}",
-        e.message
+        message.contains("bad\\nINFO snapshot succeeded\\u{1b}[2J"),
+        "{message:?}"
     );
 }

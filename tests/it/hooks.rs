@@ -51,7 +51,7 @@ fn read_pid(p: &Path) -> i32 {
 /// True while `pid` is a live (not zombie) process that is still the one we started
 /// (same process group), so a reused pid does not count.
 fn alive(pid: i32, pgid: i32) -> bool {
-    match quiesce::hooks::process::stat_state_pgrp(pid) {
+    match quiesce::process::stat_state_pgrp(pid) {
         Some((state, pg)) => pg == pgid && state != 'Z' && state != 'X',
         None => false,
     }
@@ -348,7 +348,7 @@ fn background_leftovers_are_terminated_and_never_block_the_runner() {
     let bg = read_pid(&d.join("bg"));
     // Its process group is the script's, i.e. the pgid it had: gone now.
     assert!(
-        quiesce::hooks::process::stat_state_pgrp(bg)
+        quiesce::process::stat_state_pgrp(bg)
             .map(|(st, _)| st == 'Z' || st == 'X')
             .unwrap_or(true),
         "background job {bg} survived"
@@ -725,7 +725,7 @@ fn absurd_timeouts_do_not_overflow() {
 /// `cgroup.kill`) and with the fallback (process group + `/proc` parent chains).
 #[test]
 fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
-    use quiesce::hooks::process::Launch;
+    use quiesce::process::Launch;
     use std::time::Instant;
     for with_cgroup in [true, false] {
         let d = Scratch::new("hooks-setsid");

@@ -5,8 +5,8 @@ use crate::support;
 
 use quiesce::codes::ErrorCode;
 use quiesce::config::ScriptSpec;
-use quiesce::hooks::process::Launch;
 use quiesce::hooks::{run_script, AttemptEnd, Limits, Phase, RunContext};
+use quiesce::process::Launch;
 use quiesce::trust::{open_config, open_script, TrustError};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;

@@ -8,6 +8,11 @@ pub const MARIADB_QUIESCE_PASSWORD: &str = "quiesce-test-secret";
 /// `mariadb-install-db` into `datadir` (owned by mysql; root authenticates by unix socket).
 /// Temporary tables go to `tmpdir` (created), not to the machine's shared /tmp.
 pub fn mariadb_install(my: &User, datadir: &Path, tmpdir: &Path) {
+    mariadb_install_with(my, datadir, tmpdir, &[]);
+}
+
+/// [`mariadb_install`] with extra server options (e.g. `--innodb-undo-tablespaces=2`).
+pub fn mariadb_install_with(my: &User, datadir: &Path, tmpdir: &Path, extra: &[&str]) {
     mkdir_owned(datadir, Some(my));
     mkdir_owned(tmpdir, Some(my));
     let (ok, out, err) = run(Command::new(need("mariadb-install-db"))
@@ -22,7 +27,8 @@ pub fn mariadb_install(my: &User, datadir: &Path, tmpdir: &Path) {
             "--auth-root-authentication-method=socket",
             "--skip-test-db",
             "--skip-name-resolve",
-        ]));
+        ])
+        .args(extra));
     assert!(ok, "mariadb-install-db failed: {out}\n{err}");
 }
 
@@ -136,6 +142,17 @@ impl MariaDb {
     /// `rundir` (created), error log at `log`, binary log on (`binlog.*` in the datadir),
     /// durable commits.
     pub fn start(my: &User, datadir: &Path, rundir: &Path, log: &Path) -> Result<MariaDb, String> {
+        MariaDb::start_with(my, datadir, rundir, log, &[])
+    }
+
+    /// [`MariaDb::start`] with extra server options.
+    pub fn start_with(
+        my: &User,
+        datadir: &Path,
+        rundir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<MariaDb, String> {
         let running = Running::start();
         mkdir_owned(rundir, Some(my));
         let logf = log_file(log, my);
@@ -158,6 +175,7 @@ impl MariaDb {
                 // No silent repair on open: a MyISAM table left open in a copy must show.
                 "--myisam-recover-options=OFF",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
