@@ -4,7 +4,8 @@
 //! volumes, the pg-backup-hold hook; each copy restored with its backup_label and WAL
 //! (pg-restore-prepare) runs "backup recovery" to the end-of-backup record and is
 //! consistent.
-//! - `postgres_two_volumes_uncoordinated_copies_need_the_backup_label`: why that hook
+//!
+//! `postgres_two_volumes_uncoordinated_copies_need_the_backup_label`: why that hook
 //! matters. Frozen together by quiesce, the two volumes form one point in time and crash
 //! recovery suffices. Copied one after the other (as a provider that snapshots disks one
 //! by one does), with a checkpoint in between, the copy does not start without the hook
