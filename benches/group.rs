@@ -9,10 +9,9 @@
 //! beside the figures measured before watches (members polled etcd every 20 ms with one
 //! connection per call).
 
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
+use support::etcd;
 
 use quiesce::server::client::call;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //!
 //! Run with: `cargo bench --bench hooks` (optionally `-- 500` for the number of runs).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use quiesce::config::ScriptSpec;
@@ -74,7 +74,7 @@ fn main() {
         assert!(r.succeeded(), "{r:?}");
 
         let t = Instant::now();
-        let mut p = quiesce::hooks::process::Launch::trusted(&tf, &[])
+        let mut p = quiesce::process::Launch::trusted(&tf, &[])
             .unwrap()
             .spawn()
             .unwrap();
@@ -84,7 +84,7 @@ fn main() {
         p.finish(Duration::from_secs(1));
 
         let t = Instant::now();
-        std::hint::black_box(quiesce::hooks::process::live_group_members(1));
+        std::hint::black_box(quiesce::process::live_group_members(1));
         scan.push(t.elapsed());
 
         // Baseline: the same script through std::process::Command, no pipes, no checks.

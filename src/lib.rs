@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod platform;
+pub mod process;
 pub mod qga;
 pub mod report;
 pub mod server;

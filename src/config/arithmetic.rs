@@ -4,7 +4,7 @@
 //! can prove that no configuration the loaders accept overflows at run time.
 
 use super::Config;
-use crate::hooks::process::deadline_after;
+use crate::process::deadline_after;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest grace a run adds on top of a configured duration (SIGTERM to SIGKILL twice, the

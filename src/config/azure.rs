@@ -192,6 +192,39 @@ pub fn load_plugin_json(path: &Path) -> Result<PluginJson, Vec<Problem>> {
 
 /// Parse plugin JSON text.
 pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Problem>> {
+    let (raw, ignored) = deserialize_plugin(path, text)?;
+    let mut warnings = plugin_warnings(path, text, &raw, ignored);
+    warnings.extend(check_timeout(path, text, raw.timeout_in_seconds)?);
+    let spec = |location: &str, params: &[String]| {
+        (!location.trim().is_empty()).then(|| ScriptSpec {
+            path: PathBuf::from(location),
+            args: params.to_vec(),
+        })
+    };
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    Ok(PluginJson {
+        hook: HookConfig {
+            name,
+            pre: spec(&raw.pre_script_location, &raw.pre_script_params),
+            post: spec(&raw.post_script_location, &raw.post_script_params),
+            timeout: Duration::from_secs(raw.timeout_in_seconds),
+            pre_retries: raw.pre_script_no_of_retries,
+            post_retries: raw.post_script_no_of_retries,
+            continue_on_failure: raw.continue_backup_on_failure,
+            hold: false,
+            origin: path.to_path_buf(),
+        },
+        fs_freeze_enabled: raw.fs_freeze_enabled,
+        warnings,
+    })
+}
+
+/// The raw plugin and the keys nobody asked for; a JSON or type error is the only problem.
+fn deserialize_plugin(path: &Path, text: &str) -> Result<(RawPlugin, Vec<String>), Vec<Problem>> {
     let mut ignored = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
     let raw: RawPlugin = match serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
@@ -225,6 +258,11 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
         )
         .at(loc(path, Some(e.line()), Some(e.column())))]);
     }
+    Ok((raw, ignored))
+}
+
+/// Unknown keys, and a `pluginName` Azure does not document.
+fn plugin_warnings(path: &Path, text: &str, raw: &RawPlugin, ignored: Vec<String>) -> Vec<Warning> {
     let mut warnings: Vec<Warning> = ignored
         .into_iter()
         .map(|k| {
@@ -245,57 +283,34 @@ pub fn parse_plugin_json(path: &Path, text: &str) -> Result<PluginJson, Vec<Prob
             );
         }
     }
+    warnings
+}
+
+/// `timeoutInSeconds` within 1 s..a week; a warning above Azure's own cap.
+fn check_timeout(path: &Path, text: &str, secs: u64) -> Result<Vec<Warning>, Vec<Problem>> {
     let (l, c) = text
         .find("\"timeoutInSeconds\"")
         .map(|o| line_col(text, o))
         .map_or((None, None), |(l, c)| (Some(l), Some(c)));
     let max = super::read::MAX_TIMEOUT.as_secs();
-    if raw.timeout_in_seconds == 0 || raw.timeout_in_seconds > max {
+    if secs == 0 || secs > max {
         return Err(vec![Problem::new(
             JSON,
-            format!(
-                "`timeoutInSeconds` must be between 1 and {max} (a week), found {}",
-                raw.timeout_in_seconds
-            ),
+            format!("`timeoutInSeconds` must be between 1 and {max} (a week), found {secs}"),
         )
         .at(loc(path, l, c))]);
     }
-    if raw.timeout_in_seconds > super::read::AZURE_TIMEOUT_CAP_SECS {
+    let mut warnings = Vec::new();
+    if secs > super::read::AZURE_TIMEOUT_CAP_SECS {
         warnings.push(
             Warning::new(format!(
-                "`timeoutInSeconds` is {}; Azure caps script timeouts at {} s",
-                raw.timeout_in_seconds,
+                "`timeoutInSeconds` is {secs}; Azure caps script timeouts at {} s",
                 super::read::AZURE_TIMEOUT_CAP_SECS
             ))
             .at(loc(path, l, c)),
         );
     }
-    let spec = |location: &str, params: &[String]| {
-        (!location.trim().is_empty()).then(|| ScriptSpec {
-            path: PathBuf::from(location),
-            args: params.to_vec(),
-        })
-    };
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin")
-        .to_string();
-    Ok(PluginJson {
-        hook: HookConfig {
-            name,
-            pre: spec(&raw.pre_script_location, &raw.pre_script_params),
-            post: spec(&raw.post_script_location, &raw.post_script_params),
-            timeout: Duration::from_secs(raw.timeout_in_seconds),
-            pre_retries: raw.pre_script_no_of_retries,
-            post_retries: raw.post_script_no_of_retries,
-            continue_on_failure: raw.continue_backup_on_failure,
-            hold: false,
-            origin: path.to_path_buf(),
-        },
-        fs_freeze_enabled: raw.fs_freeze_enabled,
-        warnings,
-    })
+    Ok(warnings)
 }
 
 /// A configuration made of one plugin JSON file and defaults for everything else.
@@ -387,51 +402,14 @@ pub fn parse_plugin_host(
         .at(loc(path, None, None))]));
     };
     let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    let int = |key: &str, problems: &mut Vec<Problem>| -> Option<u64> {
-        let (v, line) = sec.get(key)?;
-        match v.parse::<u64>() {
-            Ok(n) => Some(n),
-            Err(_) => {
-                problems.push(
-                    Problem::new(
-                        HOST,
-                        format!("`{}` must be a whole number, not {v:?}", shown(key)),
-                    )
-                    .at(loc(path, Some(*line), None)),
-                );
-                None
-            }
-        }
-    };
-    let count = int("numberofplugins", &mut problems).filter(|n| {
-        let ok = *n <= MAX_PLUGINS;
-        if !ok {
-            problems.push(
-                Problem::new(
-                    HOST,
-                    format!(
-                        "`numberOfPlugins` is {n}; at most {MAX_PLUGINS} plugins are supported"
-                    ),
-                )
-                .at(loc(path, sec.get("numberofplugins").map(|(_, l)| *l), None)),
-            );
-        }
-        ok
-    });
-    let host_timeout = int("timeoutinseconds", &mut problems);
-    if count.is_none() && !sec.contains_key("numberofplugins") {
-        problems.push(
-            Problem::new(HOST, "missing `numberOfPlugins` in [pre_post]").at(loc(path, None, None)),
-        );
-    }
-    let count = count.unwrap_or(0);
+    let (count, host_timeout) = host_numbers(path, sec, &mut problems);
     let first = if sec.contains_key("pluginconfigpath0") || count == 0 {
         0
     } else {
         1
     };
     let mut cfg = Config::defaults(path);
+    let mut warnings = Vec::new();
     for i in first..first + count {
         for k in ["pluginName", "pluginPath"] {
             if !sec.contains_key(&format!("{k}{i}").to_ascii_lowercase()) {
@@ -461,6 +439,65 @@ pub fn parse_plugin_host(
             Err(mut e) => cfg.skipped.append(&mut e),
         }
     }
+    warnings.extend(unknown_host_keys(path, sec));
+    super::dedupe_hook_names(&mut cfg.hooks);
+    cfg.warnings = warnings;
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+/// `numberOfPlugins` (0 when missing or wrong, with a problem) and `timeoutInSeconds`.
+fn host_numbers(
+    path: &Path,
+    sec: &BTreeMap<String, (String, usize)>,
+    problems: &mut Vec<Problem>,
+) -> (u64, Option<u64>) {
+    let int = |key: &str, problems: &mut Vec<Problem>| -> Option<u64> {
+        let (v, line) = sec.get(key)?;
+        match v.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                problems.push(
+                    Problem::new(
+                        HOST,
+                        format!("`{}` must be a whole number, not {v:?}", shown(key)),
+                    )
+                    .at(loc(path, Some(*line), None)),
+                );
+                None
+            }
+        }
+    };
+    let count = int("numberofplugins", problems).filter(|n| {
+        let ok = *n <= MAX_PLUGINS;
+        if !ok {
+            problems.push(
+                Problem::new(
+                    HOST,
+                    format!(
+                        "`numberOfPlugins` is {n}; at most {MAX_PLUGINS} plugins are supported"
+                    ),
+                )
+                .at(loc(path, sec.get("numberofplugins").map(|(_, l)| *l), None)),
+            );
+        }
+        ok
+    });
+    let host_timeout = int("timeoutinseconds", problems);
+    if count.is_none() && !sec.contains_key("numberofplugins") {
+        problems.push(
+            Problem::new(HOST, "missing `numberOfPlugins` in [pre_post]").at(loc(path, None, None)),
+        );
+    }
+    (count.unwrap_or(0), host_timeout)
+}
+
+/// A warning for every key of [pre_post] Azure does not know.
+fn unknown_host_keys(path: &Path, sec: &BTreeMap<String, (String, usize)>) -> Vec<Warning> {
+    let mut warnings = Vec::new();
     for key in sec.keys() {
         let known = ["numberofplugins", "timeoutinseconds"].contains(&key.as_str())
             || ["pluginname", "pluginpath", "pluginconfigpath"]
@@ -477,13 +514,7 @@ pub fn parse_plugin_host(
             )));
         }
     }
-    super::dedupe_hook_names(&mut cfg.hooks);
-    cfg.warnings = warnings;
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ConfigErrors(problems))
-    }
+    warnings
 }
 
 #[cfg(test)]

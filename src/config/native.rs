@@ -121,6 +121,8 @@ struct RawSnapshot {
     directory: Option<PathBuf>,
     keep_last: Option<u32>,
     max_age: Option<Dur>,
+    verify_command: Option<Vec<String>>,
+    verify_teardown: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -227,11 +229,71 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parse native TOML text (already read and trusted) into the model.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
-    let at = |line: Option<usize>, column: Option<usize>| Location {
+    let (raw, ignored) = deserialize(path, text)?;
+    let mut cfg = Config::defaults(path);
+    let mut found = Findings {
+        path,
+        text,
+        problems: Vec::new(),
+    };
+    cfg.warnings
+        .extend(unknown_key_warnings(path, text, ignored));
+    cfg.paths = paths(raw.paths);
+    cfg.log = log(raw.log, &mut found);
+    cfg.freeze = freeze(raw.freeze, &mut found);
+    cfg.snapshot = snapshot(raw.snapshot, &mut found);
+    cfg.server = server(raw.server, &mut found);
+    cfg.verify = verify(raw.verify, &mut found);
+    if let Some(g) = raw.group {
+        match g.into_config() {
+            Ok(g) => cfg.group = Some(g),
+            Err(m) => found.push(m, "group"),
+        }
+    }
+    for h in raw.hooks {
+        let hook = hook(h, &mut found);
+        cfg.hooks.push(hook);
+    }
+    add_azure_plugins(&mut cfg, &raw.azure_plugins);
+    add_platform_hooks(&mut cfg, &raw.platforms, &mut found.problems);
+    super::dedupe_hook_names(&mut cfg.hooks);
+    if found.problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(found.problems))
+    }
+}
+
+/// The problems found while building the model, each located at its key.
+struct Findings<'a> {
+    path: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Findings<'_> {
+    /// A problem located at the first assignment of `key`.
+    fn problem(&self, msg: String, key: &str) -> Problem {
+        let (l, c) = find_key(self.text, key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        Problem::new(CODE, msg).at(location(self.path, l, c))
+    }
+
+    fn push(&mut self, msg: String, key: &str) {
+        let p = self.problem(msg, key);
+        self.problems.push(p);
+    }
+}
+
+fn location(path: &Path, line: Option<usize>, column: Option<usize>) -> Location {
+    Location {
         file: path.to_path_buf(),
         line,
         column,
-    };
+    }
+}
+
+/// The raw file and the keys nobody asked for; a TOML or type error is the only problem.
+fn deserialize(path: &Path, text: &str) -> Result<(RawFile, Vec<String>), ConfigErrors> {
     let mut ignored = Vec::new();
     let de = toml::Deserializer::new(text);
     let raw: RawFile = match serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
@@ -259,78 +321,84 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             } else {
                 format!("`{key}`: {msg}")
             };
-            return Err(ConfigErrors(
-                vec![Problem::new(CODE, msg).at(at(line, col))],
-            ));
+            return Err(ConfigErrors(vec![
+                Problem::new(CODE, msg).at(location(path, line, col))
+            ]));
         }
     };
+    Ok((raw, ignored))
+}
 
-    let mut cfg = Config::defaults(path);
-    let mut problems = Vec::new();
-    for key in ignored {
-        let leaf = key.rsplit('.').next().unwrap_or(&key).to_string();
-        let (l, c) = find_key_path(text, &key)
-            .or_else(|| find_key(text, &leaf))
-            .map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        cfg.warnings
-            .push(Warning::new(format!("unknown key `{key}` ignored")).at(at(l, c)));
-    }
-    let problem = |msg: String, key: &str| {
-        let (l, c) = find_key(text, key).map_or((None, None), |(l, c)| (Some(l), Some(c)));
-        Problem::new(CODE, msg).at(at(l, c))
-    };
+/// One warning per unknown key, located at its assignment.
+fn unknown_key_warnings(path: &Path, text: &str, ignored: Vec<String>) -> Vec<Warning> {
+    ignored
+        .into_iter()
+        .map(|key| {
+            let leaf = key.rsplit('.').next().unwrap_or(&key).to_string();
+            let (l, c) = find_key_path(text, &key)
+                .or_else(|| find_key(text, &leaf))
+                .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+            Warning::new(format!("unknown key `{key}` ignored")).at(location(path, l, c))
+        })
+        .collect()
+}
 
+fn paths(raw: RawPaths) -> Paths {
     let defaults = Paths::default();
-    cfg.paths = Paths {
-        state_dir: raw.paths.state_dir.unwrap_or(defaults.state_dir),
-        catalog: raw.paths.catalog.unwrap_or(defaults.catalog),
-        metrics_file: raw.paths.metrics_file,
-    };
-    cfg.log = LogConfig {
-        file: raw.log.file,
-        format: match raw.log.format.as_deref() {
+    Paths {
+        state_dir: raw.state_dir.unwrap_or(defaults.state_dir),
+        catalog: raw.catalog.unwrap_or(defaults.catalog),
+        metrics_file: raw.metrics_file,
+    }
+}
+
+fn log(raw: RawLog, found: &mut Findings<'_>) -> LogConfig {
+    LogConfig {
+        file: raw.file,
+        format: match raw.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                problems.push(problem(
+                found.push(
                     format!("`log.format` must be \"text\" or \"json\", not {other:?}"),
                     "format",
-                ));
+                );
                 LogFormat::Text
             }
         },
-    };
+    }
+}
+
+fn freeze(raw: RawFreeze, found: &mut Findings<'_>) -> FreezeConfig {
     let fd = FreezeConfig::default();
-    cfg.freeze = FreezeConfig {
-        enabled: raw.freeze.enabled.unwrap_or(fd.enabled),
-        timeout: raw.freeze.timeout.map_or(fd.timeout, |d| d.0),
-        include: raw.freeze.include,
-        exclude: raw.freeze.exclude,
+    let freeze = FreezeConfig {
+        enabled: raw.enabled.unwrap_or(fd.enabled),
+        timeout: raw.timeout.map_or(fd.timeout, |d| d.0),
+        include: raw.include,
+        exclude: raw.exclude,
     };
-    for p in cfg.freeze.include.iter().chain(&cfg.freeze.exclude) {
+    for p in freeze.include.iter().chain(&freeze.exclude) {
         if !p.is_absolute() {
-            problems.push(problem(
+            found.push(
                 format!(
                     "freeze mount point {} must be an absolute path",
                     crate::hooks::output::quote_path(p)
                 ),
-                if cfg.freeze.include.contains(p) {
+                if freeze.include.contains(p) {
                     "include"
                 } else {
                     "exclude"
                 },
-            ));
+            );
         }
     }
-    if cfg.freeze.timeout.is_zero() {
-        problems.push(problem(
-            "`freeze.timeout` must be more than 0".into(),
-            "timeout",
-        ));
+    if freeze.timeout.is_zero() {
+        found.push("`freeze.timeout` must be more than 0".into(), "timeout");
     }
+    freeze
+}
 
-    let sd = SnapshotConfig::default();
-    let s = raw.snapshot;
+fn snapshot(s: RawSnapshot, found: &mut Findings<'_>) -> SnapshotConfig {
     let provider = match s.provider.as_deref().unwrap_or("none") {
         "none" => ProviderConfig::None,
         "command" => match s.command {
@@ -338,10 +406,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 ProviderConfig::Command { argv }
             }
             _ => {
-                problems.push(problem(
+                found.push(
                     "provider \"command\" needs `snapshot.command`, a non-empty argv list".into(),
                     "provider",
-                ));
+                );
                 ProviderConfig::None
             }
         },
@@ -355,171 +423,194 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 })
             }
             _ => {
-                problems.push(problem(
+                found.push(
                     "provider \"btrfs\" needs `snapshot.subvolumes` (non-empty) and \
                      `snapshot.directory`"
                         .into(),
                     "provider",
-                ));
+                );
                 ProviderConfig::None
             }
         },
         other => {
-            problems.push(problem(
+            found.push(
                 format!(
                     "unknown snapshot provider {other:?} (use \"command\", \"btrfs\" or \"none\")"
                 ),
                 "provider",
-            ));
+            );
             ProviderConfig::None
         }
     };
-    cfg.snapshot = SnapshotConfig {
+    for (key, argv) in [
+        ("verify_command", &s.verify_command),
+        ("verify_teardown", &s.verify_teardown),
+    ] {
+        if argv
+            .as_ref()
+            .is_some_and(|a| a.first().is_none_or(|c| c.is_empty()))
+        {
+            found.push(
+                format!("`snapshot.{key}` must be a non-empty argv list"),
+                key,
+            );
+        } else if argv.is_some() && !matches!(provider, ProviderConfig::Command { .. }) {
+            found.push(
+                format!("`snapshot.{key}` is for the \"command\" provider only"),
+                key,
+            );
+        }
+    }
+    if s.verify_teardown.is_some() && s.verify_command.is_none() {
+        found.push(
+            "`snapshot.verify_teardown` needs `snapshot.verify_command` (it removes the view \
+             that command made)"
+                .into(),
+            "verify_teardown",
+        );
+    }
+    SnapshotConfig {
         provider,
-        timeout: s.timeout.map_or(sd.timeout, |d| d.0),
-    };
+        timeout: s.timeout.map_or(SnapshotConfig::default().timeout, |d| d.0),
+        verify_command: s.verify_command,
+        verify_teardown: s.verify_teardown,
+    }
+}
 
+fn server(raw: RawServer, found: &mut Findings<'_>) -> ServerConfig {
     let svd = ServerConfig::default();
-    cfg.server = ServerConfig {
-        socket: raw.server.socket.unwrap_or(svd.socket),
-        allowed_uids: raw.server.allowed_uids,
-        tcp_listen: raw.server.tcp_listen,
-        token_file: raw.server.token_file,
-        default_deadline: raw
-            .server
-            .default_deadline
-            .map_or(svd.default_deadline, |d| d.0),
+    let server = ServerConfig {
+        socket: raw.socket.unwrap_or(svd.socket),
+        allowed_uids: raw.allowed_uids,
+        tcp_listen: raw.tcp_listen,
+        token_file: raw.token_file,
+        default_deadline: raw.default_deadline.map_or(svd.default_deadline, |d| d.0),
     };
-    if cfg.server.tcp_listen.is_some() && cfg.server.token_file.is_none() {
-        problems.push(problem(
+    if server.tcp_listen.is_some() && server.token_file.is_none() {
+        found.push(
             "`server.tcp_listen` requires `server.token_file`".into(),
             "tcp_listen",
-        ));
+        );
     }
+    server
+}
 
+fn verify(raw: RawVerify, found: &mut Findings<'_>) -> VerifyConfig {
     let vd = VerifyConfig::default();
-    cfg.verify = VerifyConfig {
-        after_snapshot: raw.verify.after_snapshot.unwrap_or(vd.after_snapshot),
-        timeout: raw.verify.timeout.map_or(vd.timeout, |d| d.0),
-        postgres: raw.verify.postgres.map(|p| PgVerifyConfig {
+    let mut verify = VerifyConfig {
+        after_snapshot: raw.after_snapshot.unwrap_or(vd.after_snapshot),
+        timeout: raw.timeout.map_or(vd.timeout, |d| d.0),
+        postgres: raw.postgres.map(|p| PgVerifyConfig {
             data: p.data,
             user: p.user.unwrap_or_else(|| "postgres".into()),
             query: p.query,
             database: p.database.unwrap_or_else(|| "postgres".into()),
         }),
-        mariadb: raw.verify.mariadb.map(|m| MariaVerifyConfig {
+        mariadb: raw.mariadb.map(|m| MariaVerifyConfig {
             data: m.data,
             log_bin: m.log_bin,
             query: m.query,
         }),
         hooks: Vec::new(),
     };
-    if cfg.verify.timeout.is_zero() {
-        problems.push(problem(
-            "`verify.timeout` must be more than 0".into(),
-            "timeout",
-        ));
+    if verify.timeout.is_zero() {
+        found.push("`verify.timeout` must be more than 0".into(), "timeout");
     }
     let data_dirs = [
-        ("postgres", cfg.verify.postgres.as_ref().map(|p| &p.data)),
-        ("mariadb", cfg.verify.mariadb.as_ref().map(|m| &m.data)),
+        ("postgres", verify.postgres.as_ref().map(|p| &p.data)),
+        ("mariadb", verify.mariadb.as_ref().map(|m| &m.data)),
     ];
     for (which, data) in data_dirs {
         if data.is_some_and(|d| !d.is_absolute()) {
-            problems.push(problem(
+            found.push(
                 format!(
                     "`verify.{which}.data` must be the absolute path of the live data directory"
                 ),
                 "data",
-            ));
+            );
         }
     }
-    for argv in raw.verify.hooks {
+    for argv in raw.hooks {
         match argv.split_first() {
-            Some((first, rest)) if !first.is_empty() => cfg.verify.hooks.push(ScriptSpec {
+            Some((first, rest)) if !first.is_empty() => verify.hooks.push(ScriptSpec {
                 path: PathBuf::from(first),
                 args: rest.to_vec(),
             }),
-            _ => problems.push(problem(
+            _ => found.push(
                 "`verify.hooks` entries must be non-empty argv lists".into(),
                 "hooks",
-            )),
+            ),
         }
     }
-    if let Some(g) = raw.group {
-        match g.into_config() {
-            Ok(g) => cfg.group = Some(g),
-            Err(m) => problems.push(problem(m, "group")),
-        }
-    }
+    verify
+}
 
-    for h in raw.hooks {
-        let spec = |argv: Option<Vec<String>>, which: &str, problems: &mut Vec<Problem>| {
-            let argv = argv?;
-            if argv.is_empty() || argv[0].is_empty() {
-                problems.push(
-                    problem(format!("hook `{}`: `{which}` is empty", h.name), which)
-                        .with_hook(&h.name),
-                );
-                return None;
-            }
-            Some(ScriptSpec {
-                path: PathBuf::from(&argv[0]),
-                args: argv[1..].to_vec(),
-            })
-        };
-        let pre = spec(h.pre.clone(), "pre", &mut problems);
-        let post = spec(h.post.clone(), "post", &mut problems);
-        let hold = h.hold.unwrap_or(false);
-        if h.name.trim().is_empty() {
-            problems.push(problem("a hook has an empty `name`".into(), "name"));
+/// One `[[hook]]`, with every problem it has.
+fn hook(h: RawHook, found: &mut Findings<'_>) -> HookConfig {
+    let name = h.name.clone();
+    let refuse = |found: &mut Findings<'_>, msg: String, key: &str| {
+        let p = found.problem(msg, key).with_hook(&name);
+        found.problems.push(p);
+    };
+    let spec = |argv: Option<Vec<String>>, which: &str, found: &mut Findings<'_>| {
+        let argv = argv?;
+        if argv.is_empty() || argv[0].is_empty() {
+            refuse(found, format!("hook `{name}`: `{which}` is empty"), which);
+            return None;
         }
-        if hold && pre.is_none() {
-            problems.push(
-                problem(
-                    format!("hook `{}`: hold mode needs a `pre` command", h.name),
-                    "hold",
-                )
-                .with_hook(&h.name),
-            );
-        }
-        if hold && post.is_some() {
-            problems.push(
-                problem(
-                    format!(
-                        "hook `{}`: a held hook has no separate `post`; its exit status is the \
-                         post result",
-                        h.name
-                    ),
-                    "hold",
-                )
-                .with_hook(&h.name),
-            );
-        }
-        let timeout = h.timeout.map_or(DEFAULT_HOOK_TIMEOUT, |d| d.0);
-        if timeout.is_zero() {
-            problems.push(
-                problem(
-                    format!("hook `{}`: timeout must be more than 0", h.name),
-                    "timeout",
-                )
-                .with_hook(&h.name),
-            );
-        }
-        cfg.hooks.push(HookConfig {
-            name: h.name.clone(),
-            pre,
-            post,
-            timeout,
-            pre_retries: h.pre_retries.or(h.retries).unwrap_or(0),
-            post_retries: h.post_retries.or(h.retries).unwrap_or(0),
-            continue_on_failure: h.continue_on_failure.unwrap_or(true),
-            hold,
-            origin: path.to_path_buf(),
-        });
+        Some(ScriptSpec {
+            path: PathBuf::from(&argv[0]),
+            args: argv[1..].to_vec(),
+        })
+    };
+    let pre = spec(h.pre, "pre", found);
+    let post = spec(h.post, "post", found);
+    let hold = h.hold.unwrap_or(false);
+    if h.name.trim().is_empty() {
+        found.push("a hook has an empty `name`".into(), "name");
     }
+    if hold && pre.is_none() {
+        refuse(
+            found,
+            format!("hook `{name}`: hold mode needs a `pre` command"),
+            "hold",
+        );
+    }
+    if hold && post.is_some() {
+        refuse(
+            found,
+            format!(
+                "hook `{name}`: a held hook has no separate `post`; its exit status is the post \
+                 result"
+            ),
+            "hold",
+        );
+    }
+    let timeout = h.timeout.map_or(DEFAULT_HOOK_TIMEOUT, |d| d.0);
+    if timeout.is_zero() {
+        refuse(
+            found,
+            format!("hook `{name}`: timeout must be more than 0"),
+            "timeout",
+        );
+    }
+    HookConfig {
+        name: h.name,
+        pre,
+        post,
+        timeout,
+        pre_retries: h.pre_retries.or(h.retries).unwrap_or(0),
+        post_retries: h.post_retries.or(h.retries).unwrap_or(0),
+        continue_on_failure: h.continue_on_failure.unwrap_or(true),
+        hold,
+        origin: found.path.to_path_buf(),
+    }
+}
 
-    for plugin in &raw.azure_plugins {
+/// The hooks of `azure_plugins`; an unreadable plugin is skipped, not fatal (the backup still
+/// happens).
+fn add_azure_plugins(cfg: &mut Config, plugins: &[PathBuf]) {
+    for plugin in plugins {
         match azure::load_plugin_json(plugin) {
             Ok(p) => {
                 if !p.fs_freeze_enabled {
@@ -528,11 +619,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
                 cfg.warnings.extend(p.warnings);
                 cfg.hooks.push(p.hook);
             }
-            // An unreadable plugin is skipped, not fatal: the backup still happens.
             Err(mut e) => cfg.skipped.append(&mut e),
         }
     }
-    let found = crate::platform::sources::read(&raw.platforms);
+}
+
+/// The hooks of the platforms' own hook directories.
+fn add_platform_hooks(
+    cfg: &mut Config,
+    platforms: &crate::platform::sources::PlatformSources,
+    problems: &mut Vec<Problem>,
+) {
+    let found = crate::platform::sources::read(platforms);
     cfg.hooks.extend(found.hooks);
     // Configuration warnings carry no code (codes name errors).
     cfg.warnings
@@ -541,13 +639,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             ..p.into()
         }));
     problems.extend(found.problems);
-    super::dedupe_hook_names(&mut cfg.hooks);
-
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ConfigErrors(problems))
-    }
 }
 
 #[cfg(test)]
@@ -697,6 +788,42 @@ mod tests {
             for bad in crate::config::read::NOT_USERS_WORDS {
                 assert!(!msg.contains(bad), "{text:?}: {msg}");
             }
+        }
+    }
+
+    #[test]
+    fn command_provider_view_commands_are_checked() {
+        let cmd = "[snapshot]\nprovider = \"command\"\ncommand = [\"/s\"]\n";
+        let cfg = p(&format!(
+            "{cmd}verify_command = [\"/v\", \"-x\"]\nverify_teardown = [\"/t\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.snapshot.verify_command,
+            Some(vec!["/v".to_string(), "-x".to_string()])
+        );
+        assert_eq!(cfg.snapshot.verify_teardown, Some(vec!["/t".to_string()]));
+        for (text, want) in [
+            (
+                format!("{cmd}verify_command = []\n"),
+                "`snapshot.verify_command` must be a non-empty argv list",
+            ),
+            (
+                format!("{cmd}verify_teardown = [\"/t\"]\n"),
+                "`snapshot.verify_teardown` needs `snapshot.verify_command`",
+            ),
+            (
+                "[snapshot]\nprovider = \"btrfs\"\nsubvolumes = [\"/a\"]\ndirectory = \"/b\"\n\
+                 verify_command = [\"/v\"]\n"
+                    .to_string(),
+                "is for the \"command\" provider only",
+            ),
+        ] {
+            let e = p(&text).unwrap_err();
+            assert!(
+                e.0.iter().any(|m| m.message.contains(want)),
+                "{text:?}: {e}"
+            );
         }
     }
 

@@ -19,7 +19,10 @@ pub mod lock;
 pub mod mountinfo;
 pub mod plan;
 pub mod state;
+mod target_dir;
 mod watch;
+
+pub(crate) use target_dir::open_target_dir;
 
 use crate::codes::{ErrorCode, Problem};
 use plan::Target;
@@ -141,46 +144,6 @@ const GUARD_EXIT_WITHIN: Duration = Duration::from_secs(3);
 /// How long the guard may take to answer the agent's request to stand down.
 const GUARD_YIELD_WITHIN: Duration = Duration::from_millis(500);
 
-/// Open a mount point for the freeze ioctls and check that it still holds the planned
-/// filesystem (a mount may have been stacked on top since planning). btrfs reports a
-/// per-subvolume `st_dev`, so for it the filesystem type is checked instead.
-pub(crate) fn open_target_dir(
-    mount_point: &Path,
-    major: u32,
-    minor: u32,
-    fstype: &str,
-) -> Result<OwnedFd, String> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        mount_point,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("cannot open {}: {e}", mount_point.display()))?;
-    if fstype == "btrfs" {
-        const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
-        let sfs = rustix::fs::fstatfs(&fd)
-            .map_err(|e| format!("cannot statfs {}: {e}", mount_point.display()))?;
-        if sfs.f_type as i64 != BTRFS_SUPER_MAGIC {
-            return Err(format!(
-                "{} no longer holds the planned btrfs (something else is mounted there)",
-                mount_point.display()
-            ));
-        }
-    } else if fstype != "bcachefs" {
-        let st = rustix::fs::fstat(&fd)
-            .map_err(|e| format!("cannot stat {}: {e}", mount_point.display()))?;
-        let (ma, mi) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
-        if (ma, mi) != (major, minor) {
-            return Err(format!(
-                "{} no longer holds the planned filesystem {major}:{minor} (found {ma}:{mi})",
-                mount_point.display()
-            ));
-        }
-    }
-    Ok(fd)
-}
-
 fn ns_to_ms(ns: u64) -> u64 {
     (ns + 500_000) / 1_000_000
 }
@@ -272,7 +235,7 @@ fn open_targets(plan: &plan::Plan) -> Result<Vec<OwnedFd>, Vec<Problem>> {
     for t in &plan.targets {
         match open_target_dir(&t.mount_point, t.major, t.minor, &t.fstype) {
             Ok(fd) => fds.push(fd),
-            Err(e) => problems.push(Problem::new(ErrorCode::FreezeFailed, e)),
+            Err(e) => problems.push(Problem::new(ErrorCode::FreezeFailed, e.to_string())),
         }
     }
     if problems.is_empty() {

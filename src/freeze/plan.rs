@@ -204,6 +204,47 @@ fn class_reason(class: FsClass, fstype: &str) -> Option<String> {
     })
 }
 
+/// Why a superblock cannot be frozen; shown in words by `quiesce mounts` and in plan errors.
+#[derive(Debug, Clone, PartialEq)]
+enum Ineligible {
+    /// Its type cannot (or must not) be frozen.
+    Class { class: FsClass, fstype: String },
+    /// `ro` in the super options.
+    ReadOnlySuper,
+    /// Every mount of it is hidden under another mount (at `by`).
+    Hidden { by: PathBuf },
+    /// Every visible mount of it is `ro`.
+    ReadOnlyMounts,
+    /// The snapshot provider writes to `path` on it.
+    ProviderWrites { path: PathBuf },
+}
+
+impl std::fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ineligible::Class { class, fstype } => {
+                f.write_str(&class_reason(*class, fstype).unwrap_or_default())
+            }
+            Ineligible::ReadOnlySuper => {
+                f.write_str("read-only filesystem (ro in the super options): nothing can change")
+            }
+            Ineligible::Hidden { by } => write!(
+                f,
+                "hidden under another mount at {}: not reachable",
+                quote_path(by)
+            ),
+            Ineligible::ReadOnlyMounts => {
+                f.write_str("read-only mount (ro): nothing can change through it")
+            }
+            Ineligible::ProviderWrites { path } => write!(
+                f,
+                "snapshot provider writes here ({}): never frozen",
+                quote_path(path)
+            ),
+        }
+    }
+}
+
 /// Normalize a path lexically: make `.` and `..` disappear, drop trailing slashes.
 /// (No filesystem access: the planner works on mountinfo text.)
 pub fn normalize(p: &Path) -> PathBuf {
@@ -326,7 +367,7 @@ struct Group {
     /// Indices into the mounts, in mountinfo order.
     members: Vec<usize>,
     /// Why it cannot be frozen, if it cannot.
-    ineligible: Option<String>,
+    ineligible: Option<Ineligible>,
     excluded: Option<PathBuf>,
     /// Selected for freezing, with its chosen mount (index into mounts).
     primary: Option<usize>,
@@ -385,12 +426,9 @@ impl Groups {
         }
         for (g, group) in self.list.iter_mut().enumerate() {
             group.ineligible = ineligibility(group, table).or_else(|| {
-                provider_paths.get(&g).map(|p| {
-                    format!(
-                        "snapshot provider writes here ({}): never frozen",
-                        quote_path(p)
-                    )
-                })
+                provider_paths
+                    .get(&g)
+                    .map(|p| Ineligible::ProviderWrites { path: p.clone() })
             });
         }
     }
@@ -493,7 +531,7 @@ impl Groups {
 }
 
 /// Why a superblock cannot be frozen whatever the configuration says, if it cannot.
-fn ineligibility(group: &Group, table: &MountTable<'_>) -> Option<String> {
+fn ineligibility(group: &Group, table: &MountTable<'_>) -> Option<Ineligible> {
     let mounts = table.mounts;
     let first = &mounts[group.members[0]];
     let visible: Vec<usize> = group
@@ -502,27 +540,28 @@ fn ineligibility(group: &Group, table: &MountTable<'_>) -> Option<String> {
         .copied()
         .filter(|&i| table.visible[i])
         .collect();
-    if let Some(r) = class_reason(classify(&first.fstype), &first.fstype) {
-        Some(r)
+    let class = classify(&first.fstype);
+    if class != FsClass::Freezable {
+        Some(Ineligible::Class {
+            class,
+            fstype: first.fstype.clone(),
+        })
     } else if group
         .members
         .iter()
         .any(|&i| mounts[i].super_options.iter().any(|o| o == "ro"))
     {
-        Some("read-only filesystem (ro in the super options): nothing can change".into())
+        Some(Ineligible::ReadOnlySuper)
     } else if visible.is_empty() {
         let by = table.hidden_by[group.members[0]]
             .clone()
             .unwrap_or_default();
-        Some(format!(
-            "hidden under another mount at {}: not reachable",
-            quote_path(&by)
-        ))
+        Some(Ineligible::Hidden { by })
     } else if visible
         .iter()
         .all(|&i| mounts[i].mount_options.iter().any(|o| o == "ro"))
     {
-        Some("read-only mount (ro): nothing can change through it".into())
+        Some(Ineligible::ReadOnlyMounts)
     } else {
         None
     }
@@ -655,8 +694,8 @@ fn decide(
             (true, r)
         }
     } else if let Some(why) = &group.ineligible {
-        let hidden = !table.visible[i] && !why.starts_with("hidden");
-        let mut r = why.clone();
+        let hidden = !table.visible[i] && !matches!(why, Ineligible::Hidden { .. });
+        let mut r = why.to_string();
         if hidden {
             r.push_str("; this mount is hidden under another mount");
         }

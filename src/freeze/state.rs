@@ -180,7 +180,7 @@ pub fn recover(state_dir: &Path) -> Result<Vec<String>, Problem> {
         let fd = match super::open_target_dir(&mp, t.major, t.minor, &t.fstype) {
             Ok(fd) => fd,
             Err(e) => {
-                failed.push(format!("{}: {e}", mp.display()));
+                failed.push(e.to_string());
                 continue;
             }
         };

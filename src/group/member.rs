@@ -113,6 +113,9 @@ pub fn acts_on(cfg: &GroupConfig, spec: &OpSpec) -> bool {
         && spec.deadline_ms > now_ms()
 }
 
+/// Why a member released when the snapshot step completed for the whole group.
+const RELEASED: &str = "released by the coordinator";
+
 /// What the member hears from the coordinator while it is prepared.
 #[derive(Debug, PartialEq)]
 enum Heard {
@@ -135,8 +138,10 @@ fn listen_keys(prefix: &str, spec_key: &str) -> [String; 3] {
 /// What the keys say now (None: nothing new, or etcd not read yet).
 fn heard(keys: &Mirror, prefix: &str, spec_key: &str, wants_snapshot: bool) -> Option<Heard> {
     let [release, snapshot, _] = listen_keys(prefix, spec_key);
-    if keys.get(&release).is_some() {
-        return Some(Heard::Release("released by the coordinator"));
+    match keys.get(&release) {
+        Some("release") => return Some(Heard::Release(RELEASED)),
+        Some(_) => return Some(Heard::Release("the coordinator aborted the operation")),
+        None => {}
     }
     if wants_snapshot && keys.get(&snapshot).is_some() {
         return Some(Heard::Snapshot);
@@ -208,8 +213,22 @@ fn ready_answer(prepared: &Result<PrepareAnswer, ApiError>, provider: bool) -> R
 
 /// This member's final report as a JSON value: the registry's, or, when the operation
 /// never existed here (another operation was in progress), a failure saying why.
-fn final_report(api: &Arc<Api>, id: &str, prepared: &Result<PrepareAnswer, ApiError>) -> Value {
-    match api.release(id) {
+/// `abandoned`: no snapshot of this member can be counted on (the group's snapshot step
+/// did not complete and its own provider took none), so the report must not claim one.
+fn final_report(
+    api: &Arc<Api>,
+    id: &str,
+    prepared: &Result<PrepareAnswer, ApiError>,
+    abandoned: Option<&str>,
+) -> Value {
+    let ended = match abandoned {
+        None => api.release(id),
+        Some(why) => api.abandon(
+            id,
+            &format!("the group's snapshot step did not complete ({why}); no snapshot"),
+        ),
+    };
+    match ended {
         Ok(report) => serde_json::to_value(&report).unwrap_or(Value::Null),
         Err(e) => {
             let mut errors: Vec<Problem> = match prepared {
@@ -247,6 +266,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         &serde_json::to_string(&ready).unwrap_or_default(),
         spec.lease,
     );
+    let mut own_snapshot_taken = false;
     let why = if ready.state == OpState::Failed.as_str() {
         "this member failed to prepare"
     } else {
@@ -265,6 +285,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
             match rx.recv_timeout(left) {
                 Ok(Heard::Snapshot) => {
                     let taken = take_snapshot(api, id);
+                    own_snapshot_taken = taken.error.is_none();
                     let _ = etcd.put(
                         &format!("{prefix}snapshot/{}", cfg.member),
                         &serde_json::to_string(&taken).unwrap_or_default(),
@@ -279,7 +300,11 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         }
     };
     tracing::info!(operation_id = %id, reason = why, "group: releasing");
-    let mut report = final_report(api, id, &prepared);
+    // A member whose own provider took its snapshot keeps it (a snapshot of this machine
+    // alone, whatever became of the group); any other member that was not released by the
+    // coordinator after the whole snapshot step has no snapshot to speak of.
+    let abandoned = (why != RELEASED && !own_snapshot_taken).then_some(why);
+    let mut report = final_report(api, id, &prepared, abandoned);
     report["group_release_reason"] = json!(why);
     let _ = etcd.put(
         &format!("{prefix}done/{}", cfg.member),
@@ -342,4 +367,58 @@ fn record_group_report_later(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>
             Err(e) => tracing::error!(error = %e, "group: cannot record the group report"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::ErrorCode;
+
+    fn answer(state: OpState) -> PrepareAnswer {
+        PrepareAnswer {
+            id: "op".into(),
+            state,
+            frozen: vec!["/data".into()],
+            errors: Vec::new(),
+            deadline_s: 10.0,
+            deadline_capped: false,
+        }
+    }
+
+    /// What a member tells the coordinator, from what its registry answered: only a member
+    /// that is ready and has a provider takes a snapshot; a refusal is a failure with its
+    /// code.
+    #[test]
+    fn ready_answer_follows_the_registry() {
+        let cases: Vec<(Result<PrepareAnswer, ApiError>, bool, &str, bool)> = vec![
+            (Ok(answer(OpState::Frozen)), true, "frozen", true),
+            (Ok(answer(OpState::Frozen)), false, "frozen", false),
+            (Ok(answer(OpState::Prepared)), true, "prepared", true),
+            (Ok(answer(OpState::Failed)), true, "failed", false),
+            (
+                Err(ApiError::InProgress {
+                    active: "host-op".into(),
+                }),
+                true,
+                "failed",
+                false,
+            ),
+        ];
+        for (prepared, provider, state, takes) in cases {
+            let r = ready_answer(&prepared, provider);
+            assert_eq!(
+                (r.state.as_str(), r.takes_snapshot),
+                (state, takes),
+                "{r:?}"
+            );
+        }
+        let refused = ready_answer(
+            &Err(ApiError::InProgress {
+                active: "host-op".into(),
+            }),
+            true,
+        );
+        assert_eq!(refused.errors[0].code, ErrorCode::OperationInProgress);
+        assert!(refused.errors[0].message.contains("host-op"));
+    }
 }

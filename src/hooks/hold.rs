@@ -42,12 +42,12 @@
 //!
 //! While held, a thread drains the hook's stdout/stderr, so it never blocks on a full pipe.
 
-use super::process::{self, LineWait, Process, StdinMode};
 use super::{
     describe_end, export_deadline, log_attempt, ms, open_checked, script_launch, stderr_hint,
     Attempt, AttemptEnd, Limits, RunContext, ScriptResult,
 };
 use crate::config::ScriptSpec;
+use crate::process::{self, LineWait, Process, StdinMode};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;

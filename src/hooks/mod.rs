@@ -20,13 +20,15 @@
 //! `timeout`. A timeout ends the script at once (no retry after it). The result's tails are
 //! those of the last attempt; every attempt's tails are logged when it fails.
 
-pub mod cgroup;
 pub mod hold;
 pub mod output;
-pub mod process;
+
+pub(crate) use crate::process::describe_end;
+pub use crate::process::{AttemptEnd, OUTPUT_TAIL_BYTES};
 
 use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
+use crate::process;
 use crate::trust::{TrustError, TrustedFile};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -94,16 +96,6 @@ pub struct Limits {
     pub kill_grace: Duration,
 }
 
-/// How one attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AttemptEnd {
-    Exited { code: i32 },
-    Signaled { signal: i32 },
-    TimedOut,
-    SpawnFailed { error: String },
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: u32,
@@ -141,9 +133,6 @@ impl ScriptResult {
 
 /// Least time left before the deadline for a retry to be started.
 pub const MIN_RETRY_TIME: Duration = Duration::from_millis(100);
-
-/// Bytes of each stream kept for the report.
-pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 
 /// Run a script to completion: trust check, attempts with retries, all bounded by
 /// `limits.timeout`. Never panics on script misbehaviour; every failure has a code.
@@ -453,16 +442,6 @@ pub(crate) fn log_attempt(
             stdout_tail = %output::quote(stdout), stderr_tail = %output::quote(stderr),
             "hook attempt failed"
         );
-    }
-}
-
-/// "exited with code 3", "killed by signal 9", ...
-pub(crate) fn describe_end(end: &AttemptEnd) -> String {
-    match end {
-        AttemptEnd::Exited { code } => format!("exited with code {code}"),
-        AttemptEnd::Signaled { signal } => format!("killed by signal {signal}"),
-        AttemptEnd::TimedOut => "timed out".to_string(),
-        AttemptEnd::SpawnFailed { error } => error.clone(),
     }
 }
 

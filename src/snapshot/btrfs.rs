@@ -44,15 +44,14 @@ mod name;
 
 pub use name::ParsedName;
 
+use super::error::errno_text;
 use super::retention::{self, Policy};
 use super::{Provider, SnapshotContext, SnapshotError, SnapshotInfo};
-use crate::codes::ErrorCode;
 use crate::config::BtrfsConfig;
 use crate::freeze::plan::Target;
 use crate::report::SnapshotRef;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
-use rustix::io::Errno;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -110,31 +109,24 @@ impl BtrfsProvider {
         now: SystemTime,
     ) -> Result<Vec<SnapshotRef>, SnapshotError> {
         let started = Instant::now();
-        let time = name::format_time(now).ok_or_else(|| {
-            SnapshotError::failed("the clock is outside 1970..9999; cannot name a snapshot")
-        })?;
+        let time = name::format_time(now).ok_or(SnapshotError::ClockOutOfRange)?;
         let prep = self.prepare(ctx.operation_id, &time, ctx.frozen)?;
         let mut made: Vec<String> = Vec::with_capacity(prep.sources.len());
         for src in &prep.sources {
             if !made.is_empty() && started.elapsed() > ctx.timeout {
-                let err = SnapshotError {
-                    code: ErrorCode::SnapshotTimeout,
-                    message: format!(
-                        "btrfs snapshots took longer than {:?}; {} not snapshotted",
-                        ctx.timeout,
-                        src.path.display()
-                    ),
+                let err = SnapshotError::TookTooLong {
+                    timeout: ctx.timeout,
+                    next: src.path.clone(),
                 };
                 return Err(abandon(&prep.dir, &made, err));
             }
             // Nothing is logged in here: this runs inside the freeze window.
             if let Err(e) = ioctl::snapshot_readonly(src.fd.as_fd(), prep.dir.as_fd(), &src.name) {
-                let err = SnapshotError::failed(create_error(
-                    e,
-                    &src.path,
-                    &self.cfg.directory,
-                    &src.name,
-                ));
+                let err = SnapshotError::Create {
+                    subvolume: src.path.clone(),
+                    snapshot: self.cfg.directory.join(&src.name),
+                    errno: e,
+                };
                 return Err(abandon(&prep.dir, &made, err));
             }
             made.push(src.name.clone());
@@ -199,13 +191,11 @@ impl BtrfsProvider {
         if failures.is_empty() {
             Ok(removed)
         } else {
-            Err(SnapshotError::failed(format!(
-                "retention could not remove {} snapshot(s) in {} ({}); removed {:?}",
-                failures.len(),
-                self.cfg.directory.display(),
-                failures.join("; "),
-                removed
-            )))
+            Err(SnapshotError::Retention {
+                directory: self.cfg.directory.clone(),
+                failures,
+                removed,
+            })
         }
     }
 
@@ -237,32 +227,26 @@ impl BtrfsProvider {
     fn names(&self, operation_id: &str, time: &str) -> Result<Vec<String>, SnapshotError> {
         let subvolumes = &self.cfg.subvolumes;
         if subvolumes.is_empty() {
-            return Err(SnapshotError::failed(
-                "btrfs provider: no subvolumes configured",
-            ));
+            return Err(SnapshotError::NoSubvolumes);
         }
         let mut names: Vec<String> = Vec::with_capacity(subvolumes.len());
         for (i, path) in subvolumes.iter().enumerate() {
             if subvolumes[..i].contains(path) {
-                return Err(SnapshotError::failed(format!(
-                    "subvolume {} is listed twice",
-                    path.display()
-                )));
+                return Err(SnapshotError::ListedTwice { path: path.clone() });
             }
-            let name = name::compose(&label(path), time, operation_id).map_err(|e| {
-                SnapshotError::failed(format!(
-                    "cannot name the snapshot of {}: {e}",
-                    path.display()
-                ))
+            let name = name::compose(&label(path), time, operation_id).map_err(|reason| {
+                SnapshotError::Unnameable {
+                    path: path.clone(),
+                    reason,
+                }
             })?;
             if let Some(j) = names.iter().position(|n| *n == name) {
-                return Err(SnapshotError::failed(format!(
-                    "subvolumes {} and {} would get the same snapshot name {name} in {} (same \
-                     base name); use a separate directory for one of them",
-                    subvolumes[j].display(),
-                    path.display(),
-                    self.cfg.directory.display()
-                )));
+                return Err(SnapshotError::SameName {
+                    first: subvolumes[j].clone(),
+                    second: path.clone(),
+                    name,
+                    directory: self.cfg.directory.clone(),
+                });
             }
             names.push(name);
         }
@@ -292,12 +276,10 @@ impl BtrfsProvider {
             return Ok(fd);
         };
         if fsid_of(&fd, path)? != dir_fsid {
-            return Err(SnapshotError::failed(format!(
-                "subvolume {} is on another btrfs than the snapshot directory {}; a btrfs \
-                 snapshot can only be created on the filesystem of its subvolume",
-                path.display(),
-                self.cfg.directory.display()
-            )));
+            return Err(SnapshotError::OtherFilesystem {
+                subvolume: path.to_path_buf(),
+                directory: self.cfg.directory.clone(),
+            });
         }
         Ok(fd)
     }
@@ -305,20 +287,14 @@ impl BtrfsProvider {
     /// Our snapshots in the directory: parseable names that are subvolume roots.
     fn scan(&self) -> Result<Vec<Found>, SnapshotError> {
         let dir = &self.cfg.directory;
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            SnapshotError::failed(format!(
-                "cannot read snapshot directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        let unreadable = |source| SnapshotError::ReadDirectory {
+            directory: dir.clone(),
+            source,
+        };
+        let entries = std::fs::read_dir(dir).map_err(unreadable)?;
         let mut found = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| {
-                SnapshotError::failed(format!(
-                    "cannot read snapshot directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
+            let entry = entry.map_err(unreadable)?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
@@ -406,15 +382,21 @@ impl Provider for BtrfsProvider {
 
 /// Make `dest_dir/name`, a writable snapshot of the subvolume (or snapshot) at `source`.
 pub fn create_writable_snapshot(source: &Path, dest_dir: &Path, name: &str) -> Result<(), String> {
-    let src = open_dir(source, "snapshot").map_err(|e| e.message)?;
-    let dir = open_dir(dest_dir, "directory").map_err(|e| e.message)?;
-    ioctl::snapshot_writable(src.as_fd(), dir.as_fd(), name)
-        .map_err(|e| create_error(e, source, dest_dir, name))
+    let src = open_dir(source, "snapshot").map_err(|e| e.to_string())?;
+    let dir = open_dir(dest_dir, "directory").map_err(|e| e.to_string())?;
+    ioctl::snapshot_writable(src.as_fd(), dir.as_fd(), name).map_err(|errno| {
+        SnapshotError::Create {
+            subvolume: source.to_path_buf(),
+            snapshot: dest_dir.join(name),
+            errno,
+        }
+        .to_string()
+    })
 }
 
 /// Delete the subvolume `dir/name` (`BTRFS_IOC_SNAP_DESTROY`).
 pub fn delete_subvolume(dir: &Path, name: &str) -> Result<(), String> {
-    let fd = open_dir(dir, "directory").map_err(|e| e.message)?;
+    let fd = open_dir(dir, "directory").map_err(|e| e.to_string())?;
     ioctl::destroy(fd.as_fd(), name).map_err(|e| {
         format!(
             "cannot delete subvolume {}: {}",
@@ -439,21 +421,13 @@ fn unix_secs(t: SystemTime) -> i64 {
     }
 }
 
-/// An errno as text, e.g. "Read-only file system (os error 30)".
-fn errno_text(e: Errno) -> String {
-    std::io::Error::from(e).to_string()
-}
-
 /// Open a directory for ioctls (read-only is enough for snapshot create and destroy).
-fn open_dir(path: &Path, what: &str) -> Result<OwnedFd, SnapshotError> {
+fn open_dir(path: &Path, what: &'static str) -> Result<OwnedFd, SnapshotError> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    rustix::fs::open(path, flags, Mode::empty()).map_err(|e| {
-        let why = match e {
-            Errno::NOENT => "does not exist".to_string(),
-            Errno::NOTDIR => "is not a directory".to_string(),
-            other => format!("cannot be opened: {}", errno_text(other)),
-        };
-        SnapshotError::failed(format!("{what} {} {why}", path.display()))
+    rustix::fs::open(path, flags, Mode::empty()).map_err(|errno| SnapshotError::Open {
+        what,
+        path: path.to_path_buf(),
+        errno,
     })
 }
 
@@ -472,13 +446,11 @@ fn fs_name(magic: u32) -> String {
 }
 
 /// Fail unless `fd` is on btrfs (statfs magic `BTRFS_SUPER_MAGIC`).
-fn require_btrfs(fd: &OwnedFd, path: &Path, what: &str) -> Result<(), SnapshotError> {
-    let st = rustix::fs::fstatfs(fd).map_err(|e| {
-        SnapshotError::failed(format!(
-            "cannot statfs {what} {}: {}",
-            path.display(),
-            errno_text(e)
-        ))
+fn require_btrfs(fd: &OwnedFd, path: &Path, what: &'static str) -> Result<(), SnapshotError> {
+    let st = rustix::fs::fstatfs(fd).map_err(|errno| SnapshotError::Statfs {
+        what,
+        path: path.to_path_buf(),
+        errno,
     })?;
     // f_type's width differs between architectures; the magic is 32 bits.
     #[allow(clippy::unnecessary_cast)]
@@ -486,46 +458,38 @@ fn require_btrfs(fd: &OwnedFd, path: &Path, what: &str) -> Result<(), SnapshotEr
     if magic == linux_raw_sys::general::BTRFS_SUPER_MAGIC {
         Ok(())
     } else {
-        Err(SnapshotError::failed(format!(
-            "{what} {} is not on btrfs (it is on {}); the btrfs provider needs btrfs subvolumes \
-             and a snapshot directory on the same btrfs",
-            path.display(),
-            fs_name(magic)
-        )))
+        Err(SnapshotError::NotBtrfs {
+            what,
+            path: path.to_path_buf(),
+            found: fs_name(magic),
+        })
     }
 }
 
 /// Fail unless `fd` is a subvolume root (inode 256 on btrfs).
 fn require_subvolume_root(fd: &OwnedFd, path: &Path) -> Result<(), SnapshotError> {
-    let st = rustix::fs::fstat(fd).map_err(|e| {
-        SnapshotError::failed(format!(
-            "cannot stat subvolume {}: {}",
-            path.display(),
-            errno_text(e)
-        ))
+    let st = rustix::fs::fstat(fd).map_err(|errno| SnapshotError::Stat {
+        path: path.to_path_buf(),
+        errno,
     })?;
     #[allow(clippy::unnecessary_cast)]
     let ino = st.st_ino as u64;
     if ino == SUBVOLUME_ROOT_INO {
         Ok(())
     } else {
-        Err(SnapshotError::failed(format!(
-            "{} is not a btrfs subvolume (inode {ino}, a subvolume root is inode \
-             {SUBVOLUME_ROOT_INO}); only whole subvolumes can be snapshotted: make it one with \
-             `btrfs subvolume create`, or configure the subvolume that contains it",
-            path.display()
-        )))
+        Err(SnapshotError::NotSubvolume {
+            path: path.to_path_buf(),
+            inode: ino,
+            root: SUBVOLUME_ROOT_INO,
+        })
     }
 }
 
 /// The btrfs filesystem UUID of `fd`.
 fn fsid_of(fd: &OwnedFd, path: &Path) -> Result<[u8; 16], SnapshotError> {
-    ioctl::fsid(fd.as_fd()).map_err(|e| {
-        SnapshotError::failed(format!(
-            "cannot read the btrfs filesystem id of {}: {}",
-            path.display(),
-            errno_text(e)
-        ))
+    ioctl::fsid(fd.as_fd()).map_err(|errno| SnapshotError::FilesystemId {
+        path: path.to_path_buf(),
+        errno,
     })
 }
 
@@ -539,60 +503,31 @@ fn refuse_if_frozen(fsid: [u8; 16], dir: &Path, frozen: &[Target]) -> Result<(),
             .and_then(|fd| ioctl::fsid(fd.as_fd()).ok())
             .is_some_and(|f| f == fsid);
         if same {
-            return Err(SnapshotError::failed(format!(
-                "the btrfs holding {} is frozen (mounted at {}); a snapshot of a frozen btrfs \
-                 blocks until it is thawed, so none was attempted: exclude it from freezing",
-                dir.display(),
-                t.mount_point.display()
-            )));
+            return Err(SnapshotError::DirectoryFrozen {
+                directory: dir.to_path_buf(),
+                mount_point: t.mount_point.clone(),
+            });
         }
     }
     Ok(())
 }
 
-/// Explain a failed snapshot ioctl.
-fn create_error(e: Errno, src: &Path, dir: &Path, name: &str) -> String {
-    let why = match e {
-        Errno::EXIST => format!("{} already exists", dir.join(name).display()),
-        Errno::PERM | Errno::ACCESS => {
-            "permission denied (creating btrfs snapshots needs root or write access to the \
-             directory)"
-                .into()
-        }
-        Errno::ROFS => format!("{} is on a read-only mount", dir.display()),
-        Errno::XDEV => "the subvolume and the directory are on different btrfs filesystems".into(),
-        Errno::NOSPC => "the btrfs is out of space".into(),
-        other => errno_text(other),
-    };
-    format!(
-        "btrfs snapshot of {} as {} failed: {why}",
-        src.display(),
-        dir.join(name).display()
-    )
-}
-
 /// After a failed `take`: remove the snapshots this run already made, so a failed run leaves
 /// nothing behind, and say so in the error.
-fn abandon(dir: &OwnedFd, made: &[String], mut err: SnapshotError) -> SnapshotError {
+fn abandon(dir: &OwnedFd, made: &[String], err: SnapshotError) -> SnapshotError {
     if made.is_empty() {
         return err;
     }
-    let mut left = Vec::new();
-    for name in made {
-        if let Err(e) = ioctl::destroy(dir.as_fd(), name) {
-            left.push(format!("{name} ({})", errno_text(e)));
-        }
+    let left = made
+        .iter()
+        .filter_map(|name| {
+            let e = ioctl::destroy(dir.as_fd(), name).err()?;
+            Some(format!("{name} ({})", errno_text(e)))
+        })
+        .collect();
+    SnapshotError::Abandoned {
+        cause: Box::new(err),
+        made: made.len(),
+        left,
     }
-    if left.is_empty() {
-        err.message.push_str(&format!(
-            "; removed the {} snapshot(s) this run had made",
-            made.len()
-        ));
-    } else {
-        err.message.push_str(&format!(
-            "; could not remove the snapshot(s) this run had made: {}",
-            left.join(", ")
-        ));
-    }
-    err
 }

@@ -1,12 +1,12 @@
 //! The `command` provider: any external command, run with a timeout while the set is frozen.
 //!
-//! The command runs with the same process machinery as hooks ([`crate::hooks::process`]):
+//! The command runs with the same process machinery as hooks ([`crate::process`]):
 //! argv without a shell, its own process group (killed as a whole at the timeout), cwd `/`,
 //! stdin `/dev/null`, and an environment cleared except:
 //!
 //! | variable | value |
 //! |---|---|
-//! | `PATH` | [`SAFE_PATH`](crate::hooks::process::SAFE_PATH) (a bare command name is looked up there) |
+//! | `PATH` | [`SAFE_PATH`](crate::process::SAFE_PATH) (a bare command name is looked up there) |
 //! | `QUIESCE_OPERATION_ID` | the operation id |
 //! | `QUIESCE_FROZEN_MOUNTS` | mount points of the frozen filesystems, `:`-separated |
 //! | `QUIESCE_FROZEN_DEVICES` | their sources (e.g. `/dev/loop3`), `:`-separated, same order |
@@ -18,9 +18,8 @@
 //! Note that cloud CLIs usually find their credentials through `HOME` or their own variables,
 //! which are not passed: wrap them in a script that sets what they need.
 use super::{Provider, SnapshotContext, SnapshotError};
-use crate::codes::ErrorCode;
-use crate::hooks::process::{deadline_after, Launch};
-use crate::hooks::AttemptEnd;
+use crate::process::AttemptEnd;
+use crate::process::{deadline_after, Launch};
 use crate::report::SnapshotRef;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -72,7 +71,7 @@ impl Provider for CommandProvider {
     }
     fn take(&mut self, ctx: &SnapshotContext<'_>) -> Result<Vec<SnapshotRef>, SnapshotError> {
         if self.argv.is_empty() || self.argv[0].is_empty() {
-            return Err(SnapshotError::failed("snapshot command is empty"));
+            return Err(SnapshotError::EmptyCommand);
         }
         let start = Instant::now();
         let mounts = join(
@@ -88,64 +87,56 @@ impl Provider for CommandProvider {
             .env("QUIESCE_FROZEN_DEVICES", devices)
             .env("QUIESCE_FROZEN_COUNT", ctx.frozen.len().to_string())
             .capture_stdout(MAX_ID_OUTPUT);
-        let mut p = launch.spawn().map_err(|e| {
-            SnapshotError::failed(format!("cannot start `{}`: {e}", self.display()))
-        })?;
+        let mut p = launch
+            .spawn()
+            .map_err(|source| SnapshotError::CommandStart {
+                command: self.display(),
+                source,
+            })?;
         tracing::info!(pid = p.pid(), command = %self.display(), frozen = ctx.frozen.len(), "snapshot command started");
         let end = p.run(deadline_after(start, ctx.timeout), self.kill_grace);
         let elapsed = start.elapsed();
         // Quoted once: the command's output goes into log lines and messages.
         let stderr = crate::hooks::output::quote(&p.stderr_tail().to_string_lossy());
-        let stderr_quote = {
+        let stderr_tail = {
             let t = stderr.trim();
             let mut cut = t.len().saturating_sub(STDERR_IN_MESSAGE);
             while !t.is_char_boundary(cut) {
                 cut += 1;
             }
-            if t.is_empty() {
-                String::new()
-            } else {
-                format!("; stderr: {}", &t[cut..])
-            }
+            t[cut..].to_string()
         };
         match end {
             AttemptEnd::Exited { code: 0 } => {}
             AttemptEnd::TimedOut if crate::freeze::termination_requested() => {
-                return Err(SnapshotError {
-                    code: ErrorCode::Interrupted,
-                    message: format!(
-                        "`{}` was stopped: quiesce received SIGTERM/SIGINT{stderr_quote}",
-                        self.display()
-                    ),
+                return Err(SnapshotError::CommandInterrupted {
+                    command: self.display(),
+                    stderr: stderr_tail,
                 });
             }
             AttemptEnd::TimedOut => {
                 tracing::error!(command = %self.display(), stderr = %stderr, "snapshot command timed out");
-                return Err(SnapshotError {
-                    code: ErrorCode::SnapshotTimeout,
-                    message: format!(
-                        "`{}` did not finish within {} (killed with its process group){stderr_quote}",
-                        self.display(),
-                        humantime::format_duration(ctx.timeout)
-                    ),
+                return Err(SnapshotError::CommandTimedOut {
+                    command: self.display(),
+                    timeout: ctx.timeout,
+                    stderr: stderr_tail,
                 });
             }
             other => {
                 tracing::error!(command = %self.display(), end = ?other, stderr = %stderr, "snapshot command failed");
-                return Err(SnapshotError::failed(format!(
-                    "`{}` {}{stderr_quote}",
-                    self.display(),
-                    crate::hooks::describe_end(&other)
-                )));
+                return Err(SnapshotError::CommandFailed {
+                    command: self.display(),
+                    end: crate::process::describe_end(&other),
+                    stderr: stderr_tail,
+                });
             }
         }
         let (out, overflow) = p.captured_stdout();
         if overflow {
-            return Err(SnapshotError::failed(format!(
-                "`{}` wrote more than {MAX_ID_OUTPUT} bytes on stdout; it must print one snapshot \
-                 id per line",
-                self.display()
-            )));
+            return Err(SnapshotError::TooMuchOutput {
+                command: self.display(),
+                limit: MAX_ID_OUTPUT,
+            });
         }
         let ids: Vec<SnapshotRef> = String::from_utf8_lossy(out)
             .lines()

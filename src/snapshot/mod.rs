@@ -2,12 +2,13 @@
 
 pub mod btrfs;
 pub mod command;
+mod error;
 pub mod retention;
 
-use crate::codes::ErrorCode;
 use crate::config::{ProviderConfig, SnapshotConfig};
 use crate::freeze::plan::Target;
 use crate::report::{Consistency, SnapshotRef};
+pub use error::SnapshotError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,22 +36,6 @@ pub struct SnapshotInfo {
     /// `verified`, `verification failed: …` or `not verified`, from the catalog.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<String>,
-}
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
-#[error("{code}: {message}")]
-pub struct SnapshotError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl SnapshotError {
-    pub fn failed(message: impl Into<String>) -> Self {
-        SnapshotError {
-            code: ErrorCode::SnapshotFailed,
-            message: message.into(),
-        }
-    }
 }
 
 /// One way of taking snapshots.

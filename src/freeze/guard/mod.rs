@@ -586,7 +586,7 @@ struct GuardProcess {
     /// Marked, and the agent has not yet said that the freeze completed or failed.
     inflight: Vec<bool>,
     workers: Vec<Worker>,
-    results: mpsc::Receiver<(usize, u64, bool)>,
+    results: mpsc::Receiver<ThawResult>,
     timeout_ns: u64,
     deadline: Option<u64>,
     fired: Option<GuardReason>,
@@ -616,8 +616,18 @@ fn parse_fd(s: &str) -> Result<OwnedFd, String> {
     Ok(owned)
 }
 
-impl GuardProcess {
-    fn from_args(args: &[OsString]) -> Result<GuardProcess, String> {
+/// The guard's command line: `timeout_ns=N control=FD report=FD lock=FD targets=FD@L,...`.
+struct GuardArgs {
+    timeout_ns: u64,
+    control: OwnedFd,
+    report: OwnedFd,
+    lock: OwnedFd,
+    /// Each target's descriptor and its freeze layer.
+    targets: Vec<(OwnedFd, usize)>,
+}
+
+impl GuardArgs {
+    fn parse(args: &[OsString]) -> Result<GuardArgs, String> {
         let mut timeout_ns = None;
         let (mut control, mut report, mut lock) = (None, None, None);
         let mut targets: Vec<(OwnedFd, usize)> = Vec::new();
@@ -644,49 +654,75 @@ impl GuardProcess {
         else {
             return Err("missing argument".into());
         };
+        Ok(GuardArgs {
+            timeout_ns,
+            control,
+            report,
+            lock,
+            targets,
+        })
+    }
+}
 
-        // Signals: a self-pipe, polled with the control pipe. SIGPIPE must not kill us
-        // when the agent is gone and we report to nobody.
-        let (sig_r, sig_w) = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        )
-        .map_err(|e| e.to_string())?;
-        use signal_hook::consts::*;
-        for sig in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2] {
-            let w = rustix::io::fcntl_dupfd_cloexec(&sig_w, 0).map_err(|e| e.to_string())?;
-            signal_hook::low_level::pipe::register(sig, w).map_err(|e| e.to_string())?;
-        }
-        drop(sig_w);
-        let ignored = Arc::new(AtomicBool::new(false));
-        for sig in [SIGPIPE, SIGTSTP, SIGTTIN, SIGTTOU] {
-            signal_hook::flag::register(sig, ignored.clone()).map_err(|e| e.to_string())?;
-        }
+/// Signals arrive on a self-pipe, polled with the control pipe. SIGPIPE must not kill the
+/// guard when the agent is gone and it reports to nobody; job-control stops are ignored.
+fn signal_pipe() -> Result<OwnedFd, String> {
+    let (sig_r, sig_w) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )
+    .map_err(|e| e.to_string())?;
+    use signal_hook::consts::*;
+    for sig in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2] {
+        let w = rustix::io::fcntl_dupfd_cloexec(&sig_w, 0).map_err(|e| e.to_string())?;
+        signal_hook::low_level::pipe::register(sig, w).map_err(|e| e.to_string())?;
+    }
+    drop(sig_w);
+    let ignored = Arc::new(AtomicBool::new(false));
+    for sig in [SIGPIPE, SIGTSTP, SIGTTIN, SIGTTOU] {
+        signal_hook::flag::register(sig, ignored.clone()).map_err(|e| e.to_string())?;
+    }
+    Ok(sig_r)
+}
 
-        // One worker thread per target, created now, so that firing allocates nothing
-        // and a FITHAW blocked on one filesystem does not delay the others.
-        let (res_tx, results) = mpsc::channel::<(usize, u64, bool)>();
-        let mut workers = Vec::new();
-        let layer_of: Vec<usize> = targets.iter().map(|(_, l)| *l).collect();
-        for (idx, (fd, _)) in targets.into_iter().enumerate() {
-            let (tx, rx) = mpsc::channel::<()>();
-            let res_tx = res_tx.clone();
-            std::thread::Builder::new()
-                .name(format!("thaw-{idx}"))
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    while rx.recv().is_ok() {
-                        let r = ioctl::thaw(&fd);
-                        let end = monotonic_ns();
-                        let _ = res_tx.send((idx, end, matches!(r, Ok(ioctl::Thawed::Thawed))));
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            workers.push(Worker {
-                request: tx,
-                busy: false,
-            });
-        }
+/// Thaw results: (target, monotonic end, whether it was frozen).
+type ThawResult = (usize, u64, bool);
 
+/// One worker thread per target, created before anything is frozen, so that firing
+/// allocates nothing and a FITHAW blocked on one filesystem does not delay the others.
+fn spawn_thaw_workers(
+    targets: Vec<OwnedFd>,
+) -> Result<(Vec<Worker>, mpsc::Receiver<ThawResult>), String> {
+    let (res_tx, results) = mpsc::channel::<ThawResult>();
+    let mut workers = Vec::new();
+    for (idx, fd) in targets.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<()>();
+        let res_tx = res_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("thaw-{idx}"))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let r = ioctl::thaw(&fd);
+                    let end = monotonic_ns();
+                    let _ = res_tx.send((idx, end, matches!(r, Ok(ioctl::Thawed::Thawed))));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        workers.push(Worker {
+            request: tx,
+            busy: false,
+        });
+    }
+    Ok((workers, results))
+}
+
+impl GuardProcess {
+    fn from_args(args: &[OsString]) -> Result<GuardProcess, String> {
+        let args = GuardArgs::parse(args)?;
+        let signals = signal_pipe()?;
+        let layer_of: Vec<usize> = args.targets.iter().map(|(_, l)| *l).collect();
+        let fds = args.targets.into_iter().map(|(fd, _)| fd).collect();
+        let (workers, results) = spawn_thaw_workers(fds)?;
         // The OOM killer must not pick the process that holds the thaw (best effort; a
         // write to procfs, before anything is frozen).
         let _ = std::fs::write("/proc/self/oom_score_adj", b"-1000");
@@ -696,19 +732,19 @@ impl GuardProcess {
         );
         let n = workers.len();
         Ok(GuardProcess {
-            control,
-            report,
-            _lock: lock,
+            control: args.control,
+            report: args.report,
+            _lock: args.lock,
             layer_of,
             marked: vec![false; n],
             inflight: vec![false; n],
             workers,
             results,
-            timeout_ns,
+            timeout_ns: args.timeout_ns,
             deadline: None,
             fired: None,
             yielded: false,
-            signals: sig_r,
+            signals,
         })
     }
 

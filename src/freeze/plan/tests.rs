@@ -489,3 +489,27 @@ fn normalize_is_lexical() {
     assert_eq!(normalize(Path::new("/..")), Path::new("/"));
     assert_eq!(normalize(Path::new("/")), Path::new("/"));
 }
+
+#[test]
+fn a_hidden_mount_says_so_once() {
+    // 3 (tmpfs) and 4 (ext4) sit under /mnt/a, then 5 is mounted over /mnt/a, hiding both.
+    let ms = mounts(
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw
+3 1 0:30 / /mnt/a/t rw - tmpfs tmpfs rw
+4 1 7:2 / /mnt/a/b rw - ext4 /dev/loop2 rw
+5 1 7:3 / /mnt/a rw - xfs /dev/loop3 rw
+",
+    );
+    let p = plan(&ms, &cfg(&[], &[]), &[], &no_loops).unwrap();
+    // Ineligible for its type, and hidden: the type first, then that it is hidden.
+    assert_eq!(
+        decision(&p, "/mnt/a/t").reason,
+        "pseudo filesystem (tmpfs): nothing on a disk to freeze; this mount is hidden under \
+         another mount"
+    );
+    // Ineligible because it is hidden: said once.
+    assert_eq!(
+        decision(&p, "/mnt/a/b").reason,
+        "hidden under another mount at /mnt/a: not reachable"
+    );
+}
