@@ -13,13 +13,16 @@
 //! | `quiesce_last_run_frozen_seconds` | gauge, first freeze to last thaw (0: nothing frozen) | |
 //! | `quiesce_last_run_duration_seconds` | gauge, whole run | |
 //! | `quiesce_last_run_timestamp_seconds` | gauge, when the last run finished (epoch seconds) | |
+//! | `quiesce_last_run_recorded` | gauge, 1 if the last run is in the catalog, 0 if the catalog could not be opened or written | |
 //! | `quiesce_last_run_hook_duration_seconds` | gauge | `hook`, `phase` |
 //! | `quiesce_last_run_hook_failed` | gauge, 1 if the script failed | `hook`, `phase` |
 //! | `quiesce_last_run_hook_attempts` | gauge | `hook`, `phase` |
 //! | `quiesce_runs_total` | counter, recorded runs | `status` |
 //! | `quiesce_errors_total` | counter, recorded errors (not warnings) | `code` |
 //!
-//! The `quiesce_last_run_*` families are absent until a run exists. Alert on
+//! The `quiesce_last_run_*` families are absent until a run exists. When the catalog cannot
+//! be opened, the run's own families are still written (with `quiesce_last_run_recorded 0`)
+//! and the totals, which only the catalog knows, are left out. Alert on
 //! `quiesce_last_run_consistency_level < quiesce_last_run_target_consistency_level` or on
 //! `time() - quiesce_last_run_timestamp_seconds` growing.
 
@@ -63,6 +66,8 @@ pub struct LastRun {
     /// When it finished, seconds since the epoch (None if the report's time is unreadable).
     pub finished_unix: Option<i64>,
     pub hooks: Vec<HookMetric>,
+    /// False when the run could not be recorded in the catalog.
+    pub recorded: bool,
 }
 
 impl LastRun {
@@ -88,6 +93,7 @@ impl LastRun {
                     attempts: h.attempts.len() as u32,
                 })
                 .collect(),
+            recorded: true,
         }
     }
 }
@@ -97,8 +103,21 @@ pub fn render(last: Option<&Report>, totals: &Totals) -> String {
     render_last_run(last.map(LastRun::from_report).as_ref(), totals)
 }
 
+/// The metrics text of a run the catalog could not record: the run's own families with
+/// `quiesce_last_run_recorded 0`, and the totals only if the catalog could still be read
+/// (`None`: they are left out rather than shown as zero).
+pub fn render_unrecorded(report: &Report, totals: Option<&Totals>) -> String {
+    let mut last = LastRun::from_report(report);
+    last.recorded = false;
+    render_parts(Some(&last), totals)
+}
+
 /// [`render`] from a [`LastRun`] (e.g. read back from the catalog).
 pub fn render_last_run(last: Option<&LastRun>, totals: &Totals) -> String {
+    render_parts(last, Some(totals))
+}
+
+fn render_parts(last: Option<&LastRun>, totals: Option<&Totals>) -> String {
     let mut out = String::new();
     if let Some(l) = last {
         family(
@@ -161,6 +180,12 @@ pub fn render_last_run(last: Option<&LastRun>, totals: &Totals) -> String {
                 &t.to_string(),
             );
         }
+        single(
+            &mut out,
+            "quiesce_last_run_recorded",
+            "1 if the last run is recorded in the catalog, 0 if the catalog could not be opened or written.",
+            &bool_value(l.recorded),
+        );
 
         // One series per (hook, phase); a pair seen twice is merged (durations and
         // attempts added, failed if either failed) so no series is duplicated.
@@ -209,6 +234,9 @@ pub fn render_last_run(last: Option<&LastRun>, totals: &Totals) -> String {
         }
     }
 
+    let Some(totals) = totals else {
+        return out;
+    };
     family(
         &mut out,
         "quiesce_runs_total",

@@ -854,6 +854,7 @@ impl Catalog {
             total_ms: to_u64(total_ms),
             finished_unix: Some(finished_unix),
             hooks,
+            recorded: true,
         }))
     }
 

@@ -884,36 +884,52 @@ pub use crate::time::rfc3339;
 
 /// After a run (never while frozen): record it in the catalog and write the metrics file.
 /// Failures here become `CatalogError` warnings, not failures: the snapshot exists whatever
-/// the catalog says.
+/// the catalog says. A run the catalog could not record still writes its metrics, with
+/// `quiesce_last_run_recorded 0`, so the failure is seen.
 pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) {
     use crate::catalog::Catalog;
-    let mut catalog = match Catalog::open(&cfg.paths.catalog) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the catalog");
-            report.warnings.push(e.problem().into());
-            return;
-        }
+    let recorded = match Catalog::open(&cfg.paths.catalog) {
+        Ok(mut catalog) => match catalog.record(report, kind) {
+            Ok(()) => Ok(catalog),
+            Err(e) => Err((e, Some(catalog))),
+        },
+        Err(e) => Err((e, None)),
     };
-    if let Err(e) = catalog.record(report, kind) {
+    if let Err((e, _)) = &recorded {
         tracing::error!(error = %e, "cannot record the run in the catalog");
         report.warnings.push(e.problem().into());
     }
-    if let Some(path) = &cfg.paths.metrics_file {
-        let result = catalog
+    let Some(path) = &cfg.paths.metrics_file else {
+        return;
+    };
+    let text = match recorded {
+        Ok(catalog) => catalog
             .totals()
-            .map_err(|e| e.to_string())
-            .and_then(|totals| {
+            .map(|totals| {
                 let mut text = crate::metrics::render(Some(report), &totals);
                 text.push_str(&verified_metrics(&catalog));
-                crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string())
-            });
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot write the metrics file");
-            report
-                .warnings
-                .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
+                text
+            })
+            .map_err(|e| e.to_string()),
+        Err((_, catalog)) => {
+            // The totals, if the catalog can still be read; else they are left out.
+            let totals = match catalog {
+                Some(c) => c.totals().ok(),
+                None => Catalog::open_read_only(&cfg.paths.catalog)
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.totals().ok()),
+            };
+            Ok(crate::metrics::render_unrecorded(report, totals.as_ref()))
         }
+    };
+    let result = text
+        .and_then(|text| crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot write the metrics file");
+        report
+            .warnings
+            .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
     }
 }
 

@@ -1,8 +1,9 @@
 //! The shipped Prometheus alert rules (`packaging/monitoring/quiesce-alerts.yml`) pass
 //! `promtool check rules`, and `promtool test rules` shows each alert firing (and not
 //! firing) on the metrics files that real `quiesce snapshot` runs wrote: a good run, a run
-//! whose pre hook failed, a run frozen for 11 s on a loop filesystem, and a run whose
-//! freeze guard fired. Each run's samples become one `instance` of the test, held constant;
+//! whose pre hook failed, a run frozen for 11 s on a loop filesystem, a run whose
+//! freeze guard fired, and a run whose catalog was on a filesystem that had gone read-only.
+//! Each run's samples become one `instance` of the test, held constant;
 //! only the run's timestamp is moved to the test clock's origin (promtool starts at epoch 0).
 
 use crate::support;
@@ -19,15 +20,21 @@ fn rules() -> PathBuf {
 /// Run `quiesce snapshot` once with this configuration body (paths added) and return the
 /// metrics file it wrote.
 fn run_and_read_metrics(s: &Scratch, name: &str, body: &str) -> String {
+    run_with_catalog(s, name, &s.join(name).join("catalog.db"), body)
+}
+
+/// [`run_and_read_metrics`] with the catalog at `catalog`.
+fn run_with_catalog(s: &Scratch, name: &str, catalog: &Path, body: &str) -> String {
     let dir = s.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let metrics = dir.join("quiesce.prom");
     let cfg = s.file(
         &format!("{name}.toml"),
         &format!(
-            "[paths]\nstate_dir = \"{d}/state\"\ncatalog = \"{d}/catalog.db\"\n\
+            "[paths]\nstate_dir = \"{d}/state\"\ncatalog = \"{c}\"\n\
              metrics_file = \"{m}\"\n{body}",
             d = dir.display(),
+            c = catalog.display(),
             m = metrics.display()
         ),
         0o600,
@@ -152,6 +159,23 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         guard.contains("quiesce_errors_total{code=\"FreezeGuardFired\"} 1"),
         "{guard}"
     );
+    // A catalog whose filesystem went read-only after a first recorded run (as ext4 does
+    // with errors=remount-ro): the second run is not recorded, and its metrics say so.
+    let ro = LoopFs::new("ext4", 32);
+    let catalog = ro.path("catalog.db");
+    let body = format!("{no_freeze}{}", hook(&pre_ok));
+    let first = run_with_catalog(&s, "unwritable", &catalog, &body);
+    assert!(first.contains("quiesce_last_run_recorded 1"), "{first}");
+    support::sh(
+        "mount",
+        &["-o", "remount,ro", ro.mount_point.to_str().unwrap()],
+    );
+    let unwritable = run_with_catalog(&s, "unwritable", &catalog, &body);
+    assert!(
+        unwritable.contains("quiesce_last_run_recorded 0"),
+        "{unwritable}"
+    );
+    assert!(good.contains("quiesce_last_run_recorded 1"), "{good}");
 
     let mut t = format!(
         "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
@@ -162,6 +186,7 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         ("bad", &bad),
         ("slow", &slow),
         ("guard", &guard),
+        ("unwritable", &unwritable),
     ] {
         input_series(&mut t, instance, text);
     }
@@ -179,7 +204,7 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         &mut t,
         "28h",
         "QuiesceNoConsistentSnapshot",
-        &["bad", "good", "guard", "slow"],
+        &["bad", "good", "guard", "slow", "unwritable"],
         "critical",
     );
     expect(
@@ -199,7 +224,13 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         "critical",
     );
     expect(&mut t, "25h", "QuiesceFreezeGuardFired", &[], "critical");
-    expect(&mut t, "5m", "QuiesceCatalogNotWritable", &[], "warning");
+    expect(
+        &mut t,
+        "5m",
+        "QuiesceCatalogNotWritable",
+        &["unwritable"],
+        "warning",
+    );
     let file = s.file("alerts-test.yml", &t, 0o600);
     let out = Command::new("promtool")
         .args(["test", "rules"])

@@ -207,6 +207,30 @@ fn a_hook_seen_twice_is_one_series() {
 }
 
 #[test]
+fn a_run_the_catalog_could_not_record_says_so_and_shows_no_made_up_totals() {
+    let r = reports::succeeded("op-unrecorded", at(T0));
+    let text = metrics::render_unrecorded(&r, None);
+    promtool_check(&text);
+    let m = samples(&text);
+    assert_eq!(m["quiesce_last_run_recorded"], 0.0, "{text}");
+    assert_eq!(m["quiesce_last_run_consistency_level"], 3.0, "{text}");
+    assert!(!text.contains("quiesce_runs_total"), "{text}");
+    // The totals the catalog could still be read for are kept.
+    let mut totals = Totals::default();
+    totals.runs_by_status.insert("succeeded".to_string(), 4);
+    let text = metrics::render_unrecorded(&r, Some(&totals));
+    promtool_check(&text);
+    let m = samples(&text);
+    assert_eq!(
+        m[r#"quiesce_runs_total{status="succeeded"}"#], 4.0,
+        "{text}"
+    );
+    // A recorded run says 1.
+    let m = samples(&metrics::render(Some(&r), &totals));
+    assert_eq!(m["quiesce_last_run_recorded"], 1.0);
+}
+
+#[test]
 fn textfile_is_replaced_atomically() {
     let s = Scratch::new("metrics-textfile");
     let dir = s.join("textfile");

@@ -12,7 +12,8 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use support::Scratch;
+use std::time::{Duration, Instant};
+use support::{LoopFs, Scratch, ServeProcess, WriteProbe};
 
 /// The previous release: packaged from this commit for the upgrade test.
 const PREVIOUS_RELEASE: &str = "c758554";
@@ -225,6 +226,20 @@ fn tree(root: &Path) -> Vec<String> {
 #[test]
 fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     let a = artefacts();
+    // lintian-clean: no error or warning (the overrides in the package say why each is one).
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(&a.deb)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&lint.stdout);
+    assert!(lint.status.success(), "lintian:\n{said}");
+    assert!(
+        !said
+            .lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{said}"
+    );
     let r = Root::new("pkg-deb", true, &[]);
     let root = &r.path;
     let before = tree(root);
@@ -248,6 +263,23 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
     let v: serde_json::Value = serde_json::from_str(&check).unwrap();
     assert_eq!(v["ok"], true, "{check}");
     assert_eq!(v["freeze"], serde_json::json!([]), "{check}");
+    // The admin names a filesystem but forgets `enabled = true`: check says so in words.
+    in_root(
+        root,
+        "sed -i 's|^include = \\[\\]|include = [\"/srv\"]|' /etc/quiesce/quiesce.toml",
+    );
+    let warned = in_root(root, "quiesce check");
+    assert!(
+        warned.contains("warning freeze.include names /srv but freezing is disabled"),
+        "{warned}"
+    );
+    assert!(warned.contains("check passed"), "{warned}");
+    in_root(
+        root,
+        "sed -i 's|^include = \\[\"/srv\"\\]|include = []|' /etc/quiesce/quiesce.toml",
+    );
+    let again = in_root(root, "quiesce check");
+    assert!(!again.contains("warning"), "{again}");
 
     // Man pages for the command and each subcommand render.
     let page = in_root(root, "MANWIDTH=80 man quiesce 2>&1");
@@ -368,7 +400,6 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let new = a.deb.file_name().unwrap().to_string_lossy().into_owned();
     in_root(root, &format!("dpkg -i ./{old}"));
     let v = in_root(root, "quiesce --version");
     assert_eq!(
@@ -388,7 +419,15 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
     let before: serde_json::Value = serde_json::from_str(&before).unwrap();
     assert_eq!(before.as_array().unwrap().len(), 2, "{before}");
 
-    in_root(root, &format!("dpkg -i ./{new}"));
+    // README's upgrade steps, verbatim, with only the new package in the directory.
+    in_root(root, &format!("rm ./{old}"));
+    let cmds = readme_commands("<!-- tested: deb upgrade -->");
+    assert!(cmds.len() >= 2, "{cmds:?}");
+    let outputs: Vec<String> = cmds.iter().map(|c| in_root(root, c)).collect();
+    assert!(
+        outputs.join("\n").contains("quiesce 0.2.0 (commit "),
+        "{outputs:?}"
+    );
     let v = in_root(root, "quiesce --version");
     assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
     let after = in_root(root, "quiesce history --json");
@@ -407,4 +446,339 @@ fn upgrade_from_the_previous_release_keeps_config_and_history() {
     );
     in_root(root, "quiesce check");
     in_root(root, "dpkg --purge quiesce");
+}
+
+/// `quiesce serve` of the installed package, started inside `root` with the shipped
+/// configuration; stopped (SIGTERM, which thaws) on drop.
+fn serve_in_root(root: &Path) -> ServeProcess {
+    let socket = root.join("run/quiesce/quiesce.sock");
+    let child = Command::new("chroot")
+        .arg(root)
+        .args([
+            "/usr/bin/quiesce",
+            "serve",
+            "--config",
+            "/etc/quiesce/quiesce.toml",
+        ])
+        .env_remove("QUIESCE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve = ServeProcess {
+        child,
+        socket: socket.clone(),
+    };
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serve
+}
+
+/// dpkg -i of the new package while the running agent holds an operation frozen: the
+/// preinst waits (bounded) and refuses, the old version stays installed and working; when
+/// the operation is released during the wait, the upgrade proceeds.
+#[test]
+fn upgrade_waits_for_a_frozen_operation_and_refuses_while_it_lasts() {
+    let a = artefacts();
+    let r = Root::new("pkg-upgrade-busy", true, &[&a.old_deb, &a.deb]);
+    let root = &r.path;
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let (old, new) = (name(&a.old_deb), name(&a.deb));
+    in_root(root, &format!("dpkg -i ./{old}"));
+    // This test's own loop filesystem, mounted inside the root; the only one frozen.
+    let data = LoopFs::create(
+        "ext4",
+        32,
+        &root.join("root/data.img"),
+        &root.join("mnt/data"),
+    );
+    in_root(
+        root,
+        "printf '[freeze]\\nenabled = true\\ninclude = [\"/mnt/data\"]\\ntimeout = \"300s\"\\n\
+         [snapshot]\\nprovider = \"none\"\\n' > /etc/quiesce/quiesce.toml",
+    );
+    let _serve = serve_in_root(root);
+    in_root(root, "quiesce prepare --id before-upgrade --deadline 300s");
+    let mut probe = WriteProbe::start(&data.mount_point);
+    assert_eq!(
+        probe.finished_within(Duration::from_millis(500)),
+        None,
+        "not frozen"
+    );
+
+    // Refused: the preinst waits 3 s, then says why and what to do.
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", &format!("cd /root && dpkg -i ./{new}")])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("QUIESCE_UPGRADE_WAIT", "3")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for words in [
+        "waiting up to 3s",
+        "the upgrade is refused",
+        "OperationInProgress",
+        "operation before-upgrade",
+        "stays and keeps working",
+    ] {
+        assert!(text.contains(words), "{words:?} not in:\n{text}");
+    }
+    let status = in_root(root, "dpkg -s quiesce");
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(status.contains("Version: 0.1.0-1"), "{status}");
+    assert_eq!(in_root(root, "quiesce --version").trim(), "quiesce 0.1.0");
+    assert_eq!(
+        probe.finished_within(Duration::ZERO),
+        None,
+        "thawed by the refusal"
+    );
+
+    // Waits: released during the wait, the upgrade goes on.
+    let mut dpkg = Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", &format!("cd /root && dpkg -i ./{new}")])
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("QUIESCE_UPGRADE_WAIT", "120")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(dpkg.try_wait().unwrap().is_none(), "dpkg did not wait");
+    assert_eq!(
+        probe.finished_within(Duration::ZERO),
+        None,
+        "thawed while waiting"
+    );
+    let released = in_root(root, "quiesce release --id before-upgrade");
+    assert!(released.contains("succeeded"), "{released}");
+    assert_eq!(probe.finished_within(Duration::from_secs(5)), Some(true));
+    let out = dpkg.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("waiting up to 120s"), "{text}");
+    let v = in_root(root, "quiesce --version");
+    assert!(v.starts_with("quiesce 0.2.0 (commit "), "{v}");
+    let history = in_root(root, "quiesce history --json");
+    assert!(history.contains("before-upgrade"), "{history}");
+}
+
+/// Boots the Debian root into systemd: switch to the root on the first virtio disk.
+const SYSTEMD_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for round in 1 2 3; do for m in /modules/*.ko; do insmod "$m" 2>/dev/null; done; done
+mkdir -p /newroot
+mount -t ext4 -o rw /dev/vda /newroot || { echo UPGRADE-NO-ROOT; poweroff -f; }
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /lib/systemd/systemd
+"#;
+
+/// Run by systemd in the guest (a oneshot unit after multi-user.target): the same upgrade
+/// under a frozen operation as in the chroot, with quiesce-serve.service really running
+/// under systemd. Every finding is an `R key value` line on the console.
+const UPGRADE_SCRIPT: &str = r#"#!/bin/sh
+cd /root
+r() { echo "R $*" > /dev/ttyS0; }
+pid() { systemctl show -p MainPID --value quiesce-serve.service; }
+mkdir -p /mnt/data && mount /dev/vdb /mnt/data
+dpkg -i ./old.deb > /root/dpkg-old.log 2>&1; r old-install-rc $?
+printf '[freeze]\nenabled = true\ninclude = ["/mnt/data"]\ntimeout = "300s"\n[snapshot]\nprovider = "none"\n' > /etc/quiesce/quiesce.toml
+systemctl start quiesce-serve.service; r serve-start-rc $?
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -S /run/quiesce/quiesce.sock ] && break; sleep 1; done
+before=$(pid); r serve-pid-before "$before"
+quiesce prepare --id in-guest --deadline 300s > /dev/null 2>&1; r prepare-rc $?
+timeout 3 sh -c 'echo x > /mnt/data/probe'; r write-while-prepared-rc $?
+QUIESCE_UPGRADE_WAIT=3 dpkg -i ./new.deb > /root/dpkg-refused.log 2>&1; r refused-rc $?
+r refused-says "$(grep -c 'the upgrade is refused' /root/dpkg-refused.log)"
+r version-after-refusal "$(quiesce --version)"
+r serve-pid-after-refusal "$(pid)"
+quiesce release --id in-guest > /dev/null 2>&1; r release-rc $?
+dpkg -i ./new.deb > /root/dpkg-new.log 2>&1; r upgrade-rc $?
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -S /run/quiesce/quiesce.sock ] && break; sleep 1; done
+after=$(pid); r serve-pid-after-upgrade "$after"
+r serve-active "$(systemctl is-active quiesce-serve.service)"
+r serve-exe "$(readlink /proc/$after/exe)"
+r version "$(quiesce --version)"
+r history-has-it "$(quiesce history --json | grep -c in-guest)"
+tail -n 5 /root/dpkg-new.log > /dev/ttyS0
+r DONE
+systemctl poweroff --force
+"#;
+
+/// The console's `R key value` lines.
+fn findings(console: &str) -> std::collections::BTreeMap<String, String> {
+    console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("R "))
+        .map(|l| match l.split_once(' ') {
+            Some((k, v)) => (k.to_string(), v.trim().to_string()),
+            None => (l.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// The Debian root, booted under QEMU with systemd as PID 1: with quiesce-serve.service
+/// running and holding a frozen operation on the guest's second virtio disk, the upgrade
+/// is refused and the service keeps running; after the release the upgrade restarts the
+/// service onto the new binary (a new main PID whose executable is the installed file, not
+/// the deleted old one).
+#[test]
+fn under_systemd_the_upgrade_restarts_serve_but_never_while_frozen() {
+    use crate::qemu_guest::{kernel, module_dir, need, Guest, CACHE, MODULES};
+    let a = artefacts();
+    let qemu = need(&Path::new(CACHE).join("root/usr/bin/qemu-system-x86_64"));
+    let s = Scratch::new("pkg-systemd");
+    // The root filesystem image, made from the clean Debian root without mounting it.
+    let tree = s.join("root");
+    std::fs::create_dir_all(&tree).unwrap();
+    debian_root(&tree);
+    std::fs::copy(&a.old_deb, tree.join("root/old.deb")).unwrap();
+    std::fs::copy(&a.deb, tree.join("root/new.deb")).unwrap();
+    let write = |p: &Path, text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write(&tree.join("root/upgrade-test.sh"), UPGRADE_SCRIPT, 0o755);
+    write(
+        &tree.join("etc/systemd/system/upgrade-test.service"),
+        "[Unit]\nAfter=multi-user.target\n[Service]\nType=oneshot\n\
+         ExecStart=/root/upgrade-test.sh\nStandardOutput=journal+console\n\
+         StandardError=journal+console\n[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    );
+    let wants = tree.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/upgrade-test.service",
+        wants.join("upgrade-test.service"),
+    )
+    .unwrap();
+    // man-db's trigger takes minutes under TCG and proves nothing here.
+    let _ = std::fs::remove_file(tree.join("var/lib/man-db/auto-update"));
+    let rootimg = s.join("root.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&rootimg)
+        .arg("1536M"));
+    std::fs::remove_dir_all(&tree).unwrap();
+    let dataimg = s.join("data.img");
+    std::fs::File::create(&dataimg)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&dataimg));
+
+    // The initramfs: busybox and the virtio/ext4 modules, then systemd from the root.
+    let init = s.join("initramfs");
+    for d in ["bin", "modules", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(init.join(d)).unwrap();
+    }
+    std::fs::copy(need(Path::new("/bin/busybox")), init.join("bin/busybox")).unwrap();
+    for (i, m) in MODULES.iter().enumerate() {
+        std::fs::copy(
+            need(&module_dir().join(m)),
+            init.join(format!("modules/{i:02}.ko")),
+        )
+        .unwrap();
+    }
+    write(&init.join("init"), SYSTEMD_INIT, 0o755);
+    let initrd = s.join("initrd.gz");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1 > \"$2\"")
+        .arg("mk")
+        .arg(&init)
+        .arg(&initrd));
+
+    let console = s.join("console.log");
+    let started = Instant::now();
+    let child = Command::new(&qemu)
+        .args(["-L"])
+        .arg(Path::new(CACHE).join("root/usr/share/qemu"))
+        .args(["-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024"])
+        .args(["-display", "none", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(kernel())
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", rootimg.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", dataimg.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guest = Guest(child);
+    let text = || std::fs::read_to_string(&console).unwrap_or_default();
+    loop {
+        if guest.0.try_wait().unwrap().is_some() || text().contains("R DONE") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "the guest did not finish:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let console_text = text();
+    eprintln!(
+        "systemd guest: upgrade scenario done in {:?}",
+        started.elapsed()
+    );
+    let f = findings(&console_text);
+    let get = |k: &str| {
+        f.get(k)
+            .unwrap_or_else(|| panic!("no {k} in the guest's findings {f:?}:\n{console_text}"))
+            .as_str()
+    };
+    assert_eq!(get("old-install-rc"), "0", "{f:?}");
+    assert_eq!(get("serve-start-rc"), "0", "{f:?}");
+    assert_eq!(get("prepare-rc"), "0", "{f:?}");
+    // The write did not complete while the operation held /mnt/data frozen.
+    assert_eq!(get("write-while-prepared-rc"), "124", "{f:?}");
+    let before = get("serve-pid-before");
+    assert!(before.parse::<u32>().unwrap() > 0, "{f:?}");
+    assert_ne!(get("refused-rc"), "0", "{f:?}");
+    assert_eq!(get("refused-says"), "1", "{f:?}");
+    assert_eq!(get("version-after-refusal"), "quiesce 0.1.0", "{f:?}");
+    assert_eq!(
+        get("serve-pid-after-refusal"),
+        before,
+        "restarted while frozen"
+    );
+    assert_eq!(get("release-rc"), "0", "{f:?}");
+    assert_eq!(get("upgrade-rc"), "0", "{f:?}");
+    let after = get("serve-pid-after-upgrade");
+    assert!(after.parse::<u32>().unwrap() > 0, "{f:?}");
+    assert_ne!(after, before, "not restarted by the upgrade: {f:?}");
+    assert_eq!(get("serve-active"), "active", "{f:?}");
+    assert_eq!(get("serve-exe"), "/usr/bin/quiesce", "{f:?}");
+    assert!(
+        get("version").starts_with("quiesce 0.2.0 (commit "),
+        "{f:?}"
+    );
+    assert_eq!(get("history-has-it"), "1", "{f:?}");
 }

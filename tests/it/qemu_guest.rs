@@ -6,6 +6,12 @@
 //! recovery; the control snapshots taken without a freeze are not. Then the host "crashes"
 //! (closes the socket without thawing) and the guest thaws itself at the deadline.
 //!
+//! The guest runs the static release binary (`scripts/release.sh static-binary`, glibc
+//! `+crt-static`): the initramfs holds no C library at all. Before the guest agent starts,
+//! the guest prints `quiesce --version` and runs a real `quiesce snapshot` whose include
+//! list names only its own virtio disk's mount, `/data`; the snapshot command proves the
+//! disk is frozen while it runs (a write to it does not complete until the thaw).
+//!
 //! One guest boot for the whole module. QEMU and the kernel come from
 //! scripts/install-deps.sh (unpacked into /var/cache/quiesce-tests/qemu); without them the
 //! test fails and says so.
@@ -18,10 +24,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{quiesce_bin, sh, Scratch};
+use support::{sh, Scratch};
 
-const CACHE: &str = "/var/cache/quiesce-tests/qemu";
-const MODULES: &[&str] = &[
+pub(crate) const CACHE: &str = "/var/cache/quiesce-tests/qemu";
+pub(crate) const MODULES: &[&str] = &[
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_pci_modern_dev.ko",
@@ -37,7 +43,7 @@ const MODULES: &[&str] = &[
 ];
 
 /// The QEMU process, killed and reaped on drop.
-struct Guest(Child);
+pub(crate) struct Guest(pub(crate) Child);
 
 impl Drop for Guest {
     fn drop(&mut self) {
@@ -56,6 +62,14 @@ mkdir -p /data /run/quiesce
 mount -t ext4 /dev/vda /data || echo GUEST-NO-DATA
 (i=0; while true; do dd if=/dev/urandom of=/data/load$((i % 8)) bs=64k count=8 conv=fsync 2>/dev/null; i=$((i + 1)); done) &
 (while true; do echo x >> /data/append; done) &
+echo "GUEST-VERSION $(/bin/quiesce --version)"
+/bin/quiesce snapshot --json --config /etc/quiesce/static.toml > /run/static-report.json 2> /run/static-stderr
+echo "GUEST-SNAPSHOT-RC $?"
+echo "GUEST-SNAPSHOT-REPORT $(tr -d '\n' < /run/static-report.json)"
+echo "GUEST-PROBE $(cat /run/probe-verdict)"
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /data/frozen-probe ] && break; sleep 1; done
+[ -e /data/frozen-probe ] && echo GUEST-PROBE-WRITTEN-AFTER-THAW
+tail -n 5 /run/static-stderr
 echo GUEST-READY
 /bin/quiesce guest-agent --config /etc/quiesce/quiesce.toml --max-freeze 4s
 echo GUEST-AGENT-EXITED
@@ -74,9 +88,31 @@ pre = ["/etc/quiesce/pre"]
 timeout = "10s"
 "#;
 
+/// `quiesce snapshot` in the guest: freeze only the virtio disk's mount.
+const STATIC_CONFIG: &str = r#"[paths]
+state_dir = "/run/quiesce"
+catalog = "/run/quiesce/snapshot-catalog.db"
+[freeze]
+enabled = true
+include = ["/data"]
+timeout = "30s"
+[snapshot]
+provider = "command"
+command = ["/etc/quiesce/probe"]
+timeout = "20s"
+"#;
+
+/// The snapshot command, run while /data is frozen: a write to /data started now must not
+/// have completed 2 s later (it completes after the thaw).
+const PROBE: &str = "#!/bin/sh
+(echo probe > /data/frozen-probe) &
+sleep 2
+if [ -e /data/frozen-probe ]; then echo WRITTEN-WHILE-FROZEN; else echo BLOCKED-WHILE-FROZEN; fi > /run/probe-verdict
+";
+
 const PRE_HOOK: &str = "#!/bin/sh\ndate > /data/hook-marker\nsync\n";
 
-fn need(path: &Path) -> PathBuf {
+pub(crate) fn need(path: &Path) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: run scripts/install-deps.sh (QEMU and the kernel for the guest test)",
@@ -85,29 +121,58 @@ fn need(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
-/// Build the initramfs: busybox, the modules, quiesce with its libraries, config and hook.
-fn initramfs(dir: &Scratch) -> PathBuf {
-    let root = dir.join("initramfs");
+/// The cached kernel image.
+pub(crate) fn kernel() -> PathBuf {
+    std::fs::read_dir(need(&Path::new(CACHE).join("root/boot")))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+        .expect("a vmlinuz in the cache")
+}
+
+/// The `kernel/` directory of the cached kernel's modules ([`MODULES`] are under it).
+pub(crate) fn module_dir() -> PathBuf {
     let kver = std::fs::read_dir(need(&Path::new(CACHE).join("root/lib/modules")))
         .unwrap()
         .flatten()
         .next()
         .expect("a kernel in the cache")
         .file_name();
-    let moddir = Path::new(CACHE)
+    Path::new(CACHE)
         .join("root/lib/modules")
         .join(&kver)
-        .join("kernel");
-    for d in [
-        "bin",
-        "modules",
-        "etc/quiesce",
-        "proc",
-        "sys",
-        "dev",
-        "lib64",
-        "lib/x86_64-linux-gnu",
-    ] {
+        .join("kernel")
+}
+
+/// The static release binary (built by `scripts/release.sh static-binary`, stripped).
+fn static_quiesce() -> PathBuf {
+    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/release.sh"))
+        .arg("static-binary")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/release.sh static-binary failed"
+    );
+    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let file = sh("file", &["-b", bin.to_str().unwrap()]);
+    assert!(file.contains("static"), "not a static binary: {file}");
+    bin
+}
+
+/// Build the initramfs: busybox, the modules, the static quiesce, configs and hooks (no
+/// C library).
+fn initramfs(dir: &Scratch) -> PathBuf {
+    let root = dir.join("initramfs");
+    let moddir = module_dir();
+    for d in ["bin", "modules", "etc/quiesce", "proc", "sys", "dev"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(need(Path::new("/bin/busybox")), root.join("bin/busybox")).unwrap();
@@ -118,22 +183,15 @@ fn initramfs(dir: &Scratch) -> PathBuf {
         )
         .unwrap();
     }
-    // quiesce, stripped (debug info would make the image large and the boot slow), and the
-    // libraries it links.
+    // quiesce, stripped (debug info would make the image large and the boot slow).
     sh(
         "strip",
         &[
             "-o",
             root.join("bin/quiesce").to_str().unwrap(),
-            quiesce_bin().to_str().unwrap(),
+            static_quiesce().to_str().unwrap(),
         ],
     );
-    let ldd = sh("ldd", &[quiesce_bin().to_str().unwrap()]);
-    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
-        let dest = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(lib, dest).unwrap();
-    }
     let write = |rel: &str, text: &str, mode: u32| {
         use std::os::unix::fs::PermissionsExt;
         let p = root.join(rel);
@@ -143,6 +201,10 @@ fn initramfs(dir: &Scratch) -> PathBuf {
     write("init", INIT, 0o755);
     write("etc/quiesce/quiesce.toml", CONFIG, 0o600);
     write("etc/quiesce/pre", PRE_HOOK, 0o700);
+    write("etc/quiesce/static.toml", STATIC_CONFIG, 0o600);
+    write("etc/quiesce/probe", PROBE, 0o700);
+    // Nothing but the static binary needs a C library.
+    assert!(!root.join("lib64").exists() && !root.join("lib").exists());
     let out = dir.join("initrd.gz");
     let status = Command::new("sh")
         .arg("-c")
@@ -269,20 +331,42 @@ fn materialize(layer: &Path, dir: &Scratch, name: &str) -> PathBuf {
     raw
 }
 
+/// What the guest printed about its own `quiesce --version` and `quiesce snapshot` run (the
+/// static binary, freezing only /data).
+fn static_binary_snapshotted_its_own_disk(console: &str) {
+    let line = |tag: &str| -> &str {
+        console
+            .lines()
+            .find_map(|l| l.strip_prefix(tag))
+            .unwrap_or_else(|| panic!("no {tag} line in the guest console:\n{console}"))
+            .trim()
+    };
+    let version = line("GUEST-VERSION ");
+    assert!(version.starts_with("quiesce 0."), "{version}");
+    assert!(version.contains("(commit "), "{version}");
+    assert_eq!(line("GUEST-SNAPSHOT-RC "), "0", "{console}");
+    let report: Value = serde_json::from_str(line("GUEST-SNAPSHOT-REPORT "))
+        .unwrap_or_else(|e| panic!("{e}: {console}"));
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    assert_eq!(report["consistency"], "file-system", "{report:#}");
+    assert_eq!(report["frozen"], json!(["/data"]), "{report:#}");
+    assert!(report["frozen_ms"].as_u64().unwrap() >= 2000, "{report:#}");
+    eprintln!(
+        "in the guest: {version}; snapshot {} froze /data for {} ms, whole run {} ms",
+        report["status"], report["frozen_ms"], report["timings"]["total_ms"]
+    );
+    // While the snapshot command ran, a write to /data did not complete; after the thaw it did.
+    assert_eq!(line("GUEST-PROBE "), "BLOCKED-WHILE-FROZEN", "{console}");
+    assert!(
+        console.contains("GUEST-PROBE-WRITTEN-AFTER-THAW"),
+        "{console}"
+    );
+}
+
 #[test]
 fn a_real_guest_is_frozen_and_snapshotted_through_qga_and_qmp() {
     let qemu = need(&Path::new(CACHE).join("root/usr/bin/qemu-system-x86_64"));
-    let kernel = std::fs::read_dir(need(&Path::new(CACHE).join("root/boot")))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vmlinuz-")
-        })
-        .expect("a vmlinuz in the cache");
+    let kernel = kernel();
     let dir = Scratch::new("qemu-guest");
     let initrd = initramfs(&dir);
     let disk = dir.join("data.img");
@@ -366,6 +450,7 @@ fn a_real_guest_is_frozen_and_snapshotted_through_qga_and_qmp() {
         console_text()
     );
     eprintln!("guest booted in {:?}", start.elapsed());
+    static_binary_snapshotted_its_own_disk(&console_text());
     let mut qga = Json::connect(&qga_sock);
     qga_handshake(&mut qga, 4242);
     std::thread::sleep(Duration::from_secs(2)); // let the write load get going
