@@ -24,6 +24,7 @@ pub mod qga;
 pub mod report;
 pub mod server;
 pub mod snapshot;
+pub mod termination;
 pub mod time;
 pub mod trust;
 pub mod verify;

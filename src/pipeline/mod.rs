@@ -341,7 +341,7 @@ impl Operation {
     }
 
     fn interrupted(&mut self) -> bool {
-        if freeze::guard::termination_requested() {
+        if crate::termination::requested() {
             self.interrupt(
                 "interrupted by SIGTERM/SIGINT; thawed, post hooks run, no new snapshot",
             );

@@ -108,7 +108,7 @@ impl Provider for CommandProvider {
         };
         match end {
             AttemptEnd::Exited { code: 0 } => {}
-            AttemptEnd::TimedOut if crate::freeze::termination_requested() => {
+            AttemptEnd::TimedOut if crate::termination::requested() => {
                 return Err(SnapshotError::CommandInterrupted {
                     command: self.display(),
                     stderr: stderr_tail,
