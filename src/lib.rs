@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod codes;
 pub mod config;
+pub mod files;
 pub mod freeze;
 pub mod generate;
 pub mod group;

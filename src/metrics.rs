@@ -26,8 +26,6 @@
 use crate::report::{Consistency, Report, Status};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Counts over every recorded run, for the metrics.
@@ -326,48 +324,13 @@ pub struct MetricsError {
     pub source: std::io::Error,
 }
 
-/// Write `text` to `path` atomically for node_exporter's textfile collector: a temporary
-/// file in the same directory (named `.NAME.PID.tmp`, which the collector ignores since it
-/// only reads `*.prom`), fsync, mode 0644 (node_exporter runs unprivileged), rename over
-/// `path`, fsync the directory. A scrape never sees a half-written file. Call after the
-/// thaw (it writes to the directory's filesystem).
+/// Write `text` to `path` atomically ([`crate::files::write_atomic`]) for node_exporter's
+/// textfile collector: the temporary file's name does not end in `.prom`, so the collector
+/// ignores it; mode 0644 (node_exporter runs unprivileged). A scrape never sees a
+/// half-written file. Call after the thaw (it writes to the directory's filesystem).
 pub fn write_textfile(path: &Path, text: &str) -> Result<(), MetricsError> {
-    let err = |source| MetricsError {
+    crate::files::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| MetricsError {
         path: path.to_path_buf(),
         source,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a file name",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        // The umask may have narrowed the creation mode.
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
