@@ -13,9 +13,9 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 /// renamed over `path`, then the directory fsynced. A crash or a concurrent reader sees the
 /// old file or the new one, never half of one. On failure the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
