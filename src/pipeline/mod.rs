@@ -249,6 +249,41 @@ impl Operation {
     }
 }
 
+/// Thaw what a crashed run left frozen (its state file says what). Returns the warning to
+/// report when something was thawed; a failed recovery is added to `errors`.
+fn recover_at_start(state_dir: &Path, errors: &mut Vec<Problem>) -> Vec<Problem> {
+    match freeze::state::recover(state_dir) {
+        Ok(thawed) if !thawed.is_empty() => {
+            tracing::warn!(
+                ?thawed,
+                "recovered filesystems left frozen by a crashed run"
+            );
+            vec![recovered_problem(&thawed)]
+        }
+        Ok(_) => Vec::new(),
+        Err(p) => {
+            errors.push(p);
+            Vec::new()
+        }
+    }
+}
+
+/// Take the per-filesystem lock of every target of `plan`, naming this run as the holder.
+fn lock_planned(
+    lock: &mut OpLock,
+    plan: &freeze::plan::Plan,
+    cfg: &Config,
+    operation_id: &str,
+) -> Result<(), Problem> {
+    let devices: Vec<(u32, u32)> = plan.targets.iter().map(|t| (t.major, t.minor)).collect();
+    let holder = format!(
+        "quiesce pid {}, operation {operation_id}, state dir {}",
+        std::process::id(),
+        cfg.paths.state_dir.display()
+    );
+    lock.lock_filesystems(Path::new(freeze::lock::FS_LOCK_DIR), &devices, &holder)
+}
+
 impl Operation {
     /// Take the operation lock, recover what a crash left frozen, build the provider and the
     /// plan for `scope`. On failure the returned report says why (nothing was run).
@@ -271,18 +306,7 @@ impl Operation {
         };
         let mut lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = cfg.skipped.clone();
-        let mut recovered = Vec::new();
-        match freeze::state::recover(&cfg.paths.state_dir) {
-            Ok(thawed) if !thawed.is_empty() => {
-                tracing::warn!(
-                    ?thawed,
-                    "recovered filesystems left frozen by a crashed run"
-                );
-                recovered.push(recovered_problem(&thawed));
-            }
-            Ok(_) => {}
-            Err(p) => errors.push(p),
-        }
+        let recovered = recover_at_start(&cfg.paths.state_dir, &mut errors);
         let provider = snapshot::from_config(&cfg.snapshot);
         let plan = match plan_for(&cfg, scope, &provider.must_not_freeze()) {
             Ok(plan) => plan,
@@ -292,15 +316,7 @@ impl Operation {
             }
         };
         if let Some(plan) = plan.as_ref().filter(|_| scope.freezes(&cfg)) {
-            let devices: Vec<(u32, u32)> =
-                plan.targets.iter().map(|t| (t.major, t.minor)).collect();
-            let holder = format!(
-                "quiesce pid {}, operation {operation_id}, state dir {}",
-                std::process::id(),
-                cfg.paths.state_dir.display()
-            );
-            lock.lock_filesystems(Path::new(freeze::lock::FS_LOCK_DIR), &devices, &holder)
-                .map_err(|p| fail(vec![p]))?;
+            lock_planned(&mut lock, plan, &cfg, &operation_id).map_err(|p| fail(vec![p]))?;
         }
         Ok(Operation {
             freeze_timeout: cfg.freeze.timeout,
