@@ -165,7 +165,178 @@ pub struct VerificationRow {
     pub report_json: String,
 }
 
-/// An open catalog database.
+/// The `runs` row of `report`; its row id.
+fn insert_run(
+    tx: &Connection,
+    path: &Path,
+    report: &Report,
+    kind: RunKind,
+) -> Result<i64, CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let json = serde_json::to_string(report)?;
+    let started_unix = unix_of(&report.started_at).unwrap_or_else(now_unix);
+    let finished_unix = unix_of(&report.finished_at).unwrap_or(started_unix);
+    let t = &report.timings;
+    let inserted = tx.execute(
+        "INSERT INTO runs (operation_id, kind, started_at, started_unix, finished_at,
+             finished_unix, status, consistency, target_consistency, frozen_ms, pre_ms,
+             freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, dry_run, report_json,
+             caller)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+             ?17, ?18, ?19)",
+        params![
+            report.operation_id,
+            kind.as_str(),
+            report.started_at,
+            started_unix,
+            report.finished_at,
+            finished_unix,
+            report.status.as_str(),
+            report.consistency.as_str(),
+            report.target_consistency.as_str(),
+            report.frozen_ms.map(to_i64),
+            t.pre_ms.map(to_i64),
+            t.freeze_ms.map(to_i64),
+            t.snapshot_ms.map(to_i64),
+            t.thaw_ms.map(to_i64),
+            t.post_ms.map(to_i64),
+            to_i64(t.total_ms),
+            // The `dry_run` column stays for old rows; no run is a dry run any more
+            // (`snapshot --dry-run` is `check`, which records nothing).
+            false,
+            json,
+            report.caller.label(),
+        ],
+    );
+    match inserted {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            return Err(CatalogError::Duplicate(report.operation_id.clone()));
+        }
+        Err(e) => return Err(sql("insert run")(e)),
+    }
+    Ok(tx.last_insert_rowid())
+}
+
+/// The errors and warnings of a run, each numbered within its severity.
+fn insert_problems(
+    tx: &Connection,
+    path: &Path,
+    run_id: i64,
+    report: &Report,
+) -> Result<(), CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let mut problem = tx
+        .prepare(
+            "INSERT INTO run_errors (run_id, severity, seq, code, message, hook)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(sql("prepare errors"))?;
+    // Configuration warnings carry no code: stored as an empty one.
+    let errors = report
+        .errors
+        .iter()
+        .map(|p| ("error", p.code.as_str(), &p.message, &p.hook));
+    let warnings = report.warnings.iter().map(|w| {
+        let code = w.code.map_or("", |c| c.as_str());
+        ("warning", code, &w.message, &w.hook)
+    });
+    let mut seqs = [0i64; 2];
+    for (severity, code, message, hook) in errors.chain(warnings) {
+        let seq = &mut seqs[usize::from(severity == "warning")];
+        problem
+            .execute(params![run_id, severity, *seq, code, message, hook])
+            .map_err(sql("insert error"))?;
+        *seq += 1;
+    }
+    Ok(())
+}
+
+/// The snapshots a run made, in order.
+fn insert_snapshots(
+    tx: &Connection,
+    path: &Path,
+    run_id: i64,
+    report: &Report,
+) -> Result<(), CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let mut snap = tx
+        .prepare(
+            "INSERT INTO run_snapshots (run_id, seq, provider, snapshot_id)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(sql("prepare snapshots"))?;
+    for (seq, s) in report.snapshots.iter().enumerate() {
+        snap.execute(params![run_id, seq as i64, s.provider, s.id])
+            .map_err(sql("insert snapshot"))?;
+    }
+    Ok(())
+}
+
+/// The hook results of a run and every attempt of each.
+fn insert_hooks(
+    tx: &Connection,
+    path: &Path,
+    run_id: i64,
+    report: &Report,
+) -> Result<(), CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let mut hook = tx
+        .prepare(
+            "INSERT INTO run_hooks (run_id, seq, hook, phase, path, error_code, message,
+                 duration_ms, stdout_tail, stderr_tail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sql("prepare hooks"))?;
+    let mut attempt = tx
+        .prepare(
+            "INSERT INTO hook_attempts (hook_id, number, end_kind, exit_code, signal,
+                 error, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(sql("prepare attempts"))?;
+    for (seq, h) in report.hooks.iter().enumerate() {
+        hook.execute(params![
+            run_id,
+            seq as i64,
+            h.hook,
+            h.phase.as_str(),
+            h.path,
+            h.error.map(|c| c.as_str()),
+            h.message,
+            to_i64(h.duration_ms),
+            h.stdout_tail,
+            h.stderr_tail,
+        ])
+        .map_err(sql("insert hook"))?;
+        let hook_id = tx.last_insert_rowid();
+        for a in &h.attempts {
+            let (end_kind, exit_code, signal, error) = match &a.end {
+                AttemptEnd::Exited { code } => ("exited", Some(*code), None, None),
+                AttemptEnd::Signaled { signal } => ("signaled", None, Some(*signal), None),
+                AttemptEnd::TimedOut => ("timed_out", None, None, None),
+                AttemptEnd::SpawnFailed { error } => {
+                    ("spawn_failed", None, None, Some(error.as_str()))
+                }
+            };
+            attempt
+                .execute(params![
+                    hook_id,
+                    a.number,
+                    end_kind,
+                    exit_code,
+                    signal,
+                    error,
+                    to_i64(a.duration_ms)
+                ])
+                .map_err(sql("insert hook attempt"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Maps a SQLite error to a [`CatalogError`] naming the file and what was being done.
 fn sql_error<'a>(
     path: &'a Path,
@@ -178,6 +349,7 @@ fn sql_error<'a>(
     }
 }
 
+/// An open catalog database.
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
@@ -373,149 +545,16 @@ impl Catalog {
         kind: RunKind,
         before_commit: impl FnOnce(),
     ) -> Result<(), CatalogError> {
-        let json = serde_json::to_string(report)?;
-        let started_unix = unix_of(&report.started_at).unwrap_or_else(now_unix);
-        let finished_unix = unix_of(&report.finished_at).unwrap_or(started_unix);
-        let t = &report.timings;
-        // A copy: the transaction below borrows `self` mutably.
         let path = self.path.clone();
         let sql = |context| sql_error(&path, context);
-
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin"))?;
-        let inserted = tx.execute(
-            "INSERT INTO runs (operation_id, kind, started_at, started_unix, finished_at,
-                 finished_unix, status, consistency, target_consistency, frozen_ms, pre_ms,
-                 freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, dry_run, report_json,
-                 caller)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18, ?19)",
-            params![
-                report.operation_id,
-                kind.as_str(),
-                report.started_at,
-                started_unix,
-                report.finished_at,
-                finished_unix,
-                report.status.as_str(),
-                report.consistency.as_str(),
-                report.target_consistency.as_str(),
-                report.frozen_ms.map(to_i64),
-                t.pre_ms.map(to_i64),
-                t.freeze_ms.map(to_i64),
-                t.snapshot_ms.map(to_i64),
-                t.thaw_ms.map(to_i64),
-                t.post_ms.map(to_i64),
-                to_i64(t.total_ms),
-                // The `dry_run` column stays for old rows; no run is a dry run any more
-                // (`snapshot --dry-run` is `check`, which records nothing).
-                false,
-                json,
-                report.caller.label(),
-            ],
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-            {
-                return Err(CatalogError::Duplicate(report.operation_id.clone()));
-            }
-            Err(e) => return Err(sql("insert run")(e)),
-        }
-        let run_id = tx.last_insert_rowid();
-
-        {
-            let mut problem = tx
-                .prepare(
-                    "INSERT INTO run_errors (run_id, severity, seq, code, message, hook)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(sql("prepare errors"))?;
-            // Configuration warnings carry no code: stored as an empty one.
-            let errors = report
-                .errors
-                .iter()
-                .map(|p| ("error", p.code.as_str(), &p.message, &p.hook));
-            let warnings = report.warnings.iter().map(|w| {
-                let code = w.code.map_or("", |c| c.as_str());
-                ("warning", code, &w.message, &w.hook)
-            });
-            let mut seqs = [0i64; 2];
-            for (severity, code, message, hook) in errors.chain(warnings) {
-                let seq = &mut seqs[usize::from(severity == "warning")];
-                problem
-                    .execute(params![run_id, severity, *seq, code, message, hook])
-                    .map_err(sql("insert error"))?;
-                *seq += 1;
-            }
-
-            let mut snap = tx
-                .prepare(
-                    "INSERT INTO run_snapshots (run_id, seq, provider, snapshot_id)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(sql("prepare snapshots"))?;
-            for (seq, s) in report.snapshots.iter().enumerate() {
-                snap.execute(params![run_id, seq as i64, s.provider, s.id])
-                    .map_err(sql("insert snapshot"))?;
-            }
-
-            let mut hook = tx
-                .prepare(
-                    "INSERT INTO run_hooks (run_id, seq, hook, phase, path, error_code, message,
-                         duration_ms, stdout_tail, stderr_tail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(sql("prepare hooks"))?;
-            let mut attempt = tx
-                .prepare(
-                    "INSERT INTO hook_attempts (hook_id, number, end_kind, exit_code, signal,
-                         error, duration_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(sql("prepare attempts"))?;
-            for (seq, h) in report.hooks.iter().enumerate() {
-                hook.execute(params![
-                    run_id,
-                    seq as i64,
-                    h.hook,
-                    h.phase.as_str(),
-                    h.path,
-                    h.error.map(|c| c.as_str()),
-                    h.message,
-                    to_i64(h.duration_ms),
-                    h.stdout_tail,
-                    h.stderr_tail,
-                ])
-                .map_err(sql("insert hook"))?;
-                let hook_id = tx.last_insert_rowid();
-                for a in &h.attempts {
-                    let (end_kind, exit_code, signal, error) = match &a.end {
-                        AttemptEnd::Exited { code } => ("exited", Some(*code), None, None),
-                        AttemptEnd::Signaled { signal } => ("signaled", None, Some(*signal), None),
-                        AttemptEnd::TimedOut => ("timed_out", None, None, None),
-                        AttemptEnd::SpawnFailed { error } => {
-                            ("spawn_failed", None, None, Some(error.as_str()))
-                        }
-                    };
-                    attempt
-                        .execute(params![
-                            hook_id,
-                            a.number,
-                            end_kind,
-                            exit_code,
-                            signal,
-                            error,
-                            to_i64(a.duration_ms)
-                        ])
-                        .map_err(sql("insert hook attempt"))?;
-                }
-            }
-        }
-
+        let run_id = insert_run(&tx, &path, report, kind)?;
+        insert_problems(&tx, &path, run_id, report)?;
+        insert_snapshots(&tx, &path, run_id, report)?;
+        insert_hooks(&tx, &path, run_id, report)?;
         before_commit();
         tx.commit().map_err(sql("commit run"))?;
         Ok(())
