@@ -180,10 +180,9 @@ fn insert_run(
     let inserted = tx.execute(
         "INSERT INTO runs (operation_id, kind, started_at, started_unix, finished_at,
              finished_unix, status, consistency, target_consistency, frozen_ms, pre_ms,
-             freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, dry_run, report_json,
-             caller)
+             freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, report_json, caller)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-             ?17, ?18, ?19)",
+             ?17, ?18)",
         params![
             report.operation_id,
             kind.as_str(),
@@ -201,9 +200,8 @@ fn insert_run(
             t.thaw_ms.map(to_i64),
             t.post_ms.map(to_i64),
             to_i64(t.total_ms),
-            // The `dry_run` column stays for old rows; no run is a dry run any more
-            // (`snapshot --dry-run` is `check`, which records nothing).
-            false,
+            // The `dry_run` column stays (old catalogs have it); new rows take its default,
+            // 0: no run is a dry run (`snapshot --dry-run` is `check`, which records nothing).
             json,
             report.caller.label(),
         ],
@@ -838,32 +836,6 @@ impl Catalog {
             .map_err(sql("prune"))?;
         tx.commit().map_err(sql("commit prune"))?;
         Ok(n)
-    }
-}
-
-/// Parse the argument of `quiesce history --since`: an RFC 3339 time
-/// (`2025-03-01T00:00:00Z`, `2025-03-01 00:00:00`), seconds since the epoch (`@1740787200`
-/// or `1740787200`), or a duration back from `now` (`24h`, `7d`, `2w 3d`).
-pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, String> {
-    let s = s.trim();
-    let digits = s.strip_prefix('@').unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = digits
-            .parse()
-            .map_err(|e| format!("invalid time {s:?}: {e}"))?;
-        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
-    }
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) => now
-            .checked_sub(d)
-            .ok_or_else(|| format!("duration {s:?} reaches before the epoch")),
-        Err(_) => Err(format!(
-            "invalid time {s:?}: expected an RFC 3339 time (2025-03-01T00:00:00Z), \
-             @UNIX-SECONDS, or a duration back from now (24h, 7d)"
-        )),
     }
 }
 

@@ -359,11 +359,6 @@ impl GuardHandle {
         self.send(Command::Frozen { target: idx as u32 })
     }
 
-    /// Ask the guard to thaw everything now (as the signal handler does).
-    pub fn request_thaw(&self) -> Result<(), Errno> {
-        self.send(Command::Thaw)
-    }
-
     /// A duplicate of the guard's pidfd (readable once it has exited).
     pub fn pidfd_dup(&self) -> Option<OwnedFd> {
         self.pidfd
