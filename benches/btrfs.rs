@@ -14,7 +14,7 @@
 //! freezing disabled and no hooks, that end-to-end time is measured too (the pipeline's own
 //! overhead: config, lock, catalog, report).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use quiesce::config::BtrfsConfig;

@@ -19,7 +19,7 @@
 //! Measured on the 2-core build VM (5 repetitions, medians): frozen window 48 ms vs
 //! 1318 ms (27x shorter); longest write stall 339 ms vs 1299 ms (3.8x). quiesce's stall
 //! comes from the probe's fsync queuing behind the pre-freeze syncfs (outside the window).
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use quiesce::config::FreezeConfig;

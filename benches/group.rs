@@ -7,10 +7,9 @@
 //! beside the baseline: one member's prepare + release straight through its socket, with no
 //! group (the time the members themselves need, so the difference is coordination).
 
-#[path = "../tests/support/etcd.rs"]
-mod etcd;
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
+use support::etcd;
 
 use quiesce::server::client::call;
 use std::process::Command;

@@ -18,7 +18,7 @@
 //!
 //! Safety: qemu-ga only gets `guest-fsfreeze-freeze-list` with these loop mounts; its thaw
 //! thaws every frozen filesystem on the machine (run the bench alone).
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //!
 //! Run with: `cargo bench --bench hooks` (optionally `-- 500` for the number of runs).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use quiesce::config::ScriptSpec;

@@ -4,7 +4,7 @@
 //! Prints the median and p90 per hook (pre+post pair) next to the floor of spawning
 //! `/bin/true` directly, and Azure's figure (its runner polls every 3 s).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use quiesce::config::{Config, HookConfig, ScriptSpec};

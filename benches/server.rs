@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench server` (as root). Prints median and p99 over 1,000 operations
 //! and the server's resident memory before and after.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use quiesce::server::client::call;

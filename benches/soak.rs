@@ -29,7 +29,7 @@
 //! status, and checks every report against the prediction (and its catalog row against the
 //! report). Afterwards it prints and asserts the before/after table. Figures and the
 //! command that produced them: docs/soak.md.
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use quiesce::catalog::{Catalog, RunKind};

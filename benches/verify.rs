@@ -5,10 +5,9 @@
 //!
 //! Run (as root): `cargo bench --bench verify` (QUIESCE_BENCH_SCALE=N for pgbench scale,
 //! default 68, about 1 GB).
-#[path = "../tests/support/db.rs"]
-mod db;
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
+use support::db;
 
 use db::*;
 use std::path::Path;

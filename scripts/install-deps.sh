@@ -6,7 +6,7 @@ for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-li
                prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
                qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
                postgresql-client:pgbench \
-               etcd-server:etcd etcd-client:etcdctl \
+               etcd-server:etcd etcd-client:etcdctl openssl:openssl \
                socat:socat iproute2:ip busybox-static:busybox; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done
@@ -18,8 +18,9 @@ fi
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi
-# Packaging tests: a clean Debian root for the package (tests/package.rs).
+# Packaging tests: a clean Debian root for the package, and lintian (tests/it/package.rs).
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -30,7 +31,7 @@ command -v qemu-ga >/dev/null 2>&1 || {
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq qemu-guest-agent >/dev/null
 }
-# The QEMU guest test (tests/qemu_guest.rs): QEMU and a Debian kernel, unpacked (not installed:
+# The QEMU guest test (tests/it/qemu_guest.rs): QEMU and a Debian kernel, unpacked (not installed:
 # qemu-system-x86 conflicts with the newer qemu-utils) into a cache outside the checkout.
 QEMU_CACHE=/var/cache/quiesce-tests/qemu
 # The Debian 6.1 kernel the guest test was measured with, or the newest one the mirror has

@@ -2,10 +2,16 @@
 # Build every release artefact into dist/: the static binary (glibc, +crt-static) as a
 # tarball, the Debian package built from that same binary, man pages, completions, the
 # Prometheus rules and Grafana dashboard, and SHA256SUMS over all of them.
+# `scripts/release.sh static-binary` only builds the static binary and prints its path (the
+# QEMU guest test runs it inside the guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target"
+if [ "${1:-}" = static-binary ]; then
+  echo "$PWD/target/$target/release/quiesce"
+  exit 0
+fi
 stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
 # Stripped: the release profile keeps line tables (debug = 1) for local profiling.
 bin="$stage/quiesce"

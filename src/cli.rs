@@ -84,8 +84,9 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
-    /// Prove that a snapshot restores: a disposable writable view of it, a throwaway database
-    /// server and checks on it (see `[verify]`); the result is recorded in the catalog.
+    /// Prove that a snapshot restores: a disposable view of it (btrfs, the command provider's
+    /// `verify_command`, or an image file), a filesystem check, throwaway database servers and
+    /// your verifiers on it (see `[verify]`); the result is recorded in the catalog.
     Verify {
         /// The snapshot id (as `quiesce snapshots` lists it).
         #[arg(required_unless_present = "latest", conflicts_with = "latest")]
@@ -298,13 +299,12 @@ fn snapshot(config_path: Option<PathBuf>, verbose: u8, json: bool) -> i32 {
         Err(report) => *report,
     };
     pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
-    emit(&report, json);
     if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
-        let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
-        match crate::verify::run(&cfg, which) {
-            Ok(v) => eprint!("{}", v.human()),
-            Err(e) => eprintln!("quiesce: verify: {e}"),
-        }
+        crate::verify::after_snapshot(&cfg, &mut report);
+    }
+    emit(&report, json);
+    if let Some(v) = report.verification.as_ref().filter(|_| !json) {
+        print!("{}", v.human());
     }
     report.status.exit_code()
 }
@@ -393,8 +393,8 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
 }
 
 /// What `check` finds about where the configuration would run: a state directory on a
-/// read-only filesystem (a problem: no run could lock or record its freeze) and a TCP
-/// listener on all interfaces (a warning).
+/// read-only filesystem (a problem: no run could lock or record its freeze), a TCP
+/// listener on all interfaces and freeze lists while freezing is disabled (warnings).
 pub fn check_environment(cfg: &Config) -> (Vec<Problem>, Vec<crate::codes::Warning>) {
     use crate::codes::ErrorCode;
     let mut problems = Vec::new();
@@ -406,7 +406,8 @@ pub fn check_environment(cfg: &Config) -> (Vec<Problem>, Vec<crate::codes::Warni
             problems.push(Problem::new(
                 ErrorCode::StateError,
                 format!(
-                    "paths.state_dir {} is on a read-only filesystem: no run could take                      its lock or record what it froze",
+                    "paths.state_dir {} is on a read-only filesystem: no run could take \
+                     its lock or record what it froze",
                     cfg.paths.state_dir.display()
                 ),
             ));
@@ -417,14 +418,46 @@ pub fn check_environment(cfg: &Config) -> (Vec<Problem>, Vec<crate::codes::Warni
             .parse::<std::net::SocketAddr>()
             .is_ok_and(|a| a.ip().is_unspecified());
         if everywhere {
-            warnings.push(crate::codes::Warning::new(
-                format!(
-                    "server.tcp_listen {listen} listens on all interfaces: every host that                      can reach this machine can try the token; prefer 127.0.0.1"
-                ),
-            ));
+            warnings.push(crate::codes::Warning::new(format!(
+                "server.tcp_listen {listen} listens on all interfaces: every host that \
+                     can reach this machine can try the token; prefer 127.0.0.1"
+            )));
         }
     }
+    warnings.extend(freeze_warnings(&cfg.freeze));
     (problems, warnings)
+}
+
+/// A freeze list that has no effect because freezing is disabled: the admin most likely
+/// meant to freeze those filesystems (e.g. uncommented `include` in the shipped config but
+/// not `enabled = true`).
+pub fn freeze_warnings(freeze: &config::FreezeConfig) -> Vec<crate::codes::Warning> {
+    if freeze.enabled {
+        return Vec::new();
+    }
+    let list = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| crate::hooks::output::quote_path(p))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut warnings = Vec::new();
+    if !freeze.include.is_empty() {
+        warnings.push(crate::codes::Warning::new(format!(
+            "freeze.include names {} but freezing is disabled (freeze.enabled = false): \
+             nothing is frozen; set enabled = true to freeze them",
+            list(&freeze.include)
+        )));
+    }
+    if !freeze.exclude.is_empty() {
+        warnings.push(crate::codes::Warning::new(format!(
+            "freeze.exclude names {} but freezing is disabled (freeze.enabled = false): \
+             the list has no effect",
+            list(&freeze.exclude)
+        )));
+    }
+    warnings
 }
 
 fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
@@ -777,6 +810,55 @@ fn verify(config_path: Option<PathBuf>, snapshot: Option<String>, json: bool, ve
                 eprintln!("quiesce: verify: {e}");
             }
             1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FreezeConfig;
+
+    #[test]
+    fn freeze_lists_while_freezing_is_disabled_are_warned_about_in_words() {
+        let fc = |enabled: bool, include: &[&str], exclude: &[&str]| FreezeConfig {
+            enabled,
+            include: include.iter().map(PathBuf::from).collect(),
+            exclude: exclude.iter().map(PathBuf::from).collect(),
+            ..FreezeConfig::default()
+        };
+        // (config, expected warnings, each as the words it must contain)
+        let table: [(FreezeConfig, &[&[&str]]); 6] = [
+            (fc(true, &[], &[]), &[]),
+            (fc(true, &["/srv"], &["/boot"]), &[]),
+            (fc(false, &[], &[]), &[]),
+            (
+                fc(false, &["/srv", "/var/lib/pg"], &[]),
+                &[&[
+                    "freeze.include",
+                    "/srv, /var/lib/pg",
+                    "freezing is disabled",
+                    "enabled = true",
+                ]],
+            ),
+            (
+                fc(false, &[], &["/boot"]),
+                &[&["freeze.exclude", "/boot", "no effect"]],
+            ),
+            (
+                fc(false, &["/srv"], &["/boot"]),
+                &[&["freeze.include", "/srv"], &["freeze.exclude", "/boot"]],
+            ),
+        ];
+        for (cfg, expected) in table {
+            let got = freeze_warnings(&cfg);
+            assert_eq!(got.len(), expected.len(), "{cfg:?}: {got:?}");
+            for (w, words) in got.iter().zip(expected) {
+                assert!(w.code.is_none(), "a warning carries no code: {w:?}");
+                for word in *words {
+                    assert!(w.message.contains(word), "{word:?} not in {:?}", w.message);
+                }
+            }
         }
     }
 }

@@ -13,13 +13,16 @@
 //! | `quiesce_last_run_frozen_seconds` | gauge, first freeze to last thaw (0: nothing frozen) | |
 //! | `quiesce_last_run_duration_seconds` | gauge, whole run | |
 //! | `quiesce_last_run_timestamp_seconds` | gauge, when the last run finished (epoch seconds) | |
+//! | `quiesce_last_run_recorded` | gauge, 1 if the last run is in the catalog, 0 if the catalog could not be opened or written | |
 //! | `quiesce_last_run_hook_duration_seconds` | gauge | `hook`, `phase` |
 //! | `quiesce_last_run_hook_failed` | gauge, 1 if the script failed | `hook`, `phase` |
 //! | `quiesce_last_run_hook_attempts` | gauge | `hook`, `phase` |
 //! | `quiesce_runs_total` | counter, recorded runs | `status` |
 //! | `quiesce_errors_total` | counter, recorded errors (not warnings) | `code` |
 //!
-//! The `quiesce_last_run_*` families are absent until a run exists. Alert on
+//! The `quiesce_last_run_*` families are absent until a run exists. When the catalog cannot
+//! be opened, the run's own families are still written (with `quiesce_last_run_recorded 0`)
+//! and the totals, which only the catalog knows, are left out. Alert on
 //! `quiesce_last_run_consistency_level < quiesce_last_run_target_consistency_level` or on
 //! `time() - quiesce_last_run_timestamp_seconds` growing.
 
@@ -61,6 +64,8 @@ pub struct LastRun {
     /// When it finished, seconds since the epoch (None if the report's time is unreadable).
     pub finished_unix: Option<i64>,
     pub hooks: Vec<HookMetric>,
+    /// False when the run could not be recorded in the catalog.
+    pub recorded: bool,
 }
 
 impl LastRun {
@@ -86,6 +91,7 @@ impl LastRun {
                     attempts: h.attempts.len() as u32,
                 })
                 .collect(),
+            recorded: true,
         }
     }
 }
@@ -95,14 +101,29 @@ pub fn render(last: Option<&Report>, totals: &Totals) -> String {
     render_last_run(last.map(LastRun::from_report).as_ref(), totals)
 }
 
+/// The metrics text of a run the catalog could not record: the run's own families with
+/// `quiesce_last_run_recorded 0`, and the totals only if the catalog could still be read
+/// (`None`: they are left out rather than shown as zero).
+pub fn render_unrecorded(report: &Report, totals: Option<&Totals>) -> String {
+    let mut last = LastRun::from_report(report);
+    last.recorded = false;
+    render_parts(Some(&last), totals)
+}
+
 /// [`render`] from a [`LastRun`] (e.g. read back from the catalog).
 pub fn render_last_run(last: Option<&LastRun>, totals: &Totals) -> String {
+    render_parts(last, Some(totals))
+}
+
+fn render_parts(last: Option<&LastRun>, totals: Option<&Totals>) -> String {
     let mut out = String::new();
     if let Some(l) = last {
         last_run_families(&mut out, l);
         hook_families(&mut out, &l.hooks);
     }
-    totals_families(&mut out, totals);
+    if let Some(totals) = totals {
+        totals_families(&mut out, totals);
+    }
     out
 }
 
@@ -168,6 +189,12 @@ fn last_run_families(out: &mut String, l: &LastRun) {
             &t.to_string(),
         );
     }
+    single(
+        out,
+        "quiesce_last_run_recorded",
+        "1 if the last run is recorded in the catalog, 0 if the catalog could not be opened or written.",
+        &bool_value(l.recorded),
+    );
 }
 
 /// The per-hook series of the last run.
@@ -275,6 +302,32 @@ fn seconds(ms: u64) -> String {
     } else {
         format!("{s}.{frac:03}").trim_end_matches('0').to_string()
     }
+}
+
+/// The verification gauges: when the newest application-consistent snapshot that verified
+/// was taken (seconds since the epoch) and how long ago that is at `now_unix` (the number an
+/// operator alerts on). Nothing but the help lines when no such snapshot exists.
+pub fn render_verified(last_verified_unix: Option<i64>, now_unix: i64) -> String {
+    let mut out = String::new();
+    let stamp = "quiesce_last_verified_application_snapshot_timestamp_seconds";
+    let age = "quiesce_seconds_since_last_verified_application_snapshot";
+    family(
+        &mut out,
+        stamp,
+        "gauge",
+        "When the newest application-consistent snapshot that verified was taken.",
+    );
+    family(
+        &mut out,
+        age,
+        "gauge",
+        "Age of the newest application-consistent snapshot that verified.",
+    );
+    if let Some(t) = last_verified_unix {
+        sample(&mut out, stamp, &[], &t.to_string());
+        sample(&mut out, age, &[], &(now_unix - t).max(0).to_string());
+    }
+    out
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -10,6 +10,7 @@
 //!
 //! Every trial cleans up on every path: [`Trial`] continues and kills what it started, and
 //! thaws its filesystems, on drop; [`LoopFs`] thaws, unmounts and detaches on drop.
+#[path = "it/support/mod.rs"]
 mod support;
 
 use quiesce::freeze::state;
@@ -44,6 +45,7 @@ fn main() {
     if filter.is_some_and(|f| !"chaos".contains(f.as_str())) {
         return;
     }
+    support::require_root!();
     // Guards whose agent was killed are re-parented to us: they stay zombies (their pid is
     // not reused) until `reap_orphans`, so signalling them by pid is safe.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();

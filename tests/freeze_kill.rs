@@ -6,6 +6,7 @@
 //! quiesce binary does it). The driver kills the agent at random moments, 50 times with
 //! SIGKILL and 50 times with SIGTERM, and checks each time that the filesystem is writable
 //! again within the guard timeout + 1 s (thawing by hand if not, so it never wedges).
+#[path = "it/support/mod.rs"]
 mod support;
 
 use quiesce::config::FreezeConfig;
@@ -43,6 +44,7 @@ fn main() {
         return;
     }
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    support::require_root!();
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     for (name, f) in tests {
         if filter.is_some_and(|flt| !name.contains(flt.as_str())) {

@@ -149,6 +149,38 @@ pub struct RunSummary {
     /// Codes of the run's errors (not warnings), in report order, repeats kept.
     pub error_codes: Vec<String>,
     pub snapshots: Vec<SnapshotRef>,
+    /// The newest verification of the run's snapshots (`verified`, `verification failed: …`
+    /// or `not verified`); absent for a run that made no snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
+    /// The consistency group operation this run was part of (same operation id), when
+    /// this machine recorded its group report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRunSummary>,
+}
+
+/// A group operation's outcome as one member's catalog holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupRunSummary {
+    pub group: String,
+    /// The group's status and consistency: the weakest member's.
+    pub status: Status,
+    pub consistency: Consistency,
+}
+
+/// One group operation's report, to record in a member's catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRunRow {
+    pub group: String,
+    pub operation_id: String,
+    /// This machine's name in the group.
+    pub member: String,
+    pub coordinator: String,
+    pub status: Status,
+    pub consistency: Consistency,
+    pub started_unix: i64,
+    /// The whole group report as JSON.
+    pub report_json: String,
 }
 
 pub use crate::metrics::Totals;
@@ -598,6 +630,8 @@ impl Catalog {
                         caller: r.get(11)?,
                         error_codes: Vec::new(),
                         snapshots: Vec::new(),
+                        verification: None,
+                        group: None,
                     },
                 ))
             })
@@ -617,6 +651,21 @@ impl Catalog {
                 "SELECT provider, snapshot_id FROM run_snapshots WHERE run_id = ?1 ORDER BY seq",
             )
             .map_err(self.sql("prepare history snapshots"))?;
+        let mut verif = self
+            .conn
+            .prepare(
+                "SELECT v.message FROM verifications v JOIN run_snapshots s
+                     ON v.provider = s.provider AND v.snapshot_id = s.snapshot_id
+                 WHERE s.run_id = ?1 ORDER BY v.id DESC LIMIT 1",
+            )
+            .map_err(self.sql("prepare history verification"))?;
+        let mut groups = self
+            .conn
+            .prepare(
+                "SELECT group_name, status, consistency FROM group_runs
+                 WHERE operation_id = ?1 ORDER BY recorded_unix DESC LIMIT 1",
+            )
+            .map_err(self.sql("prepare history groups"))?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, mut summary) in rows {
             summary.error_codes = codes
@@ -632,6 +681,24 @@ impl Catalog {
                 })
                 .and_then(|rows| rows.collect())
                 .map_err(self.sql("read history snapshots"))?;
+            if !summary.snapshots.is_empty() {
+                let found: Option<String> = verif
+                    .query_row([id], |r| r.get(0))
+                    .optional()
+                    .map_err(self.sql("read history verification"))?;
+                summary.verification = Some(found.unwrap_or_else(|| "not verified".into()));
+            }
+            summary.group = groups
+                .query_row([&summary.operation_id], |r| {
+                    Ok(GroupRunSummary {
+                        group: r.get(0)?,
+                        status: parse_status(&r.get::<_, String>(1)?).unwrap_or(Status::Failed),
+                        consistency: Consistency::parse(&r.get::<_, String>(2)?)
+                            .unwrap_or(Consistency::None),
+                    })
+                })
+                .optional()
+                .map_err(self.sql("read history groups"))?;
             out.push(summary);
         }
         Ok(out)
@@ -656,6 +723,26 @@ impl Catalog {
             .optional()
             .map_err(self.sql("query snapshot consistency"))?;
         Ok(found.as_deref().and_then(Consistency::parse))
+    }
+
+    /// The operation id of the run that made snapshot `id` of `provider` (the newest one if
+    /// several claim it), or of the newest run with a snapshot of `provider` when `id` is
+    /// `None`.
+    pub fn run_of_snapshot(
+        &self,
+        provider: &str,
+        id: Option<&str>,
+    ) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT r.operation_id FROM run_snapshots s JOIN runs r ON r.id = s.run_id
+                 WHERE s.provider = ?1 AND (?2 IS NULL OR s.snapshot_id = ?2)
+                 ORDER BY r.started_unix DESC, r.id DESC LIMIT 1",
+                params![provider, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("query the run of a snapshot"))
     }
 
     /// Record one verification of a snapshot (`quiesce verify`).
@@ -804,7 +891,49 @@ impl Catalog {
             total_ms: to_u64(total_ms),
             finished_unix: Some(finished_unix),
             hooks,
+            recorded: true,
         }))
+    }
+
+    /// Record a consistency group's report (this machine was one of its members). Recording
+    /// the same group operation again replaces the row (the report is the same).
+    pub fn record_group(&mut self, row: &GroupRunRow) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO group_runs (group_name, operation_id, member,
+                     coordinator, status, consistency, started_unix, recorded_unix,
+                     report_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    row.group,
+                    row.operation_id,
+                    row.member,
+                    row.coordinator,
+                    row.status.as_str(),
+                    row.consistency.as_str(),
+                    row.started_unix,
+                    now_unix(),
+                    row.report_json,
+                ],
+            )
+            .map_err(self.sql("insert group run"))?;
+        Ok(())
+    }
+
+    /// The group report of `operation_id` in `group` as recorded on this machine.
+    pub fn group_report_json(
+        &self,
+        group: &str,
+        operation_id: &str,
+    ) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT report_json FROM group_runs WHERE group_name = ?1 AND operation_id = ?2",
+                [group, operation_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("query group report"))
     }
 
     /// The full JSON report of one run, exactly as recorded.
@@ -817,6 +946,19 @@ impl Catalog {
             )
             .optional()
             .map_err(self.sql("query report"))
+    }
+
+    /// Store `report` as the recorded JSON of its run (already recorded), e.g. once the
+    /// verification that ran after the snapshot is part of it. Only the JSON changes.
+    pub fn replace_report(&self, report: &Report) -> Result<(), CatalogError> {
+        let json = serde_json::to_string(report)?;
+        self.conn
+            .execute(
+                "UPDATE runs SET report_json = ?2 WHERE operation_id = ?1",
+                params![report.operation_id, json],
+            )
+            .map_err(self.sql("replace report"))?;
+        Ok(())
     }
 
     /// Delete the runs started before `before` (and their errors, snapshots and hooks), in
@@ -834,6 +976,8 @@ impl Catalog {
         let n = tx
             .execute("DELETE FROM runs WHERE started_unix < ?1", [cutoff])
             .map_err(sql("prune"))?;
+        tx.execute("DELETE FROM group_runs WHERE started_unix < ?1", [cutoff])
+            .map_err(sql("prune group runs"))?;
         tx.commit().map_err(sql("commit prune"))?;
         Ok(n)
     }

@@ -110,6 +110,25 @@ CREATE TABLE verifications (
 );
 CREATE INDEX verifications_by_ref ON verifications(provider, snapshot_id);
 "#,
+    // 5: consistency groups. One row per group operation this machine took part in, with
+    // the group's outcome (the weakest member's) and the whole group report as JSON. The
+    // member's own run is in `runs` under the same operation id (`history` joins them).
+    r#"
+CREATE TABLE group_runs (
+    group_name    TEXT    NOT NULL,
+    operation_id  TEXT    NOT NULL,
+    member        TEXT    NOT NULL,
+    coordinator   TEXT    NOT NULL,
+    status        TEXT    NOT NULL CHECK (status IN ('succeeded', 'degraded', 'failed')),
+    consistency   TEXT    NOT NULL
+        CHECK (consistency IN ('none', 'crash', 'file-system', 'application')),
+    started_unix  INTEGER NOT NULL,
+    recorded_unix INTEGER NOT NULL,
+    report_json   TEXT    NOT NULL,
+    PRIMARY KEY (group_name, operation_id)
+);
+CREATE INDEX group_runs_by_operation ON group_runs(operation_id);
+"#,
 ];
 
 /// The schema version this build writes.

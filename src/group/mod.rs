@@ -11,18 +11,26 @@
 //! - `members/{member}`: one per live member, under the member's kept-alive lease.
 //! - `ops/{op}/spec`: the operation (coordinator, absolute deadline), under the coordinator's
 //!   lease: when the coordinator dies, the key disappears and members release.
-//! - `ops/{op}/ready/{member}`: the member's prepare answer (frozen, prepared or failed).
+//! - `ops/{op}/ready/{member}`: the member's prepare answer (frozen, prepared or failed)
+//!   and whether its own provider takes a snapshot ([`ReadyAnswer`]).
+//! - `ops/{op}/snapshot`: written by the coordinator when every member is ready and at
+//!   least one member's provider takes snapshots: those members take theirs now.
+//! - `ops/{op}/snapshot/{member}`: the snapshots a member's provider took, or why it could
+//!   not ([`MemberSnapshot`]).
 //! - `ops/{op}/release`: written by the coordinator once the snapshot step is over (or
 //!   abandoned).
 //! - `ops/{op}/done/{member}`: the member's final report.
 //! - `reports/{op}`: the group report (no lease: it is the history).
+//! - `catalogs/{op}/{member}`: the member recorded the group report in its catalog (no
+//!   lease).
 
 pub mod cli;
 pub mod coordinator;
 pub mod etcd;
 pub mod member;
 
-use crate::report::{Consistency, Status};
+use crate::codes::Problem;
+use crate::report::{Consistency, SnapshotRef, Status};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,9 +47,12 @@ pub struct GroupConfig {
     /// etcd user (etcd auth); the password is read from `password_file` (root only).
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// TLS to etcd (`https://` endpoints): CA file, and client certificate and key.
+    pub tls: etcd::TlsFiles,
     /// Lease time-to-live of members and coordinators: how fast a death is noticed.
     pub lease_ttl: Duration,
-    /// How often members and the coordinator look at etcd.
+    /// How often members and the coordinator re-read etcd while a watch stream is lost
+    /// (they are woken by the watch otherwise).
     pub poll: Duration,
 }
 
@@ -54,6 +65,9 @@ pub struct RawGroup {
     endpoints: Vec<String>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
     lease_ttl: Option<String>,
     poll: Option<String>,
 }
@@ -96,6 +110,12 @@ impl RawGroup {
         if self.user.is_some() != self.password_file.is_some() {
             return Err("`group.user` and `group.password_file` go together".into());
         }
+        let tls = etcd::TlsFiles {
+            ca_file: self.ca_file,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+        };
+        check_tls(&self.endpoints, &tls)?;
         let dur = |v: Option<String>, key: &str, default: Duration| match v {
             None => Ok(default),
             Some(s) => humantime::parse_duration(&s)
@@ -111,10 +131,38 @@ impl RawGroup {
             endpoints: self.endpoints,
             user: self.user,
             password_file: self.password_file,
+            tls,
             lease_ttl,
             poll: dur(self.poll, "poll", Duration::from_millis(20))?,
         })
     }
+}
+
+/// TLS settings and endpoint schemes must agree.
+fn check_tls(endpoints: &[String], tls: &etcd::TlsFiles) -> Result<(), String> {
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if https > 0 && tls.ca_file.is_none() {
+        return Err(
+            "`group.endpoints` has https:// endpoints: set `group.ca_file` to the CA that signed etcd's certificate"
+                .into(),
+        );
+    }
+    if https > 0 && https < endpoints.len() {
+        return Err("`group.endpoints` mixes https:// and plain endpoints; use one kind".into());
+    }
+    if https == 0 && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
+        return Err(
+            "`group.ca_file`/`group.cert_file` are set but no endpoint is https://; write the endpoints as https://HOST:PORT"
+                .into(),
+        );
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err("`group.cert_file` and `group.key_file` go together".into());
+    }
+    Ok(())
 }
 
 impl RawGroup {
@@ -140,7 +188,10 @@ impl RawGroup {
 impl GroupConfig {
     /// A client for this group's etcd, authenticated when a user is configured.
     pub fn client(&self) -> Result<etcd::Etcd, String> {
-        let c = etcd::Etcd::new(&self.endpoints, Duration::from_secs(2));
+        let mut c = etcd::Etcd::new(&self.endpoints, Duration::from_secs(2));
+        if self.tls.ca_file.is_some() {
+            c = c.with_tls(&self.tls)?;
+        }
         match (&self.user, &self.password_file) {
             (Some(user), Some(file)) => {
                 let mut text = String::new();
@@ -178,6 +229,23 @@ pub fn op_prefix(group: &str, op: &str) -> String {
     format!("{}ops/{op}/", group_prefix(group))
 }
 
+/// Key of the group report of one operation.
+pub fn report_key(group: &str, op: &str) -> String {
+    format!("{}reports/{op}", group_prefix(group))
+}
+
+/// Key saying that `member` recorded the group report of `op` in its catalog.
+pub fn catalog_key(group: &str, op: &str, member: &str) -> String {
+    format!("{}catalogs/{op}/{member}", group_prefix(group))
+}
+
+/// By when the coordinator has written the group report, if it is alive: it waits for the
+/// members' final reports until the deadline plus one lease (a member's time to notice),
+/// then writes. Members waiting to record the report give up a little later.
+pub fn report_written_by_ms(spec: &OpSpec, lease_ttl: Duration) -> u64 {
+    spec.deadline_ms + 2 * lease_ttl.as_millis() as u64 + 5000
+}
+
 /// Milliseconds since the epoch (the shared clock of deadlines).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -200,12 +268,44 @@ pub struct OpSpec {
     pub lease: i64,
 }
 
+/// A member's answer to the operation, under `ops/{op}/ready/{member}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReadyAnswer {
+    /// `frozen`, `prepared` or `failed`.
+    pub state: String,
+    /// Mount points frozen.
+    #[serde(default)]
+    pub frozen: Vec<String>,
+    /// Why the prepare failed, or what went wrong on the way.
+    #[serde(default)]
+    pub errors: Vec<Problem>,
+    /// This member's own provider takes a snapshot in the snapshot step.
+    #[serde(default)]
+    pub takes_snapshot: bool,
+}
+
+/// What a member's own provider did in the snapshot step, under
+/// `ops/{op}/snapshot/{member}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberSnapshot {
+    /// The snapshots taken (the provider's ids).
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRef>,
+    /// Why the provider took none, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What became of one member in a group operation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MemberOutcome {
     pub member: String,
     /// `frozen`, `prepared`, `failed`, or `missing` (never reported ready).
     pub ready: String,
+    /// What the member's own provider did while every member was frozen (None: its
+    /// provider takes no snapshots, or the step never ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<MemberSnapshot>,
     /// The member's final report (status, consistency, errors ...), if it reported one.
     pub report: Option<serde_json::Value>,
 }
@@ -218,9 +318,9 @@ fn member_result(m: &MemberOutcome) -> Option<(Status, Consistency)> {
     Some((status, consistency))
 }
 
-/// The group's outcome: the weakest member's. A member without a report, or that was not
-/// ready, fails the group; `barrier_held` is false when the snapshot step did not run with
-/// every member ready.
+/// The group's outcome: the weakest member's. A member without a report, that was not
+/// ready, or whose own snapshot failed, fails the group; `barrier_held` is false when the
+/// snapshot step did not run with every member ready.
 pub fn group_outcome(members: &[MemberOutcome], barrier_held: bool) -> (Status, Consistency) {
     if members.is_empty() || !barrier_held {
         return (Status::Failed, Consistency::None);
@@ -229,7 +329,11 @@ pub fn group_outcome(members: &[MemberOutcome], barrier_held: bool) -> (Status, 
     let mut consistency = Consistency::Application;
     for m in members {
         match member_result(m) {
-            Some((s, c)) if m.ready != "failed" && m.ready != "missing" => {
+            Some((s, c))
+                if m.ready != "failed"
+                    && m.ready != "missing"
+                    && m.snapshot.as_ref().is_none_or(|s| s.error.is_none()) =>
+            {
                 consistency = consistency.min(c);
                 status = match (status, s) {
                     (Status::Failed, _) | (_, Status::Failed) => Status::Failed,
@@ -259,6 +363,29 @@ pub struct GroupReport {
     pub all_released_ms: Option<u64>,
     pub started_at_ms: u64,
     pub deadline_ms: u64,
+    /// Members whose catalog holds this report (filled in when read back from etcd, and by
+    /// the coordinator after the members said so).
+    #[serde(default)]
+    pub catalogs: Vec<String>,
+}
+
+impl GroupReport {
+    /// This report as `member`'s catalog records it.
+    pub fn catalog_row(
+        &self,
+        member: &str,
+    ) -> Result<crate::catalog::GroupRunRow, crate::catalog::CatalogError> {
+        Ok(crate::catalog::GroupRunRow {
+            group: self.group.clone(),
+            operation_id: self.operation_id.clone(),
+            member: member.to_string(),
+            coordinator: self.coordinator.clone(),
+            status: self.status,
+            consistency: self.consistency,
+            started_unix: (self.started_at_ms / 1000) as i64,
+            report_json: serde_json::to_string(self)?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -270,8 +397,18 @@ mod tests {
         MemberOutcome {
             member: "m".into(),
             ready: ready.into(),
+            snapshot: None,
             report: report.map(|(s, c)| json!({ "status": s, "consistency": c })),
         }
+    }
+
+    /// A member whose own provider took a snapshot (`error` None) or failed.
+    fn snap(mut o: MemberOutcome, error: Option<&str>) -> MemberOutcome {
+        o.snapshot = Some(MemberSnapshot {
+            snapshots: Vec::new(),
+            error: error.map(String::from),
+        });
+        o
     }
 
     #[test]
@@ -316,6 +453,18 @@ mod tests {
                 true,
                 (Failed, Crash),
             ),
+            (
+                vec![snap(m("frozen", app), Option::None), m("frozen", app)],
+                true,
+                (Succeeded, Application),
+            ),
+            // A member whose own snapshot failed fails the group, even if its report
+            // were to say otherwise.
+            (
+                vec![snap(m("frozen", app), Some("disk full")), m("frozen", app)],
+                true,
+                (Failed, None),
+            ),
             (vec![m("frozen", app)], false, (Failed, None)),
             (vec![], true, (Failed, None)),
         ];
@@ -350,6 +499,22 @@ mod tests {
             (
                 "name = \"a\"\nendpoints = [\"x:1\"]\nlease_ttl = \"10ms\"",
                 "at least 1s",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"https://x:1\"]",
+                "set `group.ca_file`",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"https://x:1\", \"x:2\"]\nca_file = \"/c\"",
+                "mixes https:// and plain",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"x:1\"]\nca_file = \"/c\"",
+                "no endpoint is https://",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"https://x:1\"]\nca_file = \"/c\"\ncert_file = \"/c\"",
+                "`group.cert_file` and `group.key_file` go together",
             ),
         ] {
             let e = raw(text).into_config().unwrap_err();

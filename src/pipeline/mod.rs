@@ -307,6 +307,9 @@ impl Operation {
         let mut lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = cfg.skipped.clone();
         let recovered = recover_at_start(&cfg.paths.state_dir, &mut errors);
+        // Views and throwaway servers of a verification killed before it cleaned up (the
+        // lock says it is gone).
+        crate::verify::leftovers::clean(&cfg.paths.state_dir);
         let provider = snapshot::from_config(&cfg.snapshot);
         let plan = match plan_for(&cfg, scope, &provider.must_not_freeze()) {
             Ok(plan) => plan,
@@ -821,6 +824,7 @@ impl Operation {
             frozen_ms: self.frozen_ms,
             frozen: self.frozen_mounts,
             hooks: self.hook_results,
+            verification: None,
         }
     }
 }
@@ -870,6 +874,7 @@ pub fn bare_report(
         frozen_ms: None,
         frozen: Vec::new(),
         hooks: Vec::new(),
+        verification: None,
     }
 }
 
@@ -895,35 +900,52 @@ pub use crate::time::rfc3339;
 
 /// After a run (never while frozen): record it in the catalog and write the metrics file.
 /// Failures here become `CatalogError` warnings, not failures: the snapshot exists whatever
-/// the catalog says.
+/// the catalog says. A run the catalog could not record still writes its metrics, with
+/// `quiesce_last_run_recorded 0`, so the failure is seen.
 pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) {
     use crate::catalog::Catalog;
-    let mut catalog = match Catalog::open(&cfg.paths.catalog) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the catalog");
-            report.warnings.push(e.problem().into());
-            return;
-        }
+    let recorded = match Catalog::open(&cfg.paths.catalog) {
+        Ok(mut catalog) => match catalog.record(report, kind) {
+            Ok(()) => Ok(catalog),
+            Err(e) => Err((e, Some(catalog))),
+        },
+        Err(e) => Err((e, None)),
     };
-    if let Err(e) = catalog.record(report, kind) {
+    if let Err((e, _)) = &recorded {
         tracing::error!(error = %e, "cannot record the run in the catalog");
         report.warnings.push(e.problem().into());
     }
-    if let Some(path) = &cfg.paths.metrics_file {
-        let result = catalog
+    let Some(path) = &cfg.paths.metrics_file else {
+        return;
+    };
+    let text = match recorded {
+        Ok(catalog) => catalog
             .totals()
-            .map_err(|e| e.to_string())
-            .and_then(|totals| {
-                crate::metrics::write_textfile(path, &crate::metrics::render(Some(report), &totals))
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = result {
-            tracing::error!(error = %e, "cannot write the metrics file");
-            report
-                .warnings
-                .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
+            .map(|totals| {
+                let mut text = crate::metrics::render(Some(report), &totals);
+                text.push_str(&verified_metrics(&catalog));
+                text
+            })
+            .map_err(|e| e.to_string()),
+        Err((_, catalog)) => {
+            // The totals, if the catalog can still be read; else they are left out.
+            let totals = match catalog {
+                Some(c) => c.totals().ok(),
+                None => Catalog::open_read_only(&cfg.paths.catalog)
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.totals().ok()),
+            };
+            Ok(crate::metrics::render_unrecorded(report, totals.as_ref()))
         }
+    };
+    let result = text
+        .and_then(|text| crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot write the metrics file");
+        report
+            .warnings
+            .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
     }
 }
 
@@ -931,9 +953,21 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
 /// (so runs made by other processes, e.g. a timer, show too).
 pub fn metrics_text(cfg: &Config) -> String {
     use crate::catalog::Catalog;
-    let (last, totals) = match Catalog::open_read_only(&cfg.paths.catalog) {
-        Ok(Some(c)) => (c.last_run().ok().flatten(), c.totals().unwrap_or_default()),
-        _ => (None, Default::default()),
-    };
-    crate::metrics::render_last_run(last.as_ref(), &totals)
+    match Catalog::open_read_only(&cfg.paths.catalog) {
+        Ok(Some(c)) => catalog_metrics(&c),
+        _ => crate::metrics::render_last_run(None, &Default::default()),
+    }
+}
+
+/// Every metric the catalog knows: the last run, the totals and the verification gauges.
+pub fn catalog_metrics(c: &crate::catalog::Catalog) -> String {
+    let last = c.last_run().ok().flatten();
+    let mut text = crate::metrics::render_last_run(last.as_ref(), &c.totals().unwrap_or_default());
+    text.push_str(&verified_metrics(c));
+    text
+}
+
+fn verified_metrics(c: &crate::catalog::Catalog) -> String {
+    let now = crate::time::unix_secs(SystemTime::now());
+    crate::metrics::render_verified(c.last_verified_application_unix().ok().flatten(), now)
 }

@@ -320,7 +320,7 @@ pub fn serve(cfg: Config) -> i32 {
         }
     };
     if let Some(group) = group {
-        crate::group::member::start(group, Arc::clone(&server));
+        crate::group::member::start(group, Arc::clone(server.api()));
     }
     let tcp_listener = match tcp.as_deref().map(std::net::TcpListener::bind) {
         None => None,
