@@ -23,6 +23,7 @@
 //!   tightened to 0600. SQLite gives its journal the database file's mode.
 
 mod render;
+pub mod retention;
 mod schema;
 
 pub use render::{render_history_json, render_history_table};
@@ -802,13 +803,21 @@ impl Catalog {
     /// How many errors (not warnings) of each code all recorded runs reported.
     pub fn totals_by_error_code(&self) -> Result<BTreeMap<String, u64>, CatalogError> {
         self.count_groups(
-            "SELECT code, COUNT(*) FROM run_errors WHERE severity = 'error' GROUP BY code",
+            "SELECT code, SUM(n) FROM (
+                 SELECT code, COUNT(*) AS n FROM run_errors WHERE severity = 'error' GROUP BY code
+                 UNION ALL SELECT key, count FROM pruned_totals WHERE kind = 'error'
+             ) GROUP BY code",
         )
     }
 
     /// How many runs ended with each status; every status is present (zero if none).
     pub fn runs_by_status(&self) -> Result<BTreeMap<String, u64>, CatalogError> {
-        let mut m = self.count_groups("SELECT status, COUNT(*) FROM runs GROUP BY status")?;
+        let mut m = self.count_groups(
+            "SELECT status, SUM(n) FROM (
+                 SELECT status, COUNT(*) AS n FROM runs GROUP BY status
+                 UNION ALL SELECT key, count FROM pruned_totals WHERE kind = 'status'
+             ) GROUP BY status",
+        )?;
         for s in [Status::Succeeded, Status::Degraded, Status::Failed] {
             m.entry(s.as_str().to_string()).or_insert(0);
         }
@@ -961,11 +970,43 @@ impl Catalog {
         Ok(())
     }
 
-    /// Delete the runs started before `before` (and their errors, snapshots and hooks), in
-    /// one transaction. Returns how many runs were deleted. For retention; nothing calls it
-    /// implicitly.
+    /// Apply the configured retention after a run was recorded (see [`retention::select`]
+    /// for the rule): delete the runs beyond the newest `keep_runs` and those older than
+    /// `keep_days`, with everything recorded about them. Returns how many runs went.
+    pub fn apply_retention(
+        &mut self,
+        keep_runs: u64,
+        keep_days: u64,
+        now: SystemTime,
+    ) -> Result<usize, CatalogError> {
+        let now_unix = system_time_unix(now);
+        let max_age = i64::try_from(keep_days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+        self.delete_runs(now_unix.saturating_sub(max_age), |runs| {
+            retention::select(runs, keep_runs, keep_days, now_unix)
+        })
+    }
+
+    /// Delete the runs started before `before` with everything recorded about them, in one
+    /// transaction. Returns how many runs were deleted.
     pub fn prune(&mut self, before: SystemTime) -> Result<usize, CatalogError> {
         let cutoff = system_time_unix(before);
+        self.delete_runs(cutoff, |runs| {
+            runs.iter()
+                .filter(|r| r.started_unix < cutoff)
+                .map(|r| r.id)
+                .collect()
+        })
+    }
+
+    /// In one transaction: let `choose` pick, from every run (newest first), the ones to
+    /// delete; delete them with their errors, snapshots, hooks, the verifications of their
+    /// snapshots and their group reports; add what they counted to `pruned_totals`; and
+    /// delete group reports that started before `group_cutoff`.
+    fn delete_runs(
+        &mut self,
+        group_cutoff: i64,
+        choose: impl FnOnce(&[retention::RunAge]) -> Vec<i64>,
+    ) -> Result<usize, CatalogError> {
         // A copy: the transaction below borrows `self` mutably.
         let path = self.path.clone();
         let sql = |context| sql_error(&path, context);
@@ -973,14 +1014,78 @@ impl Catalog {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin prune"))?;
-        let n = tx
-            .execute("DELETE FROM runs WHERE started_unix < ?1", [cutoff])
-            .map_err(sql("prune"))?;
-        tx.execute("DELETE FROM group_runs WHERE started_unix < ?1", [cutoff])
-            .map_err(sql("prune group runs"))?;
+        let runs = run_ages(&tx).map_err(sql("list runs"))?;
+        let doomed = choose(&runs);
+        let counted = delete_each(&tx, &doomed).map_err(sql("prune"))?;
+        add_pruned_totals(&tx, &counted).map_err(sql("count pruned runs"))?;
+        tx.execute(
+            "DELETE FROM group_runs WHERE started_unix < ?1",
+            [group_cutoff],
+        )
+        .map_err(sql("prune group runs"))?;
         tx.commit().map_err(sql("commit prune"))?;
-        Ok(n)
+        if !doomed.is_empty() {
+            tracing::info!(runs = doomed.len(), "catalog retention deleted old runs");
+        }
+        Ok(doomed.len())
     }
+}
+
+/// Every run's id and start, newest first (the order `history` shows).
+fn run_ages(tx: &Connection) -> rusqlite::Result<Vec<retention::RunAge>> {
+    let mut stmt =
+        tx.prepare("SELECT id, started_unix FROM runs ORDER BY started_unix DESC, id DESC")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(retention::RunAge {
+            id: r.get(0)?,
+            started_unix: r.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// What deleted runs counted: (kind, key) -> how many (`status`/`error`, as in
+/// `pruned_totals`).
+type Counted = BTreeMap<(&'static str, String), u64>;
+
+/// Delete the runs `ids` and what hangs off them; returns what they counted.
+fn delete_each(tx: &Connection, ids: &[i64]) -> rusqlite::Result<Counted> {
+    let mut counted = Counted::new();
+    let mut status = tx.prepare("SELECT status FROM runs WHERE id = ?1")?;
+    let mut codes =
+        tx.prepare("SELECT code FROM run_errors WHERE run_id = ?1 AND severity = 'error'")?;
+    let mut verifications = tx.prepare(
+        "DELETE FROM verifications WHERE EXISTS (SELECT 1 FROM run_snapshots s
+             WHERE s.run_id = ?1 AND s.provider = verifications.provider
+               AND s.snapshot_id = verifications.snapshot_id)",
+    )?;
+    let mut groups = tx.prepare(
+        "DELETE FROM group_runs WHERE operation_id = (SELECT operation_id FROM runs WHERE id = ?1)",
+    )?;
+    // Errors, snapshots, hooks and their attempts go by ON DELETE CASCADE.
+    let mut run = tx.prepare("DELETE FROM runs WHERE id = ?1")?;
+    for id in ids {
+        let s: String = status.query_row([id], |r| r.get(0))?;
+        *counted.entry(("status", s)).or_default() += 1;
+        for code in codes.query_map([id], |r| r.get::<_, String>(0))? {
+            *counted.entry(("error", code?)).or_default() += 1;
+        }
+        verifications.execute([id])?;
+        groups.execute([id])?;
+        run.execute([id])?;
+    }
+    Ok(counted)
+}
+
+fn add_pruned_totals(tx: &Connection, counted: &Counted) -> rusqlite::Result<()> {
+    let mut add = tx.prepare(
+        "INSERT INTO pruned_totals (kind, key, count) VALUES (?1, ?2, ?3)
+         ON CONFLICT (kind, key) DO UPDATE SET count = count + excluded.count",
+    )?;
+    for ((kind, key), n) in counted {
+        add.execute(params![kind, key, to_i64(*n)])?;
+    }
+    Ok(())
 }
 
 fn unix_of(rfc3339: &str) -> Option<i64> {

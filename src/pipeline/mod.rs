@@ -906,7 +906,10 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
     use crate::catalog::Catalog;
     let recorded = match Catalog::open(&cfg.paths.catalog) {
         Ok(mut catalog) => match catalog.record(report, kind) {
-            Ok(()) => Ok(catalog),
+            Ok(()) => {
+                apply_retention(cfg, &mut catalog, report);
+                Ok(catalog)
+            }
             Err(e) => Err((e, Some(catalog))),
         },
         Err(e) => Err((e, None)),
@@ -946,6 +949,18 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
         report
             .warnings
             .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
+    }
+}
+
+/// After a run was recorded: delete what `[catalog]` no longer keeps. A failure is a
+/// warning on the run (it was recorded; the catalog only keeps more than it should).
+fn apply_retention(cfg: &Config, catalog: &mut crate::catalog::Catalog, report: &mut Report) {
+    let keep = cfg.catalog;
+    if let Err(e) = catalog.apply_retention(keep.keep_runs, keep.keep_days, SystemTime::now()) {
+        tracing::error!(error = %e, "catalog retention failed");
+        let mut warning: Warning = e.problem().into();
+        warning.message = format!("catalog retention: {}", warning.message);
+        report.warnings.push(warning);
     }
 }
 
