@@ -703,7 +703,12 @@ fn history(
             return 1;
         }
     };
-    let since = since.map(|d| std::time::SystemTime::now() - d);
+    // A duration reaching before the epoch means "everything" (never an overflow).
+    let since = since.map(|d| {
+        std::time::SystemTime::now()
+            .checked_sub(d)
+            .unwrap_or(std::time::UNIX_EPOCH)
+    });
     match catalog.history(limit, since) {
         Ok(runs) => {
             if json {

@@ -683,18 +683,21 @@ fn the_binary_keeps_only_the_newest_runs() {
         assert_eq!(run.code, 0, "{}", run.describe());
         made.push(run.report().operation_id);
     }
-    let history = Command::new(support::quiesce_bin())
-        .args(["history", "--json", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(history.status.success(), "{history:?}");
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
-    let shown: Vec<&str> = rows
-        .iter()
-        .map(|r| r["operation_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(shown, [made[4].as_str(), made[3].as_str()]);
+    // A --since beyond the epoch means everything (it used to overflow and panic).
+    for since in ["1d", "500000000000y"] {
+        let history = Command::new(support::quiesce_bin())
+            .args(["history", "--json", "--since", since, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(history.status.success(), "{history:?}");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
+        let shown: Vec<&str> = rows
+            .iter()
+            .map(|r| r["operation_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(shown, [made[4].as_str(), made[3].as_str()]);
+    }
     let metrics = std::fs::read_to_string(s.join("quiesce.prom")).unwrap();
     assert!(
         metrics.contains("quiesce_runs_total{status=\"succeeded\"} 5"),
