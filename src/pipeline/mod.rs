@@ -6,7 +6,7 @@
 //! ([`run_snapshot`], all steps in one go) and the host-driven mode (`prepare` = pre hooks +
 //! freeze, `release` = thaw + post hooks, the platform taking the snapshot in between).
 //!
-//! Rules, where the spec leaves room:
+//! Rules, where the README's "Consistency rules" leave room:
 //! - A pre hook failure with `continue_on_failure = true` lowers the target to file-system
 //!   (or crash, without freezing); the remaining pre hooks still run.
 //! - A pre hook failure with `continue_on_failure = false` stops the pre phase. If the freeze
