@@ -226,34 +226,29 @@ pub fn run(cli: Cli) -> i32 {
             socket,
         } => prepare(cli.config, socket, &id, deadline.as_deref()),
         Command::Release { id, socket } => host_call(cli.config, socket, |c| {
-            c.release(&id).map(|report| {
-                print_json(&report);
-                report.status.exit_code()
-            })
+            let report = c.release(&id)?;
+            print_json(&report);
+            Ok(report.status.exit_code())
         }),
         Command::Status { id, socket } => host_call(cli.config, socket, |c| {
-            c.status(&id).map(|status| {
-                print_json(&status);
-                0
-            })
+            print_json(&c.status(&id)?);
+            Ok(0)
         }),
         Command::Hook {
             side,
             platform,
             deadline,
             socket,
-        } => {
-            let Some(cfg) = load_strict(cli.config) else {
-                return 1;
-            };
-            crate::platform::bridge::run(
+        } => match load_strict(cli.config) {
+            Some(cfg) => crate::platform::bridge::run(
                 &cfg,
                 platform,
                 side,
                 deadline.as_deref(),
                 socket.as_deref(),
-            )
-        }
+            ),
+            None => 1,
+        },
         Command::Install {
             platform,
             root,

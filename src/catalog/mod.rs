@@ -598,6 +598,16 @@ impl Catalog {
         limit: Option<usize>,
         since: Option<SystemTime>,
     ) -> Result<Vec<RunSummary>, CatalogError> {
+        let rows = self.history_rows(limit, since)?;
+        self.with_details(rows)
+    }
+
+    /// The `runs` rows of [`Catalog::history`] with their row ids, details still empty.
+    fn history_rows(
+        &self,
+        limit: Option<usize>,
+        since: Option<SystemTime>,
+    ) -> Result<Vec<(i64, RunSummary)>, CatalogError> {
         let since_unix = since.map(system_time_unix);
         let limit = limit.map(|l| l.min(i64::MAX as usize) as i64).unwrap_or(-1);
         let mut stmt = self
@@ -639,7 +649,11 @@ impl Catalog {
             .map_err(self.sql("query history"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.sql("read history"))?;
+        Ok(rows)
+    }
 
+    /// Fill in each run's error codes, snapshots, verification and group outcome.
+    fn with_details(&self, rows: Vec<(i64, RunSummary)>) -> Result<Vec<RunSummary>, CatalogError> {
         let mut codes = self
             .conn
             .prepare(
