@@ -6,7 +6,7 @@ for pkg_cmd in btrfs-progs:mkfs.btrfs xfsprogs:mkfs.xfs e2fsprogs:e2fsck util-li
                prometheus:promtool mariadb-server:mariadbd mariadb-client:mariadb \
                qemu-utils:qemu-img procps:pgrep postgresql-client:psql \
                postgresql-client:pgbench \
-               etcd-server:etcd etcd-client:etcdctl \
+               etcd-server:etcd etcd-client:etcdctl openssl:openssl \
                socat:socat iproute2:ip busybox-static:busybox; do
   command -v "${pkg_cmd#*:}" >/dev/null 2>&1 || need+=("${pkg_cmd%%:*}")
 done

@@ -84,8 +84,9 @@ pub enum Command {
     },
     /// Serve the host-driven two-phase API (prepare / release) on a unix socket.
     Serve,
-    /// Prove that a snapshot restores: a disposable writable view of it, a throwaway database
-    /// server and checks on it (see `[verify]`); the result is recorded in the catalog.
+    /// Prove that a snapshot restores: a disposable view of it (btrfs, the command provider's
+    /// `verify_command`, or an image file), a filesystem check, throwaway database servers and
+    /// your verifiers on it (see `[verify]`); the result is recorded in the catalog.
     Verify {
         /// The snapshot id (as `quiesce snapshots` lists it).
         #[arg(required_unless_present = "latest", conflicts_with = "latest")]
@@ -298,13 +299,12 @@ fn snapshot(config_path: Option<PathBuf>, verbose: u8, json: bool) -> i32 {
         Err(report) => *report,
     };
     pipeline::finish(&cfg, &mut report, crate::catalog::RunKind::Snapshot);
-    emit(&report, json);
     if cfg.verify.after_snapshot && !report.snapshots.is_empty() {
-        let which = crate::verify::Which::Id(report.snapshots[0].id.clone());
-        match crate::verify::run(&cfg, which) {
-            Ok(v) => eprint!("{}", v.human()),
-            Err(e) => eprintln!("quiesce: verify: {e}"),
-        }
+        crate::verify::after_snapshot(&cfg, &mut report);
+    }
+    emit(&report, json);
+    if let Some(v) = report.verification.as_ref().filter(|_| !json) {
+        print!("{}", v.human());
     }
     report.status.exit_code()
 }

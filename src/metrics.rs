@@ -299,6 +299,32 @@ fn seconds(ms: u64) -> String {
     }
 }
 
+/// The verification gauges: when the newest application-consistent snapshot that verified
+/// was taken (seconds since the epoch) and how long ago that is at `now_unix` (the number an
+/// operator alerts on). Nothing but the help lines when no such snapshot exists.
+pub fn render_verified(last_verified_unix: Option<i64>, now_unix: i64) -> String {
+    let mut out = String::new();
+    let stamp = "quiesce_last_verified_application_snapshot_timestamp_seconds";
+    let age = "quiesce_seconds_since_last_verified_application_snapshot";
+    family(
+        &mut out,
+        stamp,
+        "gauge",
+        "When the newest application-consistent snapshot that verified was taken.",
+    );
+    family(
+        &mut out,
+        age,
+        "gauge",
+        "Age of the newest application-consistent snapshot that verified.",
+    );
+    if let Some(t) = last_verified_unix {
+        sample(&mut out, stamp, &[], &t.to_string());
+        sample(&mut out, age, &[], &(now_unix - t).max(0).to_string());
+    }
+    out
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
     let _ = writeln!(out, "# TYPE {name} {kind}");

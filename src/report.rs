@@ -143,6 +143,9 @@ pub struct Report {
     /// Mount points that were frozen.
     pub frozen: Vec<String>,
     pub hooks: Vec<ScriptResult>,
+    /// The verification of this run's snapshots, when `[verify] after_snapshot` ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 impl Report {
@@ -166,6 +169,55 @@ impl Report {
         }
         for w in &self.warnings {
             s.push_str(&format!("  warning {w}\n"));
+        }
+        s
+    }
+}
+
+/// One check of a verification and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyCheck {
+    pub name: String,
+    pub ok: bool,
+    pub message: String,
+    pub duration_ms: u64,
+}
+
+/// The result of one `quiesce verify`: printed with `verify --json`, stored in the catalog,
+/// and part of the snapshot report when `[verify] after_snapshot` verified the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub verify_id: String,
+    pub provider: String,
+    /// Every snapshot of the verified run.
+    pub snapshots: Vec<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub total_ms: u64,
+    /// `true` only when every check passed.
+    pub verified: bool,
+    /// `verified` or `verification failed: CHECK: WHY`.
+    pub status: String,
+    pub checks: Vec<VerifyCheck>,
+}
+
+impl Verification {
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "verify {} ({} {}): {}\n",
+            self.verify_id,
+            self.provider,
+            self.snapshots.join(", "),
+            self.status
+        );
+        for c in &self.checks {
+            s.push_str(&format!(
+                "  {} {} ({} ms): {}\n",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.duration_ms,
+                c.message
+            ));
         }
         s
     }

@@ -13,6 +13,12 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Whole seconds since the epoch (0 before it).
+pub fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().min(i64::MAX as u64) as i64)
+}
+
 /// `YYYYMMDDTHHMMSSZ` for `t` (UTC, whole seconds): sortable and safe in file names.
 /// `None` before 1970 or from the year 10000 on (not four digits any more).
 pub fn compact_utc(t: SystemTime) -> Option<String> {

@@ -45,6 +45,7 @@ fn main() {
     if filter.is_some_and(|f| !"chaos".contains(f.as_str())) {
         return;
     }
+    support::require_root!();
     // Guards whose agent was killed are re-parented to us: they stay zombies (their pid is
     // not reused) until `reap_orphans`, so signalling them by pid is safe.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();

@@ -44,6 +44,7 @@ fn main() {
         return;
     }
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-'));
+    support::require_root!();
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     for (name, f) in tests {
         if filter.is_some_and(|flt| !name.contains(flt.as_str())) {

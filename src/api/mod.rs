@@ -13,6 +13,8 @@
 //! - The deadline: the freeze guard thaws at the prepare's deadline (capped at
 //!   `freeze.timeout`, and the answer says so) whatever happens to this process; a
 //!   watchdog then finishes an operation nobody released ([`OpState::Expired`]).
+//! - [`Api::abandon`] ends a prepared operation like a release, but as failed with an
+//!   `Interrupted` error: for a caller whose snapshot step never completed.
 //! - [`Api::shutdown`] finishes the active operation the way `quiesce snapshot` does on
 //!   SIGTERM: pre hooks stop, thaw, post hooks run, the run is recorded.
 //!

@@ -112,7 +112,7 @@ impl State {
 }
 
 /// How an operation ended (what [`Api::finalize`] is asked to do).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum End {
     /// The caller released it: the snapshot was taken in between.
     Released,
@@ -120,6 +120,8 @@ enum End {
     Expired,
     /// The process is shutting down.
     Shutdown,
+    /// The caller gave up: no snapshot was taken (why, in words).
+    Abandoned(String),
 }
 
 /// The operation registry (one per process, shared as `Arc<Api>`).
@@ -148,6 +150,7 @@ impl Api {
         let state_dir = &self.cfg.paths.state_dir;
         let _lock = crate::freeze::lock::OpLock::acquire(state_dir)?;
         let thawed = crate::freeze::state::recover(state_dir)?;
+        crate::verify::leftovers::clean(state_dir);
         if !thawed.is_empty() {
             tracing::warn!(
                 ?thawed,
@@ -413,6 +416,12 @@ impl Api {
                 }
                 OpState::Failed
             }
+            End::Abandoned(why) => {
+                if !op.aborted() {
+                    op.interrupt(&why);
+                }
+                OpState::Failed
+            }
         };
         op.thaw();
         op.post_hooks();
@@ -496,6 +505,17 @@ impl Api {
 
     /// Thaw and run the post hooks of `id`; the final report (a repeat answers the same).
     pub fn release(self: &Arc<Self>, id: &str) -> Result<Report, ApiError> {
+        self.end_by_caller(id, End::Released)
+    }
+
+    /// Give up on `id` without a snapshot (the caller's snapshot step never happened or
+    /// did not complete): thaw, post hooks, and a failed report whose `Interrupted` error
+    /// says `why`. A repeat (or a release after it) answers the same report.
+    pub fn abandon(self: &Arc<Self>, id: &str, why: &str) -> Result<Report, ApiError> {
+        self.end_by_caller(id, End::Abandoned(why.to_string()))
+    }
+
+    fn end_by_caller(self: &Arc<Self>, id: &str, end: End) -> Result<Report, ApiError> {
         loop {
             let mut st = self.lock();
             if let Some(done) = st.done(id) {
@@ -505,7 +525,7 @@ impl Api {
                 Some(a) if a.id == id => match a.phase {
                     Phase::Prepared { .. } => {
                         drop(st);
-                        if let Some(report) = self.finalize(id, End::Released) {
+                        if let Some(report) = self.finalize(id, end.clone()) {
                             return Ok(report);
                         }
                     }

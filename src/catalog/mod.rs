@@ -149,6 +149,10 @@ pub struct RunSummary {
     /// Codes of the run's errors (not warnings), in report order, repeats kept.
     pub error_codes: Vec<String>,
     pub snapshots: Vec<SnapshotRef>,
+    /// The newest verification of the run's snapshots (`verified`, `verification failed: …`
+    /// or `not verified`); absent for a run that made no snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
     /// The consistency group operation this run was part of (same operation id), when
     /// this machine recorded its group report.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -589,6 +593,7 @@ impl Catalog {
                         caller: r.get(11)?,
                         error_codes: Vec::new(),
                         snapshots: Vec::new(),
+                        verification: None,
                         group: None,
                     },
                 ))
@@ -609,6 +614,14 @@ impl Catalog {
                 "SELECT provider, snapshot_id FROM run_snapshots WHERE run_id = ?1 ORDER BY seq",
             )
             .map_err(self.sql("prepare history snapshots"))?;
+        let mut verif = self
+            .conn
+            .prepare(
+                "SELECT v.message FROM verifications v JOIN run_snapshots s
+                     ON v.provider = s.provider AND v.snapshot_id = s.snapshot_id
+                 WHERE s.run_id = ?1 ORDER BY v.id DESC LIMIT 1",
+            )
+            .map_err(self.sql("prepare history verification"))?;
         let mut groups = self
             .conn
             .prepare(
@@ -631,6 +644,13 @@ impl Catalog {
                 })
                 .and_then(|rows| rows.collect())
                 .map_err(self.sql("read history snapshots"))?;
+            if !summary.snapshots.is_empty() {
+                let found: Option<String> = verif
+                    .query_row([id], |r| r.get(0))
+                    .optional()
+                    .map_err(self.sql("read history verification"))?;
+                summary.verification = Some(found.unwrap_or_else(|| "not verified".into()));
+            }
             summary.group = groups
                 .query_row([&summary.operation_id], |r| {
                     Ok(GroupRunSummary {
@@ -666,6 +686,26 @@ impl Catalog {
             .optional()
             .map_err(self.sql("query snapshot consistency"))?;
         Ok(found.as_deref().and_then(Consistency::parse))
+    }
+
+    /// The operation id of the run that made snapshot `id` of `provider` (the newest one if
+    /// several claim it), or of the newest run with a snapshot of `provider` when `id` is
+    /// `None`.
+    pub fn run_of_snapshot(
+        &self,
+        provider: &str,
+        id: Option<&str>,
+    ) -> Result<Option<String>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT r.operation_id FROM run_snapshots s JOIN runs r ON r.id = s.run_id
+                 WHERE s.provider = ?1 AND (?2 IS NULL OR s.snapshot_id = ?2)
+                 ORDER BY r.started_unix DESC, r.id DESC LIMIT 1",
+                params![provider, id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql("query the run of a snapshot"))
     }
 
     /// Record one verification of a snapshot (`quiesce verify`).
@@ -869,6 +909,19 @@ impl Catalog {
             )
             .optional()
             .map_err(self.sql("query report"))
+    }
+
+    /// Store `report` as the recorded JSON of its run (already recorded), e.g. once the
+    /// verification that ran after the snapshot is part of it. Only the JSON changes.
+    pub fn replace_report(&self, report: &Report) -> Result<(), CatalogError> {
+        let json = serde_json::to_string(report)?;
+        self.conn
+            .execute(
+                "UPDATE runs SET report_json = ?2 WHERE operation_id = ?1",
+                params![report.operation_id, json],
+            )
+            .map_err(self.sql("replace report"))?;
+        Ok(())
     }
 
     /// Delete the runs started before `before` (and their errors, snapshots and hooks), in

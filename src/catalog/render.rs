@@ -6,7 +6,8 @@ use std::time::{Duration, UNIX_EPOCH};
 /// A readable table, newest run first as given: start time (UTC, seconds), operation id,
 /// kind, the consistency group's outcome (only when some run was part of a group
 /// operation), status, consistency (with the target when it was not reached), frozen
-/// milliseconds, and the error codes (repeats counted as `code x2`).
+/// milliseconds, the verification of the run's snapshots, and the error codes (repeats
+/// counted as `code x2`).
 pub fn render_history_table(runs: &[RunSummary]) -> String {
     if runs.is_empty() {
         return "no runs recorded\n".to_string();
@@ -16,7 +17,13 @@ pub fn render_history_table(runs: &[RunSummary]) -> String {
     if with_group {
         header.push("GROUP");
     }
-    header.extend(["STATUS", "CONSISTENCY", "FROZEN MS", "ERRORS"]);
+    header.extend([
+        "STATUS",
+        "CONSISTENCY",
+        "FROZEN MS",
+        "VERIFICATION",
+        "ERRORS",
+    ]);
     let rows: Vec<Vec<String>> = runs.iter().map(|r| row(r, with_group)).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -24,8 +31,8 @@ pub fn render_history_table(runs: &[RunSummary]) -> String {
             *w = (*w).max(cell.chars().count());
         }
     }
-    // Numbers right-aligned.
-    let number = header.len() - 2;
+    // Numbers (frozen milliseconds) right-aligned.
+    let number = header.len() - 3;
     let mut out = String::new();
     let mut line = |cells: &[&str]| {
         let mut l = String::new();
@@ -86,6 +93,7 @@ fn row(r: &RunSummary, with_group: bool) -> Vec<String> {
         r.status.as_str().to_string(),
         consistency,
         frozen,
+        r.verification.clone().unwrap_or_else(|| "-".to_string()),
         error_list(&r.error_codes),
     ]);
     cells

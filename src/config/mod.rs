@@ -130,6 +130,11 @@ pub struct SnapshotConfig {
     pub provider: ProviderConfig,
     /// How long the provider may take.
     pub timeout: Duration,
+    /// Command provider: the user's command that makes a view of one snapshot for
+    /// `quiesce verify` (gets the snapshot id, prints where the view is), when configured.
+    pub verify_command: Option<Vec<String>>,
+    /// Command provider: the command that removes such a view again.
+    pub verify_teardown: Option<Vec<String>>,
 }
 
 impl Default for SnapshotConfig {
@@ -137,6 +142,8 @@ impl Default for SnapshotConfig {
         SnapshotConfig {
             provider: ProviderConfig::None,
             timeout: Duration::from_secs(120),
+            verify_command: None,
+            verify_teardown: None,
         }
     }
 }

@@ -121,6 +121,8 @@ struct RawSnapshot {
     directory: Option<PathBuf>,
     keep_last: Option<u32>,
     max_age: Option<Dur>,
+    verify_command: Option<Vec<String>>,
+    verify_teardown: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -440,9 +442,38 @@ fn snapshot(s: RawSnapshot, found: &mut Findings<'_>) -> SnapshotConfig {
             ProviderConfig::None
         }
     };
+    for (key, argv) in [
+        ("verify_command", &s.verify_command),
+        ("verify_teardown", &s.verify_teardown),
+    ] {
+        if argv
+            .as_ref()
+            .is_some_and(|a| a.first().is_none_or(|c| c.is_empty()))
+        {
+            found.push(
+                format!("`snapshot.{key}` must be a non-empty argv list"),
+                key,
+            );
+        } else if argv.is_some() && !matches!(provider, ProviderConfig::Command { .. }) {
+            found.push(
+                format!("`snapshot.{key}` is for the \"command\" provider only"),
+                key,
+            );
+        }
+    }
+    if s.verify_teardown.is_some() && s.verify_command.is_none() {
+        found.push(
+            "`snapshot.verify_teardown` needs `snapshot.verify_command` (it removes the view \
+             that command made)"
+                .into(),
+            "verify_teardown",
+        );
+    }
     SnapshotConfig {
         provider,
         timeout: s.timeout.map_or(SnapshotConfig::default().timeout, |d| d.0),
+        verify_command: s.verify_command,
+        verify_teardown: s.verify_teardown,
     }
 }
 
@@ -757,6 +788,42 @@ mod tests {
             for bad in crate::config::read::NOT_USERS_WORDS {
                 assert!(!msg.contains(bad), "{text:?}: {msg}");
             }
+        }
+    }
+
+    #[test]
+    fn command_provider_view_commands_are_checked() {
+        let cmd = "[snapshot]\nprovider = \"command\"\ncommand = [\"/s\"]\n";
+        let cfg = p(&format!(
+            "{cmd}verify_command = [\"/v\", \"-x\"]\nverify_teardown = [\"/t\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.snapshot.verify_command,
+            Some(vec!["/v".to_string(), "-x".to_string()])
+        );
+        assert_eq!(cfg.snapshot.verify_teardown, Some(vec!["/t".to_string()]));
+        for (text, want) in [
+            (
+                format!("{cmd}verify_command = []\n"),
+                "`snapshot.verify_command` must be a non-empty argv list",
+            ),
+            (
+                format!("{cmd}verify_teardown = [\"/t\"]\n"),
+                "`snapshot.verify_teardown` needs `snapshot.verify_command`",
+            ),
+            (
+                "[snapshot]\nprovider = \"btrfs\"\nsubvolumes = [\"/a\"]\ndirectory = \"/b\"\n\
+                 verify_command = [\"/v\"]\n"
+                    .to_string(),
+                "is for the \"command\" provider only",
+            ),
+        ] {
+            let e = p(&text).unwrap_err();
+            assert!(
+                e.0.iter().any(|m| m.message.contains(want)),
+                "{text:?}: {e}"
+            );
         }
     }
 

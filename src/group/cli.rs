@@ -52,9 +52,13 @@ fn settings(
     name: &str,
     endpoints: &[String],
 ) -> Result<GroupConfig, String> {
-    let from_file = crate::config::load(config.as_deref())
-        .ok()
-        .and_then(|c| c.group);
+    // An explicit configuration that does not load is an error (its `[group]` may hold the
+    // TLS or auth settings); the default one may be absent on an admin box.
+    let from_file = match crate::config::load(config.as_deref()) {
+        Ok(c) => c.group,
+        Err(e) if config.is_some() => return Err(e.to_string()),
+        Err(_) => None,
+    };
     let mut g = match from_file {
         Some(g) => g,
         None => RawGroup::default().into_config_for(name, endpoints)?,
@@ -87,7 +91,7 @@ pub fn run(config: Option<PathBuf>, cmd: GroupCommand) -> i32 {
             command,
         } => (|| {
             let cfg = settings(config, &name, &endpoints)?;
-            let etcd = cfg.client()?;
+            let etcd = std::sync::Arc::new(cfg.client()?);
             let operation_id = id.unwrap_or_else(crate::pipeline::opid::generate);
             if !super::valid_name(&operation_id) {
                 return Err(format!(

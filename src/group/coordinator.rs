@@ -6,7 +6,8 @@
 //! coordinator holds a lease while it works; if it dies, the lease expires, the operation's
 //! keys go, and every member releases.
 
-use super::etcd::Etcd;
+use super::etcd::watch::Mirror;
+use super::etcd::{Etcd, Kv};
 use super::{catalog_key, group_outcome, group_prefix, now_ms, op_prefix, report_key};
 use super::{GroupConfig, GroupReport, MemberOutcome, MemberSnapshot, OpSpec, ReadyAnswer};
 use serde_json::Value;
@@ -38,14 +39,21 @@ pub fn members(etcd: &Etcd, group: &str) -> Result<Vec<String>, String> {
 
 /// The values under `prefix`, by the key's last part (the member).
 fn by_member(etcd: &Etcd, prefix: &str) -> BTreeMap<String, Value> {
-    etcd.range_prefix(prefix)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|kv| {
-            let v = serde_json::from_str(&kv.value).unwrap_or(Value::Null);
-            (kv.key[prefix.len()..].to_string(), v)
-        })
-        .collect()
+    let kvs = etcd.range_prefix(prefix).unwrap_or_default();
+    by_member_in(kvs.iter().map(|kv| (&kv.key, kv)), prefix)
+}
+
+/// The values of the keys under `prefix` among `kvs`, by the key's last part.
+fn by_member_in<'a>(
+    kvs: impl Iterator<Item = (&'a String, &'a Kv)>,
+    prefix: &str,
+) -> BTreeMap<String, Value> {
+    kvs.filter_map(|(k, kv)| {
+        let member = k.strip_prefix(prefix)?;
+        let v = serde_json::from_str(&kv.value).unwrap_or(Value::Null);
+        Some((member.to_string(), v))
+    })
+    .collect()
 }
 
 /// Run the group-level snapshot step, killed at the deadline.
@@ -113,23 +121,24 @@ impl LeaseKeeper {
     }
 }
 
-/// Poll `prefix` until `enough` says so (Some(ms since `started`)) or `until_ms` passes.
+/// Wait until `enough` says so about the values under `prefix` (by member), or `until_ms`
+/// passes; `keys` wakes this at each change (a watch, re-read when the stream is lost).
 fn wait_for<T>(
-    etcd: &Etcd,
+    keys: &mut Mirror,
     prefix: &str,
-    poll: Duration,
     until_ms: u64,
     mut enough: impl FnMut(&BTreeMap<String, Value>) -> Option<T>,
 ) -> (BTreeMap<String, Value>, Option<T>) {
     loop {
-        let seen = by_member(etcd, prefix);
+        let seen = by_member_in(keys.kvs().range(prefix.to_string()..), prefix);
         if let Some(t) = enough(&seen) {
             return (seen, Some(t));
         }
-        if now_ms() >= until_ms {
+        let now = now_ms();
+        if now >= until_ms {
             return (seen, None);
         }
-        std::thread::sleep(poll);
+        keys.wait(Instant::now() + Duration::from_millis(until_ms - now));
     }
 }
 
@@ -153,7 +162,7 @@ fn ready_answers(raw: &BTreeMap<String, Value>) -> BTreeMap<String, ReadyAnswer>
 /// cut off, by the release time. Returns the members' snapshots and whether the step held
 /// (the command succeeded and every member that was asked answered); errors name members.
 fn snapshot_step(
-    cfg: &GroupConfig,
+    ops: &mut Mirror,
     etcd: &Etcd,
     spec: &OpSpec,
     command: &[String],
@@ -178,9 +187,8 @@ fn snapshot_step(
     let (raw, command_result) = std::thread::scope(|s| {
         let cmd = (!command.is_empty()).then(|| s.spawn(|| run_command(command, spec)));
         let (raw, _) = wait_for(
-            etcd,
+            ops,
             &format!("{prefix}snapshot/"),
-            cfg.poll,
             super::release_at_ms(spec.deadline_ms),
             |seen| takers.iter().all(|n| seen.contains_key(*n)).then_some(()),
         );
@@ -220,7 +228,7 @@ fn snapshot_step(
 /// Run one group operation; the report is stored in etcd and returned.
 pub fn snapshot(
     cfg: &GroupConfig,
-    etcd: &Etcd,
+    etcd: &Arc<Etcd>,
     opts: &SnapshotOptions,
 ) -> Result<GroupReport, String> {
     let group = &cfg.name;
@@ -230,6 +238,10 @@ pub fn snapshot(
     }
     let keeper = LeaseKeeper::start(cfg, etcd)?;
     let id = &opts.operation_id;
+    // Every answer of the members comes under the operation's prefix: one watch wakes the
+    // coordinator at each (opened before the operation is written, so nothing is missed).
+    let prefix = op_prefix(group, id);
+    let mut ops = Mirror::prefixes(etcd, std::slice::from_ref(&prefix), cfg.poll);
     let started = Instant::now();
     let started_at_ms = now_ms();
     let spec = OpSpec {
@@ -241,7 +253,6 @@ pub fn snapshot(
         lease: keeper.lease,
     };
     let spec_key = format!("{}specs/{id}", group_prefix(group));
-    let prefix = op_prefix(group, id);
     let spec_json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
     if !etcd.create(&spec_key, &spec_json, spec.lease)? {
         keeper.stop(etcd);
@@ -249,27 +260,9 @@ pub fn snapshot(
     }
     let mut errors = Vec::new();
 
-    // Barrier: every member ready, or one failed, or the deadline.
-    let (raw_ready, all_ready_ms) = wait_for(
-        etcd,
-        &format!("{prefix}ready/"),
-        cfg.poll,
-        super::release_at_ms(spec.deadline_ms),
-        |seen| {
-            let ready = ready_answers(seen);
-            if ready.values().any(|a| a.state == "failed") {
-                return Some(None);
-            }
-            names
-                .iter()
-                .all(|n| ready.contains_key(n))
-                .then(|| Some(started.elapsed().as_millis() as u64))
-        },
-    );
-    let all_ready_ms = all_ready_ms.flatten();
-    let ready = ready_answers(&raw_ready);
+    let (ready, all_ready_ms) = barrier(&mut ops, &spec, started);
     let (snapshots, mut barrier_held) = match all_ready_ms {
-        Some(_) => snapshot_step(cfg, etcd, &spec, &opts.command, &ready, &mut errors),
+        Some(_) => snapshot_step(&mut ops, etcd, &spec, &opts.command, &ready, &mut errors),
         None => (BTreeMap::new(), false),
     };
     let decision = if barrier_held { "release" } else { "abort" };
@@ -281,18 +274,7 @@ pub fn snapshot(
     // Wait for every member to report its release; never past the deadline (plus the
     // time a member needs to notice it).
     let wait_until = spec.deadline_ms + cfg.lease_ttl.as_millis() as u64;
-    let (done, all_released_ms) = wait_for(
-        etcd,
-        &format!("{prefix}done/"),
-        cfg.poll,
-        wait_until,
-        |seen| {
-            names
-                .iter()
-                .all(|n| seen.contains_key(n))
-                .then(|| started.elapsed().as_millis() as u64)
-        },
-    );
+    let (done, all_released_ms) = wait_all(&mut ops, &spec, "done", wait_until, started);
     let members = outcomes(&names, &ready, snapshots, done, &mut errors);
     let (status, consistency) = group_outcome(&members, barrier_held);
     let mut report = GroupReport {
@@ -318,6 +300,46 @@ pub fn snapshot(
     stored?;
     report.catalogs = wait_for_catalogs(cfg, etcd, &report);
     Ok(report)
+}
+
+/// The barrier: every member ready (the time since `started`), or one failed, or the
+/// release time passed (None). The ready answers seen.
+fn barrier(
+    ops: &mut Mirror,
+    spec: &OpSpec,
+    started: Instant,
+) -> (BTreeMap<String, ReadyAnswer>, Option<u64>) {
+    let prefix = op_prefix(&spec.group, &spec.operation_id);
+    let release_at = super::release_at_ms(spec.deadline_ms);
+    let (raw, all_ready_ms) = wait_for(ops, &format!("{prefix}ready/"), release_at, |seen| {
+        let ready = ready_answers(seen);
+        if ready.values().any(|a| a.state == "failed") {
+            return Some(None);
+        }
+        spec.members
+            .iter()
+            .all(|n| ready.contains_key(n))
+            .then(|| Some(started.elapsed().as_millis() as u64))
+    });
+    (ready_answers(&raw), all_ready_ms.flatten())
+}
+
+/// Wait until every member has a key under `ops/OP/{what}/` (the time since `started`), or
+/// `until_ms`; the values seen.
+fn wait_all(
+    ops: &mut Mirror,
+    spec: &OpSpec,
+    what: &str,
+    until_ms: u64,
+    started: Instant,
+) -> (BTreeMap<String, Value>, Option<u64>) {
+    let prefix = format!("{}{what}/", op_prefix(&spec.group, &spec.operation_id));
+    wait_for(ops, &prefix, until_ms, |seen| {
+        spec.members
+            .iter()
+            .all(|n| seen.contains_key(n))
+            .then(|| started.elapsed().as_millis() as u64)
+    })
 }
 
 /// Each member's outcome, in member order; errors name the members that failed.
@@ -360,7 +382,7 @@ fn catalogs(etcd: &Etcd, group: &str, op: &str) -> Vec<String> {
 
 /// Wait (at most one lease time-to-live) until every member that reported its release has
 /// recorded the group report in its catalog; the members that did.
-fn wait_for_catalogs(cfg: &GroupConfig, etcd: &Etcd, report: &GroupReport) -> Vec<String> {
+fn wait_for_catalogs(cfg: &GroupConfig, etcd: &Arc<Etcd>, report: &GroupReport) -> Vec<String> {
     let expected: Vec<&String> = report
         .members
         .iter()
@@ -369,7 +391,8 @@ fn wait_for_catalogs(cfg: &GroupConfig, etcd: &Etcd, report: &GroupReport) -> Ve
         .collect();
     let until = now_ms() + cfg.lease_ttl.as_millis() as u64;
     let prefix = catalog_key(&report.group, &report.operation_id, "");
-    let (seen, _) = wait_for(etcd, &prefix, cfg.poll, until, |seen| {
+    let mut keys = Mirror::prefixes(etcd, std::slice::from_ref(&prefix), cfg.poll);
+    let (seen, _) = wait_for(&mut keys, &prefix, until, |seen| {
         expected.iter().all(|n| seen.contains_key(*n)).then_some(())
     });
     seen.into_keys().collect()

@@ -8,7 +8,8 @@
 //! drives (one operation at a time, the freeze guard armed at the operation's deadline), so
 //! a member that loses etcd altogether is still thawed by its guard on time.
 
-use super::etcd::Etcd;
+use super::etcd::watch::Mirror;
+use super::etcd::{Etcd, Kv};
 use super::{now_ms, op_prefix, GroupConfig, GroupReport, MemberSnapshot, OpSpec, ReadyAnswer};
 use crate::api::{Api, ApiError, Caller, FreezeScope, OpState, PrepareAnswer, PrepareRequest};
 use crate::codes::Problem;
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Start the member in the background (for the life of the process).
 pub fn start(cfg: GroupConfig, api: Arc<Api>) {
@@ -64,33 +65,43 @@ fn run(cfg: GroupConfig, api: Arc<Api>) {
             std::thread::sleep(cfg.lease_ttl / 3);
         });
     }
+    // Operations appear under `specs/`: a watch wakes the member as one is written.
     let specs = format!("{}specs/", super::group_prefix(&cfg.name));
+    let mut ops = Mirror::prefixes(&etcd, &[specs], cfg.poll);
     let mut handled: HashSet<String> = HashSet::new();
     loop {
-        match etcd.range_prefix(&specs) {
-            Ok(kvs) => {
-                let live: HashSet<String> = kvs.iter().map(|kv| kv.key.clone()).collect();
-                handled.retain(|k| live.contains(k));
-                for kv in kvs {
-                    if handled.contains(&kv.key) {
-                        continue;
-                    }
-                    handled.insert(kv.key.clone());
-                    match serde_json::from_str::<OpSpec>(&kv.value) {
-                        Ok(spec) if acts_on(&cfg, &spec) => run_operation(&cfg, &etcd, &api, &spec),
-                        Ok(spec) => tracing::warn!(
-                            group = %spec.group, operation_id = %spec.operation_id,
-                            "group: ignoring an operation not meant for this member"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(key = %kv.key, error = %e, "group: unreadable operation")
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "group: etcd unreachable"),
+        if ops.is_known() {
+            let kvs: Vec<Kv> = ops.kvs().values().cloned().collect();
+            run_new_operations(&cfg, &etcd, &api, kvs, &mut handled);
+        } else {
+            tracing::debug!("group: etcd unreachable");
         }
-        std::thread::sleep(cfg.poll);
+        ops.wait(Instant::now() + Duration::from_secs(60));
+    }
+}
+
+/// Run the operations among `specs` not handled yet (one at a time, in key order).
+fn run_new_operations(
+    cfg: &GroupConfig,
+    etcd: &Arc<Etcd>,
+    api: &Arc<Api>,
+    specs: Vec<Kv>,
+    handled: &mut HashSet<String>,
+) {
+    let live: HashSet<&String> = specs.iter().map(|kv| &kv.key).collect();
+    handled.retain(|k| live.contains(k));
+    for kv in &specs {
+        if !handled.insert(kv.key.clone()) {
+            continue;
+        }
+        match serde_json::from_str::<OpSpec>(&kv.value) {
+            Ok(spec) if acts_on(cfg, &spec) => run_operation(cfg, etcd, api, &spec),
+            Ok(spec) => tracing::warn!(
+                group = %spec.group, operation_id = %spec.operation_id,
+                "group: ignoring an operation not meant for this member"
+            ),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "group: unreadable operation"),
+        }
     }
 }
 
@@ -102,6 +113,9 @@ pub fn acts_on(cfg: &GroupConfig, spec: &OpSpec) -> bool {
         && spec.deadline_ms > now_ms()
 }
 
+/// Why a member released when the snapshot step completed for the whole group.
+const RELEASED: &str = "released by the coordinator";
+
 /// What the member hears from the coordinator while it is prepared.
 #[derive(Debug, PartialEq)]
 enum Heard {
@@ -111,56 +125,66 @@ enum Heard {
     Release(&'static str),
 }
 
-/// What etcd says now (None: nothing new, or etcd unreachable).
-fn listen_once(etcd: &Etcd, prefix: &str, spec_key: &str, wants_snapshot: bool) -> Option<Heard> {
-    match etcd.get(&format!("{prefix}release")) {
-        Ok(Some(_)) => return Some(Heard::Release("released by the coordinator")),
-        Ok(None) => {}
-        Err(_) => return None, // etcd unreachable: keep trying until the deadline
+/// The keys a prepared member listens to: the coordinator's `release` and `snapshot`, and
+/// the operation's spec (gone when the coordinator's lease expires).
+fn listen_keys(prefix: &str, spec_key: &str) -> [String; 3] {
+    [
+        format!("{prefix}release"),
+        format!("{prefix}snapshot"),
+        spec_key.to_string(),
+    ]
+}
+
+/// What the keys say now (None: nothing new, or etcd not read yet).
+fn heard(keys: &Mirror, prefix: &str, spec_key: &str, wants_snapshot: bool) -> Option<Heard> {
+    let [release, snapshot, _] = listen_keys(prefix, spec_key);
+    match keys.get(&release) {
+        Some("release") => return Some(Heard::Release(RELEASED)),
+        Some(_) => return Some(Heard::Release("the coordinator aborted the operation")),
+        None => {}
     }
-    if wants_snapshot {
-        if let Ok(Some(_)) = etcd.get(&format!("{prefix}snapshot")) {
-            return Some(Heard::Snapshot);
-        }
+    if wants_snapshot && keys.get(&snapshot).is_some() {
+        return Some(Heard::Snapshot);
     }
-    match etcd.get(spec_key) {
-        Ok(None) => Some(Heard::Release(
+    if keys.is_known() && keys.get(spec_key).is_none() {
+        return Some(Heard::Release(
             "the coordinator disappeared (its lease expired)",
-        )),
-        _ => None,
+        ));
     }
+    None
 }
 
 /// Listen on another thread (so that an etcd call hanging on a lost network can never
-/// hold the release past the deadline): at most one `Snapshot`, then one `Release`.
+/// hold the release past the deadline): at most one `Snapshot`, then one `Release`. The
+/// watch on `keys` wakes it at the change; while the stream is lost it re-reads every poll.
 fn listen(
-    etcd: &Arc<Etcd>,
-    poll: Duration,
+    mut keys: Mirror,
     prefix: String,
     spec_key: String,
     mut wants_snapshot: bool,
     release_at: u64,
     tx: Sender<Heard>,
 ) {
-    let etcd = Arc::clone(etcd);
-    std::thread::spawn(move || {
-        while now_ms() < release_at {
-            match listen_once(&etcd, &prefix, &spec_key, wants_snapshot) {
-                Some(Heard::Snapshot) => {
-                    wants_snapshot = false;
-                    if tx.send(Heard::Snapshot).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Some(heard) => {
-                    let _ = tx.send(heard);
+    std::thread::spawn(move || loop {
+        match heard(&keys, &prefix, &spec_key, wants_snapshot) {
+            Some(Heard::Snapshot) => {
+                wants_snapshot = false;
+                if tx.send(Heard::Snapshot).is_err() {
                     return;
                 }
-                None => {}
+                continue;
             }
-            std::thread::sleep(poll);
+            Some(heard) => {
+                let _ = tx.send(heard);
+                return;
+            }
+            None => {}
         }
+        let now = now_ms();
+        if now >= release_at {
+            return;
+        }
+        keys.wait(Instant::now() + Duration::from_millis(release_at - now));
     });
 }
 
@@ -189,8 +213,22 @@ fn ready_answer(prepared: &Result<PrepareAnswer, ApiError>, provider: bool) -> R
 
 /// This member's final report as a JSON value: the registry's, or, when the operation
 /// never existed here (another operation was in progress), a failure saying why.
-fn final_report(api: &Arc<Api>, id: &str, prepared: &Result<PrepareAnswer, ApiError>) -> Value {
-    match api.release(id) {
+/// `abandoned`: no snapshot of this member can be counted on (the group's snapshot step
+/// did not complete and its own provider took none), so the report must not claim one.
+fn final_report(
+    api: &Arc<Api>,
+    id: &str,
+    prepared: &Result<PrepareAnswer, ApiError>,
+    abandoned: Option<&str>,
+) -> Value {
+    let ended = match abandoned {
+        None => api.release(id),
+        Some(why) => api.abandon(
+            id,
+            &format!("the group's snapshot step did not complete ({why}); no snapshot"),
+        ),
+    };
+    match ended {
         Ok(report) => serde_json::to_value(&report).unwrap_or(Value::Null),
         Err(e) => {
             let mut errors: Vec<Problem> = match prepared {
@@ -208,6 +246,9 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
     let id = &spec.operation_id;
     let prefix = op_prefix(&cfg.name, id);
     let spec_key = format!("{}specs/{id}", super::group_prefix(&cfg.name));
+    // Watch what the coordinator will write before preparing, so that the streams are open
+    // by the time it does (the copy starts at this revision: nothing is missed either way).
+    let keys = Mirror::keys(etcd, &listen_keys(&prefix, &spec_key), cfg.poll);
     let left = spec.deadline_ms.saturating_sub(now_ms());
     tracing::info!(operation_id = %id, deadline_ms = left, "group: preparing");
     let prepared = api.prepare(PrepareRequest {
@@ -225,14 +266,14 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         &serde_json::to_string(&ready).unwrap_or_default(),
         spec.lease,
     );
+    let mut own_snapshot_taken = false;
     let why = if ready.state == OpState::Failed.as_str() {
         "this member failed to prepare"
     } else {
         let release_at = super::release_at_ms(spec.deadline_ms);
         let (tx, rx) = channel();
         listen(
-            etcd,
-            cfg.poll,
+            keys,
             prefix.clone(),
             spec_key,
             ready.takes_snapshot,
@@ -244,6 +285,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
             match rx.recv_timeout(left) {
                 Ok(Heard::Snapshot) => {
                     let taken = take_snapshot(api, id);
+                    own_snapshot_taken = taken.error.is_none();
                     let _ = etcd.put(
                         &format!("{prefix}snapshot/{}", cfg.member),
                         &serde_json::to_string(&taken).unwrap_or_default(),
@@ -258,7 +300,11 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         }
     };
     tracing::info!(operation_id = %id, reason = why, "group: releasing");
-    let mut report = final_report(api, id, &prepared);
+    // A member whose own provider took its snapshot keeps it (a snapshot of this machine
+    // alone, whatever became of the group); any other member that was not released by the
+    // coordinator after the whole snapshot step has no snapshot to speak of.
+    let abandoned = (why != RELEASED && !own_snapshot_taken).then_some(why);
+    let mut report = final_report(api, id, &prepared, abandoned);
     report["group_release_reason"] = json!(why);
     let _ = etcd.put(
         &format!("{prefix}done/{}", cfg.member),
@@ -291,9 +337,10 @@ fn record_group_report_later(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>
     std::thread::spawn(move || {
         let key = super::report_key(&cfg.name, &spec.operation_id);
         let give_up = super::report_written_by_ms(&spec, cfg.lease_ttl);
+        let mut keys = Mirror::keys(&etcd, std::slice::from_ref(&key), cfg.poll);
         let report = loop {
-            if let Ok(Some(text)) = etcd.get(&key) {
-                match serde_json::from_str::<GroupReport>(&text) {
+            if let Some(text) = keys.get(&key) {
+                match serde_json::from_str::<GroupReport>(text) {
                     Ok(r) => break r,
                     Err(e) => {
                         tracing::warn!(error = %e, "group: unreadable group report");
@@ -301,11 +348,12 @@ fn record_group_report_later(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>
                     }
                 }
             }
-            if now_ms() >= give_up {
+            let now = now_ms();
+            if now >= give_up {
                 tracing::warn!(operation_id = %spec.operation_id, "group: no group report came");
                 return;
             }
-            std::thread::sleep(cfg.poll);
+            keys.wait(Instant::now() + Duration::from_millis(give_up - now));
         };
         let recorded = crate::catalog::Catalog::open(&api.config().paths.catalog)
             .and_then(|mut c| c.record_group(&report.catalog_row(&cfg.member)?));

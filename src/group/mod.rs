@@ -47,9 +47,12 @@ pub struct GroupConfig {
     /// etcd user (etcd auth); the password is read from `password_file` (root only).
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// TLS to etcd (`https://` endpoints): CA file, and client certificate and key.
+    pub tls: etcd::TlsFiles,
     /// Lease time-to-live of members and coordinators: how fast a death is noticed.
     pub lease_ttl: Duration,
-    /// How often members and the coordinator look at etcd.
+    /// How often members and the coordinator re-read etcd while a watch stream is lost
+    /// (they are woken by the watch otherwise).
     pub poll: Duration,
 }
 
@@ -62,6 +65,9 @@ pub struct RawGroup {
     endpoints: Vec<String>,
     user: Option<String>,
     password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
     lease_ttl: Option<String>,
     poll: Option<String>,
 }
@@ -104,6 +110,12 @@ impl RawGroup {
         if self.user.is_some() != self.password_file.is_some() {
             return Err("`group.user` and `group.password_file` go together".into());
         }
+        let tls = etcd::TlsFiles {
+            ca_file: self.ca_file,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+        };
+        check_tls(&self.endpoints, &tls)?;
         let dur = |v: Option<String>, key: &str, default: Duration| match v {
             None => Ok(default),
             Some(s) => humantime::parse_duration(&s)
@@ -119,10 +131,38 @@ impl RawGroup {
             endpoints: self.endpoints,
             user: self.user,
             password_file: self.password_file,
+            tls,
             lease_ttl,
             poll: dur(self.poll, "poll", Duration::from_millis(20))?,
         })
     }
+}
+
+/// TLS settings and endpoint schemes must agree.
+fn check_tls(endpoints: &[String], tls: &etcd::TlsFiles) -> Result<(), String> {
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if https > 0 && tls.ca_file.is_none() {
+        return Err(
+            "`group.endpoints` has https:// endpoints: set `group.ca_file` to the CA that signed etcd's certificate"
+                .into(),
+        );
+    }
+    if https > 0 && https < endpoints.len() {
+        return Err("`group.endpoints` mixes https:// and plain endpoints; use one kind".into());
+    }
+    if https == 0 && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
+        return Err(
+            "`group.ca_file`/`group.cert_file` are set but no endpoint is https://; write the endpoints as https://HOST:PORT"
+                .into(),
+        );
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err("`group.cert_file` and `group.key_file` go together".into());
+    }
+    Ok(())
 }
 
 impl RawGroup {
@@ -148,7 +188,10 @@ impl RawGroup {
 impl GroupConfig {
     /// A client for this group's etcd, authenticated when a user is configured.
     pub fn client(&self) -> Result<etcd::Etcd, String> {
-        let c = etcd::Etcd::new(&self.endpoints, Duration::from_secs(2));
+        let mut c = etcd::Etcd::new(&self.endpoints, Duration::from_secs(2));
+        if self.tls.ca_file.is_some() {
+            c = c.with_tls(&self.tls)?;
+        }
         match (&self.user, &self.password_file) {
             (Some(user), Some(file)) => {
                 let mut text = String::new();
@@ -456,6 +499,22 @@ mod tests {
             (
                 "name = \"a\"\nendpoints = [\"x:1\"]\nlease_ttl = \"10ms\"",
                 "at least 1s",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"https://x:1\"]",
+                "set `group.ca_file`",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"https://x:1\", \"x:2\"]\nca_file = \"/c\"",
+                "mixes https:// and plain",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"x:1\"]\nca_file = \"/c\"",
+                "no endpoint is https://",
+            ),
+            (
+                "name = \"a\"\nendpoints = [\"https://x:1\"]\nca_file = \"/c\"\ncert_file = \"/c\"",
+                "`group.cert_file` and `group.key_file` go together",
             ),
         ] {
             let e = raw(text).into_config().unwrap_err();

@@ -283,6 +283,9 @@ impl Operation {
             Ok(_) => {}
             Err(p) => errors.push(p),
         }
+        // Views and throwaway servers of a verification killed before it cleaned up (the
+        // lock says it is gone).
+        crate::verify::leftovers::clean(&cfg.paths.state_dir);
         let provider = snapshot::from_config(&cfg.snapshot);
         let plan = match plan_for(&cfg, scope, &provider.must_not_freeze()) {
             Ok(plan) => plan,
@@ -805,6 +808,7 @@ impl Operation {
             frozen_ms: self.frozen_ms,
             frozen: self.frozen_mounts,
             hooks: self.hook_results,
+            verification: None,
         }
     }
 }
@@ -854,6 +858,7 @@ pub fn bare_report(
         frozen_ms: None,
         frozen: Vec::new(),
         hooks: Vec::new(),
+        verification: None,
     }
 }
 
@@ -900,7 +905,11 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
     let text = match recorded {
         Ok(catalog) => catalog
             .totals()
-            .map(|totals| crate::metrics::render(Some(report), &totals))
+            .map(|totals| {
+                let mut text = crate::metrics::render(Some(report), &totals);
+                text.push_str(&verified_metrics(&catalog));
+                text
+            })
             .map_err(|e| e.to_string()),
         Err((_, catalog)) => {
             // The totals, if the catalog can still be read; else they are left out.
@@ -928,9 +937,21 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
 /// (so runs made by other processes, e.g. a timer, show too).
 pub fn metrics_text(cfg: &Config) -> String {
     use crate::catalog::Catalog;
-    let (last, totals) = match Catalog::open_read_only(&cfg.paths.catalog) {
-        Ok(Some(c)) => (c.last_run().ok().flatten(), c.totals().unwrap_or_default()),
-        _ => (None, Default::default()),
-    };
-    crate::metrics::render_last_run(last.as_ref(), &totals)
+    match Catalog::open_read_only(&cfg.paths.catalog) {
+        Ok(Some(c)) => catalog_metrics(&c),
+        _ => crate::metrics::render_last_run(None, &Default::default()),
+    }
+}
+
+/// Every metric the catalog knows: the last run, the totals and the verification gauges.
+pub fn catalog_metrics(c: &crate::catalog::Catalog) -> String {
+    let last = c.last_run().ok().flatten();
+    let mut text = crate::metrics::render_last_run(last.as_ref(), &c.totals().unwrap_or_default());
+    text.push_str(&verified_metrics(c));
+    text
+}
+
+fn verified_metrics(c: &crate::catalog::Catalog) -> String {
+    let now = crate::time::unix_secs(SystemTime::now());
+    crate::metrics::render_verified(c.last_verified_application_unix().ok().flatten(), now)
 }

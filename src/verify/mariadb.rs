@@ -6,10 +6,12 @@
 //! socket, pid file and temporary files in a private directory, no TCP listener, no grant
 //! checks (only the private socket reaches it), `--myisam-recover-options=OFF` and
 //! `--aria-recover-options=OFF` (else a damaged MyISAM/Aria table is repaired silently when
-//! first opened, and the check says `OK`), and the original's binary log name when given
-//! (InnoDB recovery asks it which prepared transactions committed). Symlinks in the data
-//! directory (tables with `DATA DIRECTORY`, `.isl` files) leading outside the view refuse
-//! the verification before anything starts.
+//! first opened, and the check says `OK`), the original's binary log name when given
+//! (InnoDB recovery asks it which prepared transactions committed), and as many undo
+//! tablespaces as the data directory has. Symlinks in the data directory (a redo log or undo
+//! tablespaces on another volume, tables with `DATA DIRECTORY`, `.isl` files) that lead into
+//! a volume snapshotted in the same run are re-pointed at its view; leading anywhere else,
+//! they refuse the verification before anything starts.
 
 use super::leftovers::Leftovers;
 use super::server::{self, inside};
@@ -29,40 +31,82 @@ fn program(names: &[&str]) -> Option<PathBuf> {
 }
 
 /// Every symlink and `.isl` file (InnoDB `DATA DIRECTORY`) in the data directory and its
-/// database directories must resolve inside the views.
-fn check_layout(data: &Path, views: &[View]) -> Result<(), String> {
+/// database directories must lead inside the views. One that leads into a volume
+/// snapshotted in the same run (a redo log or undo tablespace on a second volume, symlinked
+/// from the data directory) is re-pointed at that volume's view, in the view; one that leads
+/// anywhere else is live data, and the verification is refused before anything starts.
+/// Returns what was re-pointed.
+fn resolve_layout(data: &Path, views: &[View]) -> Result<Vec<String>, String> {
     let mut dirs = vec![data.to_path_buf()];
     if let Ok(rd) = std::fs::read_dir(data) {
         dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
     }
+    let mut moved = Vec::new();
     for d in dirs {
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
         };
         for e in rd.flatten() {
             let p = e.path();
-            let target = if p.extension().is_some_and(|x| x == "isl") {
+            let isl = p.extension().is_some_and(|x| x == "isl");
+            let target = if isl {
                 std::fs::read_to_string(&p)
                     .ok()
                     .map(|s| PathBuf::from(s.trim()))
             } else if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-                Some(p.clone())
+                std::fs::read_link(&p).ok().map(|t| d.join(t))
             } else {
                 None
             };
             let Some(target) = target else { continue };
             let resolved = std::fs::canonicalize(&target).unwrap_or(target.clone());
-            if !inside(&resolved, views) {
+            if inside(&resolved, views) {
+                continue;
+            }
+            let in_view = super::map_into_views(&target, views)
+                .and_then(|m| std::fs::canonicalize(m).ok())
+                .filter(|m| inside(m, views));
+            let Some(in_view) = in_view else {
                 return Err(format!(
                     "{} leads to {}, outside the snapshot: that is live data; refusing to \
                      start a server that would open it",
                     p.display(),
                     resolved.display()
                 ));
-            }
+            };
+            repoint(&p, isl, &in_view)?;
+            moved.push(format!("{} -> {}", p.display(), in_view.display()));
         }
     }
-    Ok(())
+    Ok(moved)
+}
+
+/// Point the view's symlink (or `.isl` file) `p` at `to`, keeping its owner.
+fn repoint(p: &Path, isl: bool, to: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let err = |e: std::io::Error| format!("cannot re-point {} into the view: {e}", p.display());
+    let md = std::fs::symlink_metadata(p).map_err(err)?;
+    std::fs::remove_file(p).map_err(err)?;
+    if isl {
+        std::fs::write(p, format!("{}\n", to.display())).map_err(err)?;
+    } else {
+        std::os::unix::fs::symlink(to, p).map_err(err)?;
+    }
+    std::os::unix::fs::lchown(p, Some(md.uid()), Some(md.gid())).map_err(err)
+}
+
+/// How many undo tablespaces (`undo001`, ...) the data directory has: the server must be
+/// told, or it re-initialises them.
+fn undo_tablespaces(data: &Path) -> usize {
+    std::fs::read_dir(data).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.len() == 7 && n.starts_with("undo") && n[4..].bytes().all(|b| b.is_ascii_digit())
+            })
+            .count()
+    })
 }
 
 /// Every check of the MariaDB verifier, in order; stops at the first failure.
@@ -79,9 +123,10 @@ pub fn verify(
         Ok(d) => d,
         Err(e) => return fail("mariadb layout", e),
     };
-    if let Err(e) = check_layout(&data, views) {
-        return fail("mariadb layout", e);
-    }
+    let layout = match resolve_layout(&data, views) {
+        Ok(moved) => moved,
+        Err(e) => return fail("mariadb layout", e),
+    };
     let (Some(mariadbd), Some(client)) = (
         program(&["mariadbd", "mysqld"]),
         program(&["mariadb", "mysql"]),
@@ -96,26 +141,7 @@ pub fn verify(
         Err(e) => return fail("mariadb start", e),
     };
     let sock = run.join("sock");
-    let mut cmd = Command::new(&mariadbd);
-    cmd.arg("--no-defaults")
-        .arg(format!("--datadir={}", data.display()))
-        .arg(format!("--socket={}", sock.display()))
-        .arg(format!("--pid-file={}", run.join("pid").display()))
-        .arg(format!("--tmpdir={}", run.display()))
-        .arg(format!("--log-error={}", run.join("server.log").display()))
-        .args([
-            "--skip-networking",
-            "--skip-grant-tables",
-            "--skip-slave-start",
-            "--myisam-recover-options=OFF",
-            "--aria-recover-options=OFF",
-            "--innodb-buffer-pool-size=64M",
-            "--skip-name-resolve",
-        ]);
-    match &cfg.log_bin {
-        Some(name) => cmd.arg(format!("--log-bin={name}")).arg("--server-id=1"),
-        None => cmd.arg("--skip-log-bin"),
-    };
+    let cmd = server_command(&mariadbd, &data, &run, &sock, cfg.log_bin.as_deref());
     let mut child = match server::spawn(cmd, &run, uid, gid, record) {
         Ok(c) => c,
         Err(e) => return fail("mariadb start", e),
@@ -133,6 +159,14 @@ pub fn verify(
         }
     };
     let mut checks = Vec::new();
+    if !layout.is_empty() {
+        checks.push(check(
+            "mariadb layout",
+            true,
+            format!("re-pointed into the view: {}", layout.join(", ")),
+            t,
+        ));
+    }
     checks.push(server::start_check(
         "mariadb",
         &mut child,
@@ -158,6 +192,41 @@ pub fn verify(
     }
     server::stop(&mut child, rustix::process::Signal::KILL);
     checks
+}
+
+/// The throwaway `mariadbd` on the view's data directory, everything else in `run`.
+fn server_command(
+    mariadbd: &Path,
+    data: &Path,
+    run: &Path,
+    sock: &Path,
+    log_bin: Option<&str>,
+) -> Command {
+    let mut cmd = Command::new(mariadbd);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", sock.display()))
+        .arg(format!("--pid-file={}", run.join("pid").display()))
+        .arg(format!("--tmpdir={}", run.display()))
+        .arg(format!("--log-error={}", run.join("server.log").display()))
+        .args([
+            "--skip-networking",
+            "--skip-grant-tables",
+            "--skip-slave-start",
+            "--myisam-recover-options=OFF",
+            "--aria-recover-options=OFF",
+            "--innodb-buffer-pool-size=64M",
+            "--skip-name-resolve",
+        ]);
+    let undo = undo_tablespaces(data);
+    if undo > 0 {
+        cmd.arg(format!("--innodb-undo-tablespaces={undo}"));
+    }
+    match log_bin {
+        Some(name) => cmd.arg(format!("--log-bin={name}")).arg("--server-id=1"),
+        None => cmd.arg("--skip-log-bin"),
+    };
+    cmd
 }
 
 /// `CHECK TABLE` of every base table (never `REPAIR`): any error, any warning (a MyISAM

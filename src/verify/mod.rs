@@ -21,16 +21,16 @@ pub mod leftovers;
 pub mod mariadb;
 pub mod postgres;
 pub mod server;
+pub mod view;
 
 use crate::catalog::{Catalog, VerificationRow};
-use crate::config::{BtrfsConfig, Config, ProviderConfig};
+use crate::config::Config;
 use crate::hooks::{self, Phase, RunContext};
-use crate::snapshot::btrfs::{self as btrfs_provider, BtrfsProvider};
-use crate::snapshot::Provider;
+pub use crate::report::{Verification as VerifyReport, VerifyCheck as Check};
 use leftovers::Leftovers;
-use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+pub use view::View;
 
 /// Which snapshot to verify.
 #[derive(Debug, Clone)]
@@ -39,71 +39,17 @@ pub enum Which {
     Latest,
 }
 
-/// One check and how it ended.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub message: String,
-    pub duration_ms: u64,
-}
-
-/// The result of one `quiesce verify`, printed with `--json` and stored in the catalog.
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    pub verify_id: String,
-    pub provider: String,
-    /// Every snapshot of the verified run.
-    pub snapshots: Vec<String>,
-    pub started_at: String,
-    pub finished_at: String,
-    pub total_ms: u64,
-    /// `true` only when every check passed.
-    pub verified: bool,
-    /// `verified` or `verification failed: CHECK: WHY`.
-    pub status: String,
-    pub checks: Vec<Check>,
-}
-
-impl VerifyReport {
-    pub fn human(&self) -> String {
-        let mut s = format!(
-            "verify {} ({} {}): {}\n",
-            self.verify_id,
-            self.provider,
-            self.snapshots.join(", "),
-            self.status
-        );
-        for c in &self.checks {
-            s.push_str(&format!(
-                "  {} {} ({} ms): {}\n",
-                if c.ok { "ok  " } else { "FAIL" },
-                c.name,
-                c.duration_ms,
-                c.message
-            ));
-        }
-        s
-    }
-}
-
 /// An error before anything could be verified (nothing is recorded).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
 pub struct VerifyError(pub String);
-
-/// A view: the original location of a snapshotted volume and where its writable copy is.
-#[derive(Debug, Clone)]
-pub struct View {
-    pub original: PathBuf,
-    pub path: PathBuf,
-}
 
 /// `original` seen through the views: the same place inside the view of the volume that
 /// holds it (the longest original prefix wins).
 pub fn map_into_views(original: &Path, views: &[View]) -> Option<PathBuf> {
     views
         .iter()
+        .filter(|v| v.original.is_absolute())
         .filter_map(|v| {
             original
                 .strip_prefix(&v.original)
@@ -119,72 +65,46 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
     let lock = acquire_lock(&cfg.paths.state_dir, Duration::from_secs(30))?;
     leftovers::clean(&cfg.paths.state_dir);
     lower_priority();
-    let ProviderConfig::Btrfs(bcfg) = &cfg.snapshot.provider else {
-        return Err(VerifyError(
-            "quiesce verify needs the btrfs snapshot provider here (snapshot.provider = \
-             \"btrfs\")"
-                .into(),
-        ));
-    };
-    let set = snapshot_set(bcfg, &which)?;
     let started = SystemTime::now();
     let t0 = Instant::now();
     let deadline = t0 + cfg.verify.timeout;
     let verify_id = format!(
         "{}-{}",
-        crate::pipeline::opid::compact_utc(started).unwrap_or_default(),
+        crate::time::compact_utc(started).unwrap_or_default(),
         std::process::id()
     );
     let mut record = Leftovers::new(&cfg.paths.state_dir);
-    let mut checks = Vec::new();
-    let mut views = Vec::new();
-    for (i, (id, original)) in set.iter().enumerate() {
-        let name = format!(".quiesce-verify-{verify_id}-{i}");
-        let path = bcfg.directory.join(&name);
-        record.add_subvolume(&path);
-        let t = Instant::now();
-        match btrfs_provider::create_writable_snapshot(
-            &bcfg.directory.join(id),
-            &bcfg.directory,
-            &name,
-        ) {
-            Ok(()) => views.push(View {
-                original: original.clone(),
-                path,
-            }),
-            Err(e) => checks.push(check("view", false, e, t)),
+    let v = &cfg.verify;
+    let needs_files = v.postgres.is_some() || v.mariadb.is_some() || !v.hooks.is_empty();
+    let made = view::make(cfg, &which, &verify_id, needs_files, &mut record);
+    let view::Views {
+        provider,
+        snapshots,
+        views,
+        mut checks,
+    } = match made {
+        Ok(m) => m,
+        Err(e) => {
+            record.clean_all();
+            return Err(e);
         }
+    };
+    if checks.iter().all(|c| c.ok) {
+        checks.extend(run_verifiers(
+            cfg,
+            &views,
+            &verify_id,
+            deadline,
+            &mut record,
+        ));
     }
     if checks.is_empty() {
-        if let Some(pg) = &cfg.verify.postgres {
-            checks.extend(postgres::verify(
-                pg,
-                &views,
-                &verify_id,
-                deadline,
-                &mut record,
-            ));
-        }
-        if let Some(my) = &cfg.verify.mariadb {
-            checks.extend(mariadb::verify(
-                my,
-                &views,
-                &verify_id,
-                deadline,
-                &mut record,
-            ));
-        }
-        for spec in &cfg.verify.hooks {
-            checks.push(user_verifier(spec, &views, &verify_id, deadline));
-        }
-        if checks.is_empty() {
-            checks.push(Check {
-                name: "view".into(),
-                ok: true,
-                message: "the writable view was made; no verifier is configured".into(),
-                duration_ms: 0,
-            });
-        }
+        checks.push(Check {
+            name: "view".into(),
+            ok: true,
+            message: "the view was made; no verifier is configured".into(),
+            duration_ms: 0,
+        });
     }
     record.clean_all();
     drop(lock);
@@ -201,10 +121,10 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
     let finished = SystemTime::now();
     let report = VerifyReport {
         verify_id,
-        provider: "btrfs".into(),
-        snapshots: set.iter().map(|(id, _)| id.clone()).collect(),
-        started_at: crate::pipeline::rfc3339(started),
-        finished_at: crate::pipeline::rfc3339(finished),
+        provider,
+        snapshots,
+        started_at: crate::time::rfc3339(started),
+        finished_at: crate::time::rfc3339(finished),
         total_ms: t0.elapsed().as_millis() as u64,
         verified: failed.is_empty(),
         status,
@@ -216,6 +136,87 @@ pub fn run(cfg: &Config, which: Which) -> Result<VerifyReport, VerifyError> {
     Ok(report)
 }
 
+/// `[verify] after_snapshot`: verify the run that just made `report`'s snapshots, put the
+/// verification into the report, and store that report in the catalog in place of the one
+/// recorded before. A verification that cannot start is recorded as a failed one.
+pub fn after_snapshot(cfg: &Config, report: &mut crate::report::Report) {
+    let Some(first) = report.snapshots.first() else {
+        return;
+    };
+    let verification = match run(cfg, Which::Id(first.id.clone())) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot verify the snapshot");
+            let now = crate::time::rfc3339(SystemTime::now());
+            VerifyReport {
+                verify_id: report.operation_id.clone(),
+                provider: first.provider.clone(),
+                snapshots: report.snapshots.iter().map(|s| s.id.clone()).collect(),
+                started_at: now.clone(),
+                finished_at: now,
+                total_ms: 0,
+                verified: false,
+                status: format!("verification failed: start: {e}"),
+                checks: vec![Check {
+                    name: "start".into(),
+                    ok: false,
+                    message: e.to_string(),
+                    duration_ms: 0,
+                }],
+            }
+        }
+    };
+    report.verification = Some(verification);
+    let stored = Catalog::open(&cfg.paths.catalog)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.replace_report(report).map_err(|e| e.to_string()));
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "cannot store the verification in the run's report");
+    }
+}
+
+/// The database verifiers and the user's verifiers, on views every one of them can use.
+fn run_verifiers(
+    cfg: &Config,
+    views: &[View],
+    verify_id: &str,
+    deadline: Instant,
+    record: &mut Leftovers,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let read_only = views.iter().find(|v| !v.writable);
+    for (name, configured) in [
+        ("postgres start", cfg.verify.postgres.is_some()),
+        ("mariadb start", cfg.verify.mariadb.is_some()),
+    ] {
+        if let Some(v) = read_only.filter(|_| configured) {
+            checks.push(Check {
+                name: name.into(),
+                ok: false,
+                message: format!(
+                    "the view of {} is read-only; a database verifier runs crash recovery \
+                     and needs a writable view (a `snapshot.verify_command` that mounts one)",
+                    v.device.as_deref().unwrap_or(&v.path.to_string_lossy())
+                ),
+                duration_ms: 0,
+            });
+        }
+    }
+    if !checks.is_empty() {
+        return checks;
+    }
+    if let Some(pg) = &cfg.verify.postgres {
+        checks.extend(postgres::verify(pg, views, verify_id, deadline, record));
+    }
+    if let Some(my) = &cfg.verify.mariadb {
+        checks.extend(mariadb::verify(my, views, verify_id, deadline, record));
+    }
+    for spec in &cfg.verify.hooks {
+        checks.push(user_verifier(spec, views, verify_id, deadline, record));
+    }
+    checks
+}
+
 fn first_line(s: &str) -> &str {
     s.lines()
         .find(|l| !l.trim().is_empty())
@@ -223,10 +224,7 @@ fn first_line(s: &str) -> &str {
         .trim()
 }
 
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use crate::time::unix_secs as unix;
 
 fn record_report(
     cfg: &Config,
@@ -250,39 +248,10 @@ fn record_report(
             .map_err(|e| e.to_string())?;
     }
     if let Some(path) = &cfg.paths.metrics_file {
-        let totals = catalog.totals().unwrap_or_default();
-        let last = catalog.last_run().ok().flatten();
-        let mut text = crate::metrics::render_last_run(last.as_ref(), &totals);
-        text.push_str(&metrics_text(&catalog));
+        let text = crate::pipeline::catalog_metrics(&catalog);
         crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-/// Prometheus lines: when the newest verified application-consistent snapshot was taken,
-/// and how long ago (the number to alert on).
-pub fn metrics_text(catalog: &Catalog) -> String {
-    let mut s = String::from(
-        "# HELP quiesce_last_verified_application_snapshot_timestamp_seconds When the newest \
-         application-consistent snapshot that verified was taken.\n\
-         # TYPE quiesce_last_verified_application_snapshot_timestamp_seconds gauge\n",
-    );
-    let Ok(Some(t)) = catalog.last_verified_application_unix() else {
-        return s;
-    };
-    s.push_str(&format!(
-        "quiesce_last_verified_application_snapshot_timestamp_seconds {t}\n"
-    ));
-    s.push_str(
-        "# HELP quiesce_seconds_since_last_verified_application_snapshot Age of the newest \
-         application-consistent snapshot that verified.\n\
-         # TYPE quiesce_seconds_since_last_verified_application_snapshot gauge\n",
-    );
-    s.push_str(&format!(
-        "quiesce_seconds_since_last_verified_application_snapshot {}\n",
-        (unix(SystemTime::now()) - t).max(0)
-    ));
-    s
 }
 
 /// `verified`, `verification failed: …` or `not verified`, for listings.
@@ -330,42 +299,6 @@ fn lower_priority() {
     }
 }
 
-/// The snapshots of one run: (snapshot id, original subvolume path), for `which`.
-fn snapshot_set(cfg: &BtrfsConfig, which: &Which) -> Result<Vec<(String, PathBuf)>, VerifyError> {
-    let provider = BtrfsProvider::new(cfg.clone());
-    let list = provider.list().map_err(|e| VerifyError(e.to_string()))?;
-    let chosen = match which {
-        Which::Latest => list.last(),
-        Which::Id(id) => list.iter().find(|s| &s.id == id),
-    }
-    .ok_or_else(|| {
-        VerifyError(match which {
-            Which::Latest => format!("no snapshot in {}", cfg.directory.display()),
-            Which::Id(id) => format!("no snapshot {id:?} in {}", cfg.directory.display()),
-        })
-    })?;
-    let op = chosen.operation_id.clone();
-    let mut set = Vec::new();
-    for s in list.iter().filter(|s| s.operation_id == op) {
-        let label = btrfs_provider::parse_name(&s.id)
-            .map(|n| n.label)
-            .unwrap_or_default();
-        let original = cfg
-            .subvolumes
-            .iter()
-            .find(|p| btrfs_provider::label(p) == label)
-            .cloned()
-            .ok_or_else(|| {
-                VerifyError(format!(
-                    "snapshot {} belongs to no configured subvolume (label {label:?})",
-                    s.id
-                ))
-            })?;
-        set.push((s.id.clone(), original));
-    }
-    Ok(set)
-}
-
 pub(crate) fn check(name: &str, ok: bool, message: String, since: Instant) -> Check {
     Check {
         name: name.into(),
@@ -381,6 +314,7 @@ fn user_verifier(
     views: &[View],
     verify_id: &str,
     deadline: Instant,
+    record: &mut Leftovers,
 ) -> Check {
     let t = Instant::now();
     let name = format!("verifier {}", spec.path.display());
@@ -411,6 +345,9 @@ fn user_verifier(
         Ok(p) => p,
         Err(e) => return check(&name, false, format!("cannot run it: {e}"), t),
     };
+    // Its process group is killed by the next start if quiesce is killed meanwhile (it
+    // keeps the view busy).
+    record.add_group(process.pid());
     let end = process.run(deadline, Duration::from_secs(5));
     let err = process.stderr_tail().to_string_lossy();
     let out = process.stdout_tail().to_string_lossy();
@@ -439,10 +376,17 @@ mod tests {
             View {
                 original: "/srv/pg".into(),
                 path: "/snaps/.v-0".into(),
+                ..View::default()
             },
             View {
                 original: "/srv/pg/wal".into(),
                 path: "/snaps/.v-1".into(),
+                ..View::default()
+            },
+            // A view whose original is unknown stands for nothing.
+            View {
+                path: "/snaps/.v-2".into(),
+                ..View::default()
             },
         ];
         let table: &[(&str, Option<&str>)] = &[

@@ -61,6 +61,7 @@ fn request(id: &str, scope: FreezeScope, deadline: Option<Duration>) -> PrepareR
 
 #[test]
 fn repeats_are_idempotent_and_a_finished_id_answers_its_final_state() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let dir = Scratch::new("api-idem");
     let api = api(&dir, "enabled = false", "");
     let a1 = api
@@ -98,6 +99,7 @@ fn repeats_are_idempotent_and_a_finished_id_answers_its_final_state() {
 
 #[test]
 fn one_operation_at_a_time_and_a_refusal_is_not_remembered() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let dir = Scratch::new("api-one");
     let api = api(&dir, "enabled = false", "");
     api.prepare(request("op-a", FreezeScope::Nothing, None))
@@ -126,6 +128,7 @@ fn one_operation_at_a_time_and_a_refusal_is_not_remembered() {
 
 #[test]
 fn an_unreleased_operation_expires_at_its_capped_deadline() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let dir = Scratch::new("api-deadline");
     let api = api(&dir, "enabled = false\ntimeout = \"1s\"", "");
     let start = Instant::now();
@@ -165,6 +168,7 @@ fn an_unreleased_operation_expires_at_its_capped_deadline() {
 
 #[test]
 fn sync_only_freezes_nothing() {
+    support::require_root!();
     let dir = Scratch::new("api-sync");
     let fs = LoopFs::new("ext4", 64);
     let api = api(
@@ -189,6 +193,7 @@ fn sync_only_freezes_nothing() {
 
 #[test]
 fn the_provider_takes_the_snapshot_inside_a_prepared_operation() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let dir = Scratch::new("api-snap");
     let snap = dir.script(
         "snap.sh",

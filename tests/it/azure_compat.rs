@@ -8,16 +8,13 @@
 
 use crate::support;
 
+use quiesce::codes::ErrorCode;
+use quiesce::hooks::Phase;
+use quiesce::report::{Consistency, Status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{LoopFs, Scratch};
-
-struct Run {
-    code: i32,
-    report: Value,
-    stderr: String,
-}
+use support::{code_names, LoopFs, Run, Scratch};
 
 /// Where runs of Azure-only configurations keep their state and catalog (Azure files cannot
 /// name paths): never the machine's own `/run/quiesce` and `/var/lib/quiesce/catalog.db`.
@@ -36,27 +33,10 @@ fn default_paths() -> &'static Scratch {
 }
 
 fn quiesce(args: &[&str]) -> Run {
-    let out = Command::new(support::quiesce_bin())
+    support::quiesce(args)
         .env("QUIESCE_STATE_DIR", default_paths().join("run"))
         .env("QUIESCE_CATALOG", default_paths().join("catalog.db"))
-        .args(args)
-        .output()
-        .expect("run quiesce");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn codes(report: &Value) -> Vec<String> {
-    report["errors"]
-        .as_array()
-        .unwrap_or(&Vec::new())
-        .iter()
-        .map(|e| e["code"].as_str().unwrap().to_string())
-        .collect()
+        .run()
 }
 
 /// An Azure plugin JSON with the given script paths and settings, mode 0600.
@@ -164,46 +144,47 @@ fn azure_run(pre: Option<&str>, post: Option<&str>, tweak: impl Fn(&Scratch, &Pa
 
 fn assert_code(run: &Run, code: &str) {
     assert!(
-        codes(&run.report).contains(&code.to_string()),
-        "expected {code} in {:#}\nstderr: {}",
-        run.report,
-        run.stderr
+        code_names(&run.report()).contains(&code.to_string()),
+        "expected {code} in {}",
+        run.describe()
     );
 }
 
 #[test]
 fn pre_script_execution_failed() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(FAIL), Some(OK), |_, _, _| {});
     assert_code(&r, "Pre-ScriptExecutionFailed");
-    let hooks = r.report["hooks"].as_array().unwrap();
-    assert!(hooks[0]["stderr_tail"]
-        .as_str()
-        .unwrap()
-        .contains("failing"));
+    let hooks = r.report().hooks;
+    assert!(hooks[0].stderr_tail.contains("failing"));
     // The post script of a started pre still runs.
-    assert!(hooks.iter().any(|h| h["phase"] == "post"));
+    assert!(hooks.iter().any(|h| h.phase == Phase::Post));
 }
 
 #[test]
 fn post_script_execution_failed() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(FAIL), |_, _, _| {});
     assert_code(&r, "Post-ScriptExecutionFailed");
 }
 
 #[test]
 fn pre_script_not_found() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(None, Some(OK), |_, _, _| {});
     assert_code(&r, "Pre-ScriptNotFound");
 }
 
 #[test]
 fn post_script_not_found() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), None, |_, _, _| {});
     assert_code(&r, "Post-ScriptNotFound");
 }
 
 #[test]
 fn insufficient_permission_for_pre_script() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(OK), |_, pre, _| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(pre, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -213,6 +194,7 @@ fn insufficient_permission_for_pre_script() {
 
 #[test]
 fn insufficient_permission_for_post_script() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(OK), |_, _, post| {
         std::os::unix::fs::chown(post, Some(65534), None).unwrap();
     });
@@ -221,6 +203,7 @@ fn insufficient_permission_for_post_script() {
 
 #[test]
 fn pre_script_timeout() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-timeout");
     let pre = d.script("pre.sh", SLOW);
     let post = d.script("post.sh", OK);
@@ -236,6 +219,7 @@ fn pre_script_timeout() {
 
 #[test]
 fn post_script_timeout() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-timeout");
     let pre = d.script("pre.sh", OK);
     let post = d.script("post.sh", SLOW);
@@ -246,6 +230,7 @@ fn post_script_timeout() {
 
 #[test]
 fn incorrect_pluginhost_file_broken_and_unsafe() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-host");
     let pre = d.script("pre.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &pre, "");
@@ -253,7 +238,10 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
     let r = snapshot_json(&host);
     assert_code(&r, "IncorrectPluginhostFile");
     assert_eq!(r.code, 1);
-    assert_eq!(r.report["errors"][0]["location"]["line"], 1);
+    assert_eq!(
+        r.report().errors[0].location.as_ref().unwrap().line,
+        Some(1)
+    );
 
     let unsafe_host = plugin_host(&d, &[&json]);
     use std::os::unix::fs::PermissionsExt;
@@ -261,15 +249,12 @@ fn incorrect_pluginhost_file_broken_and_unsafe() {
     std::fs::set_permissions(&unsafe_host, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = snapshot_json(&unsafe_host);
     assert_code(&r, "IncorrectPluginhostFile");
-    assert_eq!(
-        r.report["hooks"].as_array().unwrap().len(),
-        0,
-        "no script may run"
-    );
+    assert_eq!(r.report().hooks.len(), 0, "no script may run");
 }
 
 #[test]
 fn incorrect_json_config_file_broken_and_unsafe() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-json");
     let marker = d.join("ran");
     let pre = d.script(
@@ -291,13 +276,14 @@ fn incorrect_json_config_file_broken_and_unsafe() {
     let r = snapshot_json(&native(&d, &[&broken], &[]));
     assert_code(&r, "IncorrectJSONConfigFile");
     // Skipped, not fatal: the snapshot is still taken, the run is degraded.
-    assert_eq!(r.report["status"], "degraded", "{:#}", r.report);
-    assert_eq!(r.report["consistency"], "crash");
-    assert_eq!(r.report["target_consistency"], "application");
-    let err = &r.report["errors"][0];
-    assert!(err["message"].as_str().unwrap().contains("fsFreezeEnabled"));
-    assert!(err["location"]["line"].as_u64().unwrap() > 1);
-    assert!(err["location"]["column"].as_u64().is_some());
+    assert_eq!(r.report().status, Status::Degraded, "{}", r.describe());
+    assert_eq!(r.report().consistency, Consistency::Crash);
+    assert_eq!(r.report().target_consistency, Consistency::Application);
+    let err = &r.report().errors[0];
+    assert!(err.message.contains("fsFreezeEnabled"));
+    let at = err.location.as_ref().unwrap();
+    assert!(at.line.unwrap() > 1);
+    assert!(at.column.is_some());
 
     std::os::unix::fs::chown(&json, Some(65534), None).unwrap();
     let r = snapshot_json(&native(&d, &[&json], &[]));
@@ -310,6 +296,7 @@ fn incorrect_json_config_file_broken_and_unsafe() {
 
 #[test]
 fn two_plugins_first_fails_second_succeeds_not_masked() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-two");
     let ok_marker = d.join("second-ran");
     let second = d.script(
@@ -321,20 +308,21 @@ fn two_plugins_first_fails_second_succeeds_not_masked() {
     let two = plugin_json(&d, "two.json", &second, &second, "");
     let r = snapshot_json(&plugin_host(&d, &[&one, &two]));
     assert_code(&r, "Pre-ScriptNotFound");
-    let err = r.report["errors"]
-        .as_array()
-        .unwrap()
+    let report = r.report();
+    let err = report
+        .errors
         .iter()
-        .find(|e| e["code"] == "Pre-ScriptNotFound")
+        .find(|e| e.code == ErrorCode::PreScriptNotFound)
         .unwrap();
-    assert_eq!(err["hook"], "one");
+    assert_eq!(err.hook.as_deref(), Some("one"));
     assert!(ok_marker.exists(), "the second plugin's pre script ran");
-    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(r.report().status, Status::Degraded);
     assert_eq!(r.code, 3);
 }
 
 #[test]
 fn params_are_passed_as_argv_without_a_shell() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-argv");
     let out = d.join("argv");
     let pre = d.script(
@@ -348,13 +336,14 @@ fn params_are_passed_as_argv_without_a_shell() {
     let post = d.script("post.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &post, "");
     let r = snapshot_json(&plugin_host(&d, &[&json]));
-    assert_eq!(r.report["status"], "succeeded", "{:#}", r.report);
+    assert_eq!(r.report().status, Status::Succeeded, "{}", r.describe());
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.starts_with("[p1]\n[p 2]\n"), "{text}");
 }
 
 #[test]
 fn check_lists_every_problem_and_runs_nothing() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("check");
     let marker = d.join("ran");
     let good = d.script(
@@ -417,54 +406,79 @@ fn failing_pre_run(continue_on_failure: bool, volumes: usize) -> (Run, Vec<LoopF
 
 #[test]
 fn continue_on_failure_true_falls_back_to_file_system() {
+    support::require_root!();
     let (r, _fs) = failing_pre_run(true, 2);
-    assert_eq!(r.report["consistency"], "file-system", "{:#}", r.report);
-    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::FileSystem,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Degraded);
     assert_eq!(r.code, 3);
-    assert_eq!(r.report["snapshots"][0]["id"], "snap-1");
-    assert_eq!(r.report["frozen"].as_array().unwrap().len(), 2);
+    assert_eq!(r.report().snapshots[0].id, "snap-1");
+    assert_eq!(r.report().frozen.len(), 2);
 }
 
 #[test]
 fn continue_on_failure_false_fails_the_job() {
+    support::require_root!();
     let (r, _fs) = failing_pre_run(false, 2);
-    assert_eq!(r.report["consistency"], "none", "{:#}", r.report);
-    assert_eq!(r.report["status"], "failed");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::None,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Failed);
     assert_eq!(r.code, 1);
-    assert!(r.report["snapshots"].as_array().unwrap().is_empty());
-    assert!(r.report["frozen_ms"].is_null(), "nothing may be frozen");
+    assert!(r.report().snapshots.is_empty());
+    assert!(r.report().frozen_ms.is_none(), "nothing may be frozen");
 }
 
 #[test]
 fn continue_on_failure_false_single_volume_takes_crash_snapshot() {
+    support::require_root!();
     let (r, _fs) = failing_pre_run(false, 1);
-    assert_eq!(r.report["consistency"], "crash", "{:#}", r.report);
-    assert_eq!(r.report["status"], "degraded");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::Crash,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Degraded);
     assert_eq!(r.code, 3);
-    assert_eq!(r.report["snapshots"][0]["id"], "snap-1");
+    assert_eq!(r.report().snapshots[0].id, "snap-1");
 }
 
 #[test]
 fn all_good_reaches_application_consistency() {
+    support::require_root!();
     let d = Scratch::new("appcons");
     let fs = LoopFs::new("xfs", 300);
     let pre = d.script("pre.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &pre, r#", "fsFreezeEnabled": true"#);
     let r = snapshot_json(&native(&d, &[&json], &[&fs.mount_point]));
-    assert_eq!(r.report["consistency"], "application", "{:#}", r.report);
-    assert_eq!(r.report["status"], "succeeded");
+    assert_eq!(
+        r.report().consistency,
+        Consistency::Application,
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.report().status, Status::Succeeded);
     assert_eq!(r.code, 0);
-    assert!(r.report["frozen_ms"].as_u64().is_some());
-    for k in [
-        "pre_ms",
-        "freeze_ms",
-        "snapshot_ms",
-        "thaw_ms",
-        "post_ms",
-        "total_ms",
+    assert!(r.report().frozen_ms.is_some());
+    let t = r.report().timings;
+    for (k, v) in [
+        ("pre_ms", t.pre_ms),
+        ("freeze_ms", t.freeze_ms),
+        ("snapshot_ms", t.snapshot_ms),
+        ("thaw_ms", t.thaw_ms),
+        ("post_ms", t.post_ms),
     ] {
-        assert!(r.report["timings"][k].as_u64().is_some(), "missing {k}");
+        assert!(v.is_some(), "missing {k}");
     }
+    assert!(t.total_ms >= t.freeze_ms.unwrap());
     assert!(support::writable_within(
         &fs.mount_point,
         std::time::Duration::from_secs(2)
@@ -473,13 +487,15 @@ fn all_good_reaches_application_consistency() {
 
 #[test]
 fn azure_only_runs_keep_to_the_test_paths() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let r = azure_run(Some(OK), Some(OK), |_, _, _| {});
-    assert_eq!(r.code, 0, "{:#}", r.report);
+    assert_eq!(r.code, 0, "{}", r.describe());
     assert!(default_paths().join("catalog.db").exists());
 }
 
 #[test]
 fn relative_config_and_mounts_show_what_snapshot_would_do() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-rel");
     let pre = d.script("pre.sh", OK);
     let json = plugin_json(&d, "p.json", &pre, &pre, "");
@@ -505,6 +521,7 @@ fn relative_config_and_mounts_show_what_snapshot_would_do() {
 
 #[test]
 fn config_warnings_carry_no_code_in_check_and_report() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-warn");
     let ok = d.script("ok.sh", OK);
     let json = plugin_json(
@@ -537,12 +554,15 @@ fn config_warnings_carry_no_code_in_check_and_report() {
         assert!(!l.contains("IncorrectJSONConfigFile"), "{l}");
     }
     let r = snapshot_json(&host);
-    assert_eq!(r.code, 0, "{:#}\n{}", r.report, r.stderr);
-    let warnings = r.report["warnings"].as_array().unwrap();
-    assert!(warnings
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert!(r
+        .report()
+        .warnings
         .iter()
-        .any(|w| w["message"].as_str().unwrap().contains("1800")));
-    for w in warnings {
+        .any(|w| w.message.contains("1800")));
+    // The JSON shape itself: a warning has no `code` key.
+    let json: Value = serde_json::from_str(&r.stdout).unwrap();
+    for w in json["warnings"].as_array().unwrap() {
         assert!(w.get("code").is_none(), "a warning carries no code: {w}");
     }
     assert!(
@@ -554,6 +574,7 @@ fn config_warnings_carry_no_code_in_check_and_report() {
 
 #[test]
 fn config_in_utf16_or_latin1_gets_an_encoding_hint() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-enc");
     let utf16 = |text: &str, bom: bool| -> Vec<u8> {
         let bom = bom.then_some(0xfeff_u16);
@@ -594,6 +615,7 @@ fn config_in_utf16_or_latin1_gets_an_encoding_hint() {
 
 #[test]
 fn paths_with_control_characters_are_printed_escaped() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-ctl");
     let ok = d.script("ok.sh", OK);
     let evil = d.join("pre\nFAKE error\u{1b}[2J.sh");
@@ -644,6 +666,7 @@ fn paths_with_control_characters_are_printed_escaped() {
 /// `snapshot --dry-run` is `check`: the same output, and nothing runs or is recorded.
 #[test]
 fn snapshot_dry_run_is_check_and_runs_nothing() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("azure-dry");
     let marker = d.join("ran");
     let pre = d.script(
@@ -656,9 +679,12 @@ fn snapshot_dry_run_is_check_and_runs_nothing() {
     let dry = quiesce(&["snapshot", "--dry-run", "--json", "--config", arg]);
     let check = quiesce(&["check", "--json", "--config", arg]);
     assert_eq!(dry.code, check.code, "{}", dry.stderr);
-    assert_eq!(dry.report, check.report);
-    assert_eq!(dry.report["ok"], true, "{:#}", dry.report);
-    assert!(dry.report.get("operation_id").is_none(), "not a run report");
+    // `check --json` prints the check's answer, not a run report.
+    let dry_json: Value = serde_json::from_str(&dry.stdout).unwrap();
+    let check_json: Value = serde_json::from_str(&check.stdout).unwrap();
+    assert_eq!(dry_json, check_json);
+    assert_eq!(dry_json["ok"], true, "{dry_json:#}");
+    assert!(dry.try_report().is_err(), "not a run report");
     assert!(!marker.exists(), "a dry run must not run scripts");
     assert!(!d.join("catalog.db").exists(), "a dry run records nothing");
 }

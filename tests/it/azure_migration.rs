@@ -17,10 +17,12 @@
 use crate::support;
 use crate::support::db;
 
-use db::{mariadb_install, MariaDb, OpenDir, RootMyCnf, User, MARIADB_QUIESCE_PASSWORD};
+use db::{MariaDb, OpenDir, RootMyCnf, User, MARIADB_QUIESCE_PASSWORD};
+use quiesce::codes::ErrorCode;
+use quiesce::hooks::{Phase, ScriptResult};
+use quiesce::report::{Consistency, Report, Status};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use support::{LoopFs, Scratch};
 
 /// Microsoft's sample plugin JSON, with our paths.
@@ -35,40 +37,26 @@ fn plugin_json(etc: &Scratch, name: &str, pre: &str, post: &str, mode: u32) -> P
     etc.file(name, &text, mode)
 }
 
-fn run(args: &[&str]) -> (i32, Value, String) {
-    let out = Command::new(support::quiesce_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn codes(r: &Value) -> Vec<String> {
-    r["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e["code"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn hook<'a>(r: &'a Value, name: &str, phase: &str) -> &'a Value {
-    r["hooks"]
-        .as_array()
-        .unwrap()
+/// The result of `hook` for `phase` in a report.
+fn hook<'a>(r: &'a Report, name: &str, phase: Phase) -> &'a ScriptResult {
+    r.hooks
         .iter()
-        .find(|h| h["hook"] == name && h["phase"] == phase)
-        .unwrap_or_else(|| panic!("no {phase} result of {name} in {r:#}"))
+        .find(|h| h.hook == name && h.phase == phase)
+        .unwrap_or_else(|| panic!("no {phase:?} result of {name} in {r:#?}"))
+}
+
+/// `quiesce check --json`'s answer (not a run report).
+fn check(config: &Path) -> (i32, Value) {
+    let run = support::quiesce(&["check", "--json"]).config(config).run();
+    (
+        run.code,
+        serde_json::from_str(&run.stdout).unwrap_or(Value::Null),
+    )
 }
 
 #[test]
 fn azure_migration_end_to_end_with_a_real_mariadb() {
+    support::require_root!();
     let my = User::get("mysql");
     let open = OpenDir::new("azure-mig");
     let private = Scratch::new("azure-mig-priv");
@@ -79,15 +67,7 @@ fn azure_migration_end_to_end_with_a_real_mariadb() {
         &open.path().join("vol"),
     );
     let datadir = vol.path("mysql");
-    mariadb_install(&my, &datadir, &open.path().join("install-tmp"));
-    let server = MariaDb::start(
-        &my,
-        &datadir,
-        &open.path().join("run"),
-        &open.path().join("mariadb.log"),
-    )
-    .unwrap();
-    server.create_quiesce_user();
+    let server = MariaDb::fresh(&my, &datadir, &open);
     server.sql("CREATE DATABASE mig; CREATE TABLE mig.t (id INT PRIMARY KEY) ENGINE=InnoDB");
     let _cnf = RootMyCnf::install(&format!(
         "[client]\nuser=quiesce\npassword={MARIADB_QUIESCE_PASSWORD}\nsocket={}\n",
@@ -186,32 +166,32 @@ echo "post: session ended"
 
     // 1. The migration as it should be: application-consistent, the lock really held.
     let cfg = native(&[&main_json, &post_json]);
-    let (code, r, stderr) = run(&["snapshot", "--json", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(code, 0, "{r:#}\n{stderr}");
-    assert_eq!(r["consistency"], "application");
-    assert_eq!(r["frozen"][0], vol.mount_point.display().to_string());
+    let run = support::quiesce(&["snapshot", "--json"]).config(&cfg).run();
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let r = run.report();
+    assert_eq!(r.consistency, Consistency::Application);
+    assert_eq!(r.frozen[0], vol.mount_point.display().to_string());
     let probe_out = std::fs::read_to_string(state.join("probe.out")).unwrap();
     assert!(
         probe_out.contains("Lock wait timeout") && probe_out.contains("rc=1"),
         "the second client must be blocked by the read lock during the snapshot: {probe_out}"
     );
-    let pre_r = hook(&r, "VMSnapshotScriptPluginConfig", "pre");
+    let pre_r = hook(&r, "VMSnapshotScriptPluginConfig", Phase::Pre);
     assert!(
-        pre_r["stdout_tail"]
-            .as_str()
-            .unwrap()
+        pre_r
+            .stdout_tail
             .contains(&format!("HOME=/root USER=root cwd={}", etc.path.display())),
-        "{pre_r:#}"
+        "{pre_r:#?}"
     );
     assert!(
-        !pre_r["leftovers"].as_array().unwrap().is_empty(),
-        "the report records what the pre script left running: {pre_r:#}"
+        !pre_r.leftovers.is_empty(),
+        "the report records what the pre script left running: {pre_r:#?}"
     );
-    let post_r = hook(&r, "VMSnapshotScriptPluginConfig", "post");
-    assert!(post_r["error"].is_null(), "{post_r:#}");
+    let post_r = hook(&r, "VMSnapshotScriptPluginConfig", Phase::Post);
+    assert_eq!(post_r.error, None, "{post_r:#?}");
     assert!(
-        !post_r["leftovers"].as_array().unwrap().is_empty(),
-        "the sleeping half of the session is terminated after the post: {post_r:#}"
+        !post_r.leftovers.is_empty(),
+        "the sleeping half of the session is terminated after the post: {post_r:#?}"
     );
     assert!(
         state.join("post-only-ran").exists(),
@@ -236,7 +216,7 @@ echo "post: session ended"
         ),
         0o644,
     );
-    let (_, c, _) = run(&["check", "--json", "--config", host.to_str().unwrap()]);
+    let (_, c) = check(&host);
     assert!(
         c["problems"]
             .as_array()
@@ -250,16 +230,18 @@ echo "post: session ended"
     // code, the others still run, the snapshot is still taken with the freeze.
     let broken = plugin_json(&etc, "Broken.json", "", post_only.to_str().unwrap(), 0o644);
     let cfg = native(&[&main_json, &broken]);
-    let (code, r, stderr) = run(&["snapshot", "--json", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(code, 3, "{r:#}\n{stderr}");
-    assert_eq!(r["status"], "degraded");
-    assert_eq!(r["consistency"], "file-system");
+    let run = support::quiesce(&["snapshot", "--json"]).config(&cfg).run();
+    assert_eq!(run.code, 3, "{}", run.describe());
+    let r = run.report();
+    assert_eq!(r.status, Status::Degraded);
+    assert_eq!(r.consistency, Consistency::FileSystem);
     assert!(
-        codes(&r).contains(&"IncorrectJSONConfigFile".to_string()),
-        "{r:#}"
+        support::codes(&r).contains(&ErrorCode::IncorrectJsonConfigFile),
+        "{}",
+        run.describe()
     );
-    assert_eq!(r["snapshots"].as_array().unwrap().len(), 1, "{r:#}");
-    let (code, c, _) = run(&["check", "--json", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.snapshots.len(), 1, "{}", run.describe());
+    let (code, c) = check(&cfg);
     assert_eq!(code, 1, "check still reports the broken plugin: {c:#}");
     assert!(server.quiesce_sessions().is_empty());
 }

@@ -97,6 +97,7 @@ fn record(n: u64) -> Vec<u8> {
 
 #[test]
 fn snapshot_under_writes_is_readonly_and_holds_every_committed_record() {
+    support::require_root!();
     let fs = LoopFs::new("btrfs", 300);
     let data = subvolume(&fs, "data");
     let snaps = fs.path("snaps");
@@ -214,6 +215,7 @@ fn snapshot_under_writes_is_readonly_and_holds_every_committed_record() {
 
 #[test]
 fn several_subvolumes_in_one_take() {
+    support::require_root!();
     let fs = LoopFs::new("btrfs", 300);
     let a = subvolume(&fs, "a");
     let b = subvolume(&fs, "b");
@@ -328,6 +330,7 @@ fn assert_foreign_untouched(snaps: &Path) {
 
 #[test]
 fn retention_keep_last_on_disk() {
+    support::require_root!();
     let fs = LoopFs::new("btrfs", 300);
     // op0 10 days old ... op3 1 day old.
     let (a, b, snaps) = retention_fixture(&fs, &[10.0, 6.0, 3.0, 1.0]);
@@ -369,6 +372,7 @@ fn retention_keep_last_on_disk() {
 
 #[test]
 fn retention_max_age_on_disk() {
+    support::require_root!();
     let fs = LoopFs::new("btrfs", 300);
     let (a, b, snaps) = retention_fixture(&fs, &[10.0, 6.0, 3.0, 1.0]);
     let mut p = provider(&a, &b, &snaps, None, Some(5));
@@ -387,6 +391,7 @@ fn retention_max_age_on_disk() {
 
 #[test]
 fn retention_both_rules_never_remove_the_current_run() {
+    support::require_root!();
     let fs = LoopFs::new("btrfs", 300);
     // op0 3 days, op1 0.8 day, op2 0.5 day old.
     let (a, b, snaps) = retention_fixture(&fs, &[3.0, 0.8, 0.5]);
@@ -423,6 +428,7 @@ fn retention_both_rules_never_remove_the_current_run() {
 
 #[test]
 fn clear_errors_and_nothing_left_behind() {
+    support::require_root!();
     let fs = LoopFs::new("btrfs", 300);
     let a = subvolume(&fs, "a");
     let snaps = fs.path("snaps");
@@ -550,6 +556,7 @@ fn clear_errors_and_nothing_left_behind() {
 
 #[test]
 fn refuses_to_snapshot_a_frozen_btrfs() {
+    support::require_root!();
     let fs = LoopFs::new("btrfs", 300);
     let a = subvolume(&fs, "a");
     let snaps = fs.path("snaps");

@@ -100,6 +100,7 @@ fn environment_with_nothing_frozen() {
 
 #[test]
 fn environment_names_the_frozen_set() {
+    support::require_root!();
     // A real ext4 on a loop device, described to the provider; it is not frozen here.
     let fs = LoopFs::new("ext4", 32);
     let (major, minor) = {
@@ -223,6 +224,7 @@ fn too_much_stdout_fails_instead_of_truncating_ids() {
 /// the freeze is not held longer than that.
 #[test]
 fn a_command_stuck_on_a_frozen_filesystem_is_terminated_once() {
+    support::require_root!();
     let fs = LoopFs::new("ext4", 64);
     support::sh("fsfreeze", &["-f", fs.mount_point.to_str().unwrap()]);
     let target = fs.path("stuck");

@@ -6,6 +6,7 @@ use crate::support;
 use quiesce::codes::ErrorCode;
 use quiesce::config::FreezeConfig;
 use quiesce::freeze::{self, lock::OpLock, plan, state, FreezeOptions, GuardReason};
+use quiesce::report::{Consistency, Status};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{writable_within, BindMount, LoopFs, Scratch, WriteProbe};
@@ -67,6 +68,7 @@ fn assert_thawed(mut probe: WriteProbe, dir: &Path) {
 
 #[test]
 fn freeze_and_thaw_ext4_xfs_btrfs_together() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let b = LoopFs::new("xfs", 320);
@@ -111,6 +113,7 @@ fn freeze_and_thaw_ext4_xfs_btrfs_together() {
 
 #[test]
 fn state_file_is_written_before_the_freeze_and_removed_after() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -141,6 +144,7 @@ fn state_file_is_written_before_the_freeze_and_removed_after() {
 
 #[test]
 fn bind_mount_is_frozen_once() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     std::fs::create_dir_all(a.path("sub")).unwrap();
@@ -181,6 +185,7 @@ fn bind_mount_is_frozen_once() {
 
 #[test]
 fn nested_mounts_are_frozen_independently() {
+    support::require_root!();
     let _guard = setup();
     let parent = LoopFs::new("ext4", 64);
     let img = Scratch::new("nested-img");
@@ -218,6 +223,7 @@ fn nested_mounts_are_frozen_independently() {
 
 #[test]
 fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
+    support::require_root!();
     let _guard = setup();
     let outer = LoopFs::new("ext4", 400);
     let mnt = Scratch::new("inner-mnt");
@@ -279,6 +285,7 @@ fn loop_image_on_another_target_freezes_inner_first_without_deadlock() {
 
 #[test]
 fn already_frozen_filesystem_fails_and_the_other_is_thawed_again() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let b = LoopFs::new("ext4", 64);
@@ -319,6 +326,7 @@ fn already_frozen_filesystem_fails_and_the_other_is_thawed_again() {
 
 #[test]
 fn guard_thaws_at_the_deadline() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -352,6 +360,7 @@ fn guard_thaws_at_the_deadline() {
 
 #[test]
 fn guard_thaws_on_its_own_sigterm() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -376,6 +385,7 @@ fn guard_thaws_on_its_own_sigterm() {
 
 #[test]
 fn dropping_frozen_without_thaw_still_thaws() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -390,6 +400,7 @@ fn dropping_frozen_without_thaw_still_thaws() {
 
 #[test]
 fn recover_thaws_what_a_crash_left_frozen() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -464,6 +475,7 @@ fn second_operation_is_refused_while_the_lock_is_held() {
 
 #[test]
 fn include_errors_on_real_mounts() {
+    support::require_root!();
     let a = LoopFs::new("ext4", 64);
     std::fs::create_dir_all(a.path("dir")).unwrap();
     let errs = plan::plan_system(&cfg(&[&a.path("dir"), Path::new("/proc")]), &[]).unwrap_err();
@@ -507,6 +519,7 @@ fn empty_plan_is_refused() {
 /// agent's later thaw, and `frozen_ms` is the guard's real thaw, not the agent's.
 #[test]
 fn a_guard_that_fired_never_thaws_again() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -552,6 +565,7 @@ fn guard_signal(frozen: &freeze::Frozen, sig: &str) {
 /// with its own code; it never pretends the guard was there.
 #[test]
 fn a_killed_guard_is_noticed_and_the_agent_thaws() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -582,6 +596,7 @@ fn a_killed_guard_is_noticed_and_the_agent_thaws() {
 /// later and thaw somebody else's freeze) and thaws by itself.
 #[test]
 fn a_stopped_guard_is_killed_and_the_agent_thaws() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("state");
@@ -626,6 +641,7 @@ fn a_stopped_guard_is_killed_and_the_agent_thaws() {
 /// its report (and so in the catalog): recovery never goes unrecorded.
 #[test]
 fn recovery_at_start_is_recorded_in_the_report() {
+    support::require_root!();
     let _guard = setup();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("recorded");
@@ -654,25 +670,19 @@ fn recovery_at_start_is_recorded_in_the_report() {
         ),
         0o600,
     );
-    let out = std::process::Command::new(support::quiesce_bin())
-        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
-    });
-    assert_eq!(report["status"], "succeeded", "{report:#}");
-    let warnings = report["warnings"].as_array().unwrap();
+    let run = support::quiesce(&["snapshot", "--json"])
+        .config(&config)
+        .run();
+    let report = run.report();
+    assert_eq!(report.status, Status::Succeeded, "{}", run.describe());
     assert!(
-        warnings
+        report
+            .warnings
             .iter()
-            .any(|w| w["code"] == "RecoveredFrozenFilesystems"
-                && w["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains(a.mount_point.to_str().unwrap())),
-        "{report:#}"
+            .any(|w| w.code == Some(ErrorCode::RecoveredFrozenFilesystems)
+                && w.message.contains(a.mount_point.to_str().unwrap())),
+        "{}",
+        run.describe()
     );
     assert!(writable_within(&a.mount_point, THAWED_CHECK));
 }
@@ -693,24 +703,10 @@ fn instance_config(st: &Scratch, name: &str, fs: &Path, catalog: &Path, sleep_s:
     )
 }
 
-fn start_instance(config: &Path) -> std::process::Child {
-    std::process::Command::new(support::quiesce_bin())
-        .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+fn start_instance(config: &Path) -> support::Running {
+    support::quiesce(&["snapshot", "--json"])
+        .config(config)
         .spawn()
-        .unwrap()
-}
-
-fn report_of(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "report: {e}\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 /// Wait until the instance with state dir `state_dir` has frozen (its state file exists).
@@ -725,6 +721,7 @@ fn wait_frozen(state_dir: &Path) {
 
 #[test]
 fn two_instances_with_different_state_dirs_never_share_a_filesystem() {
+    support::require_root!();
     let fs = LoopFs::new("ext4", 64);
     let other = LoopFs::new("ext4", 64);
     let st = Scratch::new("two-instances");
@@ -734,29 +731,33 @@ fn two_instances_with_different_state_dirs_never_share_a_filesystem() {
     let first = start_instance(&a);
     wait_frozen(&st.join("a-state"));
     // Same filesystem, another state dir: refused, naming the holder.
-    let out = start_instance(&b).wait_with_output().unwrap();
-    let refused = report_of(&out);
-    assert_eq!(refused["status"], "failed", "{refused:#}");
-    let text = refused.to_string();
-    assert!(text.contains("OperationInProgress"), "{refused:#}");
+    let run = start_instance(&b).wait();
+    let refused = run.report();
+    assert_eq!(refused.status, Status::Failed, "{}", run.describe());
+    let text = &refused
+        .errors
+        .iter()
+        .find(|e| e.code == ErrorCode::OperationInProgress)
+        .unwrap_or_else(|| panic!("not OperationInProgress: {}", run.describe()))
+        .message;
     assert!(
         text.contains(&format!("quiesce pid {}", first.id())) && text.contains("a-state"),
-        "holder not named: {refused:#}"
+        "holder not named: {}",
+        run.describe()
     );
     // Another filesystem runs in parallel.
-    let out = start_instance(&c).wait_with_output().unwrap();
-    let parallel = report_of(&out);
-    assert_eq!(parallel["status"], "succeeded", "{parallel:#}");
-    assert_eq!(parallel["consistency"], "file-system", "{parallel:#}");
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(report_of(&out)["status"], "succeeded");
+    let run = start_instance(&c).wait();
+    let parallel = run.report();
+    assert_eq!(parallel.status, Status::Succeeded, "{}", run.describe());
+    assert_eq!(parallel.consistency, Consistency::FileSystem);
+    assert_eq!(first.wait().report().status, Status::Succeeded);
     // Once the first is done, the same filesystem is free again.
-    let out = start_instance(&b).wait_with_output().unwrap();
-    assert_eq!(report_of(&out)["status"], "succeeded");
+    assert_eq!(start_instance(&b).wait().report().status, Status::Succeeded);
 }
 
 #[test]
 fn a_refused_run_never_touches_its_catalog_on_the_frozen_filesystem() {
+    support::require_root!();
     let fs = LoopFs::new("ext4", 64);
     let st = Scratch::new("refused-catalog");
     let a = instance_config(&st, "a", &fs.mount_point, &st.join("a.db"), 4);
@@ -767,7 +768,7 @@ fn a_refused_run_never_touches_its_catalog_on_the_frozen_filesystem() {
     let mut second = start_instance(&b);
     let mut done = None;
     while t.elapsed() < Duration::from_secs(2) {
-        if let Some(s) = second.try_wait().unwrap() {
+        if let Some(s) = second.child.try_wait().unwrap() {
             done = Some(s);
             break;
         }
@@ -778,16 +779,15 @@ fn a_refused_run_never_touches_its_catalog_on_the_frozen_filesystem() {
         done.is_some(),
         "the refused run waited for the frozen filesystem ({took:?})"
     );
-    let out = second.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let refused = report_of(&out);
+    let run = second.wait();
+    assert_ne!(run.code, 0);
     assert!(
-        refused.to_string().contains("OperationInProgress"),
-        "{refused:#}"
+        support::codes(&run.report()).contains(&ErrorCode::OperationInProgress),
+        "{}",
+        run.describe()
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("OperationInProgress"));
-    let out = first.wait_with_output().unwrap();
-    assert_eq!(report_of(&out)["status"], "succeeded");
+    assert!(run.stderr.contains("OperationInProgress"));
+    assert_eq!(first.wait().report().status, Status::Succeeded);
     assert!(
         !fs.path("b.db").exists(),
         "the refused run created its catalog"

@@ -54,6 +54,7 @@ impl Drop for OwnTmpfs {
 
 #[test]
 fn freeze_failure_paths() {
+    support::require_root!();
     let a = LoopFs::new("ext4", 64);
     let st = Scratch::new("errors-state");
     let p = plan::plan_system(

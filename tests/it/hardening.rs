@@ -35,6 +35,7 @@ fn in_private_mount_namespace(script: &str, args: &[&std::ffi::OsStr]) -> std::p
 /// anywhere made every plan fail; and `quiesce mounts --json` panicked serializing it.
 #[test]
 fn a_mount_point_that_is_not_utf8_is_listed_not_fatal() {
+    support::require_root!("a mount of its own");
     let d = Scratch::new("latin1-mount");
     let mnt = d.path.join(std::ffi::OsStr::from_bytes(b"caf\xe9 x"));
     std::fs::create_dir(&mnt).unwrap();
@@ -83,6 +84,7 @@ fn a_mount_point_that_is_not_utf8_is_listed_not_fatal() {
 /// file's own code.
 #[test]
 fn oversized_configuration_files_are_refused_not_read_into_memory() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("big-config");
     let max = native::MAX_CONFIG_BYTES as usize;
     let comment_line = format!("#{}\n", "x".repeat(1022));
@@ -121,6 +123,7 @@ fn oversized_configuration_files_are_refused_not_read_into_memory() {
 /// fuzzing: it used to loop for minutes), through the real file loader.
 #[test]
 fn absurd_plugin_count_in_a_real_plugin_host_file() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("host-count");
     let host = d.file(
         "VMSnapshotPluginHost.conf",
@@ -156,14 +159,6 @@ fn serve_config(d: &Scratch, server_extra: &str) -> (std::path::PathBuf, std::pa
     (config, socket)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One raw request over TCP; the status code (0 when the connection closed unanswered).
 fn tcp_request(port: u16, head: &str) -> u16 {
     use std::io::{Read, Write};
@@ -185,12 +180,13 @@ fn get_healthz(token: Option<&str>) -> String {
 /// beyond `MAX_CONNECTIONS` are closed at once, and root's unix socket keeps answering.
 #[test]
 fn tcp_callers_need_the_token_and_cannot_exhaust_the_server() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     use quiesce::server::MAX_CONNECTIONS;
     use std::io::{Read, Write};
     let d = Scratch::new("serve-tcp");
     let token = "s3cret-token-0123456789abcdef";
     let token_file = d.file("token", &format!("{token}\n"), 0o600);
-    let port = free_port();
+    let port = support::free_port();
     let (config, socket) = serve_config(
         &d,
         &format!(
@@ -250,6 +246,7 @@ fn tcp_callers_need_the_token_and_cannot_exhaust_the_server() {
 /// (a per-read timeout alone would keep its thread for as long as it keeps trickling).
 #[test]
 fn a_caller_trickling_its_request_is_cut_off() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     use std::io::Write;
     let d = Scratch::new("serve-trickle");
     let (config, socket) = serve_config(&d, "");
@@ -281,13 +278,14 @@ fn a_caller_trickling_its_request_is_cut_off() {
 /// the server does not start.
 #[test]
 fn an_unsafe_token_file_stops_the_server() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("serve-token-mode");
     let token_file = d.file("token", "s3cret-token-0123456789abcdef\n", 0o644);
     let (config, _socket) = serve_config(
         &d,
         &format!(
             "tcp_listen = \"127.0.0.1:{}\"\ntoken_file = {:?}\n",
-            free_port(),
+            support::free_port(),
             token_file.display().to_string()
         ),
     );
@@ -304,9 +302,7 @@ fn an_unsafe_token_file_stops_the_server() {
 // ---- a local user who is not root ----
 
 fn as_nobody(args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(quiesce_bin())
+    support::as_nobody(quiesce_bin())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -318,6 +314,7 @@ fn as_nobody(args: &[&str]) -> std::process::Output {
 /// frozen, and the refusal carries the configuration's code.
 #[test]
 fn a_non_root_user_can_neither_use_roots_config_nor_bring_their_own() {
+    support::require_root!();
     use std::os::unix::fs::PermissionsExt;
     let fs = support::LoopFs::new("ext4", 64);
     let d = Scratch::new("nonroot");
@@ -365,6 +362,7 @@ fn a_non_root_user_can_neither_use_roots_config_nor_bring_their_own() {
 /// terminal escape sequence never reaches the operator's terminal raw.
 #[test]
 fn hook_output_cannot_forge_log_lines() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("forge");
     let hook = d.script(
         "pre",
@@ -414,6 +412,7 @@ fn hook_output_cannot_forge_log_lines() {
 /// configuration reached through a symlink as last component.
 #[test]
 fn config_below_a_writable_or_foreign_directory_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     use std::os::unix::fs::PermissionsExt;
     let d = Scratch::new("config-dir");
     let body = "[freeze]\nenabled = false\n";

@@ -65,6 +65,7 @@ fn vm_kib(field: &str) -> u64 {
 
 #[test]
 fn retry_really_reruns_the_script() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-retry");
     let count = d.join("count");
     let s = d.script(
@@ -92,6 +93,7 @@ fn retry_really_reruns_the_script() {
 
 #[test]
 fn failure_after_all_attempts_has_the_failed_code() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-fail");
     let count = d.join("count");
     let s = d.script(
@@ -118,6 +120,7 @@ fn failure_after_all_attempts_has_the_failed_code() {
 
 #[test]
 fn timeout_kills_child_and_grandchild_even_if_they_ignore_sigterm() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-timeout");
     // child ignores SIGTERM and waits; grandchild does not ignore it.
     d.script(
@@ -151,6 +154,7 @@ fn timeout_kills_child_and_grandchild_even_if_they_ignore_sigterm() {
 
 #[test]
 fn timeout_covers_all_retries() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-timeout-retries");
     let count = d.join("count");
     let s = d.script(
@@ -182,6 +186,7 @@ fn timeout_covers_all_retries() {
 
 #[test]
 fn gigabyte_of_output_does_not_block_or_grow_memory() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-gib");
     let s = d.script(
         "pre",
@@ -210,6 +215,7 @@ fn gigabyte_of_output_does_not_block_or_grow_memory() {
 
 #[test]
 fn script_without_shebang_runs_under_bin_sh() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-sh");
     let s = d.script(
         "pre",
@@ -242,6 +248,7 @@ fn script_without_shebang_runs_under_bin_sh() {
 
 #[test]
 fn environment_cwd_stdin_and_process_group() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-env");
     let s = d.script(
         "post",
@@ -321,6 +328,7 @@ fn environment_cwd_stdin_and_process_group() {
 
 #[test]
 fn background_leftovers_are_terminated_and_never_block_the_runner() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-leftover");
     // A forgotten background job that keeps stdout open and ignores SIGTERM.
     let s = d.script(
@@ -349,6 +357,7 @@ fn background_leftovers_are_terminated_and_never_block_the_runner() {
 
 #[test]
 fn daemon_that_left_the_group_does_not_hang_the_runner() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-daemon");
     // setsid: a real daemon, outside the group, holding stdout open for 3 s. (A job still in
     // the group when the script exits is a leftover and is terminated: a start script must
@@ -407,6 +416,7 @@ fn root_shell() -> String {
 
 #[test]
 fn shebang_to_missing_interpreter_fails_cleanly() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     // Refused before any attempt, with a message naming the interpreter.
     let d = Scratch::new("hooks-badinterp");
     let s = d.script("pre", "#!/nonexistent/interpreter\n");
@@ -422,6 +432,7 @@ fn shebang_to_missing_interpreter_fails_cleanly() {
 
 #[test]
 fn interpreter_of_another_user_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     // A root 0700 script whose interpreter another user can replace runs that user's code.
     let d = Scratch::new("hooks-foreign-interp");
     let interp = d.file("fake-sh", "#!/bin/sh\nexec /bin/sh \"$@\"\n", 0o755);
@@ -435,6 +446,7 @@ fn interpreter_of_another_user_is_refused() {
 
 #[test]
 fn mode_600_script_runs_and_env_shebang_resolves_on_the_hook_path() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-600");
     let s = d.file("pre", "#!/bin/sh\necho \"plain $0\"\n", 0o600);
     let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(5000, 0, 100));
@@ -451,6 +463,7 @@ fn mode_600_script_runs_and_env_shebang_resolves_on_the_hook_path() {
 /// the kernel would pass it: busybox picks its applet from that name.
 #[test]
 fn shebang_symlink_to_a_multi_call_binary_gets_its_name_as_argv0() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.exists(),
@@ -478,6 +491,7 @@ fn hold_script(d: &Scratch, body: &str) -> PathBuf {
 
 #[test]
 fn hold_ready_then_release_on_stdin_eof() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hold-ok");
     let s = hold_script(
         &d,
@@ -514,6 +528,7 @@ fn hold_ready_then_release_on_stdin_eof() {
 
 #[test]
 fn hold_without_ready_times_out_and_is_killed() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hold-noready");
     let s = hold_script(&d, "echo thinking\nsleep 1000\n");
     let started = Instant::now();
@@ -533,6 +548,7 @@ fn hold_without_ready_times_out_and_is_killed() {
 
 #[test]
 fn hold_exit_before_ready_fails() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hold-exit");
     // "READYX" and "READY " are not the READY line.
     let s = hold_script(&d, "echo READYX\necho 'READY '\necho oops >&2\nexit 4\n");
@@ -550,6 +566,7 @@ fn hold_exit_before_ready_fails() {
 
 #[test]
 fn held_hook_killed_is_lost() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hold-lost");
     let s = hold_script(&d, "echo READY\ncat >/dev/null\nexit 0\n");
     let held = start_held(
@@ -580,6 +597,7 @@ fn held_hook_killed_is_lost() {
 
 #[test]
 fn hold_released_by_sigterm_when_stdin_is_ignored() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hold-term");
     let s = hold_script(
         &d,
@@ -599,6 +617,7 @@ fn hold_released_by_sigterm_when_stdin_is_ignored() {
 
 #[test]
 fn hold_ignoring_everything_is_killed_at_the_post_timeout() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hold-stubborn");
     let s = hold_script(
         &d,
@@ -638,6 +657,7 @@ fn hold_agent_helper() {
 
 #[test]
 fn hold_releases_when_the_agent_dies() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hold-agent-dies");
     // Writes its marker on stdin EOF; never writes to stdout after READY (its reader is gone).
     hold_script(
@@ -681,6 +701,7 @@ fn hold_releases_when_the_agent_dies() {
 
 #[test]
 fn absurd_timeouts_do_not_overflow() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-huge");
     let s = d.script("pre", "#!/bin/sh\necho READY\nexit 0\n");
     let huge = Limits {
@@ -760,6 +781,7 @@ fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
 /// status, not a timeout: no attempt was cut.
 #[test]
 fn failing_until_time_runs_out_is_execution_failed_not_timeout() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("hooks-fail-until");
     let s = d.script("pre", "#!/bin/sh\nsleep 0.05\nexit 4\n");
     let r = run_script(&spec(&s, &[]), &ctx(Phase::Pre), limits(1000, 1000, 100));

@@ -4,6 +4,7 @@
 
 use crate::support;
 
+use quiesce::report::{Consistency, Status};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -60,6 +61,7 @@ fn fsck(image: &Path) -> (bool, bool) {
 
 #[test]
 fn frozen_copies_are_clean_twenty_times_and_unfrozen_ones_are_not() {
+    support::require_root!();
     let dir = Scratch::new("image-copy");
     let fs = LoopFs::new("ext4", 256);
     let copies = dir.join("copies");
@@ -96,14 +98,18 @@ fn frozen_copies_are_clean_twenty_times_and_unfrozen_ones_are_not() {
     let before = written();
     let mut clean = 0;
     for round in 0..20 {
-        let out = Command::new(support::quiesce_bin())
-            .args(["snapshot", "--json", "--config", config.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["status"], "succeeded", "round {round}: {report:#}");
-        assert_eq!(report["consistency"], "file-system");
-        let image = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        let run = support::quiesce(&["snapshot", "--json"])
+            .config(&config)
+            .run();
+        let report = run.report();
+        assert_eq!(
+            report.status,
+            Status::Succeeded,
+            "round {round}: {}",
+            run.describe()
+        );
+        assert_eq!(report.consistency, Consistency::FileSystem);
+        let image = report.snapshots[0].id.clone();
         let (ok, needs_recovery) = fsck(Path::new(&image));
         assert!(ok, "round {round}: e2fsck -fn failed on {image}");
         assert!(

@@ -2,8 +2,8 @@
 
 use crate::support;
 
-use serde_json::Value;
-use std::process::Command;
+use quiesce::codes::ErrorCode;
+use quiesce::report::{Consistency, Status};
 use std::time::Duration;
 use support::{LoopFs, Scratch};
 
@@ -16,6 +16,7 @@ fn q(p: &std::path::Path) -> String {
 /// report does not claim a consistency that did not hold.
 #[test]
 fn a_hold_never_outlives_the_freeze_deadline() {
+    support::require_root!();
     let dir = Scratch::new("hold-deadline");
     let fs = LoopFs::new("ext4", 64);
     let released = dir.join("released");
@@ -48,14 +49,11 @@ fn a_hold_never_outlives_the_freeze_deadline() {
         ),
         0o600,
     );
-    let out = Command::new(support::quiesce_bin())
-        .args(["snapshot", "--json", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = support::quiesce(&["snapshot", "--json"]).config(&cfg).run();
+    let report = run.report();
     let time = |p: &std::path::Path| -> f64 {
         std::fs::read_to_string(p)
-            .unwrap_or_else(|e| panic!("{}: {e}: {report:#}", p.display()))
+            .unwrap_or_else(|e| panic!("{}: {e}: {}", p.display(), run.describe()))
             .trim()
             .parse()
             .unwrap()
@@ -65,21 +63,21 @@ fn a_hold_never_outlives_the_freeze_deadline() {
         released_at + 1.5 < snapshot_done_at,
         "released at {released_at}, snapshot done at {snapshot_done_at}"
     );
-    let codes: Vec<&str> = report["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["code"].as_str().unwrap())
-        .collect();
-    assert!(codes.contains(&"FreezeGuardFired"), "{report:#}");
+    let codes = support::codes(&report);
     assert!(
-        !codes.contains(&"HoldLost"),
-        "released on purpose, not lost: {report:#}"
+        codes.contains(&ErrorCode::FreezeGuardFired),
+        "{}",
+        run.describe()
     );
-    assert_eq!(report["snapshots"][0]["id"], "late-snap");
-    assert_eq!(report["consistency"], "crash");
-    assert_eq!(report["status"], "degraded");
-    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        !codes.contains(&ErrorCode::HoldLost),
+        "released on purpose, not lost: {}",
+        run.describe()
+    );
+    assert_eq!(report.snapshots[0].id, "late-snap");
+    assert_eq!(report.consistency, Consistency::Crash);
+    assert_eq!(report.status, Status::Degraded);
+    assert_eq!(run.code, 3);
     assert!(support::writable_within(
         &fs.mount_point,
         Duration::from_secs(2)

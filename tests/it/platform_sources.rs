@@ -5,6 +5,8 @@
 
 use crate::support;
 
+use quiesce::codes::ErrorCode;
+use quiesce::report::Consistency;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -56,6 +58,7 @@ fn base_config(dir: &Scratch, fs: &LoopFs, log: &Path, platforms: &str) -> std::
 
 #[test]
 fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
+    support::require_root!();
     let dir = Scratch::new("plat-qga");
     let fs = LoopFs::new("ext4", 64);
     let log = dir.join("calls.log");
@@ -82,13 +85,18 @@ fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
     );
     assert!(!out.contains("dpkg-old") && !out.contains("edit~"), "{out}");
 
-    let (code, out) = quiesce(&["snapshot", "--json", "--config", cfg]);
-    let report: Value = serde_json::from_str(&out).unwrap();
+    let run = support::quiesce(&["snapshot", "--json", "--config", cfg]).run();
+    let report = run.report();
     // The failing script is recorded and lowers the consistency, but does not stop the
     // others or the snapshot (the stock script ignores its status): degraded, exit 3.
-    assert_eq!(code, 3, "{report:#}");
-    assert_eq!(report["consistency"], "file-system", "{report:#}");
-    assert_eq!(report["frozen"][0], fs.mount_point.to_str().unwrap());
+    assert_eq!(run.code, 3, "{}", run.describe());
+    assert_eq!(
+        report.consistency,
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
+    assert_eq!(report.frozen, [fs.mount_point.to_str().unwrap()]);
     let calls = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(
@@ -107,11 +115,12 @@ fn qemu_ga_hook_directory_runs_like_the_stock_fsfreeze_hook() {
     let (_, hist) = quiesce(&["history", "--json", "--config", cfg]);
     let hist: Value = serde_json::from_str(&hist).unwrap();
     assert_eq!(hist.as_array().unwrap().len(), 1, "{hist:#}");
-    assert_eq!(hist[0]["operation_id"], report["operation_id"]);
+    assert_eq!(hist[0]["operation_id"], report.operation_id.as_str());
 }
 
 #[test]
 fn google_snapshot_scripts_follow_the_guest_agent_settings() {
+    support::require_root!();
     let dir = Scratch::new("plat-gcp");
     let fs = LoopFs::new("ext4", 64);
     let log = dir.join("calls.log");
@@ -159,18 +168,25 @@ fn google_snapshot_scripts_follow_the_guest_agent_settings() {
     );
 
     let t = Instant::now();
-    let (code, out) = quiesce(&["snapshot", "--json", "--config", cfg]);
-    let report: Value = serde_json::from_str(&out).unwrap();
+    let run = support::quiesce(&["snapshot", "--json", "--config", cfg]).run();
+    let report = run.report();
     assert!(
         t.elapsed() < Duration::from_secs(20),
         "pre.sh was not killed"
     );
-    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(run.code, 3, "{}", run.describe());
     assert_eq!(
-        report["errors"][0]["code"], "Pre-ScriptTimeout",
-        "{report:#}"
+        report.errors[0].code,
+        ErrorCode::PreScriptTimeout,
+        "{}",
+        run.describe()
     );
-    assert_eq!(report["consistency"], "file-system", "{report:#}");
+    assert_eq!(
+        report.consistency,
+        Consistency::FileSystem,
+        "{}",
+        run.describe()
+    );
     // One argument, the (empty) disk list, as the agent passes it; post always runs.
     let calls = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
@@ -201,6 +217,7 @@ fn run_like_google_agent(script: &Path, timeout: Duration) -> i32 {
 
 #[test]
 fn google_agent_runs_the_bridge_and_the_hold_lasts_until_post() {
+    support::require_root!();
     let dir = Scratch::new("plat-gcp-bridge");
     let fs = LoopFs::new("ext4", 64);
     let socket = dir.join("quiesce.sock");
@@ -279,6 +296,7 @@ fn tree(root: &Path) -> Vec<(String, Vec<u8>, u32, u32)> {
 
 #[test]
 fn gcp_install_and_uninstall_leave_the_platform_files_as_they_were() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let root = Scratch::new("plat-install");
     let r = root.path.to_str().unwrap();
     let run =
@@ -369,6 +387,7 @@ fn run_like_azure_extension(script: &Path, params: &[&str], timeout: Duration) -
 
 #[test]
 fn azure_extension_runs_the_bridge_which_only_syncs_because_azure_freezes() {
+    support::require_root!();
     let dir = Scratch::new("plat-azure-bridge");
     let fs = LoopFs::new("ext4", 64);
     let socket = dir.join("quiesce.sock");
@@ -420,6 +439,7 @@ fn azure_extension_runs_the_bridge_which_only_syncs_because_azure_freezes() {
 
 #[test]
 fn azure_install_round_trips_and_the_installed_bridge_runs_the_owners_plugin() {
+    support::require_root!();
     let root = Scratch::new("plat-azure-install");
     let dir = Scratch::new("plat-azure-install-cfg");
     let fs = LoopFs::new("ext4", 64);

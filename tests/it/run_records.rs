@@ -4,12 +4,14 @@
 
 use crate::support;
 
+use quiesce::report::Consistency;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{LoopFs, Scratch};
 
+/// `history` and `snapshots` print catalog rows (not run reports), read as JSON.
 fn quiesce_json(args: &[&str]) -> (i32, Value) {
     let out = Command::new(support::quiesce_bin())
         .args(args)
@@ -21,12 +23,20 @@ fn quiesce_json(args: &[&str]) -> (i32, Value) {
     )
 }
 
+/// `quiesce snapshot --json --config CONFIG`, its report typed.
+fn snapshot(config: &Path) -> support::Run {
+    support::quiesce(&["snapshot", "--json"])
+        .config(config)
+        .run()
+}
+
 fn q(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
 #[test]
 fn log_and_state_on_the_frozen_filesystem() {
+    support::require_root!();
     let dir = Scratch::new("frozen-log");
     let fs = LoopFs::new("ext4", 64);
     let log = fs.path("quiesce.log");
@@ -45,10 +55,11 @@ fn log_and_state_on_the_frozen_filesystem() {
         ),
         0o600,
     );
-    let (code, report) = quiesce_json(&["snapshot", "--json", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["consistency"], "file-system");
-    assert_eq!(report["frozen"][0], fs.mount_point.to_str().unwrap());
+    let run = snapshot(&cfg);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let report = run.report();
+    assert_eq!(report.consistency, Consistency::FileSystem);
+    assert_eq!(report.frozen, [fs.mount_point.to_str().unwrap()]);
     let text = std::fs::read_to_string(&log).unwrap();
     // Lines logged inside the frozen window made it to the file, after the thaw, in order.
     let started = text
@@ -68,11 +79,12 @@ fn log_and_state_on_the_frozen_filesystem() {
     ));
     // The catalog on the same filesystem recorded the run after the thaw.
     let (_, hist) = quiesce_json(&["history", "--json", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(hist[0]["operation_id"], report["operation_id"]);
+    assert_eq!(hist[0]["operation_id"], report.operation_id.as_str());
 }
 
 #[test]
 fn history_across_outcomes_and_a_killed_run() {
+    support::require_root!();
     let dir = Scratch::new("history");
     let fs = LoopFs::new("ext4", 64);
     let ok = dir.script("ok.sh", "#!/bin/sh\nexit 0\n");
@@ -116,9 +128,9 @@ fn history_across_outcomes_and_a_killed_run() {
 
     let mut ids = Vec::new();
     for (cfg, want) in [(&good, 0), (&degraded, 3), (&failed, 1)] {
-        let (code, r) = quiesce_json(&["snapshot", "--json", "--config", cfg.to_str().unwrap()]);
-        assert_eq!(code, want, "{r:#}");
-        ids.push(r["operation_id"].as_str().unwrap().to_string());
+        let run = snapshot(cfg);
+        assert_eq!(run.code, want, "{}", run.describe());
+        ids.push(run.report().operation_id);
     }
 
     // A run killed with SIGKILL inside the frozen window: no row, nothing frozen.
@@ -142,9 +154,9 @@ fn history_across_outcomes_and_a_killed_run() {
     ));
 
     // The next run records normally (and recovers the state the killed run left).
-    let (code, r) = quiesce_json(&["snapshot", "--json", "--config", good.to_str().unwrap()]);
-    assert_eq!(code, 0, "{r:#}");
-    ids.push(r["operation_id"].as_str().unwrap().to_string());
+    let run = snapshot(&good);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    ids.push(run.report().operation_id);
 
     let (code, hist) = quiesce_json(&["history", "--json", "--config", good.to_str().unwrap()]);
     assert_eq!(code, 0);
@@ -184,6 +196,7 @@ fn history_across_outcomes_and_a_killed_run() {
 
 #[test]
 fn snapshots_lists_btrfs_snapshots_with_their_consistency_and_retention() {
+    support::require_root!();
     let dir = Scratch::new("snapshots-cli");
     let btrfs = LoopFs::new("btrfs", 300);
     let other = LoopFs::new("ext4", 64);
@@ -221,15 +234,13 @@ fn snapshots_lists_btrfs_snapshots_with_their_consistency_and_retention() {
     );
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (code, r) = quiesce_json(&["snapshot", "--json", "--config", cfg.to_str().unwrap()]);
-        assert_eq!(code, 0, "{r:#}");
+        let run = snapshot(&cfg);
+        assert_eq!(run.code, 0, "{}", run.describe());
+        let r = run.report();
         // The btrfs being snapshotted is never frozen; the other filesystem is.
-        assert_eq!(
-            r["frozen"],
-            serde_json::json!([other.mount_point.to_str().unwrap()])
-        );
-        assert_eq!(r["consistency"], "file-system");
-        ids.push(r["snapshots"][0]["id"].as_str().unwrap().to_string());
+        assert_eq!(r.frozen, [other.mount_point.to_str().unwrap()]);
+        assert_eq!(r.consistency, Consistency::FileSystem);
+        ids.push(r.snapshots[0].id.clone());
         std::thread::sleep(Duration::from_millis(1100));
     }
     let (code, list) = quiesce_json(&["snapshots", "--json", "--config", cfg.to_str().unwrap()]);

@@ -67,6 +67,7 @@ fn frozen(fs: &LoopFs) -> bool {
 
 #[test]
 fn prepare_copy_release_gives_a_clean_copy() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     // Dirty the filesystem so an unfrozen copy would need recovery.
@@ -99,6 +100,7 @@ fn prepare_copy_release_gives_a_clean_copy() {
 
 #[test]
 fn never_released_is_thawed_at_the_deadline_and_reported_inconsistent() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = prepare(&s.socket, "op-late", "1s");
@@ -143,6 +145,7 @@ fn never_released_is_thawed_at_the_deadline_and_reported_inconsistent() {
 
 #[test]
 fn duplicates_are_idempotent_and_a_second_operation_is_refused() {
+    support::require_root!();
     let marker_dir = Scratch::new("serve-hooks");
     let count = marker_dir.join("pre-count");
     let pre = marker_dir.script(
@@ -174,15 +177,14 @@ fn duplicates_are_idempotent_and_a_second_operation_is_refused() {
 
 #[test]
 fn non_root_callers_are_refused() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let mode = std::fs::metadata(&s.socket).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.permissions().mode() & 0o777, 0o600);
     let as_nobody = |socket: &Path| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(support::quiesce_bin())
+        support::as_nobody(support::quiesce_bin())
             .args(["status", "--id", "x", "--socket", socket.to_str().unwrap()])
             .output()
             .unwrap()
@@ -193,25 +195,16 @@ fn non_root_callers_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"));
     // Layer 2: even with the mode opened (and the directories traversable), peer credentials
     // refuse the caller.
-    std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut p = s.socket.parent().unwrap().to_path_buf();
-    let mut opened = Vec::new();
-    while p.starts_with(support::scratch_base()) {
-        let m = std::fs::metadata(&p).unwrap().permissions().mode();
-        opened.push((p.clone(), m));
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
-        p = p.parent().unwrap().to_path_buf();
-    }
+    let opened = support::OpenToOthers::new(&s.socket);
     let out = as_nobody(&s.socket);
-    for (p, m) in opened {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
-    }
+    drop(opened);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(v["errors"][0]["code"], "Unauthorized", "{v:#} {out:?}");
 }
 
 #[test]
 fn server_killed_while_frozen_is_thawed_by_the_guard() {
+    support::require_root!();
     let s = setup("");
     let mut srv = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = prepare(&s.socket, "op-kill", "30s");
@@ -231,6 +224,7 @@ fn server_killed_while_frozen_is_thawed_by_the_guard() {
 
 #[test]
 fn sigterm_thaws_and_shuts_down_cleanly() {
+    support::require_root!();
     let s = setup("");
     let mut srv = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = prepare(&s.socket, "op-term", "30s");
@@ -246,6 +240,7 @@ fn sigterm_thaws_and_shuts_down_cleanly() {
 
 #[test]
 fn health_and_bad_requests() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let (code, v) = call(&s.socket, "GET", "/healthz", None, T).unwrap();
@@ -293,6 +288,7 @@ fn raw_get(socket: &Path, path: &str) -> String {
 
 #[test]
 fn mounts_scope_freezes_exactly_the_named_mount_and_refuses_others() {
+    support::require_root!();
     let s = setup("");
     let other = LoopFs::new("ext4", 64);
     let _srv = ServeProcess::start(&s.config, &s.socket);

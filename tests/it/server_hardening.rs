@@ -63,6 +63,7 @@ fn healthy(socket: &Path) -> bool {
 
 #[test]
 fn a_second_server_for_the_same_socket_refuses_to_start() {
+    support::require_root!();
     let s = setup("");
     let mut first = ServeProcess::start(&s.config, &s.socket);
     let (code, answer) = call(&s.socket, "POST", "/v1/operations/op-1/prepare", None, T).unwrap();
@@ -86,6 +87,7 @@ fn a_second_server_for_the_same_socket_refuses_to_start() {
 
 #[test]
 fn stopping_an_old_server_never_removes_a_newer_ones_socket() {
+    support::require_root!();
     let s = setup("");
     let mut first = ServeProcess::start(&s.config, &s.socket);
     // Somebody replaces the socket file (a newer server elsewhere, by hand): the first
@@ -100,6 +102,7 @@ fn stopping_an_old_server_never_removes_a_newer_ones_socket() {
 
 #[test]
 fn serve_recovers_at_start_what_a_killed_server_left_frozen() {
+    support::require_root!();
     let s = setup("");
     let mut first = ServeProcess::start(&s.config, &s.socket);
     let (_, answer) = call(&s.socket, "POST", "/v1/operations/op-k/prepare", None, T).unwrap();
@@ -146,6 +149,7 @@ fn serve_recovers_at_start_what_a_killed_server_left_frozen() {
 
 #[test]
 fn sigterm_during_a_pre_hook_stops_it_thaws_runs_post_hooks_and_records() {
+    support::require_root!();
     let dir = Scratch::new("serve-term-hooks");
     let started = dir.join("pre-started");
     let post_ran = dir.join("post-ran");
@@ -204,31 +208,17 @@ fn sigterm_during_a_pre_hook_stops_it_thaws_runs_post_hooks_and_records() {
 
 #[test]
 fn refused_callers_cannot_take_the_slots_of_allowed_ones() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     // Let uid 65534 reach the socket (it stays refused by peer credentials).
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut p = s.socket.parent().unwrap().to_path_buf();
-    let mut opened = Vec::new();
-    while p.starts_with(support::scratch_base()) {
-        let m = std::fs::metadata(&p).unwrap().permissions().mode();
-        opened.push((p.clone(), m));
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
-        p = p.parent().unwrap().to_path_buf();
-    }
+    let opened = support::OpenToOthers::new(&s.socket);
     let script = format!(
         "import socket, sys, time\nss = []\nfor _ in range(40):\n    c = socket.socket(socket.AF_UNIX)\n    c.connect({:?})\n    ss.append(c)\nprint('open', flush=True)\ntime.sleep(30)\n",
         s.socket.display().to_string()
     );
-    let mut holder = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-        ])
+    let mut holder = support::as_nobody("/usr/bin/python3")
+        .arg("-c")
         .arg(&script)
         .stdout(Stdio::piped())
         .spawn()
@@ -237,9 +227,7 @@ fn refused_callers_cannot_take_the_slots_of_allowed_ones() {
     std::io::BufReader::new(holder.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    for (p, m) in opened {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
-    }
+    drop(opened);
     assert_eq!(line.trim(), "open");
     let t = Instant::now();
     let answered = healthy(&s.socket);
@@ -254,6 +242,7 @@ fn refused_callers_cannot_take_the_slots_of_allowed_ones() {
 
 #[test]
 fn an_oversized_body_gets_413_not_a_reset() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let mut c = std::os::unix::net::UnixStream::connect(&s.socket).unwrap();
@@ -272,6 +261,7 @@ fn an_oversized_body_gets_413_not_a_reset() {
 
 #[test]
 fn prepare_exits_non_zero_with_the_code_when_the_freeze_failed() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     support::sh("fsfreeze", &["-f", s.fs.mount_point.to_str().unwrap()]);
@@ -306,6 +296,7 @@ fn prepare_exits_non_zero_with_the_code_when_the_freeze_failed() {
 
 #[test]
 fn a_finished_operation_is_not_prepared_again() {
+    support::require_root!();
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     let sock = s.socket.to_str().unwrap();
@@ -351,6 +342,7 @@ fn an_explicit_config_that_does_not_load_is_a_failure() {
 
 #[test]
 fn check_refuses_a_read_only_state_dir_and_warns_of_tcp_on_all_interfaces() {
+    support::require_root!();
     let dir = Scratch::new("check-env");
     let ro = LoopFs::new("ext4", 64);
     std::fs::create_dir_all(ro.path("state")).unwrap();

@@ -68,6 +68,7 @@ fn assert_refused(path: &Path, marker: &Path, reason_part: &str) {
 
 #[test]
 fn symlinked_script_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("trust-symlink");
     let (real, marker) = marker_script(&d, "real", 0o700);
     let link = d.join("link");
@@ -80,6 +81,7 @@ fn symlinked_script_is_refused() {
 
 #[test]
 fn script_in_group_writable_directory_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("trust-gwdir");
     std::fs::create_dir(d.join("hooks")).unwrap();
     let (p, marker) = marker_script(&d, "hooks/pre", 0o700);
@@ -89,6 +91,7 @@ fn script_in_group_writable_directory_is_refused() {
 
 #[test]
 fn setuid_script_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("trust-setuid");
     let (p, marker) = marker_script(&d, "pre", 0o4700);
     assert_refused(&p, &marker, "set-uid");
@@ -96,6 +99,7 @@ fn setuid_script_is_refused() {
 
 #[test]
 fn group_readable_script_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("trust-gread");
     let (p, marker) = marker_script(&d, "pre", 0o740);
     assert_refused(&p, &marker, "group/others");
@@ -103,6 +107,7 @@ fn group_readable_script_is_refused() {
 
 #[test]
 fn non_root_script_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("trust-owner");
     let (p, marker) = marker_script(&d, "pre", 0o700);
     std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
@@ -132,6 +137,7 @@ fn directory_as_script_is_not_found() {
 
 #[test]
 fn unsafe_config_is_refused() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     let d = Scratch::new("trust-config");
     let ok = d.file("quiesce.toml", "a = 1\n", 0o600);
     assert!(open_config(&ok).is_ok());
@@ -156,6 +162,7 @@ fn run_trusted(tf: &quiesce::trust::TrustedFile) -> (AttemptEnd, String) {
 /// by group/others, so another user can neither rename, replace nor remove the file.
 #[test]
 fn scripts_run_by_their_checked_path_and_only_root_can_swap_them() {
+    support::require_root!("the trust checks accept only root-owned scripts and configs");
     use std::os::unix::process::CommandExt;
     let d = Scratch::new("trust-by-path");
     let path = d.script("pre", "#!/bin/sh\necho \"zero=$0\"\n");

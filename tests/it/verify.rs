@@ -10,8 +10,18 @@
 //!   naming the check; the two-volume layout whose view's `pg_wal` leads into the live WAL
 //!   refused with the original byte-for-byte and pid-for-pid the same; kill -9 of quiesce
 //!   during a verify leaves nothing mounted or running after the next start.
+//! - `mariadb_on_btrfs_*`: MariaDB under an insert load verified 10/10, control copies and a
+//!   truncated InnoDB file caught; its redo log and undo tablespaces on a second volume,
+//!   symlinked from the data directory: re-pointed into the view when both volumes are
+//!   snapshotted, refused when not, the original byte-for-byte and pid-for-pid the same.
+//! - `command_provider_*`: a command provider copying a real loop image (ext4, XFS, btrfs):
+//!   copies verified after every snapshot (`e2fsck -fn`, `xfs_repair -n`, `btrfs check
+//!   --readonly`, a user verifier on a read-only mount), shown in `history`, the stored
+//!   report and serve's `/metrics`; damaged copies caught by name; a user `verify_command`
+//!   view torn down after a verify and after kill -9 (by the next `snapshot` and `serve`).
 //!
-//! Run: `cargo test --test verify -- --nocapture` (as root; PostgreSQL and btrfs-progs).
+//! Run: `cargo test --test it verify:: -- --nocapture` (as root; PostgreSQL, MariaDB,
+//! btrfs-progs, xfsprogs).
 use crate::support;
 use crate::support::db;
 
@@ -593,7 +603,7 @@ fn damaged_copy(snaps: &Path, id: &str, damage: impl FnOnce(&Path)) -> String {
 
 fn mariadb_config(
     private: &Scratch,
-    myvol: &Path,
+    subvolumes: &[&str],
     snaps: &Path,
     datadir: &Path,
     hook: Option<Vec<String>>,
@@ -606,7 +616,7 @@ fn mariadb_config(
          [verify.mariadb]\ndata = {}\nlog_bin = \"binlog\"\n\n",
         toml_str(p(&private.join("state"))),
         toml_str(p(&private.join("catalog.db"))),
-        toml_list(&[p(myvol)]),
+        toml_list(subvolumes),
         toml_str(p(snaps)),
         toml_str(p(datadir)),
     );
@@ -669,8 +679,9 @@ fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
         "--defaults-extra-file".into(),
         p(&option_file).to_string(),
     ];
-    let config = mariadb_config(&private, &myvol, &snaps, &datadir, Some(argv), "q.toml");
-    let control = mariadb_config(&private, &myvol, &snaps, &datadir, None, "control.toml");
+    let vols = [p(&myvol)];
+    let config = mariadb_config(&private, &vols, &snaps, &datadir, Some(argv), "q.toml");
+    let control = mariadb_config(&private, &vols, &snaps, &datadir, None, "control.toml");
 
     let writer = MariaWriter::start(&server);
     std::thread::sleep(Duration::from_millis(500));
@@ -732,4 +743,634 @@ fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
         "{out}"
     );
     assert!(views_in(&snaps).is_empty(), "views left behind");
+}
+
+// =========================================================================================
+// quiesce verify: the command provider (image copies, and the user's own view command)
+// =========================================================================================
+
+/// An ext4 loop filesystem with a file in it, a command provider that copies its image while
+/// it is frozen (printing the copy's path as the snapshot id), a pre hook (so runs are
+/// application-consistent) and the given `[verify]` / `[snapshot]` extras.
+struct ImageEnv {
+    fs: LoopFs,
+    snaps: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    private: Scratch,
+}
+
+fn image_env(tag: &str, snapshot_extra: &str, verify_extra: &str) -> ImageEnv {
+    image_env_of("ext4", 64, tag, snapshot_extra, verify_extra)
+}
+
+fn image_env_of(
+    fstype: &str,
+    size_mb: u64,
+    tag: &str,
+    snapshot_extra: &str,
+    verify_extra: &str,
+) -> ImageEnv {
+    let private = Scratch::new(tag);
+    let fs = LoopFs::new(fstype, size_mb);
+    std::fs::create_dir(fs.path("data")).unwrap();
+    std::fs::write(fs.path("data/keep.txt"), "kept\n").unwrap();
+    let snaps = private.join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let copy = private.script(
+        "copy-image",
+        &format!(
+            "#!/bin/sh\nset -e\ndst={}/img-$QUIESCE_OPERATION_ID\n\
+             cp --sparse=always {} \"$dst\"\necho \"$dst\"\n",
+            p(&snaps),
+            p(&fs.image)
+        ),
+    );
+    let pre = private.script("pre", "#!/bin/sh\nexit 0\n");
+    let socket = private.join("quiesce.sock");
+    let config = private.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\nmetrics_file = {}\n\n\
+             [server]\nsocket = {}\n\n\
+             [freeze]\nenabled = true\ninclude = {}\n\n\
+             [snapshot]\nprovider = \"command\"\ncommand = {}\n{snapshot_extra}\n\n\
+             [[hook]]\nname = \"app\"\npre = {}\ntimeout = \"10s\"\n\n\
+             [verify]\ntimeout = \"60s\"\n{verify_extra}\n",
+            toml_str(p(&private.join("state"))),
+            toml_str(p(&private.join("catalog.db"))),
+            toml_str(p(&private.join("metrics.prom"))),
+            toml_str(p(&socket)),
+            toml_list(&[p(&fs.mount_point)]),
+            toml_list(&[p(&copy)]),
+            toml_list(&[p(&pre)]),
+        ),
+        0o600,
+    );
+    ImageEnv {
+        fs,
+        snaps,
+        config,
+        socket,
+        private,
+    }
+}
+
+/// Loop devices whose backing file is under `dir`.
+fn loops_backed_in(dir: &Path) -> Vec<String> {
+    let out = support::sh("losetup", &["-l", "-n", "-O", "NAME,BACK-FILE"]);
+    out.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|b| b.starts_with(p(dir)))
+        })
+        .map(|l| l.to_string())
+        .collect()
+}
+
+fn verify_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("quiesce-verify-"))
+        .map(|l| l.to_string())
+        .collect()
+}
+
+fn http_get(socket: &Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damage_is_caught() {
+    require_root();
+    let _slot = SLOTS.take();
+    let private = Scratch::new("vrfy-img-v");
+    let verifier = private.script(
+        "check-keep",
+        "#!/bin/sh\nset -e\ntest \"$(cat \"$QUIESCE_VERIFY_VIEW/data/keep.txt\")\" = kept\n\
+         if touch \"$QUIESCE_VERIFY_VIEW/x\" 2>/dev/null; then echo writable; exit 1; fi\n\
+         echo \"keep.txt is intact in a read-only view\"\n",
+    );
+    let env = image_env(
+        "vrfy-img",
+        "",
+        &format!(
+            "after_snapshot = true\nhooks = [{}]\n",
+            toml_list(&[p(&verifier)])
+        ),
+    );
+    let mut ops = Vec::new();
+    for i in 0..3 {
+        std::fs::write(
+            env.fs.path(&format!("data/f{i}")),
+            vec![b'a' + i as u8; 100_000],
+        )
+        .unwrap();
+        let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(report["consistency"], "application", "{out}");
+        let v = &report["verification"];
+        eprintln!(
+            "image snapshot {i}: {} in {} ms",
+            v["status"], v["total_ms"]
+        );
+        assert_eq!(v["status"], "verified", "{out}");
+        let checks = v["checks"].as_array().unwrap();
+        let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names[0], "e2fsck", "{out}");
+        assert!(names[1].starts_with("verifier "), "{out}");
+        assert!(checks.iter().all(|c| c["ok"] == true), "{out}");
+        ops.push(report["operation_id"].as_str().unwrap().to_string());
+    }
+    // Nothing attached or mounted afterwards, and the copies are untouched snapshots.
+    assert!(
+        loops_backed_in(&env.snaps).is_empty(),
+        "{:?}",
+        loops_backed_in(&env.snaps)
+    );
+    assert!(verify_mounts().is_empty(), "{:?}", verify_mounts());
+
+    // History and the catalog's stored report say so.
+    let (code, hist, out) = quiesce(&env.config, &["history", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let runs = hist.as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{out}");
+    assert!(
+        runs.iter().all(|r| r["verification"] == "verified"),
+        "{out}"
+    );
+    let (_, _, table) = quiesce(&env.config, &["history"]);
+    assert!(
+        table.lines().next().unwrap().contains("VERIFICATION"),
+        "{table}"
+    );
+    let catalog = quiesce::catalog::Catalog::open_read_only(&env.private.join("catalog.db"))
+        .unwrap()
+        .unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_str(&catalog.report_json(&ops[2]).unwrap().unwrap()).unwrap();
+    assert_eq!(stored["verification"]["status"], "verified");
+    assert_eq!(stored["verification"]["checks"][0]["name"], "e2fsck");
+    drop(catalog);
+
+    // The gauge an operator alerts on, in the metrics file and on serve's /metrics.
+    let file = std::fs::read_to_string(env.private.join("metrics.prom")).unwrap();
+    assert!(
+        file.contains("\nquiesce_seconds_since_last_verified_application_snapshot "),
+        "{file}"
+    );
+    let serve = support::ServeProcess::start(&env.config, &env.socket);
+    let metrics = http_get(&env.socket, "/metrics");
+    drop(serve);
+    let age: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quiesce_seconds_since_last_verified_application_snapshot "))
+        .unwrap_or_else(|| panic!("no gauge on /metrics: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((0..600).contains(&age), "{metrics}");
+
+    // Damage: the newest copy's inode of data/keep.txt cleared; e2fsck names it.
+    let (_, hist, _) = quiesce(&env.config, &["history", "--json"]);
+    let id = hist[0]["snapshots"][0]["id"].as_str().unwrap().to_string();
+    sh_ok("debugfs", &["-w", "-R", "clri /data/keep.txt", &id]);
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
+    eprintln!("damaged image: {}", v["status"]);
+    assert_eq!(code, 1, "{out}");
+    let status = v["status"].as_str().unwrap_or("");
+    assert!(status.starts_with("verification failed: e2fsck: "), "{out}");
+    assert!(
+        status.contains("keep.txt") || status.contains("inode"),
+        "{out}"
+    );
+    let (_, hist, _) = quiesce(&env.config, &["history", "--json"]);
+    assert!(hist[0]["verification"]
+        .as_str()
+        .unwrap()
+        .starts_with("verification failed: e2fsck"));
+    assert_eq!(hist[1]["verification"], "verified");
+    assert!(loops_backed_in(&env.snaps).is_empty());
+    assert!(verify_mounts().is_empty());
+
+    // A database verifier needs a writable view (crash recovery): an image view is refused
+    // in plain words, and the image is left as it was.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let with_db = env.private.file(
+        "with-db.toml",
+        &format!(
+            "{text}\n[verify.postgres]\ndata = {}\n",
+            toml_str(p(&env.fs.path("data")))
+        ),
+        0o600,
+    );
+    let good = hist[1]["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let before = std::fs::read(&good).unwrap();
+    let (code, v, out) = quiesce(&with_db, &["verify", "--json", &good]);
+    assert_eq!(code, 1, "{out}");
+    let status = v["status"].as_str().unwrap_or("");
+    assert!(
+        status.starts_with("verification failed: postgres start: the view of /dev/loop")
+            && status.contains("is read-only"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read(&good).unwrap() == before,
+        "the snapshot image changed"
+    );
+    assert!(loops_backed_in(&env.snaps).is_empty());
+}
+
+/// Is any mount point under `dir` mounted?
+fn mounted_under(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(p(dir))))
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapshot_and_serve_start()
+{
+    require_root();
+    let _slot = SLOTS.take();
+    let work = Scratch::new("vrfy-cmdview-w");
+    let views = work.join("views");
+    std::fs::create_dir(&views).unwrap();
+    let torn = work.join("torn-down.log");
+    let hold = work.join("hold");
+    let pidfile = work.join("verifier.pid");
+    // The user's view: a writable copy of the image, loop-mounted; its teardown unmounts it.
+    let make_view = work.script(
+        "make-view",
+        &format!(
+            "#!/bin/sh\nset -e\nimg={v}/$QUIESCE_VERIFY_ID.img\nmnt={v}/$QUIESCE_VERIFY_ID\n\
+             test \"$1\" = \"$QUIESCE_SNAPSHOT_ID\"\n\
+             cp --sparse=always \"$1\" \"$img\"\nmkdir -p \"$mnt\"\nmount -o loop \"$img\" \"$mnt\"\n\
+             echo \"making the view\" >&2\necho \"$mnt\"\n",
+            v = p(&views)
+        ),
+    );
+    let teardown = work.script(
+        "drop-view",
+        &format!(
+            "#!/bin/sh\nmnt={v}/$QUIESCE_VERIFY_ID\numount \"$mnt\" 2>/dev/null\n\
+             rm -f {v}/$QUIESCE_VERIFY_ID.img\nrmdir \"$mnt\"\n\
+             echo \"$QUIESCE_SNAPSHOT_ID $QUIESCE_VERIFY_VIEW\" >> {t}\n",
+            v = p(&views),
+            t = p(&torn)
+        ),
+    );
+    let verifier = work.script(
+        "check",
+        &format!(
+            "#!/bin/sh\nset -e\necho \"$QUIESCE_VERIFY_VIEWS\" > {pid}.views\necho $$ > {pid}\n\
+             if [ -e {hold} ]; then sleep 300; fi\n\
+             test \"$(cat \"$QUIESCE_VERIFY_VIEW/data/keep.txt\")\" = kept\n\
+             echo scribble > \"$QUIESCE_VERIFY_VIEW/data/scribble\"\necho \"writable view, keep.txt intact\"\n",
+            pid = p(&pidfile),
+            hold = p(&hold)
+        ),
+    );
+    let env = image_env(
+        "vrfy-cmdview",
+        &format!(
+            "verify_command = {}\nverify_teardown = {}",
+            toml_list(&[p(&make_view)]),
+            toml_list(&[p(&teardown)])
+        ),
+        &format!("hooks = [{}]\n", toml_list(&[p(&verifier)])),
+    );
+    let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let image_before = std::fs::read(&id).unwrap();
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", "--latest"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["status"], "verified", "{out}");
+    assert_eq!(v["provider"], "command");
+    // The run froze one filesystem and made one snapshot: the view stands for that mount.
+    let seen = std::fs::read_to_string(format!("{}.views", p(&pidfile))).unwrap();
+    assert!(
+        seen.starts_with(&format!("{}={}/", p(&env.fs.mount_point), p(&views))),
+        "{seen}"
+    );
+    let log = std::fs::read_to_string(&torn).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.starts_with(&format!("{id} {}/", p(&views))), "{log}");
+    assert!(!mounted_under(&views), "the view is still mounted");
+    assert!(
+        std::fs::read(&id).unwrap() == image_before,
+        "the snapshot image changed (the view must be a copy)"
+    );
+
+    // kill -9 during the verifier, twice: the next `quiesce snapshot`, then the next
+    // `quiesce serve`, kill the verifier, run the teardown and remove the record.
+    std::fs::write(&hold, "").unwrap();
+    for (round, next) in ["snapshot", "serve"].iter().enumerate() {
+        let _ = std::fs::remove_file(&pidfile);
+        let mut child = Command::new(support::quiesce_bin())
+            .args(["verify", &id, "--config"])
+            .arg(&env.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the verifier", Duration::from_secs(30), || pidfile.exists());
+        std::thread::sleep(Duration::from_millis(200));
+        let verifier_pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            mounted_under(&views),
+            "round {round}: the view should outlive kill -9"
+        );
+        assert!(Path::new(&format!("/proc/{verifier_pid}")).exists());
+        let state = env.private.join("state/verify.json");
+        assert!(state.exists());
+        let _serve;
+        if *next == "snapshot" {
+            let (code, _, out) = quiesce(&env.config, &["snapshot", "--json"]);
+            assert_eq!(code, 0, "{out}");
+        } else {
+            _serve = support::ServeProcess::start(&env.config, &env.socket);
+        }
+        wait_for("the cleanup", Duration::from_secs(20), || {
+            !mounted_under(&views) && !state.exists()
+        });
+        let stat =
+            std::fs::read_to_string(format!("/proc/{verifier_pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "round {round}: the verifier still runs: {stat}"
+        );
+        let log = std::fs::read_to_string(&torn).unwrap();
+        assert_eq!(log.lines().count(), 2 + round, "{log}");
+        eprintln!("kill -9 during verify, cleaned by the next {next}: ok");
+    }
+    std::fs::remove_file(&hold).unwrap();
+    let (code, v, out) = quiesce(&env.config, &["verify", "--json", &id]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["status"], "verified");
+    assert!(
+        std::fs::read_dir(&views).unwrap().next().is_none(),
+        "views left"
+    );
+}
+
+// =========================================================================================
+// quiesce verify: MariaDB with its redo log and undo tablespaces on a second volume
+// =========================================================================================
+
+/// `tree_digest` once it no longer changes (a quiet server's background flushing done).
+fn settled_digest(dir: &Path) -> BTreeMap<String, String> {
+    let mut last = tree_digest(dir);
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = tree_digest(dir);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("{} never settled", dir.display());
+}
+
+#[test]
+fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and_original_untouched(
+) {
+    require_root();
+    let _slot = SLOTS.take();
+    let my = User::get("mysql");
+    let open = OpenDir::new("vrfy-my2");
+    let private = Scratch::new("vrfy-my2-priv");
+    let vol = btrfs_volume(&open, &private);
+    let myvol = vol.path("my");
+    let logvol = vol.path("logs");
+    for v in [&myvol, &logvol] {
+        sh_ok("btrfs", &["-q", "subvolume", "create", p(v)]);
+        std::fs::set_permissions(v, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let snaps = vol.path("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let datadir = myvol.join("mysql");
+    let logdir = logvol.join("innodb");
+    const UNDO: &str = "--innodb-undo-tablespaces=2";
+    mariadb_install_with(&my, &datadir, &open.path().join("install-tmp"), &[UNDO]);
+    // The redo log and both undo tablespaces live on the second volume, symlinked (by
+    // absolute path) from the data directory.
+    mkdir_owned(&logdir, Some(&my));
+    for f in ["ib_logfile0", "undo001", "undo002"] {
+        // (Another subvolume: a copy, not a rename.)
+        std::fs::copy(datadir.join(f), logdir.join(f)).unwrap();
+        std::os::unix::fs::chown(logdir.join(f), Some(my.uid), Some(my.gid)).unwrap();
+        std::fs::remove_file(datadir.join(f)).unwrap();
+        std::os::unix::fs::symlink(logdir.join(f), datadir.join(f)).unwrap();
+        std::os::unix::fs::lchown(datadir.join(f), Some(my.uid), Some(my.gid)).unwrap();
+    }
+    let rundir = open.path().join("run");
+    let server =
+        MariaDb::start_with(&my, &datadir, &rundir, &open.path().join("m.log"), &[UNDO]).unwrap();
+    server.create_quiesce_user();
+    server.sql(
+        "CREATE DATABASE w; \
+         CREATE TABLE w.log (id BIGINT PRIMARY KEY, at DATETIME(6) NOT NULL, payload VARCHAR(200)) ENGINE=InnoDB; \
+         CREATE TABLE w.mlog (id BIGINT PRIMARY KEY) ENGINE=MyISAM",
+    );
+    let option_file = private.file("mariadb.cnf", &server.quiesce_option_file(), 0o600);
+    let positions = private.join("positions");
+    std::fs::create_dir_all(&positions).unwrap();
+    let hook = install_hook(&private, "mariadb-hold");
+    let argv = vec![
+        p(&hook).to_string(),
+        "--out-dir".into(),
+        p(&positions).to_string(),
+        "--defaults-extra-file".into(),
+        p(&option_file).to_string(),
+    ];
+    let both = mariadb_config(
+        &private,
+        &[p(&myvol), p(&logvol)],
+        &snaps,
+        &datadir,
+        Some(argv.clone()),
+        "both.toml",
+    );
+    let data_only = mariadb_config(
+        &private,
+        &[p(&myvol)],
+        &snaps,
+        &datadir,
+        Some(argv),
+        "one.toml",
+    );
+
+    // Both volumes snapshotted in one run, under write load: the view's symlinks are
+    // re-pointed at the log volume's view, and every snapshot verifies.
+    let writer = MariaWriter::start(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (code, report, out) = quiesce(&both, &["snapshot", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(report["snapshots"].as_array().unwrap().len(), 2, "{out}");
+        let id = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        let (code, v, out) = quiesce(&both, &["verify", "--json", &id]);
+        eprintln!(
+            "two volumes, both snapshotted, snapshot {i}: {}",
+            v["status"]
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(v["status"], "verified", "{out}");
+        let layout = v["checks"][0]["message"].as_str().unwrap_or("");
+        assert!(
+            v["checks"][0]["name"] == "mariadb layout"
+                && layout.contains("ib_logfile0 -> ")
+                && layout.contains("undo002 -> ")
+                && layout.contains(".quiesce-verify-"),
+            "{out}"
+        );
+        ids.push(id);
+    }
+    let acked = writer.finish().unwrap();
+    eprintln!("{acked} inserts acknowledged during the snapshots");
+
+    // The original, quiet, byte for byte and process for process, around a verification of
+    // each kind: re-pointed into the view, and refused (the log volume not snapshotted).
+    let (code, report, out) = quiesce(&data_only, &["snapshot", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let lone = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+    for (config, id, want) in [(&both, &ids[2], "verified"), (&data_only, &lone, "refused")] {
+        let data_before = settled_digest(&datadir);
+        let logs_before = settled_digest(&logdir);
+        let run_before = tree_digest(&rundir);
+        let pids_before = pids_in(&datadir);
+        assert!(!pids_before.is_empty());
+        let (code, v, out) = quiesce(config, &["verify", "--json", id]);
+        eprintln!("two volumes ({want}): {}", v["status"]);
+        let status = v["status"].as_str().unwrap_or("");
+        if want == "verified" {
+            assert_eq!(code, 0, "{out}");
+            assert_eq!(status, "verified", "{out}");
+        } else {
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                status.starts_with("verification failed: mariadb layout")
+                    && (status.contains("ib_logfile0") || status.contains("undo00"))
+                    && status.contains("outside the snapshot"),
+                "{out}"
+            );
+        }
+        assert_eq!(
+            tree_digest(&datadir),
+            data_before,
+            "the live data directory changed"
+        );
+        assert_eq!(
+            tree_digest(&logdir),
+            logs_before,
+            "the live redo/undo volume changed"
+        );
+        assert_eq!(
+            tree_digest(&rundir),
+            run_before,
+            "the live socket dir changed"
+        );
+        assert_eq!(
+            pids_in(&datadir),
+            pids_before,
+            "the live server's processes changed"
+        );
+        for f in ["ib_logfile0", "undo001", "undo002"] {
+            assert_eq!(std::fs::read_link(datadir.join(f)).unwrap(), logdir.join(f));
+        }
+    }
+    server.sql("SELECT COUNT(*) FROM w.log");
+    assert!(views_in(&snaps).is_empty(), "views left behind");
+}
+
+#[test]
+fn command_provider_xfs_and_btrfs_image_copies_are_checked_by_their_own_tools() {
+    require_root();
+    let _slot = SLOTS.take();
+    let private = Scratch::new("vrfy-img-fs");
+    let verifier = private.script(
+        "check-keep",
+        "#!/bin/sh\nset -e\ntest \"$(cat \"$QUIESCE_VERIFY_VIEW/data/keep.txt\")\" = kept\n",
+    );
+    let extra = format!(
+        "after_snapshot = true\nhooks = [{}]\n",
+        toml_list(&[p(&verifier)])
+    );
+    for (fstype, size, check_name) in [("xfs", 300, "xfs_repair"), ("btrfs", 256, "btrfs check")] {
+        let env = image_env_of(fstype, size, &format!("vrfy-img-{fstype}"), "", &extra);
+        let mut last = String::new();
+        for i in 0..2 {
+            std::fs::write(env.fs.path(&format!("data/f{i}")), vec![b'x'; 300_000]).unwrap();
+            let (code, report, out) = quiesce(&env.config, &["snapshot", "--json"]);
+            assert_eq!(code, 0, "{out}");
+            let v = &report["verification"];
+            eprintln!(
+                "{fstype} image copy {i}: {} ({})",
+                v["status"], v["checks"][0]["message"]
+            );
+            assert_eq!(v["status"], "verified", "{out}");
+            assert_eq!(v["checks"][0]["name"], check_name, "{out}");
+            last = report["snapshots"][0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(loops_backed_in(&env.snaps).is_empty());
+        assert!(verify_mounts().is_empty());
+        if fstype == "xfs" {
+            // The inode of data/keep.txt zeroed in the newest copy.
+            let ino = std::fs::metadata(env.fs.path("data/keep.txt"))
+                .unwrap()
+                .ino();
+            sh_ok(
+                "xfs_db",
+                &[
+                    "-x",
+                    "-c",
+                    &format!("inode {ino}"),
+                    "-c",
+                    "write core.mode 0",
+                    &last,
+                ],
+            );
+            let (code, v, out) = quiesce(&env.config, &["verify", "--json", &last]);
+            eprintln!("damaged xfs copy: {}", v["status"]);
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                v["status"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("verification failed: xfs_repair: "),
+                "{out}"
+            );
+            assert!(loops_backed_in(&env.snaps).is_empty());
+        }
+    }
 }

@@ -294,6 +294,7 @@ fn run_sequence(
 
 #[test]
 fn answers_agree_with_qemu_ga() {
+    support::require_root!();
     let _lock = QGA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Scratch::new("qga-parity");
     let fs = LoopFs::new("ext4", 64);
@@ -414,6 +415,7 @@ fn answers_agree_with_qemu_ga() {
 
 #[test]
 fn other_commands_are_forwarded_to_a_real_qemu_ga() {
+    support::require_root!();
     let _lock = QGA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Scratch::new("qga-proxy");
     let (_qga, qga_sock) = start_qemu_ga(&dir);
@@ -467,6 +469,7 @@ fn other_commands_are_forwarded_to_a_real_qemu_ga() {
 
 #[test]
 fn a_host_that_never_thaws_is_thawed_at_the_deadline() {
+    support::require_root!();
     // Not a qemu-ga test, but a qemu-ga thaw from the other tests would end this freeze early.
     let _lock = QGA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Scratch::new("qga-deadline");

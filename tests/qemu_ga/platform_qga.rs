@@ -91,6 +91,7 @@ impl Drop for Qga {
 
 #[test]
 fn qemu_ga_freeze_list_runs_the_bridge_and_holds_last_across_its_freeze() {
+    support::require_root!();
     let _one = QGA.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Scratch::new("plat-qga-real");
     let fs = LoopFs::new("ext4", 64);

@@ -1,9 +1,129 @@
 //! A real etcd cluster on loopback ports for the group tests: data directories in scratch,
-//! every node killed by pid on drop.
+//! every node killed by pid on drop; optionally with TLS client certificates (made with the
+//! openssl CLI).
 
-use crate::support::Scratch;
+use crate::support::{free_port, Scratch};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A test CA, etcd's certificate for 127.0.0.1, a client certificate, and a second CA that
+/// signed neither (for "wrong CA").
+#[allow(dead_code)]
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[allow(dead_code)]
+impl Certs {
+    /// Make every certificate in `dir` (EC P-256 keys, valid one day; keys mode 600).
+    pub fn make(dir: &Path) -> Certs {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, pem, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
+                format!("/CN=quiesce test {ca}"),
+            );
+            let mut args = vec![
+                "req", "-x509", "-days", "1", "-subj", &subj, "-keyout", &key, "-out", &pem,
+            ];
+            args.extend(ec);
+            args.extend([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            openssl(dir, &args);
+        }
+        for (who, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, pem, subj) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.pem"),
+                format!("/CN=quiesce-{who}"),
+            );
+            let mut args = vec!["req", "-new", "-subj", &subj, "-keyout", &key, "-out", &csr];
+            args.extend(ec);
+            openssl(dir, &args);
+            let extfile = format!("{who}.ext");
+            std::fs::write(dir.join(&extfile), ext).unwrap();
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-days",
+                    "1",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-extfile",
+                    &extfile,
+                    "-out",
+                    &pem,
+                ],
+            );
+        }
+        for key in ["ca.key", "other-ca.key", "server.key", "client.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        Certs {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.pem"),
+        }
+    }
+
+    /// The client side: this CA, this client certificate and key.
+    pub fn client_files(&self) -> quiesce::group::etcd::TlsFiles {
+        quiesce::group::etcd::TlsFiles {
+            ca_file: Some(self.ca.clone()),
+            cert_file: Some(self.client_cert.clone()),
+            key_file: Some(self.client_key.clone()),
+        }
+    }
+}
 
 pub struct EtcdCluster {
     pub nodes: Vec<Option<Child>>,
@@ -12,18 +132,16 @@ pub struct EtcdCluster {
     _dir: Scratch,
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl EtcdCluster {
     /// Start `n` etcd nodes forming one cluster and wait until it accepts writes.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None)
+    }
+
+    /// Like [`EtcdCluster::start`]; with `tls`, clients must speak TLS and show a
+    /// certificate signed by the test CA (`--client-cert-auth`).
+    pub fn start_with(n: usize, tls: Option<&Certs>) -> EtcdCluster {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let dir = Scratch::new("etcd");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
@@ -35,23 +153,36 @@ impl EtcdCluster {
             nodes: Vec::new(),
             endpoints: ports
                 .iter()
-                .map(|(c, _)| format!("127.0.0.1:{c}"))
+                .map(|(c, _)| match tls {
+                    Some(_) => format!("https://127.0.0.1:{c}"),
+                    None => format!("127.0.0.1:{c}"),
+                })
                 .collect(),
             _dir: dir,
         };
         for (i, (client, peer)) in ports.iter().enumerate() {
             let data = cluster._dir.join(&format!("n{i}"));
             let log = std::fs::File::create(cluster._dir.join(&format!("n{i}.log"))).unwrap();
-            let child = Command::new("etcd")
+            let mut cmd = Command::new("etcd");
+            if let Some(c) = tls {
+                cmd.arg("--cert-file")
+                    .arg(&c.server_cert)
+                    .arg("--key-file")
+                    .arg(&c.server_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&c.ca)
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args([
                     "--name",
                     &format!("n{i}"),
                     "--data-dir",
                     data.to_str().unwrap(),
                     "--listen-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                     "--advertise-client-urls",
-                    &format!("http://127.0.0.1:{client}"),
+                    &format!("{scheme}://127.0.0.1:{client}"),
                     "--listen-peer-urls",
                     &format!("http://127.0.0.1:{peer}"),
                     "--initial-advertise-peer-urls",
@@ -70,12 +201,15 @@ impl EtcdCluster {
                 .expect("etcd (apt-get install etcd-server)");
             cluster.nodes.push(Some(child));
         }
-        let etcd = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2));
+        let mut etcd = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2));
+        if let Some(c) = tls {
+            etcd = etcd.with_tls(&c.client_files()).unwrap();
+        }
         let start = Instant::now();
-        while etcd.put("/quiesce-test/ping", "1", 0).is_err() {
+        while let Err(e) = etcd.put("/quiesce-test/ping", "1", 0) {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "etcd cluster did not come up"
+                "etcd cluster did not come up: {e}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -9,6 +9,10 @@ pub mod db;
 pub mod etcd;
 pub mod platform;
 pub mod reports;
+pub mod run;
+
+#[allow(unused_imports)]
+pub use run::{code_names, codes, quiesce, Quiesce, Run, Running};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,51 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Does this process run as root? Most tests need it (see [`require_root`]).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Ends the calling test early when it does not run as root, saying so on stderr past the
+/// harness's output capture (so a plain `cargo test` shows it): loop devices, FIFREEZE,
+/// root-owned scripts (the trust checks refuse any other owner) and servers run as other
+/// users all need root. `require_root!()` names the common reason; `require_root!("...")`
+/// another.
+#[allow(unused_macros)]
+macro_rules! require_root {
+    () => {
+        $crate::support::require_root!("loop devices and FIFREEZE")
+    };
+    ($why:literal) => {
+        if !$crate::support::is_root() {
+            $crate::support::skipped(concat!("needs root (", $why, ")"));
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require_root;
+
+/// Say on stderr, uncaptured, that the current test is skipped and why.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    // The harness names each test's thread after the test; a binary with its own `main`
+    // (harness = false) is named after itself.
+    let name = match std::thread::current().name() {
+        Some(n) if n != "main" => n.to_string(),
+        _ => std::env::args()
+            .next()
+            .and_then(|a| Some(Path::new(&a).file_name()?.to_string_lossy().into_owned()))
+            // cargo's `chaos-0123abcd…` is the test `chaos`.
+            .map(|n| match n.rsplit_once('-') {
+                Some((stem, hash)) if hash.bytes().all(|b| b.is_ascii_hexdigit()) => stem.into(),
+                _ => n,
+            })
+            .unwrap_or_else(|| "this test".to_string()),
+    };
+    let _ = writeln!(std::io::stderr(), "{name}: skipped: {why}");
+}
 
 /// Run a command, panicking with its output if it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
@@ -44,11 +93,19 @@ pub struct Scratch {
 
 /// Where scratch directories live: `/var/lib/quiesce-tests` (or `$QUIESCE_TEST_SCRATCH`),
 /// root-owned 0755. Not under the checkout: a checkout below a world-writable directory
-/// (a clone in /tmp) would make every script fail the trust checks, as it should.
+/// (a clone in /tmp) would make every script fail the trust checks, as it should. An
+/// ordinary user (who runs only the tests that need no root) gets `quiesce-tests` in cargo's
+/// temporary directory of the build.
 pub fn scratch_base() -> PathBuf {
     let base = std::env::var_os("QUIESCE_TEST_SCRATCH")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/quiesce-tests"));
+        .unwrap_or_else(|| {
+            if is_root() {
+                PathBuf::from("/var/lib/quiesce-tests")
+            } else {
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("quiesce-tests")
+            }
+        });
     std::fs::create_dir_all(&base).unwrap();
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
     base
@@ -368,6 +425,53 @@ impl Drop for WriteProbe {
             std::thread::spawn(move || {
                 let _ = child.wait();
             });
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `program` run as uid/gid 65534 (nobody) with no supplementary groups.
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program);
+    cmd
+}
+
+/// A socket every user can reach until drop: mode 0666, and its directories up to the scratch
+/// base traversable by others (their modes are put back on drop). Only the server's peer
+/// credential check can refuse a caller then.
+pub struct OpenToOthers {
+    dirs: Vec<(PathBuf, u32)>,
+}
+
+impl OpenToOthers {
+    pub fn new(socket: &Path) -> OpenToOthers {
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut dirs = Vec::new();
+        let mut p = socket.parent().unwrap().to_path_buf();
+        while p.starts_with(scratch_base()) {
+            let m = std::fs::metadata(&p).unwrap().permissions().mode();
+            dirs.push((p.clone(), m));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
+            p = p.parent().unwrap().to_path_buf();
+        }
+        OpenToOthers { dirs }
+    }
+}
+
+impl Drop for OpenToOthers {
+    fn drop(&mut self) {
+        for (p, m) in &self.dirs {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(*m));
         }
     }
 }

@@ -68,6 +68,7 @@ fn base(op: &str, started: SystemTime, total_ms: u64) -> Report {
         frozen_ms: None,
         frozen: Vec::new(),
         hooks: Vec::new(),
+        verification: None,
     }
 }
 
