@@ -128,7 +128,7 @@ fn history_across_outcomes_and_a_killed_run() {
 
     let mut ids = Vec::new();
     for (cfg, want) in [(&good, 0), (&degraded, 3), (&failed, 1)] {
-        let run = snapshot(&cfg);
+        let run = snapshot(cfg);
         assert_eq!(run.code, want, "{}", run.describe());
         ids.push(run.report().operation_id);
     }
