@@ -1098,9 +1098,25 @@ fn a_watch_wakes_at_once_and_survives_a_stopped_etcd_node() {
     assert!(m.wait(Instant::now() + Duration::from_secs(3)));
     assert_eq!(m.get("/w/k0"), None);
 
-    // The node the stream is on stops: the stream reopens on another node, and nothing
-    // written meanwhile is missed.
-    cluster.stop(0);
+    // The leader stops (the node the stream is on, when it is node 0): calls made during
+    // the election still succeed, the stream reopens on another node, and nothing written
+    // meanwhile is missed.
+    let leader = cluster
+        .endpoints
+        .iter()
+        .position(|ep| {
+            let status = Etcd::new(std::slice::from_ref(ep), Duration::from_secs(2))
+                .call("/v3/maintenance/status", &serde_json::json!({}))
+                .unwrap();
+            status["leader"] == status["header"]["member_id"]
+        })
+        .unwrap();
+    cluster.stop(leader);
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| cluster.endpoints[i].clone())
+        .collect();
+    let writer = Etcd::new(&others, Duration::from_secs(2));
     writer.put("/w/after-stop", "1", 0).unwrap();
     let until = Instant::now() + Duration::from_secs(10);
     while m.get("/w/after-stop") != Some("1") {
