@@ -5,7 +5,9 @@
 //! `QUIESCE_BENCH_GROUP_OPS=5` to shorten). For each size it prints the median and the
 //! worst, over the operations, of "operation written" -> "all ready" and -> "all released",
 //! beside the baseline: one member's prepare + release straight through its socket, with no
-//! group (the time the members themselves need, so the difference is coordination).
+//! group (the time the members themselves need, so the difference is coordination), and
+//! beside the figures measured before watches (members polled etcd every 20 ms with one
+//! connection per call).
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;
@@ -43,6 +45,10 @@ fn start(name: &str, endpoints: &[String]) -> SimMember {
     }
 }
 
+/// Medians measured before watches and kept-alive connections (members polled every 20 ms,
+/// one HTTP/1.0 connection per call), same bench, same machine: (members, ready, released).
+const BEFORE_WATCH: [(usize, u64, u64); 3] = [(3, 83, 247), (10, 225, 411), (50, 522, 999)];
+
 fn median_max(mut v: Vec<u64>) -> (u64, u64) {
     v.sort();
     (v[v.len() / 2], *v.last().unwrap())
@@ -60,10 +66,19 @@ fn main() {
         .unwrap_or(10);
     let cluster = etcd::EtcdCluster::start(3);
     let etcd_client = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2));
-    println!("group barrier, {ops} operations per size, 3-node etcd, members poll every 20 ms");
     println!(
-        "{:>8} {:>16} {:>16} {:>18} {:>18} {:>16}",
-        "members", "ready median", "ready max", "released median", "released max", "baseline"
+        "group barrier, {ops} operations per size, 3-node etcd, members woken by watch streams"
+    );
+    println!(
+        "{:>7} {:>13} {:>10} {:>16} {:>13} {:>9} {:>19} {:>21}",
+        "members",
+        "ready median",
+        "ready max",
+        "released median",
+        "released max",
+        "baseline",
+        "released-baseline",
+        "before: ready/released"
     );
     let mut members: Vec<SimMember> = Vec::new();
     for &n in &sizes {
@@ -125,9 +140,19 @@ fn main() {
         let (rm, rx) = median_max(ready);
         let (lm, lx) = median_max(released);
         let (bm, _) = median_max(base);
+        let before = BEFORE_WATCH
+            .iter()
+            .find(|(size, _, _)| *size == n)
+            .map_or("-".to_string(), |(_, r, l)| format!("{r} / {l} ms"));
         println!(
-            "{n:>8} {:>13} ms {:>13} ms {:>15} ms {:>15} ms {:>13} ms",
-            rm, rx, lm, lx, bm
+            "{n:>7} {:>10} ms {:>7} ms {:>13} ms {:>10} ms {:>6} ms {:>16} ms {:>21}",
+            rm,
+            rx,
+            lm,
+            lx,
+            bm,
+            lm.saturating_sub(bm),
+            before
         );
     }
 }

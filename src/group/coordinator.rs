@@ -260,24 +260,7 @@ pub fn snapshot(
     }
     let mut errors = Vec::new();
 
-    // Barrier: every member ready, or one failed, or the deadline.
-    let (raw_ready, all_ready_ms) = wait_for(
-        &mut ops,
-        &format!("{prefix}ready/"),
-        super::release_at_ms(spec.deadline_ms),
-        |seen| {
-            let ready = ready_answers(seen);
-            if ready.values().any(|a| a.state == "failed") {
-                return Some(None);
-            }
-            names
-                .iter()
-                .all(|n| ready.contains_key(n))
-                .then(|| Some(started.elapsed().as_millis() as u64))
-        },
-    );
-    let all_ready_ms = all_ready_ms.flatten();
-    let ready = ready_answers(&raw_ready);
+    let (ready, all_ready_ms) = barrier(&mut ops, &spec, started);
     let (snapshots, mut barrier_held) = match all_ready_ms {
         Some(_) => snapshot_step(&mut ops, etcd, &spec, &opts.command, &ready, &mut errors),
         None => (BTreeMap::new(), false),
@@ -291,13 +274,7 @@ pub fn snapshot(
     // Wait for every member to report its release; never past the deadline (plus the
     // time a member needs to notice it).
     let wait_until = spec.deadline_ms + cfg.lease_ttl.as_millis() as u64;
-    let (done, all_released_ms) =
-        wait_for(&mut ops, &format!("{prefix}done/"), wait_until, |seen| {
-            names
-                .iter()
-                .all(|n| seen.contains_key(n))
-                .then(|| started.elapsed().as_millis() as u64)
-        });
+    let (done, all_released_ms) = wait_all(&mut ops, &spec, "done", wait_until, started);
     let members = outcomes(&names, &ready, snapshots, done, &mut errors);
     let (status, consistency) = group_outcome(&members, barrier_held);
     let mut report = GroupReport {
@@ -323,6 +300,46 @@ pub fn snapshot(
     stored?;
     report.catalogs = wait_for_catalogs(cfg, etcd, &report);
     Ok(report)
+}
+
+/// The barrier: every member ready (the time since `started`), or one failed, or the
+/// release time passed (None). The ready answers seen.
+fn barrier(
+    ops: &mut Mirror,
+    spec: &OpSpec,
+    started: Instant,
+) -> (BTreeMap<String, ReadyAnswer>, Option<u64>) {
+    let prefix = op_prefix(&spec.group, &spec.operation_id);
+    let release_at = super::release_at_ms(spec.deadline_ms);
+    let (raw, all_ready_ms) = wait_for(ops, &format!("{prefix}ready/"), release_at, |seen| {
+        let ready = ready_answers(seen);
+        if ready.values().any(|a| a.state == "failed") {
+            return Some(None);
+        }
+        spec.members
+            .iter()
+            .all(|n| ready.contains_key(n))
+            .then(|| Some(started.elapsed().as_millis() as u64))
+    });
+    (ready_answers(&raw), all_ready_ms.flatten())
+}
+
+/// Wait until every member has a key under `ops/OP/{what}/` (the time since `started`), or
+/// `until_ms`; the values seen.
+fn wait_all(
+    ops: &mut Mirror,
+    spec: &OpSpec,
+    what: &str,
+    until_ms: u64,
+    started: Instant,
+) -> (BTreeMap<String, Value>, Option<u64>) {
+    let prefix = format!("{}{what}/", op_prefix(&spec.group, &spec.operation_id));
+    wait_for(ops, &prefix, until_ms, |seen| {
+        spec.members
+            .iter()
+            .all(|n| seen.contains_key(n))
+            .then(|| started.elapsed().as_millis() as u64)
+    })
 }
 
 /// Each member's outcome, in member order; errors name the members that failed.

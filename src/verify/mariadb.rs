@@ -141,30 +141,7 @@ pub fn verify(
         Err(e) => return fail("mariadb start", e),
     };
     let sock = run.join("sock");
-    let mut cmd = Command::new(&mariadbd);
-    cmd.arg("--no-defaults")
-        .arg(format!("--datadir={}", data.display()))
-        .arg(format!("--socket={}", sock.display()))
-        .arg(format!("--pid-file={}", run.join("pid").display()))
-        .arg(format!("--tmpdir={}", run.display()))
-        .arg(format!("--log-error={}", run.join("server.log").display()))
-        .args([
-            "--skip-networking",
-            "--skip-grant-tables",
-            "--skip-slave-start",
-            "--myisam-recover-options=OFF",
-            "--aria-recover-options=OFF",
-            "--innodb-buffer-pool-size=64M",
-            "--skip-name-resolve",
-        ]);
-    let undo = undo_tablespaces(&data);
-    if undo > 0 {
-        cmd.arg(format!("--innodb-undo-tablespaces={undo}"));
-    }
-    match &cfg.log_bin {
-        Some(name) => cmd.arg(format!("--log-bin={name}")).arg("--server-id=1"),
-        None => cmd.arg("--skip-log-bin"),
-    };
+    let cmd = server_command(&mariadbd, &data, &run, &sock, cfg.log_bin.as_deref());
     let mut child = match server::spawn(cmd, &run, uid, gid, record) {
         Ok(c) => c,
         Err(e) => return fail("mariadb start", e),
@@ -215,6 +192,41 @@ pub fn verify(
     }
     server::stop(&mut child, rustix::process::Signal::KILL);
     checks
+}
+
+/// The throwaway `mariadbd` on the view's data directory, everything else in `run`.
+fn server_command(
+    mariadbd: &Path,
+    data: &Path,
+    run: &Path,
+    sock: &Path,
+    log_bin: Option<&str>,
+) -> Command {
+    let mut cmd = Command::new(mariadbd);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", sock.display()))
+        .arg(format!("--pid-file={}", run.join("pid").display()))
+        .arg(format!("--tmpdir={}", run.display()))
+        .arg(format!("--log-error={}", run.join("server.log").display()))
+        .args([
+            "--skip-networking",
+            "--skip-grant-tables",
+            "--skip-slave-start",
+            "--myisam-recover-options=OFF",
+            "--aria-recover-options=OFF",
+            "--innodb-buffer-pool-size=64M",
+            "--skip-name-resolve",
+        ]);
+    let undo = undo_tablespaces(data);
+    if undo > 0 {
+        cmd.arg(format!("--innodb-undo-tablespaces={undo}"));
+    }
+    match log_bin {
+        Some(name) => cmd.arg(format!("--log-bin={name}")).arg("--server-id=1"),
+        None => cmd.arg("--skip-log-bin"),
+    };
+    cmd
 }
 
 /// `CHECK TABLE` of every base table (never `REPAIR`): any error, any warning (a MyISAM

@@ -17,7 +17,7 @@
 use crate::support;
 use crate::support::db;
 
-use db::{mariadb_install, MariaDb, OpenDir, RootMyCnf, User, MARIADB_QUIESCE_PASSWORD};
+use db::{MariaDb, OpenDir, RootMyCnf, User, MARIADB_QUIESCE_PASSWORD};
 use quiesce::codes::ErrorCode;
 use quiesce::hooks::{Phase, ScriptResult};
 use quiesce::report::{Consistency, Report, Status};
@@ -67,15 +67,7 @@ fn azure_migration_end_to_end_with_a_real_mariadb() {
         &open.path().join("vol"),
     );
     let datadir = vol.path("mysql");
-    mariadb_install(&my, &datadir, &open.path().join("install-tmp"));
-    let server = MariaDb::start(
-        &my,
-        &datadir,
-        &open.path().join("run"),
-        &open.path().join("mariadb.log"),
-    )
-    .unwrap();
-    server.create_quiesce_user();
+    let server = MariaDb::fresh(&my, &datadir, &open);
     server.sql("CREATE DATABASE mig; CREATE TABLE mig.t (id INT PRIMARY KEY) ENGINE=InnoDB");
     let _cnf = RootMyCnf::install(&format!(
         "[client]\nuser=quiesce\npassword={MARIADB_QUIESCE_PASSWORD}\nsocket={}\n",

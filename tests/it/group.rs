@@ -690,6 +690,23 @@ fn coordinator_killed_while_frozen_every_member_thaws_by_the_deadline() {
     }
 }
 
+/// Which node of the cluster is the raft leader (by its index in `endpoints`).
+fn leader(endpoints: &[String]) -> usize {
+    let status = |ep: &String| {
+        quiesce::group::etcd::Etcd::new(std::slice::from_ref(ep), Duration::from_secs(2))
+            .call("/v3/maintenance/status", &serde_json::json!({}))
+            .unwrap()
+    };
+    let leader = status(&endpoints[0])["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    endpoints
+        .iter()
+        .position(|ep| status(ep)["header"]["member_id"] == leader.as_str())
+        .expect("a leader among the nodes")
+}
+
 #[test]
 fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() {
     let mut cluster = EtcdCluster::start(3);
@@ -699,8 +716,9 @@ fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() 
         .collect();
     wait_members(&cluster.endpoints, 3);
 
-    // One of three etcd nodes stopped: the operation still completes.
-    cluster.stop(0);
+    // One of three etcd nodes stopped, the leader: the operation, started at once, still
+    // completes (the calls made during the election are answered 503 and tried again).
+    cluster.stop(leader(&cluster.endpoints));
     let report = group_snapshot(&cluster.endpoints, "one-node-down", "15s", &["true"]);
     assert_eq!(report["status"], "succeeded", "{report:#}");
 
@@ -994,6 +1012,54 @@ fn admin_config(dir: &Scratch, name: &str, endpoints: &[String], extra: &str) ->
     )
 }
 
+/// A TCP relay to `target` on a loopback port of its own, counting the connections it
+/// accepts (its threads end with the test process).
+fn counting_relay(target: &str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (count, target) = (Arc::clone(&accepted), target.to_string());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let Ok(up) = TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut c_in, mut up_out) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut up_out);
+                let _ = up_out.shutdown(Shutdown::Write);
+            });
+            let (mut up_in, mut c_out) = (up, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up_in, &mut c_out);
+                let _ = c_out.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn etcd_calls_share_one_kept_alive_connection() {
+    let cluster = EtcdCluster::start(1);
+    let (relay, accepted) = counting_relay(&cluster.endpoints[0]);
+    let etcd = quiesce::group::etcd::Etcd::new(&[relay], Duration::from_secs(2));
+    let started = Instant::now();
+    for i in 0..20 {
+        let key = format!("/kept-alive/{i}");
+        etcd.put(&key, "v", 0).unwrap();
+        assert_eq!(etcd.get(&key).unwrap().as_deref(), Some("v"));
+    }
+    eprintln!("40 calls in {:?}", started.elapsed());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "40 calls on one kept-alive connection"
+    );
+}
+
 #[test]
 fn a_watch_wakes_at_once_and_survives_a_stopped_etcd_node() {
     use quiesce::group::etcd::{watch::Mirror, Etcd};
@@ -1135,6 +1201,20 @@ fn over_tls_a_member_joins_and_a_group_snapshot_completes_and_bad_certs_are_refu
         assert!(stderr.contains(words), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // Watch streams work over TLS too (the member above may have fallen back to reading).
+    let tls_client = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2))
+        .with_tls(&certs.client_files())
+        .unwrap();
+    let mut m = quiesce::group::etcd::watch::Mirror::prefixes(
+        &Arc::new(tls_client),
+        &["/quiesce/groups/grp/".to_string()],
+        Duration::from_secs(5),
+    );
+    let until = Instant::now() + Duration::from_secs(5);
+    while !m.is_live() {
+        assert!(Instant::now() < until, "no watch stream over TLS");
+        m.wait(Instant::now() + Duration::from_millis(20));
+    }
     // The plain-HTTP client against the TLS port is refused too, in words.
     let plain = quiesce::group::etcd::Etcd::new(
         &[cluster.endpoints[0].replace("https://", "")],
@@ -1258,6 +1338,30 @@ fn with_etcd_auth_the_group_user_works_only_in_its_own_group() {
             "{e}"
         );
     }
+    // A watch: live on its own group's keys with its token; on another group's, refused
+    // (never live, nothing read).
+    let user = Arc::new(user);
+    let watch = |prefix: &str| {
+        quiesce::group::etcd::watch::Mirror::prefixes(
+            &user,
+            &[prefix.to_string()],
+            Duration::from_secs(5),
+        )
+    };
+    let (mut own, mut other) = (
+        watch("/quiesce/groups/grp/"),
+        watch("/quiesce/groups/other/"),
+    );
+    let until = Instant::now() + Duration::from_secs(5);
+    while !own.is_live() {
+        assert!(
+            Instant::now() < until,
+            "no watch stream with the group user's token"
+        );
+        own.wait(Instant::now() + Duration::from_millis(20));
+    }
+    other.wait(Instant::now() + Duration::from_secs(1));
+    assert!(!other.is_live() && !other.is_known() && other.kvs().is_empty());
     let out = group_cli(&good, &["snapshot", "other", "--id", "x", "--json"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("permission denied"),

@@ -159,14 +159,6 @@ fn serve_config(d: &Scratch, server_extra: &str) -> (std::path::PathBuf, std::pa
     (config, socket)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One raw request over TCP; the status code (0 when the connection closed unanswered).
 fn tcp_request(port: u16, head: &str) -> u16 {
     use std::io::{Read, Write};
@@ -194,7 +186,7 @@ fn tcp_callers_need_the_token_and_cannot_exhaust_the_server() {
     let d = Scratch::new("serve-tcp");
     let token = "s3cret-token-0123456789abcdef";
     let token_file = d.file("token", &format!("{token}\n"), 0o600);
-    let port = free_port();
+    let port = support::free_port();
     let (config, socket) = serve_config(
         &d,
         &format!(
@@ -293,7 +285,7 @@ fn an_unsafe_token_file_stops_the_server() {
         &d,
         &format!(
             "tcp_listen = \"127.0.0.1:{}\"\ntoken_file = {:?}\n",
-            free_port(),
+            support::free_port(),
             token_file.display().to_string()
         ),
     );
@@ -310,9 +302,7 @@ fn an_unsafe_token_file_stops_the_server() {
 // ---- a local user who is not root ----
 
 fn as_nobody(args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(quiesce_bin())
+    support::as_nobody(quiesce_bin())
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -184,9 +184,7 @@ fn non_root_callers_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.permissions().mode() & 0o777, 0o600);
     let as_nobody = |socket: &Path| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(support::quiesce_bin())
+        support::as_nobody(support::quiesce_bin())
             .args(["status", "--id", "x", "--socket", socket.to_str().unwrap()])
             .output()
             .unwrap()
@@ -197,19 +195,9 @@ fn non_root_callers_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ermission denied"));
     // Layer 2: even with the mode opened (and the directories traversable), peer credentials
     // refuse the caller.
-    std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut p = s.socket.parent().unwrap().to_path_buf();
-    let mut opened = Vec::new();
-    while p.starts_with(support::scratch_base()) {
-        let m = std::fs::metadata(&p).unwrap().permissions().mode();
-        opened.push((p.clone(), m));
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
-        p = p.parent().unwrap().to_path_buf();
-    }
+    let opened = support::OpenToOthers::new(&s.socket);
     let out = as_nobody(&s.socket);
-    for (p, m) in opened {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
-    }
+    drop(opened);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(v["errors"][0]["code"], "Unauthorized", "{v:#} {out:?}");
 }

@@ -212,28 +212,13 @@ fn refused_callers_cannot_take_the_slots_of_allowed_ones() {
     let s = setup("");
     let _srv = ServeProcess::start(&s.config, &s.socket);
     // Let uid 65534 reach the socket (it stays refused by peer credentials).
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let mut p = s.socket.parent().unwrap().to_path_buf();
-    let mut opened = Vec::new();
-    while p.starts_with(support::scratch_base()) {
-        let m = std::fs::metadata(&p).unwrap().permissions().mode();
-        opened.push((p.clone(), m));
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
-        p = p.parent().unwrap().to_path_buf();
-    }
+    let opened = support::OpenToOthers::new(&s.socket);
     let script = format!(
         "import socket, sys, time\nss = []\nfor _ in range(40):\n    c = socket.socket(socket.AF_UNIX)\n    c.connect({:?})\n    ss.append(c)\nprint('open', flush=True)\ntime.sleep(30)\n",
         s.socket.display().to_string()
     );
-    let mut holder = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-        ])
+    let mut holder = support::as_nobody("/usr/bin/python3")
+        .arg("-c")
         .arg(&script)
         .stdout(Stdio::piped())
         .spawn()
@@ -242,9 +227,7 @@ fn refused_callers_cannot_take_the_slots_of_allowed_ones() {
     std::io::BufReader::new(holder.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    for (p, m) in opened {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
-    }
+    drop(opened);
     assert_eq!(line.trim(), "open");
     let t = Instant::now();
     let answered = healthy(&s.socket);

@@ -16,7 +16,7 @@ pub use conn::TlsFiles;
 use conn::{Conn, Endpoint};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One key-value pair read from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,10 @@ pub struct Kv {
 
 /// Idle connections kept per client.
 const POOL: usize = 8;
+
+/// How long a call keeps trying while etcd answers 503 (no leader, or the leader changed):
+/// an election takes about one election timeout (1 s by default).
+const LEADERLESS: Duration = Duration::from_secs(3);
 
 /// A client for a list of endpoints (`host:port`, `http://host:port`, `https://host:port`).
 pub struct Etcd {
@@ -232,7 +236,19 @@ impl Etcd {
     /// POST a JSON body; errors name every endpoint tried, or what etcd refused.
     pub fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
         let body = body.to_string();
-        let (idx, status, v) = self.post_any(path, &body)?;
+        // While the cluster elects a new leader (a node stopped), etcd answers 503 for a
+        // moment: try again, on the next endpoint, for at most `LEADERLESS`.
+        let leaderless_until = Instant::now() + LEADERLESS;
+        let (idx, status, v) = loop {
+            let (idx, status, v) = self.post_any(path, &body)?;
+            if status != 503 || Instant::now() >= leaderless_until {
+                break (idx, status, v);
+            }
+            let mut preferred = self.preferred.lock().unwrap_or_else(|e| e.into_inner());
+            *preferred = (idx + 1) % self.endpoints.len();
+            drop(preferred);
+            std::thread::sleep(Duration::from_millis(50));
+        };
         if status == 200 {
             return Ok(v);
         }

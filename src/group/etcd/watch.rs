@@ -197,6 +197,9 @@ fn watch_thread(
     stop: Arc<Stop>,
 ) {
     let mut reported_lost = false;
+    // Reopening waits longer after each failure (50 ms up to 2 s), so that a refused watch
+    // (permission denied) does not hammer etcd.
+    let mut backoff = Duration::from_millis(50);
     while !stop.stopped() {
         let why = match etcd.watch(&key, &end, next_rev) {
             Ok(mut stream) => {
@@ -209,8 +212,10 @@ fn watch_thread(
                         Ok(m) => m,
                         Err(e) => break e,
                     };
-                    if msg.created {
+                    // etcd answers a refused watch as created and canceled at once.
+                    if msg.created && msg.canceled.is_none() {
                         reported_lost = false;
+                        backoff = Duration::from_millis(50);
                         if next_rev == 0 {
                             next_rev = msg.revision + 1;
                         }
@@ -247,7 +252,11 @@ fn watch_thread(
                 return;
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !stop.stopped() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

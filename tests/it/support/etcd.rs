@@ -2,7 +2,7 @@
 //! every node killed by pid on drop; optionally with TLS client certificates (made with the
 //! openssl CLI).
 
-use crate::support::Scratch;
+use crate::support::{free_port, Scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -130,15 +130,6 @@ pub struct EtcdCluster {
     /// `127.0.0.1:port` of each node's client listener.
     pub endpoints: Vec<String>,
     _dir: Scratch,
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl EtcdCluster {

@@ -429,6 +429,53 @@ impl Drop for WriteProbe {
     }
 }
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `program` run as uid/gid 65534 (nobody) with no supplementary groups.
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(program);
+    cmd
+}
+
+/// A socket every user can reach until drop: mode 0666, and its directories up to the scratch
+/// base traversable by others (their modes are put back on drop). Only the server's peer
+/// credential check can refuse a caller then.
+pub struct OpenToOthers {
+    dirs: Vec<(PathBuf, u32)>,
+}
+
+impl OpenToOthers {
+    pub fn new(socket: &Path) -> OpenToOthers {
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut dirs = Vec::new();
+        let mut p = socket.parent().unwrap().to_path_buf();
+        while p.starts_with(scratch_base()) {
+            let m = std::fs::metadata(&p).unwrap().permissions().mode();
+            dirs.push((p.clone(), m));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m | 0o001)).unwrap();
+            p = p.parent().unwrap().to_path_buf();
+        }
+        OpenToOthers { dirs }
+    }
+}
+
+impl Drop for OpenToOthers {
+    fn drop(&mut self) {
+        for (p, m) in &self.dirs {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(*m));
+        }
+    }
+}
+
 /// A `quiesce serve` process, stopped (SIGTERM, then SIGKILL) and reaped on drop.
 pub struct ServeProcess {
     pub child: std::process::Child,
