@@ -261,6 +261,9 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
     let prepared = api.prepare(PrepareRequest {
         id: id.clone(),
         deadline: Some(Duration::from_millis(left)),
+        // The pre hooks take time: the guard counts from the freeze, the group's deadline
+        // does not move.
+        thaw_by: Some(std::time::UNIX_EPOCH + Duration::from_millis(spec.deadline_ms)),
         scope: FreezeScope::Plan,
         caller: Caller::Group {
             group: spec.group.clone(),
