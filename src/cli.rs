@@ -226,32 +226,29 @@ pub fn run(cli: Cli) -> i32 {
             socket,
         } => prepare(cli.config, socket, &id, deadline.as_deref()),
         Command::Release { id, socket } => host_call(cli.config, socket, |c| {
-            c.release(&id).map(|report| {
-                print_json(&report);
-                report.status.exit_code()
-            })
+            let report = c.release(&id)?;
+            print_json(&report);
+            Ok(report.status.exit_code())
         }),
         Command::Status { id, socket } => host_call(cli.config, socket, |c| {
-            c.status(&id).map(|status| {
-                print_json(&status);
-                0
-            })
+            print_json(&c.status(&id)?);
+            Ok(0)
         }),
         Command::Hook {
             side,
             platform,
             deadline,
             socket,
-        } => {
-            let cfg = load_or_defaults(cli.config);
-            crate::platform::bridge::run(
+        } => match load_strict(cli.config) {
+            Some(cfg) => crate::platform::bridge::run(
                 &cfg,
                 platform,
                 side,
                 deadline.as_deref(),
                 socket.as_deref(),
-            )
-        }
+            ),
+            None => 1,
+        },
         Command::Install {
             platform,
             root,
@@ -260,7 +257,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
         Command::Generate { what, dir } => crate::generate::run(what, &dir),
-        Command::MigrateCatalog => crate::generate::migrate_catalog(&load_or_defaults(cli.config)),
+        Command::MigrateCatalog => match load_strict(cli.config) {
+            Some(cfg) => crate::generate::migrate_catalog(&cfg),
+            None => 1,
+        },
         Command::Verify {
             snapshot,
             latest: _,
@@ -515,30 +515,11 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
     }
 }
 
-fn load_or_defaults(config_path: Option<PathBuf>) -> Config {
-    match config::load(config_path.as_deref()) {
-        Ok(cfg) => cfg,
-        Err(errs) => {
-            if config_path.is_some() {
-                print_problems(&errs.0);
-            }
-            Config::defaults(std::path::Path::new(""))
-        }
-    }
-}
-
 fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
     // With an explicit configuration, show exactly what `snapshot` would do with it, or fail
     // like `check` (never fall back to the default plan).
-    let cfg = match &config_path {
-        Some(p) => match config::load(Some(p)) {
-            Ok(cfg) => cfg,
-            Err(errs) => {
-                print_problems(&errs.0);
-                return 1;
-            }
-        },
-        None => load_or_defaults(None),
+    let Some(cfg) = load_strict(config_path) else {
+        return 1;
     };
     if !cfg.freeze.enabled {
         if json {
@@ -684,7 +665,9 @@ fn history(
     limit: Option<usize>,
     since: Option<std::time::Duration>,
 ) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    let Some(cfg) = load_strict(config_path) else {
+        return 1;
+    };
     let catalog = match crate::catalog::Catalog::open_read_only(&cfg.paths.catalog) {
         Ok(Some(c)) => c,
         Ok(None) => {
@@ -703,7 +686,12 @@ fn history(
             return 1;
         }
     };
-    let since = since.map(|d| std::time::SystemTime::now() - d);
+    // A duration reaching before the epoch means "everything" (never an overflow).
+    let since = since.map(|d| {
+        std::time::SystemTime::now()
+            .checked_sub(d)
+            .unwrap_or(std::time::UNIX_EPOCH)
+    });
     match catalog.history(limit, since) {
         Ok(runs) => {
             if json {
@@ -721,7 +709,9 @@ fn history(
 }
 
 fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
-    let cfg = load_or_defaults(config_path);
+    let Some(cfg) = load_strict(config_path) else {
+        return 1;
+    };
     let provider = crate::snapshot::from_config(&cfg.snapshot);
     let mut list = match provider.list() {
         Ok(l) => l,

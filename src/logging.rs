@@ -177,37 +177,7 @@ pub fn init_with(opts: LogOptions) -> Result<(), LogError> {
         .as_deref()
         .and_then(|p| Journal::new(p).ok());
 
-    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
-    let mut layers: Vec<Boxed> = Vec::new();
-    let text_or_json = |sink: Sink, ansi: bool| -> Boxed {
-        let base = tracing_subscriber::fmt::layer().with_writer(StageWriter(sink));
-        match opts.format {
-            LogFormat::Text => base.with_ansi(ansi).boxed(),
-            LogFormat::Json => base
-                .json()
-                .flatten_event(true)
-                .with_span_list(false)
-                .boxed(),
-        }
-    };
-    if opts.stderr {
-        use std::io::IsTerminal;
-        layers.push(text_or_json(Sink::Stderr, io::stderr().is_terminal()));
-    }
-    if file.is_some() {
-        layers.push(text_or_json(Sink::File, false));
-    }
-    if journal.is_some() {
-        layers.push(
-            tracing_subscriber::fmt::layer()
-                .with_writer(StageWriter(Sink::Journal))
-                .without_time()
-                .with_level(false)
-                .with_target(false)
-                .with_ansi(false)
-                .boxed(),
-        );
-    }
+    let layers = layers(opts.format, opts.stderr, file.is_some(), journal.is_some());
     {
         let mut out = output();
         out.stderr = opts.stderr;
@@ -225,6 +195,44 @@ pub fn init_with(opts: LogOptions) -> Result<(), LogError> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// One formatting layer per sink in use: stderr and the file in `format`, the journal as
+/// bare messages (it has its own time and priority).
+fn layers(format: LogFormat, stderr: bool, file: bool, journal: bool) -> Vec<Boxed> {
+    let mut layers: Vec<Boxed> = Vec::new();
+    let text_or_json = |sink: Sink, ansi: bool| -> Boxed {
+        let base = tracing_subscriber::fmt::layer().with_writer(StageWriter(sink));
+        match format {
+            LogFormat::Text => base.with_ansi(ansi).boxed(),
+            LogFormat::Json => base
+                .json()
+                .flatten_event(true)
+                .with_span_list(false)
+                .boxed(),
+        }
+    };
+    if stderr {
+        use std::io::IsTerminal;
+        layers.push(text_or_json(Sink::Stderr, io::stderr().is_terminal()));
+    }
+    if file {
+        layers.push(text_or_json(Sink::File, false));
+    }
+    if journal {
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .with_writer(StageWriter(Sink::Journal))
+                .without_time()
+                .with_level(false)
+                .with_target(false)
+                .with_ansi(false)
+                .boxed(),
+        );
+    }
+    layers
 }
 
 fn open_log_file(path: &Path) -> io::Result<File> {

@@ -29,8 +29,6 @@
 use crate::report::{Consistency, Report, Status};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Counts over every recorded run, for the metrics.
@@ -120,125 +118,133 @@ pub fn render_last_run(last: Option<&LastRun>, totals: &Totals) -> String {
 fn render_parts(last: Option<&LastRun>, totals: Option<&Totals>) -> String {
     let mut out = String::new();
     if let Some(l) = last {
-        family(
-            &mut out,
-            "quiesce_last_run_status",
-            "gauge",
-            "Status of the last run: 1 for the status it ended with, 0 for the others.",
-        );
-        for s in [Status::Succeeded, Status::Degraded, Status::Failed] {
-            sample(
-                &mut out,
-                "quiesce_last_run_status",
-                &[("status", s.as_str())],
-                &bool_value(l.status == s),
-            );
-        }
-        family(
-            &mut out,
-            "quiesce_last_run_consistency",
-            "gauge",
-            "Consistency reached by the last run: 1 for the level reached, 0 for the others.",
-        );
-        for c in ALL_CONSISTENCIES {
-            sample(
-                &mut out,
-                "quiesce_last_run_consistency",
-                &[("consistency", c.as_str())],
-                &bool_value(l.consistency == c),
-            );
-        }
-        single(
-            &mut out,
-            "quiesce_last_run_consistency_level",
-            "Consistency reached by the last run: 0 none, 1 crash, 2 file-system, 3 application.",
-            &level(l.consistency).to_string(),
-        );
-        single(
-            &mut out,
-            "quiesce_last_run_target_consistency_level",
-            "Consistency a fully successful run of the configuration reaches (same scale).",
-            &level(l.target_consistency).to_string(),
-        );
-        single(
-            &mut out,
-            "quiesce_last_run_frozen_seconds",
-            "Time from the first freeze to the last thaw in the last run (0: nothing frozen).",
-            &seconds(l.frozen_ms.unwrap_or(0)),
-        );
-        single(
-            &mut out,
-            "quiesce_last_run_duration_seconds",
-            "Duration of the whole last run.",
-            &seconds(l.total_ms),
-        );
-        if let Some(t) = l.finished_unix {
-            single(
-                &mut out,
-                "quiesce_last_run_timestamp_seconds",
-                "When the last run finished, in seconds since the epoch.",
-                &t.to_string(),
-            );
-        }
-        single(
-            &mut out,
-            "quiesce_last_run_recorded",
-            "1 if the last run is recorded in the catalog, 0 if the catalog could not be opened or written.",
-            &bool_value(l.recorded),
-        );
+        last_run_families(&mut out, l);
+        hook_families(&mut out, &l.hooks);
+    }
+    if let Some(totals) = totals {
+        totals_families(&mut out, totals);
+    }
+    out
+}
 
-        // One series per (hook, phase); a pair seen twice is merged (durations and
-        // attempts added, failed if either failed) so no series is duplicated.
-        let mut hooks: BTreeMap<(&str, &str), HookMetric> = BTreeMap::new();
-        for h in &l.hooks {
-            hooks
-                .entry((h.hook.as_str(), h.phase.as_str()))
-                .and_modify(|m| {
-                    m.duration_ms += h.duration_ms;
-                    m.attempts += h.attempts;
-                    m.failed |= h.failed;
-                })
-                .or_insert_with(|| h.clone());
+/// Status, consistency, frozen time and duration of the last run.
+fn last_run_families(out: &mut String, l: &LastRun) {
+    family(
+        out,
+        "quiesce_last_run_status",
+        "gauge",
+        "Status of the last run: 1 for the status it ended with, 0 for the others.",
+    );
+    for s in [Status::Succeeded, Status::Degraded, Status::Failed] {
+        sample(
+            out,
+            "quiesce_last_run_status",
+            &[("status", s.as_str())],
+            &bool_value(l.status == s),
+        );
+    }
+    family(
+        out,
+        "quiesce_last_run_consistency",
+        "gauge",
+        "Consistency reached by the last run: 1 for the level reached, 0 for the others.",
+    );
+    for c in ALL_CONSISTENCIES {
+        sample(
+            out,
+            "quiesce_last_run_consistency",
+            &[("consistency", c.as_str())],
+            &bool_value(l.consistency == c),
+        );
+    }
+    single(
+        out,
+        "quiesce_last_run_consistency_level",
+        "Consistency reached by the last run: 0 none, 1 crash, 2 file-system, 3 application.",
+        &level(l.consistency).to_string(),
+    );
+    single(
+        out,
+        "quiesce_last_run_target_consistency_level",
+        "Consistency a fully successful run of the configuration reaches (same scale).",
+        &level(l.target_consistency).to_string(),
+    );
+    single(
+        out,
+        "quiesce_last_run_frozen_seconds",
+        "Time from the first freeze to the last thaw in the last run (0: nothing frozen).",
+        &seconds(l.frozen_ms.unwrap_or(0)),
+    );
+    single(
+        out,
+        "quiesce_last_run_duration_seconds",
+        "Duration of the whole last run.",
+        &seconds(l.total_ms),
+    );
+    if let Some(t) = l.finished_unix {
+        single(
+            out,
+            "quiesce_last_run_timestamp_seconds",
+            "When the last run finished, in seconds since the epoch.",
+            &t.to_string(),
+        );
+    }
+    single(
+        out,
+        "quiesce_last_run_recorded",
+        "1 if the last run is recorded in the catalog, 0 if the catalog could not be opened or written.",
+        &bool_value(l.recorded),
+    );
+}
+
+/// The per-hook series of the last run.
+fn hook_families(out: &mut String, last_hooks: &[HookMetric]) {
+    // One series per (hook, phase); a pair seen twice is merged (durations and
+    // attempts added, failed if either failed) so no series is duplicated.
+    let mut hooks: BTreeMap<(&str, &str), HookMetric> = BTreeMap::new();
+    for h in last_hooks {
+        hooks
+            .entry((h.hook.as_str(), h.phase.as_str()))
+            .and_modify(|m| {
+                m.duration_ms += h.duration_ms;
+                m.attempts += h.attempts;
+                m.failed |= h.failed;
+            })
+            .or_insert_with(|| h.clone());
+    }
+    type PerHook = (&'static str, &'static str, fn(&HookMetric) -> String);
+    let per_hook: [PerHook; 3] = [
+        (
+            "quiesce_last_run_hook_duration_seconds",
+            "Time one hook script took in the last run, all attempts included.",
+            |m| seconds(m.duration_ms),
+        ),
+        (
+            "quiesce_last_run_hook_failed",
+            "1 if the hook script failed in the last run, else 0.",
+            |m| bool_value(m.failed),
+        ),
+        (
+            "quiesce_last_run_hook_attempts",
+            "Attempts the hook script needed in the last run.",
+            |m| m.attempts.to_string(),
+        ),
+    ];
+    for (name, help, value) in per_hook {
+        if hooks.is_empty() {
+            continue;
         }
-        type PerHook = (&'static str, &'static str, fn(&HookMetric) -> String);
-        let per_hook: [PerHook; 3] = [
-            (
-                "quiesce_last_run_hook_duration_seconds",
-                "Time one hook script took in the last run, all attempts included.",
-                |m| seconds(m.duration_ms),
-            ),
-            (
-                "quiesce_last_run_hook_failed",
-                "1 if the hook script failed in the last run, else 0.",
-                |m| bool_value(m.failed),
-            ),
-            (
-                "quiesce_last_run_hook_attempts",
-                "Attempts the hook script needed in the last run.",
-                |m| m.attempts.to_string(),
-            ),
-        ];
-        for (name, help, value) in per_hook {
-            if hooks.is_empty() {
-                continue;
-            }
-            family(&mut out, name, "gauge", help);
-            for ((hook, phase), m) in &hooks {
-                sample(
-                    &mut out,
-                    name,
-                    &[("hook", hook), ("phase", phase)],
-                    &value(m),
-                );
-            }
+        family(out, name, "gauge", help);
+        for ((hook, phase), m) in &hooks {
+            sample(out, name, &[("hook", hook), ("phase", phase)], &value(m));
         }
     }
+}
 
-    let Some(totals) = totals else {
-        return out;
-    };
+/// The catalog's totals: runs by status, errors by code.
+fn totals_families(out: &mut String, totals: &Totals) {
     family(
-        &mut out,
+        out,
         "quiesce_runs_total",
         "counter",
         "Runs recorded in the catalog, by status.",
@@ -246,27 +252,26 @@ fn render_parts(last: Option<&LastRun>, totals: Option<&Totals>) -> String {
     for s in [Status::Succeeded, Status::Degraded, Status::Failed] {
         let n = totals.runs_by_status.get(s.as_str()).copied().unwrap_or(0);
         sample(
-            &mut out,
+            out,
             "quiesce_runs_total",
             &[("status", s.as_str())],
             &n.to_string(),
         );
     }
     family(
-        &mut out,
+        out,
         "quiesce_errors_total",
         "counter",
         "Errors recorded in the catalog, by code.",
     );
     for (code, n) in &totals.errors_by_code {
         sample(
-            &mut out,
+            out,
             "quiesce_errors_total",
             &[("code", code)],
             &n.to_string(),
         );
     }
-    out
 }
 
 const ALL_CONSISTENCIES: [Consistency; 4] = [
@@ -380,48 +385,13 @@ pub struct MetricsError {
     pub source: std::io::Error,
 }
 
-/// Write `text` to `path` atomically for node_exporter's textfile collector: a temporary
-/// file in the same directory (named `.NAME.PID.tmp`, which the collector ignores since it
-/// only reads `*.prom`), fsync, mode 0644 (node_exporter runs unprivileged), rename over
-/// `path`, fsync the directory. A scrape never sees a half-written file. Call after the
-/// thaw (it writes to the directory's filesystem).
+/// Write `text` to `path` atomically ([`crate::files::write_atomic`]) for node_exporter's
+/// textfile collector: the temporary file's name does not end in `.prom`, so the collector
+/// ignores it; mode 0644 (node_exporter runs unprivileged). A scrape never sees a
+/// half-written file. Call after the thaw (it writes to the directory's filesystem).
 pub fn write_textfile(path: &Path, text: &str) -> Result<(), MetricsError> {
-    let err = |source| MetricsError {
+    crate::files::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| MetricsError {
         path: path.to_path_buf(),
         source,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a file name",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        // The umask may have narrowed the creation mode.
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }

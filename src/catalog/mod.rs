@@ -23,6 +23,7 @@
 //!   tightened to 0600. SQLite gives its journal the database file's mode.
 
 mod render;
+pub mod retention;
 mod schema;
 
 pub use render::{render_history_json, render_history_table};
@@ -197,7 +198,176 @@ pub struct VerificationRow {
     pub report_json: String,
 }
 
-/// An open catalog database.
+/// The `runs` row of `report`; its row id.
+fn insert_run(
+    tx: &Connection,
+    path: &Path,
+    report: &Report,
+    kind: RunKind,
+) -> Result<i64, CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let json = serde_json::to_string(report)?;
+    let started_unix = unix_of(&report.started_at).unwrap_or_else(now_unix);
+    let finished_unix = unix_of(&report.finished_at).unwrap_or(started_unix);
+    let t = &report.timings;
+    let inserted = tx.execute(
+        "INSERT INTO runs (operation_id, kind, started_at, started_unix, finished_at,
+             finished_unix, status, consistency, target_consistency, frozen_ms, pre_ms,
+             freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, report_json, caller)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+             ?17, ?18)",
+        params![
+            report.operation_id,
+            kind.as_str(),
+            report.started_at,
+            started_unix,
+            report.finished_at,
+            finished_unix,
+            report.status.as_str(),
+            report.consistency.as_str(),
+            report.target_consistency.as_str(),
+            report.frozen_ms.map(to_i64),
+            t.pre_ms.map(to_i64),
+            t.freeze_ms.map(to_i64),
+            t.snapshot_ms.map(to_i64),
+            t.thaw_ms.map(to_i64),
+            t.post_ms.map(to_i64),
+            to_i64(t.total_ms),
+            // The `dry_run` column stays (old catalogs have it); new rows take its default,
+            // 0: no run is a dry run (`snapshot --dry-run` is `check`, which records nothing).
+            json,
+            report.caller.label(),
+        ],
+    );
+    match inserted {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            return Err(CatalogError::Duplicate(report.operation_id.clone()));
+        }
+        Err(e) => return Err(sql("insert run")(e)),
+    }
+    Ok(tx.last_insert_rowid())
+}
+
+/// The errors and warnings of a run, each numbered within its severity.
+fn insert_problems(
+    tx: &Connection,
+    path: &Path,
+    run_id: i64,
+    report: &Report,
+) -> Result<(), CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let mut problem = tx
+        .prepare(
+            "INSERT INTO run_errors (run_id, severity, seq, code, message, hook)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(sql("prepare errors"))?;
+    // Configuration warnings carry no code: stored as an empty one.
+    let errors = report
+        .errors
+        .iter()
+        .map(|p| ("error", p.code.as_str(), &p.message, &p.hook));
+    let warnings = report.warnings.iter().map(|w| {
+        let code = w.code.map_or("", |c| c.as_str());
+        ("warning", code, &w.message, &w.hook)
+    });
+    let mut seqs = [0i64; 2];
+    for (severity, code, message, hook) in errors.chain(warnings) {
+        let seq = &mut seqs[usize::from(severity == "warning")];
+        problem
+            .execute(params![run_id, severity, *seq, code, message, hook])
+            .map_err(sql("insert error"))?;
+        *seq += 1;
+    }
+    Ok(())
+}
+
+/// The snapshots a run made, in order.
+fn insert_snapshots(
+    tx: &Connection,
+    path: &Path,
+    run_id: i64,
+    report: &Report,
+) -> Result<(), CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let mut snap = tx
+        .prepare(
+            "INSERT INTO run_snapshots (run_id, seq, provider, snapshot_id)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(sql("prepare snapshots"))?;
+    for (seq, s) in report.snapshots.iter().enumerate() {
+        snap.execute(params![run_id, seq as i64, s.provider, s.id])
+            .map_err(sql("insert snapshot"))?;
+    }
+    Ok(())
+}
+
+/// The hook results of a run and every attempt of each.
+fn insert_hooks(
+    tx: &Connection,
+    path: &Path,
+    run_id: i64,
+    report: &Report,
+) -> Result<(), CatalogError> {
+    let sql = |context| sql_error(path, context);
+    let mut hook = tx
+        .prepare(
+            "INSERT INTO run_hooks (run_id, seq, hook, phase, path, error_code, message,
+                 duration_ms, stdout_tail, stderr_tail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sql("prepare hooks"))?;
+    let mut attempt = tx
+        .prepare(
+            "INSERT INTO hook_attempts (hook_id, number, end_kind, exit_code, signal,
+                 error, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(sql("prepare attempts"))?;
+    for (seq, h) in report.hooks.iter().enumerate() {
+        hook.execute(params![
+            run_id,
+            seq as i64,
+            h.hook,
+            h.phase.as_str(),
+            h.path,
+            h.error.map(|c| c.as_str()),
+            h.message,
+            to_i64(h.duration_ms),
+            h.stdout_tail,
+            h.stderr_tail,
+        ])
+        .map_err(sql("insert hook"))?;
+        let hook_id = tx.last_insert_rowid();
+        for a in &h.attempts {
+            let (end_kind, exit_code, signal, error) = match &a.end {
+                AttemptEnd::Exited { code } => ("exited", Some(*code), None, None),
+                AttemptEnd::Signaled { signal } => ("signaled", None, Some(*signal), None),
+                AttemptEnd::TimedOut => ("timed_out", None, None, None),
+                AttemptEnd::SpawnFailed { error } => {
+                    ("spawn_failed", None, None, Some(error.as_str()))
+                }
+            };
+            attempt
+                .execute(params![
+                    hook_id,
+                    a.number,
+                    end_kind,
+                    exit_code,
+                    signal,
+                    error,
+                    to_i64(a.duration_ms)
+                ])
+                .map_err(sql("insert hook attempt"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Maps a SQLite error to a [`CatalogError`] naming the file and what was being done.
 fn sql_error<'a>(
     path: &'a Path,
@@ -210,6 +380,7 @@ fn sql_error<'a>(
     }
 }
 
+/// An open catalog database.
 pub struct Catalog {
     conn: Connection,
     path: PathBuf,
@@ -405,149 +576,16 @@ impl Catalog {
         kind: RunKind,
         before_commit: impl FnOnce(),
     ) -> Result<(), CatalogError> {
-        let json = serde_json::to_string(report)?;
-        let started_unix = unix_of(&report.started_at).unwrap_or_else(now_unix);
-        let finished_unix = unix_of(&report.finished_at).unwrap_or(started_unix);
-        let t = &report.timings;
-        // A copy: the transaction below borrows `self` mutably.
         let path = self.path.clone();
         let sql = |context| sql_error(&path, context);
-
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin"))?;
-        let inserted = tx.execute(
-            "INSERT INTO runs (operation_id, kind, started_at, started_unix, finished_at,
-                 finished_unix, status, consistency, target_consistency, frozen_ms, pre_ms,
-                 freeze_ms, snapshot_ms, thaw_ms, post_ms, total_ms, dry_run, report_json,
-                 caller)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                 ?17, ?18, ?19)",
-            params![
-                report.operation_id,
-                kind.as_str(),
-                report.started_at,
-                started_unix,
-                report.finished_at,
-                finished_unix,
-                report.status.as_str(),
-                report.consistency.as_str(),
-                report.target_consistency.as_str(),
-                report.frozen_ms.map(to_i64),
-                t.pre_ms.map(to_i64),
-                t.freeze_ms.map(to_i64),
-                t.snapshot_ms.map(to_i64),
-                t.thaw_ms.map(to_i64),
-                t.post_ms.map(to_i64),
-                to_i64(t.total_ms),
-                // The `dry_run` column stays for old rows; no run is a dry run any more
-                // (`snapshot --dry-run` is `check`, which records nothing).
-                false,
-                json,
-                report.caller.label(),
-            ],
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-            {
-                return Err(CatalogError::Duplicate(report.operation_id.clone()));
-            }
-            Err(e) => return Err(sql("insert run")(e)),
-        }
-        let run_id = tx.last_insert_rowid();
-
-        {
-            let mut problem = tx
-                .prepare(
-                    "INSERT INTO run_errors (run_id, severity, seq, code, message, hook)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(sql("prepare errors"))?;
-            // Configuration warnings carry no code: stored as an empty one.
-            let errors = report
-                .errors
-                .iter()
-                .map(|p| ("error", p.code.as_str(), &p.message, &p.hook));
-            let warnings = report.warnings.iter().map(|w| {
-                let code = w.code.map_or("", |c| c.as_str());
-                ("warning", code, &w.message, &w.hook)
-            });
-            let mut seqs = [0i64; 2];
-            for (severity, code, message, hook) in errors.chain(warnings) {
-                let seq = &mut seqs[usize::from(severity == "warning")];
-                problem
-                    .execute(params![run_id, severity, *seq, code, message, hook])
-                    .map_err(sql("insert error"))?;
-                *seq += 1;
-            }
-
-            let mut snap = tx
-                .prepare(
-                    "INSERT INTO run_snapshots (run_id, seq, provider, snapshot_id)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(sql("prepare snapshots"))?;
-            for (seq, s) in report.snapshots.iter().enumerate() {
-                snap.execute(params![run_id, seq as i64, s.provider, s.id])
-                    .map_err(sql("insert snapshot"))?;
-            }
-
-            let mut hook = tx
-                .prepare(
-                    "INSERT INTO run_hooks (run_id, seq, hook, phase, path, error_code, message,
-                         duration_ms, stdout_tail, stderr_tail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(sql("prepare hooks"))?;
-            let mut attempt = tx
-                .prepare(
-                    "INSERT INTO hook_attempts (hook_id, number, end_kind, exit_code, signal,
-                         error, duration_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(sql("prepare attempts"))?;
-            for (seq, h) in report.hooks.iter().enumerate() {
-                hook.execute(params![
-                    run_id,
-                    seq as i64,
-                    h.hook,
-                    h.phase.as_str(),
-                    h.path,
-                    h.error.map(|c| c.as_str()),
-                    h.message,
-                    to_i64(h.duration_ms),
-                    h.stdout_tail,
-                    h.stderr_tail,
-                ])
-                .map_err(sql("insert hook"))?;
-                let hook_id = tx.last_insert_rowid();
-                for a in &h.attempts {
-                    let (end_kind, exit_code, signal, error) = match &a.end {
-                        AttemptEnd::Exited { code } => ("exited", Some(*code), None, None),
-                        AttemptEnd::Signaled { signal } => ("signaled", None, Some(*signal), None),
-                        AttemptEnd::TimedOut => ("timed_out", None, None, None),
-                        AttemptEnd::SpawnFailed { error } => {
-                            ("spawn_failed", None, None, Some(error.as_str()))
-                        }
-                    };
-                    attempt
-                        .execute(params![
-                            hook_id,
-                            a.number,
-                            end_kind,
-                            exit_code,
-                            signal,
-                            error,
-                            to_i64(a.duration_ms)
-                        ])
-                        .map_err(sql("insert hook attempt"))?;
-                }
-            }
-        }
-
+        let run_id = insert_run(&tx, &path, report, kind)?;
+        insert_problems(&tx, &path, run_id, report)?;
+        insert_snapshots(&tx, &path, run_id, report)?;
+        insert_hooks(&tx, &path, run_id, report)?;
         before_commit();
         tx.commit().map_err(sql("commit run"))?;
         Ok(())
@@ -560,6 +598,16 @@ impl Catalog {
         limit: Option<usize>,
         since: Option<SystemTime>,
     ) -> Result<Vec<RunSummary>, CatalogError> {
+        let rows = self.history_rows(limit, since)?;
+        self.with_details(rows)
+    }
+
+    /// The `runs` rows of [`Catalog::history`] with their row ids, details still empty.
+    fn history_rows(
+        &self,
+        limit: Option<usize>,
+        since: Option<SystemTime>,
+    ) -> Result<Vec<(i64, RunSummary)>, CatalogError> {
         let since_unix = since.map(system_time_unix);
         let limit = limit.map(|l| l.min(i64::MAX as usize) as i64).unwrap_or(-1);
         let mut stmt = self
@@ -601,7 +649,11 @@ impl Catalog {
             .map_err(self.sql("query history"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.sql("read history"))?;
+        Ok(rows)
+    }
 
+    /// Fill in each run's error codes, snapshots, verification and group outcome.
+    fn with_details(&self, rows: Vec<(i64, RunSummary)>) -> Result<Vec<RunSummary>, CatalogError> {
         let mut codes = self
             .conn
             .prepare(
@@ -765,13 +817,21 @@ impl Catalog {
     /// How many errors (not warnings) of each code all recorded runs reported.
     pub fn totals_by_error_code(&self) -> Result<BTreeMap<String, u64>, CatalogError> {
         self.count_groups(
-            "SELECT code, COUNT(*) FROM run_errors WHERE severity = 'error' GROUP BY code",
+            "SELECT code, SUM(n) FROM (
+                 SELECT code, COUNT(*) AS n FROM run_errors WHERE severity = 'error' GROUP BY code
+                 UNION ALL SELECT key, count FROM pruned_totals WHERE kind = 'error'
+             ) GROUP BY code",
         )
     }
 
     /// How many runs ended with each status; every status is present (zero if none).
     pub fn runs_by_status(&self) -> Result<BTreeMap<String, u64>, CatalogError> {
-        let mut m = self.count_groups("SELECT status, COUNT(*) FROM runs GROUP BY status")?;
+        let mut m = self.count_groups(
+            "SELECT status, SUM(n) FROM (
+                 SELECT status, COUNT(*) AS n FROM runs GROUP BY status
+                 UNION ALL SELECT key, count FROM pruned_totals WHERE kind = 'status'
+             ) GROUP BY status",
+        )?;
         for s in [Status::Succeeded, Status::Degraded, Status::Failed] {
             m.entry(s.as_str().to_string()).or_insert(0);
         }
@@ -924,11 +984,43 @@ impl Catalog {
         Ok(())
     }
 
-    /// Delete the runs started before `before` (and their errors, snapshots and hooks), in
-    /// one transaction. Returns how many runs were deleted. For retention; nothing calls it
-    /// implicitly.
+    /// Apply the configured retention after a run was recorded (see [`retention::select`]
+    /// for the rule): delete the runs beyond the newest `keep_runs` and those older than
+    /// `keep_days`, with everything recorded about them. Returns how many runs went.
+    pub fn apply_retention(
+        &mut self,
+        keep_runs: u64,
+        keep_days: u64,
+        now: SystemTime,
+    ) -> Result<usize, CatalogError> {
+        let now_unix = system_time_unix(now);
+        let max_age = i64::try_from(keep_days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+        self.delete_runs(now_unix.saturating_sub(max_age), |runs| {
+            retention::select(runs, keep_runs, keep_days, now_unix)
+        })
+    }
+
+    /// Delete the runs started before `before` with everything recorded about them, in one
+    /// transaction. Returns how many runs were deleted.
     pub fn prune(&mut self, before: SystemTime) -> Result<usize, CatalogError> {
         let cutoff = system_time_unix(before);
+        self.delete_runs(cutoff, |runs| {
+            runs.iter()
+                .filter(|r| r.started_unix < cutoff)
+                .map(|r| r.id)
+                .collect()
+        })
+    }
+
+    /// In one transaction: let `choose` pick, from every run (newest first), the ones to
+    /// delete; delete them with their errors, snapshots, hooks, the verifications of their
+    /// snapshots and their group reports; add what they counted to `pruned_totals`; and
+    /// delete group reports that started before `group_cutoff`.
+    fn delete_runs(
+        &mut self,
+        group_cutoff: i64,
+        choose: impl FnOnce(&[retention::RunAge]) -> Vec<i64>,
+    ) -> Result<usize, CatalogError> {
         // A copy: the transaction below borrows `self` mutably.
         let path = self.path.clone();
         let sql = |context| sql_error(&path, context);
@@ -936,40 +1028,78 @@ impl Catalog {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql("begin prune"))?;
-        let n = tx
-            .execute("DELETE FROM runs WHERE started_unix < ?1", [cutoff])
-            .map_err(sql("prune"))?;
-        tx.execute("DELETE FROM group_runs WHERE started_unix < ?1", [cutoff])
-            .map_err(sql("prune group runs"))?;
+        let runs = run_ages(&tx).map_err(sql("list runs"))?;
+        let doomed = choose(&runs);
+        let counted = delete_each(&tx, &doomed).map_err(sql("prune"))?;
+        add_pruned_totals(&tx, &counted).map_err(sql("count pruned runs"))?;
+        tx.execute(
+            "DELETE FROM group_runs WHERE started_unix < ?1",
+            [group_cutoff],
+        )
+        .map_err(sql("prune group runs"))?;
         tx.commit().map_err(sql("commit prune"))?;
-        Ok(n)
+        if !doomed.is_empty() {
+            tracing::info!(runs = doomed.len(), "catalog retention deleted old runs");
+        }
+        Ok(doomed.len())
     }
 }
 
-/// Parse the argument of `quiesce history --since`: an RFC 3339 time
-/// (`2025-03-01T00:00:00Z`, `2025-03-01 00:00:00`), seconds since the epoch (`@1740787200`
-/// or `1740787200`), or a duration back from `now` (`24h`, `7d`, `2w 3d`).
-pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, String> {
-    let s = s.trim();
-    let digits = s.strip_prefix('@').unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: u64 = digits
-            .parse()
-            .map_err(|e| format!("invalid time {s:?}: {e}"))?;
-        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
+/// Every run's id and start, newest first (the order `history` shows).
+fn run_ages(tx: &Connection) -> rusqlite::Result<Vec<retention::RunAge>> {
+    let mut stmt =
+        tx.prepare("SELECT id, started_unix FROM runs ORDER BY started_unix DESC, id DESC")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(retention::RunAge {
+            id: r.get(0)?,
+            started_unix: r.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// What deleted runs counted: (kind, key) -> how many (`status`/`error`, as in
+/// `pruned_totals`).
+type Counted = BTreeMap<(&'static str, String), u64>;
+
+/// Delete the runs `ids` and what hangs off them; returns what they counted.
+fn delete_each(tx: &Connection, ids: &[i64]) -> rusqlite::Result<Counted> {
+    let mut counted = Counted::new();
+    let mut status = tx.prepare("SELECT status FROM runs WHERE id = ?1")?;
+    let mut codes =
+        tx.prepare("SELECT code FROM run_errors WHERE run_id = ?1 AND severity = 'error'")?;
+    let mut verifications = tx.prepare(
+        "DELETE FROM verifications WHERE EXISTS (SELECT 1 FROM run_snapshots s
+             WHERE s.run_id = ?1 AND s.provider = verifications.provider
+               AND s.snapshot_id = verifications.snapshot_id)",
+    )?;
+    let mut groups = tx.prepare(
+        "DELETE FROM group_runs WHERE operation_id = (SELECT operation_id FROM runs WHERE id = ?1)",
+    )?;
+    // Errors, snapshots, hooks and their attempts go by ON DELETE CASCADE.
+    let mut run = tx.prepare("DELETE FROM runs WHERE id = ?1")?;
+    for id in ids {
+        let s: String = status.query_row([id], |r| r.get(0))?;
+        *counted.entry(("status", s)).or_default() += 1;
+        for code in codes.query_map([id], |r| r.get::<_, String>(0))? {
+            *counted.entry(("error", code?)).or_default() += 1;
+        }
+        verifications.execute([id])?;
+        groups.execute([id])?;
+        run.execute([id])?;
     }
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
+    Ok(counted)
+}
+
+fn add_pruned_totals(tx: &Connection, counted: &Counted) -> rusqlite::Result<()> {
+    let mut add = tx.prepare(
+        "INSERT INTO pruned_totals (kind, key, count) VALUES (?1, ?2, ?3)
+         ON CONFLICT (kind, key) DO UPDATE SET count = count + excluded.count",
+    )?;
+    for ((kind, key), n) in counted {
+        add.execute(params![kind, key, to_i64(*n)])?;
     }
-    match humantime::parse_duration(s) {
-        Ok(d) => now
-            .checked_sub(d)
-            .ok_or_else(|| format!("duration {s:?} reaches before the epoch")),
-        Err(_) => Err(format!(
-            "invalid time {s:?}: expected an RFC 3339 time (2025-03-01T00:00:00Z), \
-             @UNIX-SECONDS, or a duration back from now (24h, 7d)"
-        )),
-    }
+    Ok(())
 }
 
 fn unix_of(rfc3339: &str) -> Option<i64> {

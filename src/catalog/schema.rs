@@ -129,6 +129,16 @@ CREATE TABLE group_runs (
 );
 CREATE INDEX group_runs_by_operation ON group_runs(operation_id);
 "#,
+    // 6: what retention deleted, counted, so the totals (Prometheus counters) never go down:
+    // `status` rows count deleted runs by status, `error` rows their errors by code.
+    r#"
+CREATE TABLE pruned_totals (
+    kind  TEXT    NOT NULL CHECK (kind IN ('status', 'error')),
+    key   TEXT    NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"#,
 ];
 
 /// The schema version this build writes.

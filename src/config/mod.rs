@@ -34,6 +34,8 @@ pub struct Config {
     pub verify: VerifyConfig,
     /// `[group]`: this machine is a member of a consistency group (`docs/groups.md`).
     pub group: Option<crate::group::GroupConfig>,
+    /// `[catalog]`: how much history the catalog keeps.
+    pub catalog: CatalogConfig,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.
     pub warnings: Vec<Warning>,
     /// Azure plugins that could not be loaded or trusted, with their codes. Their scripts do
@@ -41,6 +43,35 @@ pub struct Config {
     /// failed pre script with `continueBackupOnFailure: true`), and `quiesce check` reports
     /// them as errors.
     pub skipped: Vec<Problem>,
+}
+
+/// `[catalog]`: retention of the run history. After every recorded run, runs beyond the
+/// newest `keep_runs`, and runs that started more than `keep_days` days ago, are deleted with
+/// everything recorded about them (errors, snapshots, hooks, verifications of their
+/// snapshots, group reports). The newest run is always kept, and the totals the metrics
+/// count never go down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogConfig {
+    pub keep_runs: u64,
+    pub keep_days: u64,
+}
+
+impl CatalogConfig {
+    /// Default `keep_runs`: years of hourly runs, a few tens of megabytes.
+    pub const DEFAULT_KEEP_RUNS: u64 = 10_000;
+    /// Default `keep_days`: more than a year, so a yearly comparison still has its data.
+    pub const DEFAULT_KEEP_DAYS: u64 = 400;
+    /// Largest `keep_days` (a century, like every other duration in the configuration).
+    pub const MAX_KEEP_DAYS: u64 = 36_500;
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            keep_runs: Self::DEFAULT_KEEP_RUNS,
+            keep_days: Self::DEFAULT_KEEP_DAYS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -287,6 +318,7 @@ impl Config {
             server: ServerConfig::default(),
             log: LogConfig::default(),
             group: None,
+            catalog: CatalogConfig::default(),
             warnings: Vec::new(),
             skipped: Vec::new(),
         }

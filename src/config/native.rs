@@ -7,8 +7,8 @@
 pub use super::read::MAX_CONFIG_BYTES;
 use super::read::{char_boundary, in_words, line_col, read_trusted};
 use super::{
-    azure, BtrfsConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig, LogFormat,
-    MariaVerifyConfig, Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig,
+    azure, BtrfsConfig, CatalogConfig, Config, ConfigErrors, FreezeConfig, HookConfig, LogConfig,
+    LogFormat, MariaVerifyConfig, Paths, PgVerifyConfig, ProviderConfig, ScriptSpec, ServerConfig,
     SnapshotConfig, VerifyConfig,
 };
 use crate::codes::{ErrorCode, Location, Problem, Warning};
@@ -60,6 +60,14 @@ struct RawFile {
     verify: RawVerify,
     group: Option<crate::group::RawGroup>,
     platforms: crate::platform::sources::PlatformSources,
+    catalog: RawCatalog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawCatalog {
+    keep_runs: Option<u64>,
+    keep_days: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -244,6 +252,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     cfg.snapshot = snapshot(raw.snapshot, &mut found);
     cfg.server = server(raw.server, &mut found);
     cfg.verify = verify(raw.verify, &mut found);
+    cfg.catalog = catalog(raw.catalog, &mut found);
     if let Some(g) = raw.group {
         match g.into_config() {
             Ok(g) => cfg.group = Some(g),
@@ -474,6 +483,30 @@ fn snapshot(s: RawSnapshot, found: &mut Findings<'_>) -> SnapshotConfig {
         timeout: s.timeout.map_or(SnapshotConfig::default().timeout, |d| d.0),
         verify_command: s.verify_command,
         verify_teardown: s.verify_teardown,
+    }
+}
+
+fn catalog(raw: RawCatalog, found: &mut Findings<'_>) -> CatalogConfig {
+    let keep_runs = raw.keep_runs.unwrap_or(CatalogConfig::DEFAULT_KEEP_RUNS);
+    let keep_days = raw.keep_days.unwrap_or(CatalogConfig::DEFAULT_KEEP_DAYS);
+    if keep_runs == 0 {
+        found.push(
+            "`catalog.keep_runs` must be at least 1 (the run just recorded is always kept)".into(),
+            "keep_runs",
+        );
+    }
+    if !(1..=CatalogConfig::MAX_KEEP_DAYS).contains(&keep_days) {
+        found.push(
+            format!(
+                "`catalog.keep_days` must be between 1 and {} (a century), not {keep_days}",
+                CatalogConfig::MAX_KEEP_DAYS
+            ),
+            "keep_days",
+        );
+    }
+    CatalogConfig {
+        keep_runs,
+        keep_days,
     }
 }
 
@@ -847,5 +880,41 @@ mod tests {
             (2, 0)
         );
         assert!(cfg.hooks[0].continue_on_failure);
+    }
+
+    #[test]
+    fn catalog_retention_defaults_and_errors_in_words() {
+        let cfg = p("").unwrap();
+        assert_eq!(cfg.catalog, CatalogConfig::default());
+        assert_eq!(
+            (cfg.catalog.keep_runs, cfg.catalog.keep_days),
+            (10_000, 400)
+        );
+        let cfg = p("[catalog]\nkeep_runs = 50\nkeep_days = 7\n").unwrap();
+        assert_eq!((cfg.catalog.keep_runs, cfg.catalog.keep_days), (50, 7));
+        let cases = [
+            (
+                "[catalog]\nkeep_runs = 0\n",
+                "`catalog.keep_runs` must be at least 1",
+            ),
+            (
+                "[catalog]\nkeep_days = 0\n",
+                "`catalog.keep_days` must be between 1 and 36500",
+            ),
+            ("[catalog]\nkeep_days = 99999\n", "not 99999"),
+            ("[catalog]\nkeep_runs = \"10\"\n", "catalog.keep_runs"),
+            ("[catalog]\nkeep_runs = -1\n", "catalog.keep_runs"),
+        ];
+        for (text, want) in cases {
+            let e = p(text).unwrap_err();
+            let message = &e.0[0].message;
+            assert!(message.contains(want), "{text:?}: {message}");
+            assert!(!message.contains("u64"), "{text:?}: {message}");
+            assert_eq!(
+                e.0[0].location.as_ref().and_then(|l| l.line),
+                Some(2),
+                "{text:?}"
+            );
+        }
     }
 }

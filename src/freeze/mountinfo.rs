@@ -44,12 +44,6 @@ impl Mount {
     pub fn device(&self) -> String {
         format!("{}:{}", self.major, self.minor)
     }
-
-    /// Read-only, either for this mount (`ro` in the mount options) or for the whole
-    /// superblock (`ro` in the super options).
-    pub fn is_read_only(&self) -> bool {
-        self.mount_options.iter().any(|o| o == "ro") || self.super_options.iter().any(|o| o == "ro")
-    }
 }
 
 /// A line of mountinfo that could not be decoded.
@@ -298,7 +292,6 @@ mod tests {
         assert_eq!(m.source, "/dev/root");
         assert_eq!(m.super_options, vec!["rw", "errors=continue"]);
         assert_eq!(m.device(), "98:0");
-        assert!(!m.is_read_only());
     }
 
     #[test]
@@ -423,14 +416,15 @@ mod tests {
     }
 
     #[test]
-    fn read_only_detection() {
+    fn mount_and_super_options_are_kept_apart() {
         let m = parse_line("40 30 7:1 / /ro rw,relatime - ext4 /dev/loop1 ro").unwrap();
-        assert!(m.is_read_only());
-        let m = parse_line("41 30 7:1 / /ro2 ro,relatime - ext4 /dev/loop1 rw").unwrap();
-        assert!(m.is_read_only());
+        assert_eq!(
+            (m.mount_options[0].as_str(), m.super_options[0].as_str()),
+            ("rw", "ro")
+        );
         let m = parse_line("42 30 7:1 / /rw rw,relatime - ext4 /dev/loop1 rw,errors=remount-ro")
             .unwrap();
-        assert!(!m.is_read_only());
+        assert_eq!(m.super_options, vec!["rw", "errors=remount-ro"]);
     }
 
     #[test]

@@ -8,8 +8,6 @@ use super::ioctl;
 use super::mountinfo;
 use super::plan::Target;
 use crate::codes::{ErrorCode, Problem};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The state file's name under the state directory.
@@ -84,26 +82,10 @@ impl StateFile {
     /// directory. A crash leaves either the old file or the new one, never half of one.
     pub fn write(&self, state_dir: &Path) -> Result<(), Problem> {
         let fin = path(state_dir);
-        let tmp = state_dir.join(format!(".{STATE_FILE}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let json = serde_json::to_vec_pretty(self)
+        let mut json = serde_json::to_vec_pretty(self)
             .map_err(|e| state_err(format!("cannot encode the state file: {e}")))?;
-        let res = (|| -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&tmp)?;
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &fin)?;
-            std::fs::File::open(state_dir)?.sync_all()?;
-            Ok(())
-        })();
-        res.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
+        json.push(b'\n');
+        crate::files::write_atomic(&fin, &json, 0o600).map_err(|e| {
             state_err(format!(
                 "cannot write the state file {}: {e}",
                 fin.display()

@@ -46,6 +46,7 @@ use super::{
     describe_end, export_deadline, log_attempt, ms, open_checked, script_launch, stderr_hint,
     Attempt, AttemptEnd, Limits, RunContext, ScriptResult,
 };
+use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
 use crate::process::{self, LineWait, Process, StdinMode};
 use std::os::fd::{AsFd, OwnedFd};
@@ -90,8 +91,8 @@ impl ReleaseTrigger {
 }
 
 /// Start a held hook and wait (within `limits.timeout`, retries included) for its `READY`.
-// The result is returned once per hook, never in a hot path; the signature is the agreed
-// interface (the pipeline reports the ScriptResult as is).
+// The result is returned once per hook, never in a hot path; the pipeline reports the
+// ScriptResult as is.
 #[allow(clippy::result_large_err)]
 pub fn start_held(
     spec: &ScriptSpec,
@@ -99,23 +100,20 @@ pub fn start_held(
     limits: Limits,
 ) -> Result<Held, ScriptResult> {
     let start = Instant::now();
-    let deadline = process::deadline_after(start, limits.timeout);
-    let deadline_unix = export_deadline(ctx, limits.timeout);
-    let max_attempts = limits.retries.saturating_add(1);
-    let mut result = ScriptResult::empty(spec, ctx);
-    #[allow(clippy::result_large_err)]
-    let fail = |mut result: ScriptResult, code, message: String| {
-        tracing::error!(hook = %ctx.hook, phase = ctx.phase.as_str(), code = %code, "{message}");
-        result.error = Some(code);
-        result.message = message;
-        result.duration_ms = ms(start.elapsed());
-        Err(result)
+    let run = HoldAttempts {
+        spec,
+        ctx,
+        limits,
+        start,
+        deadline: process::deadline_after(start, limits.timeout),
+        max_attempts: limits.retries.saturating_add(1),
     };
-
-    for number in 1..=max_attempts {
+    let deadline_unix = export_deadline(ctx, limits.timeout);
+    let mut result = ScriptResult::empty(spec, ctx);
+    for number in 1..=run.max_attempts {
         let file = match open_checked(spec, ctx.phase) {
             Ok(f) => f,
-            Err((code, message)) => return fail(result, code, message),
+            Err((code, message)) => return run.fail(result, code, message),
         };
         let attempt_start = Instant::now();
         let spawned = script_launch(&file, spec, ctx, number, deadline_unix).and_then(|l| {
@@ -125,39 +123,103 @@ pub fn start_held(
                 .spawn()
         });
         drop(file);
-        let mut p = match spawned {
-            Ok(p) => p,
-            Err(e) => {
-                let end = AttemptEnd::SpawnFailed {
-                    error: format!(
-                        "cannot execute {}: {e}",
-                        super::output::quote_path(&spec.path)
-                    ),
-                };
-                record(
-                    &mut result,
-                    ctx,
-                    number,
-                    &end,
-                    attempt_start.elapsed(),
-                    None,
-                );
-                if number == max_attempts || Instant::now() >= deadline {
-                    let msg = format!(
-                        "held hook {}: {}",
-                        super::output::quote_path(&spec.path),
-                        describe_end(&end)
-                    );
-                    return fail(result, ctx.phase.failed(), msg);
-                }
-                continue;
-            }
+        let step = match spawned {
+            Ok(p) => run.wait_ready(p, &mut result, number, attempt_start),
+            Err(e) => run.spawn_failed(&e, &mut result, number, attempt_start),
         };
-        tracing::info!(
-            hook = %ctx.hook, attempt = number, of = max_attempts, pid = p.pid(),
-            path = %super::output::quote_path(&spec.path), "held hook started; waiting for READY"
+        match step {
+            Step::Ready(p) => return hold(*p, result),
+            Step::Failed(code, message) => return run.fail(result, code, message),
+            Step::Retry => {}
+        }
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// What one attempt of a held hook came to.
+enum Step {
+    /// It printed READY and is holding.
+    Ready(Box<Process>),
+    /// The hook failed: its code and message.
+    Failed(ErrorCode, String),
+    /// This attempt failed; another one may be started.
+    Retry,
+}
+
+/// The attempts of one held hook, all inside one deadline.
+struct HoldAttempts<'a> {
+    spec: &'a ScriptSpec,
+    ctx: &'a RunContext,
+    limits: Limits,
+    start: Instant,
+    deadline: Instant,
+    max_attempts: u32,
+}
+
+impl HoldAttempts<'_> {
+    #[allow(clippy::result_large_err)]
+    fn fail(
+        &self,
+        mut result: ScriptResult,
+        code: ErrorCode,
+        message: String,
+    ) -> Result<Held, ScriptResult> {
+        let ctx = self.ctx;
+        tracing::error!(hook = %ctx.hook, phase = ctx.phase.as_str(), code = %code, "{message}");
+        result.error = Some(code);
+        result.message = message;
+        result.duration_ms = ms(self.start.elapsed());
+        Err(result)
+    }
+
+    fn path(&self) -> String {
+        super::output::quote_path(&self.spec.path)
+    }
+
+    /// No more attempts: this was the last, or the deadline passed.
+    fn exhausted(&self, number: u32) -> bool {
+        number == self.max_attempts || Instant::now() >= self.deadline
+    }
+
+    fn spawn_failed(
+        &self,
+        e: &std::io::Error,
+        result: &mut ScriptResult,
+        number: u32,
+        attempt_start: Instant,
+    ) -> Step {
+        let end = AttemptEnd::SpawnFailed {
+            error: format!("cannot execute {}: {e}", self.path()),
+        };
+        record(
+            result,
+            self.ctx,
+            number,
+            &end,
+            attempt_start.elapsed(),
+            None,
         );
-        match p.wait_for_line(deadline) {
+        if !self.exhausted(number) {
+            return Step::Retry;
+        }
+        let msg = format!("held hook {}: {}", self.path(), describe_end(&end));
+        Step::Failed(self.ctx.phase.failed(), msg)
+    }
+
+    /// Wait for READY, the exit, or the deadline.
+    fn wait_ready(
+        &self,
+        mut p: Process,
+        result: &mut ScriptResult,
+        number: u32,
+        attempt_start: Instant,
+    ) -> Step {
+        let (ctx, limits) = (self.ctx, self.limits);
+        tracing::info!(
+            hook = %ctx.hook, attempt = number, of = self.max_attempts, pid = p.pid(),
+            path = %self.path(), "held hook started; waiting for READY"
+        );
+        match p.wait_for_line(self.deadline) {
             LineWait::Seen => {
                 let attempt = Attempt {
                     number,
@@ -166,58 +228,73 @@ pub fn start_held(
                 };
                 result.attempts.push(attempt);
                 result.message = format!(
-                    "{} is holding (READY after {} ms, attempt {number} of {max_attempts})",
-                    super::output::quote_path(&spec.path),
-                    ms(attempt_start.elapsed())
+                    "{} is holding (READY after {} ms, attempt {number} of {})",
+                    self.path(),
+                    ms(attempt_start.elapsed()),
+                    self.max_attempts
                 );
                 result.stdout_tail = p.stdout_tail().to_string_lossy();
                 result.stderr_tail = p.stderr_tail().to_string_lossy();
-                result.duration_ms = ms(start.elapsed());
+                result.duration_ms = ms(self.start.elapsed());
                 tracing::info!(hook = %ctx.hook, pid = p.pid(), "held hook is READY");
-                return hold(p, result);
+                Step::Ready(Box::new(p))
             }
             LineWait::Exited(end) => {
                 p.finish(limits.kill_grace);
-                record(
-                    &mut result,
-                    ctx,
-                    number,
-                    &end,
-                    attempt_start.elapsed(),
-                    Some(&p),
-                );
-                if number == max_attempts || Instant::now() >= deadline {
-                    let msg = format!(
-                        "held hook {} {} before printing READY{}",
-                        super::output::quote_path(&spec.path),
-                        describe_end(&end),
-                        stderr_hint(&result.stderr_tail)
-                    );
-                    return fail(result, ctx.phase.failed(), msg);
+                record(result, ctx, number, &end, attempt_start.elapsed(), Some(&p));
+                if !self.exhausted(number) {
+                    return Step::Retry;
                 }
+                let msg = format!(
+                    "held hook {} {} before printing READY{}",
+                    self.path(),
+                    describe_end(&end),
+                    stderr_hint(&result.stderr_tail)
+                );
+                Step::Failed(ctx.phase.failed(), msg)
             }
             LineWait::Deadline => {
                 p.terminate(limits.kill_grace);
                 p.finish(limits.kill_grace);
                 let end = AttemptEnd::TimedOut;
-                record(
-                    &mut result,
-                    ctx,
-                    number,
-                    &end,
-                    attempt_start.elapsed(),
-                    Some(&p),
-                );
+                record(result, ctx, number, &end, attempt_start.elapsed(), Some(&p));
                 let msg = format!(
                     "held hook {} did not print READY within {} (killed with its process group)",
-                    super::output::quote_path(&spec.path),
+                    self.path(),
                     humantime::format_duration(limits.timeout)
                 );
-                return fail(result, ctx.phase.timeout(), msg);
+                Step::Failed(ctx.phase.timeout(), msg)
             }
         }
     }
-    unreachable!("the last attempt always returns")
+}
+
+/// After stdin EOF: wait for the released hook to exit, escalating to SIGTERM and then
+/// SIGKILL, all within `limits.timeout` from `start`. Returns how it ended (`TimedOut` when
+/// it ignored EOF and SIGTERM for all that time) and what ended it.
+fn wait_released(p: &mut Process, limits: Limits, start: Instant) -> (AttemptEnd, &'static str) {
+    let deadline = process::deadline_after(start, limits.timeout);
+    let stage = |d: Duration| process::deadline_after(Instant::now(), d).min(deadline);
+    let mut how = "after stdin EOF";
+    // The hook's own release work (e.g. pg_backup_stop waiting for WAL archiving) may use
+    // the post timeout, less what SIGTERM and SIGKILL need after it.
+    let eof_wait = eof_wait(limits.timeout, limits.kill_grace);
+    let mut end = p.wait_exit(stage(eof_wait));
+    if end.is_none() {
+        how = "after SIGTERM";
+        p.signal_group(rustix::process::Signal::TERM);
+        end = p.wait_exit(stage(limits.kill_grace));
+    }
+    let mut timed_out = false;
+    if end.is_none() {
+        // Ignored EOF and SIGTERM for as long as it was given.
+        how = "after SIGKILL";
+        timed_out = Instant::now() >= deadline;
+        p.signal_group(rustix::process::Signal::KILL);
+        end = p.wait_exit(Instant::now() + process::KILL_WAIT);
+    }
+    let end = end.unwrap_or(AttemptEnd::TimedOut);
+    (if timed_out { AttemptEnd::TimedOut } else { end }, how)
 }
 
 fn record(
@@ -335,7 +412,6 @@ impl Held {
     /// `ctx` is the post context (hook name, phase `Post`) the result is reported under.
     pub fn release(mut self, ctx: &RunContext, limits: Limits) -> ScriptResult {
         let start = Instant::now();
-        let deadline = process::deadline_after(start, limits.timeout);
         let mut result = ScriptResult {
             hook: ctx.hook.clone(),
             phase: ctx.phase,
@@ -353,29 +429,8 @@ impl Held {
         self.stdin.pull();
         let mut p = self.take_process();
         tracing::info!(hook = %ctx.hook, pid = self.pid, held_ms = ms(self.held_for()), "releasing held hook");
-
-        let stage = |d: Duration| process::deadline_after(Instant::now(), d).min(deadline);
-        let mut how = "after stdin EOF";
-        // The hook's own release work (e.g. pg_backup_stop waiting for WAL archiving) may use
-        // the post timeout, less what SIGTERM and SIGKILL need after it.
-        let eof_wait = eof_wait(limits.timeout, limits.kill_grace);
-        let mut end = p.wait_exit(stage(eof_wait));
-        if end.is_none() {
-            how = "after SIGTERM";
-            p.signal_group(rustix::process::Signal::TERM);
-            end = p.wait_exit(stage(limits.kill_grace));
-        }
-        let mut timed_out = false;
-        if end.is_none() {
-            // Ignored EOF and SIGTERM for as long as it was given.
-            how = "after SIGKILL";
-            timed_out = Instant::now() >= deadline;
-            p.signal_group(rustix::process::Signal::KILL);
-            end = p.wait_exit(Instant::now() + process::KILL_WAIT);
-        }
+        let (end, how) = wait_released(&mut p, limits, start);
         let left = p.finish(limits.kill_grace);
-        let end = end.unwrap_or(AttemptEnd::TimedOut);
-        let end = if timed_out { AttemptEnd::TimedOut } else { end };
         let duration = start.elapsed();
         result.stdout_tail = p.stdout_tail().to_string_lossy();
         result.stderr_tail = p.stderr_tail().to_string_lossy();

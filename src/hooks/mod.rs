@@ -180,12 +180,17 @@ fn run_attempts(
 ) -> (ScriptResult, Option<process::KeptGroup>) {
     let mut kept: Option<process::KeptGroup> = None;
     let start = Instant::now();
-    let deadline = process::deadline_after(start, limits.timeout);
-    let deadline_unix = export_deadline(ctx, limits.timeout);
-    let max_attempts = limits.retries.saturating_add(1);
+    let run = Attempts {
+        spec,
+        ctx,
+        limits,
+        keep,
+        deadline: process::deadline_after(start, limits.timeout),
+        deadline_unix: export_deadline(ctx, limits.timeout),
+        max_attempts: limits.retries.saturating_add(1),
+    };
     let mut result = ScriptResult::empty(spec, ctx);
-
-    for number in 1..=max_attempts {
+    for number in 1..=run.max_attempts {
         let file = match open_checked(spec, ctx.phase) {
             Ok(f) => f,
             Err((code, message)) => {
@@ -197,73 +202,12 @@ fn run_attempts(
             }
         };
         let attempt_start = Instant::now();
-        let (end, out, err) =
-            match script_launch(&file, spec, ctx, number, deadline_unix).and_then(|l| l.spawn()) {
-                Ok(mut p) => {
-                    if let Some(k) = kept.take() {
-                        k.end(limits.kill_grace);
-                    }
-                    if keep {
-                        p.keep_leftovers();
-                    }
-                    tracing::info!(
-                        hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
-                        of = max_attempts, pid = p.pid(), path = %output::quote_path(&spec.path),
-                        "hook attempt started"
-                    );
-                    let end = p.run(deadline, limits.kill_grace);
-                    kept = p.take_kept();
-                    (
-                        end,
-                        p.stdout_tail().to_string_lossy(),
-                        p.stderr_tail().to_string_lossy(),
-                    )
-                }
-                Err(e) => (
-                    AttemptEnd::SpawnFailed {
-                        error: format!("cannot execute {}: {e}", output::quote_path(&spec.path)),
-                    },
-                    String::new(),
-                    String::new(),
-                ),
-            };
+        let (end, out, err) = run.one(&file, number, &mut kept);
         drop(file);
         let duration = attempt_start.elapsed();
         record_attempt(&mut result, ctx, number, &end, duration, out, err);
-        // No retry is started without time left for it to run: a script that keeps failing
-        // until its time runs out is a failure with its last exit status, and a timeout is
-        // reported only when an attempt was actually cut by the deadline.
-        let last = number == max_attempts
-            || deadline.saturating_duration_since(Instant::now()) < MIN_RETRY_TIME;
-        match end {
-            AttemptEnd::Exited { code: 0 } => {
-                result.message = format!(
-                    "{} succeeded on attempt {number} of {max_attempts}",
-                    output::quote_path(&spec.path)
-                );
-                break;
-            }
-            AttemptEnd::TimedOut => {
-                result.error = Some(ctx.phase.timeout());
-                result.message = format!(
-                    "{} did not finish within {} (attempt {number} of {max_attempts} was killed \
-                     with its process group)",
-                    output::quote_path(&spec.path),
-                    humantime::format_duration(limits.timeout)
-                );
-                break;
-            }
-            ref other if last => {
-                result.error = Some(ctx.phase.failed());
-                result.message = format!(
-                    "{} failed after {number} attempt(s): {}{}",
-                    output::quote_path(&spec.path),
-                    describe_end(other),
-                    stderr_hint(&result.stderr_tail)
-                );
-                break;
-            }
-            _ => {}
+        if run.is_final(&mut result, &end, number) {
+            break;
         }
     }
     result.duration_ms = ms(start.elapsed());
@@ -275,6 +219,97 @@ fn run_attempts(
         );
     }
     (result, kept)
+}
+
+/// The attempts of one script, all inside one deadline.
+struct Attempts<'a> {
+    spec: &'a ScriptSpec,
+    ctx: &'a RunContext,
+    limits: Limits,
+    /// Keep what the last attempt leaves running (a pre script's session).
+    keep: bool,
+    deadline: Instant,
+    deadline_unix: u64,
+    max_attempts: u32,
+}
+
+impl Attempts<'_> {
+    /// Start attempt `number` and run it to its end (or the deadline): how it ended and its
+    /// output tails. What an earlier attempt left in `kept` is ended first; what this one
+    /// leaves (when keeping) replaces it.
+    fn one(
+        &self,
+        file: &TrustedFile,
+        number: u32,
+        kept: &mut Option<process::KeptGroup>,
+    ) -> (AttemptEnd, String, String) {
+        let (spec, ctx) = (self.spec, self.ctx);
+        let launch = script_launch(file, spec, ctx, number, self.deadline_unix);
+        match launch.and_then(|l| l.spawn()) {
+            Ok(mut p) => {
+                if let Some(k) = kept.take() {
+                    k.end(self.limits.kill_grace);
+                }
+                if self.keep {
+                    p.keep_leftovers();
+                }
+                tracing::info!(
+                    hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
+                    of = self.max_attempts, pid = p.pid(), path = %output::quote_path(&spec.path),
+                    "hook attempt started"
+                );
+                let end = p.run(self.deadline, self.limits.kill_grace);
+                *kept = p.take_kept();
+                (
+                    end,
+                    p.stdout_tail().to_string_lossy(),
+                    p.stderr_tail().to_string_lossy(),
+                )
+            }
+            Err(e) => (
+                AttemptEnd::SpawnFailed {
+                    error: format!("cannot execute {}: {e}", output::quote_path(&spec.path)),
+                },
+                String::new(),
+                String::new(),
+            ),
+        }
+    }
+
+    /// Whether attempt `number`, which ended with `end`, is the last one; if so, the result's
+    /// error and message say how the script ended.
+    ///
+    /// No retry is started without time left for it to run: a script that keeps failing
+    /// until its time runs out is a failure with its last exit status, and a timeout is
+    /// reported only when an attempt was actually cut by the deadline.
+    fn is_final(&self, result: &mut ScriptResult, end: &AttemptEnd, number: u32) -> bool {
+        let (path, max) = (output::quote_path(&self.spec.path), self.max_attempts);
+        let last = number == max
+            || self.deadline.saturating_duration_since(Instant::now()) < MIN_RETRY_TIME;
+        match end {
+            AttemptEnd::Exited { code: 0 } => {
+                result.message = format!("{path} succeeded on attempt {number} of {max}");
+            }
+            AttemptEnd::TimedOut => {
+                result.error = Some(self.ctx.phase.timeout());
+                result.message = format!(
+                    "{path} did not finish within {} (attempt {number} of {max} was killed \
+                     with its process group)",
+                    humantime::format_duration(self.limits.timeout)
+                );
+            }
+            other if last => {
+                result.error = Some(self.ctx.phase.failed());
+                result.message = format!(
+                    "{path} failed after {number} attempt(s): {}{}",
+                    describe_end(other),
+                    stderr_hint(&result.stderr_tail)
+                );
+            }
+            _ => return false,
+        }
+        true
+    }
 }
 
 impl ScriptResult {

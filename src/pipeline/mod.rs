@@ -6,7 +6,7 @@
 //! ([`run_snapshot`], all steps in one go) and the host-driven mode (`prepare` = pre hooks +
 //! freeze, `release` = thaw + post hooks, the platform taking the snapshot in between).
 //!
-//! Rules, where the spec leaves room:
+//! Rules, where the README's "Consistency rules" leave room:
 //! - A pre hook failure with `continue_on_failure = true` lowers the target to file-system
 //!   (or crash, without freezing); the remaining pre hooks still run.
 //! - A pre hook failure with `continue_on_failure = false` stops the pre phase. If the freeze
@@ -249,6 +249,41 @@ impl Operation {
     }
 }
 
+/// Thaw what a crashed run left frozen (its state file says what). Returns the warning to
+/// report when something was thawed; a failed recovery is added to `errors`.
+fn recover_at_start(state_dir: &Path, errors: &mut Vec<Problem>) -> Vec<Problem> {
+    match freeze::state::recover(state_dir) {
+        Ok(thawed) if !thawed.is_empty() => {
+            tracing::warn!(
+                ?thawed,
+                "recovered filesystems left frozen by a crashed run"
+            );
+            vec![recovered_problem(&thawed)]
+        }
+        Ok(_) => Vec::new(),
+        Err(p) => {
+            errors.push(p);
+            Vec::new()
+        }
+    }
+}
+
+/// Take the per-filesystem lock of every target of `plan`, naming this run as the holder.
+fn lock_planned(
+    lock: &mut OpLock,
+    plan: &freeze::plan::Plan,
+    cfg: &Config,
+    operation_id: &str,
+) -> Result<(), Problem> {
+    let devices: Vec<(u32, u32)> = plan.targets.iter().map(|t| (t.major, t.minor)).collect();
+    let holder = format!(
+        "quiesce pid {}, operation {operation_id}, state dir {}",
+        std::process::id(),
+        cfg.paths.state_dir.display()
+    );
+    lock.lock_filesystems(Path::new(freeze::lock::FS_LOCK_DIR), &devices, &holder)
+}
+
 impl Operation {
     /// Take the operation lock, recover what a crash left frozen, build the provider and the
     /// plan for `scope`. On failure the returned report says why (nothing was run).
@@ -271,18 +306,7 @@ impl Operation {
         };
         let mut lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = cfg.skipped.clone();
-        let mut recovered = Vec::new();
-        match freeze::state::recover(&cfg.paths.state_dir) {
-            Ok(thawed) if !thawed.is_empty() => {
-                tracing::warn!(
-                    ?thawed,
-                    "recovered filesystems left frozen by a crashed run"
-                );
-                recovered.push(recovered_problem(&thawed));
-            }
-            Ok(_) => {}
-            Err(p) => errors.push(p),
-        }
+        let recovered = recover_at_start(&cfg.paths.state_dir, &mut errors);
         // Views and throwaway servers of a verification killed before it cleaned up (the
         // lock says it is gone).
         crate::verify::leftovers::clean(&cfg.paths.state_dir);
@@ -295,15 +319,7 @@ impl Operation {
             }
         };
         if let Some(plan) = plan.as_ref().filter(|_| scope.freezes(&cfg)) {
-            let devices: Vec<(u32, u32)> =
-                plan.targets.iter().map(|t| (t.major, t.minor)).collect();
-            let holder = format!(
-                "quiesce pid {}, operation {operation_id}, state dir {}",
-                std::process::id(),
-                cfg.paths.state_dir.display()
-            );
-            lock.lock_filesystems(Path::new(freeze::lock::FS_LOCK_DIR), &devices, &holder)
-                .map_err(|p| fail(vec![p]))?;
+            lock_planned(&mut lock, plan, &cfg, &operation_id).map_err(|p| fail(vec![p]))?;
         }
         Ok(Operation {
             freeze_timeout: cfg.freeze.timeout,
@@ -344,7 +360,7 @@ impl Operation {
     }
 
     fn interrupted(&mut self) -> bool {
-        if freeze::guard::termination_requested() {
+        if crate::termination::requested() {
             self.interrupt(
                 "interrupted by SIGTERM/SIGINT; thawed, post hooks run, no new snapshot",
             );
@@ -890,7 +906,10 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
     use crate::catalog::Catalog;
     let recorded = match Catalog::open(&cfg.paths.catalog) {
         Ok(mut catalog) => match catalog.record(report, kind) {
-            Ok(()) => Ok(catalog),
+            Ok(()) => {
+                apply_retention(cfg, &mut catalog, report);
+                Ok(catalog)
+            }
             Err(e) => Err((e, Some(catalog))),
         },
         Err(e) => Err((e, None)),
@@ -930,6 +949,18 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
         report
             .warnings
             .push(Problem::new(ErrorCode::CatalogError, format!("metrics file: {e}")).into());
+    }
+}
+
+/// After a run was recorded: delete what `[catalog]` no longer keeps. A failure is a
+/// warning on the run (it was recorded; the catalog only keeps more than it should).
+fn apply_retention(cfg: &Config, catalog: &mut crate::catalog::Catalog, report: &mut Report) {
+    let keep = cfg.catalog;
+    if let Err(e) = catalog.apply_retention(keep.keep_runs, keep.keep_days, SystemTime::now()) {
+        tracing::error!(error = %e, "catalog retention failed");
+        let mut warning: Warning = e.problem().into();
+        warning.message = format!("catalog retention: {}", warning.message);
+        report.warnings.push(warning);
     }
 }
 

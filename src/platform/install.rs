@@ -300,19 +300,9 @@ fn remove_created_dirs(root: &Path, file: &Path) {
 }
 
 fn write_file(p: &Planned) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = p.path.parent().expect("installed files have a directory");
     create_dirs(dir)?;
-    let tmp = dir.join(format!(".quiesce-install-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(p.mode)
-        .open(&tmp)?;
-    f.write_all(p.content.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &p.path)
+    crate::files::write_atomic(&p.path, p.content.as_bytes(), p.mode)
 }
 
 /// Run `quiesce install`; returns the exit status. `config` is passed on by the bridge

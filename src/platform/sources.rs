@@ -28,8 +28,6 @@ pub const GOOGLE_SCRIPTS: &str = "/etc/google/snapshots";
 pub const GOOGLE_CONFIG: &str = "/etc/default/instance_configs.cfg";
 /// The guest agent's default `timeout_in_seconds`.
 pub const GOOGLE_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// qemu's default hook directory (next to `/etc/qemu/fsfreeze-hook`).
-pub const QEMU_GA_HOOKS: &str = "/etc/qemu/fsfreeze-hook.d";
 
 /// The `[platforms]` table of the native configuration (`examples/quiesce.toml`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]

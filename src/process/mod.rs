@@ -180,11 +180,6 @@ impl Process {
         self.stdin.take()
     }
 
-    /// Close stdin: the child reads EOF.
-    pub fn close_stdin(&mut self) {
-        self.stdin = None;
-    }
-
     /// A duplicate of the pidfd, for non-blocking exit checks from elsewhere ([`exit_of`]).
     pub fn pidfd_dup(&self) -> std::io::Result<OwnedFd> {
         Ok(rustix::io::fcntl_dupfd_cloexec(&self.pidfd, 3)?)

@@ -19,7 +19,7 @@ pub enum LineWait {
 impl Process {
     /// True when this process may be cut short and quiesce was asked to terminate.
     pub(super) fn interrupted(&self) -> bool {
-        self.interruptible && crate::freeze::termination_requested()
+        self.interruptible && crate::termination::requested()
     }
 
     /// How long one poll may sleep: interruptible waits wake at least every 100 ms, so a

@@ -27,9 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Default longest freeze a host may hold (capped by `freeze.timeout`).
-pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(300);
-
 /// How the agent is set up.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -205,6 +202,7 @@ impl Agent {
         let req = PrepareRequest {
             id: id.clone(),
             deadline: Some(self.opts.max_freeze),
+            thaw_by: None,
             scope,
             caller: Caller::GuestAgent,
         };

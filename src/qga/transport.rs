@@ -3,7 +3,6 @@
 
 use super::protocol::Splitter;
 use super::Agent;
-use crate::freeze::guard::termination_requested;
 use rustix::event::{poll, PollFd, PollFlags};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -56,7 +55,7 @@ fn converse<S: Read + Write + std::os::fd::AsFd>(
     let mut splitter = Splitter::new();
     let mut buf = [0u8; 8192];
     loop {
-        if termination_requested() {
+        if crate::termination::requested() {
             return Ok(false);
         }
         if !wait_readable(stream) {
@@ -88,7 +87,7 @@ fn converse<S: Read + Write + std::os::fd::AsFd>(
 pub fn serve_unix(agent: &Arc<Agent>, path: &Path) -> Result<(), String> {
     let listener = crate::server::listen::bind_private(path)?;
     eprintln!("quiesce guest-agent: listening on {}", path.display());
-    while !termination_requested() {
+    while !crate::termination::requested() {
         if !wait_readable(&listener) {
             continue;
         }
@@ -112,7 +111,7 @@ pub fn serve_port(agent: &Arc<Agent>, path: &Path) -> Result<(), String> {
         .open(path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     eprintln!("quiesce guest-agent: serving {}", path.display());
-    while !termination_requested() {
+    while !crate::termination::requested() {
         match converse(agent, &mut port) {
             Ok(true) => std::thread::sleep(TICK),
             Ok(false) => break,

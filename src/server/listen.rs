@@ -340,7 +340,7 @@ pub fn serve(cfg: Config) -> i32 {
     tracing::info!(socket = %socket_path.display(), tcp = ?tcp, "quiesce serve listening");
     eprintln!("quiesce serve: listening on {}", socket_path.display());
     let slots = Arc::new(Slots::default());
-    while !crate::freeze::guard::termination_requested() {
+    while !crate::termination::requested() {
         let mut fds = vec![rustix::event::PollFd::new(
             &bound.listener,
             rustix::event::PollFlags::IN,

@@ -56,10 +56,36 @@ impl CommandProvider {
     fn display(&self) -> String {
         self.argv.join(" ")
     }
+
+    /// The command with the environment that tells it what is frozen.
+    fn launch(&self, ctx: &SnapshotContext<'_>) -> Launch {
+        let mounts = join(
+            ctx.frozen
+                .iter()
+                .map(|t| t.mount_point.to_str().unwrap_or("")),
+        );
+        let devices = join(ctx.frozen.iter().map(|t| t.source.as_str()));
+        Launch::argv(&self.argv)
+            .interruptible()
+            .env("QUIESCE_OPERATION_ID", ctx.operation_id)
+            .env("QUIESCE_FROZEN_MOUNTS", mounts)
+            .env("QUIESCE_FROZEN_DEVICES", devices)
+            .env("QUIESCE_FROZEN_COUNT", ctx.frozen.len().to_string())
+            .capture_stdout(MAX_ID_OUTPUT)
+    }
 }
 
 fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
     items.collect::<Vec<_>>().join(":")
+}
+
+/// The last `max` bytes of `t` (or a little less, at a character boundary).
+fn end_of_text(t: &str, max: usize) -> &str {
+    let mut cut = t.len().saturating_sub(max);
+    while !t.is_char_boundary(cut) {
+        cut += 1;
+    }
+    &t[cut..]
 }
 
 impl Provider for CommandProvider {
@@ -74,20 +100,8 @@ impl Provider for CommandProvider {
             return Err(SnapshotError::EmptyCommand);
         }
         let start = Instant::now();
-        let mounts = join(
-            ctx.frozen
-                .iter()
-                .map(|t| t.mount_point.to_str().unwrap_or("")),
-        );
-        let devices = join(ctx.frozen.iter().map(|t| t.source.as_str()));
-        let launch = Launch::argv(&self.argv)
-            .interruptible()
-            .env("QUIESCE_OPERATION_ID", ctx.operation_id)
-            .env("QUIESCE_FROZEN_MOUNTS", mounts)
-            .env("QUIESCE_FROZEN_DEVICES", devices)
-            .env("QUIESCE_FROZEN_COUNT", ctx.frozen.len().to_string())
-            .capture_stdout(MAX_ID_OUTPUT);
-        let mut p = launch
+        let mut p = self
+            .launch(ctx)
             .spawn()
             .map_err(|source| SnapshotError::CommandStart {
                 command: self.display(),
@@ -98,17 +112,10 @@ impl Provider for CommandProvider {
         let elapsed = start.elapsed();
         // Quoted once: the command's output goes into log lines and messages.
         let stderr = crate::hooks::output::quote(&p.stderr_tail().to_string_lossy());
-        let stderr_tail = {
-            let t = stderr.trim();
-            let mut cut = t.len().saturating_sub(STDERR_IN_MESSAGE);
-            while !t.is_char_boundary(cut) {
-                cut += 1;
-            }
-            t[cut..].to_string()
-        };
+        let stderr_tail = end_of_text(stderr.trim(), STDERR_IN_MESSAGE).to_string();
         match end {
             AttemptEnd::Exited { code: 0 } => {}
-            AttemptEnd::TimedOut if crate::freeze::termination_requested() => {
+            AttemptEnd::TimedOut if crate::termination::requested() => {
                 return Err(SnapshotError::CommandInterrupted {
                     command: self.display(),
                     stderr: stderr_tail,

@@ -49,10 +49,8 @@ impl Leftovers {
     }
 
     fn save(&self) {
-        let tmp = self.path.with_extension("tmp");
         let text = serde_json::to_vec(&self.rec).unwrap_or_default();
-        let ok = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = ok {
+        if let Err(e) = crate::files::write_atomic(&self.path, &text, 0o600) {
             tracing::error!(error = %e, path = %self.path.display(), "cannot write the verify record");
         }
     }

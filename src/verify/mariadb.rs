@@ -178,20 +178,23 @@ pub fn verify(
     if checks.iter().all(|c| c.ok) {
         checks.push(check_tables(&sql));
     }
-    if checks.iter().all(|c| c.ok) {
-        if let Some(q) = &cfg.query {
-            let t = Instant::now();
-            checks.push(match sql(q) {
-                Ok(v) if v == "1" || v.eq_ignore_ascii_case("true") => {
-                    check("mariadb query", true, "returned true".into(), t)
-                }
-                Ok(v) => check("mariadb query", false, format!("returned {v:?}, not 1"), t),
-                Err(e) => check("mariadb query", false, e, t),
-            });
-        }
+    if let Some(q) = cfg.query.as_deref().filter(|_| checks.iter().all(|c| c.ok)) {
+        checks.push(query_check(q, &sql));
     }
     server::stop(&mut child, rustix::process::Signal::KILL);
     checks
+}
+
+/// The configured query must return true (`1`).
+fn query_check(q: &str, sql: &dyn Fn(&str) -> Result<String, String>) -> Check {
+    let t = Instant::now();
+    match sql(q) {
+        Ok(v) if v == "1" || v.eq_ignore_ascii_case("true") => {
+            check("mariadb query", true, "returned true".into(), t)
+        }
+        Ok(v) => check("mariadb query", false, format!("returned {v:?}, not 1"), t),
+        Err(e) => check("mariadb query", false, e, t),
+    }
 }
 
 /// The throwaway `mariadbd` on the view's data directory, everything else in `run`.

@@ -70,6 +70,50 @@ fn fix_link(link: &Path, views: &[View]) -> Result<(), String> {
     }
 }
 
+/// The data directory inside the views (with its owner), checked to be PostgreSQL's, its
+/// `pg_wal` and tablespace links pointed into the views.
+fn data_in_views(cfg: &PgVerifyConfig, views: &[View]) -> Result<(PathBuf, u32, u32), String> {
+    let (data, uid, gid) = server::data_in_view(&cfg.data, views)?;
+    if !data.join("PG_VERSION").is_file() {
+        return Err(format!(
+            "{} is not a PostgreSQL data directory",
+            cfg.data.display()
+        ));
+    }
+    let mut links = vec![data.join("pg_wal")];
+    if let Ok(rd) = std::fs::read_dir(data.join("pg_tblspc")) {
+        links.extend(rd.flatten().map(|e| e.path()));
+    }
+    for l in &links {
+        fix_link(l, views)?;
+    }
+    Ok((data, uid, gid))
+}
+
+/// The throwaway server: its socket in `run` only, no archiving, no replication, nothing
+/// preloaded.
+fn server_command(postgres: &Path, data: &Path, run: &Path, port: u32) -> Command {
+    let mut cmd = Command::new(postgres);
+    cmd.arg("-D")
+        .arg(data)
+        .arg("-k")
+        .arg(run)
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-c", "listen_addresses=", "-c", "archive_mode=off"])
+        .args(["-c", "restore_command=", "-c", "shared_preload_libraries="])
+        .args([
+            "-c",
+            "logging_collector=off",
+            "-c",
+            "unix_socket_permissions=0700",
+        ])
+        .args(["-c", "max_wal_senders=0", "-c", "wal_level=minimal"])
+        .arg("-c")
+        .arg(format!("hba_file={}", run.join("pg_hba.conf").display()));
+    cmd
+}
+
 /// Every check of the PostgreSQL verifier, in order; stops at the first failure.
 pub fn verify(
     cfg: &PgVerifyConfig,
@@ -80,25 +124,10 @@ pub fn verify(
 ) -> Vec<Check> {
     let t = Instant::now();
     let fail = |name: &str, msg: String| vec![check(name, false, msg, t)];
-    let (data, uid, gid) = match server::data_in_view(&cfg.data, views) {
+    let (data, uid, gid) = match data_in_views(cfg, views) {
         Ok(d) => d,
         Err(e) => return fail("postgres layout", e),
     };
-    if !data.join("PG_VERSION").is_file() {
-        return fail(
-            "postgres layout",
-            format!("{} is not a PostgreSQL data directory", cfg.data.display()),
-        );
-    }
-    let mut links = vec![data.join("pg_wal")];
-    if let Ok(rd) = std::fs::read_dir(data.join("pg_tblspc")) {
-        links.extend(rd.flatten().map(|e| e.path()));
-    }
-    for l in &links {
-        if let Err(e) = fix_link(l, views) {
-            return fail("postgres layout", e);
-        }
-    }
     let (Some(postgres), Some(psql)) = (bin("postgres"), bin("psql")) else {
         return fail("postgres start", "postgres or psql is not installed".into());
     };
@@ -115,24 +144,7 @@ pub fn verify(
         let _ = server::write_owned(&data.join("postgresql.conf"), "", uid, gid);
     }
     let port = 40000 + (std::process::id() % 20000);
-    let mut cmd = Command::new(&postgres);
-    cmd.arg("-D")
-        .arg(&data)
-        .arg("-k")
-        .arg(&run)
-        .arg("-p")
-        .arg(port.to_string())
-        .args(["-c", "listen_addresses=", "-c", "archive_mode=off"])
-        .args(["-c", "restore_command=", "-c", "shared_preload_libraries="])
-        .args([
-            "-c",
-            "logging_collector=off",
-            "-c",
-            "unix_socket_permissions=0700",
-        ])
-        .args(["-c", "max_wal_senders=0", "-c", "wal_level=minimal"])
-        .arg("-c")
-        .arg(format!("hba_file={}", run.join("pg_hba.conf").display()));
+    let cmd = server_command(&postgres, &data, &run, port);
     let mut child = match server::spawn(cmd, &run, uid, gid, record) {
         Ok(c) => c,
         Err(e) => return fail("postgres start", e),
@@ -163,25 +175,28 @@ pub fn verify(
     if checks.iter().all(|c| c.ok) {
         checks.push(amcheck(&run, port, cfg, &sql, deadline));
     }
-    if checks.iter().all(|c| c.ok) {
-        if let Some(q) = &cfg.query {
-            let t = Instant::now();
-            checks.push(match sql(&cfg.database, q) {
-                Ok(v) if v == "t" || v == "true" => {
-                    check("postgres query", true, "returned true".into(), t)
-                }
-                Ok(v) => check(
-                    "postgres query",
-                    false,
-                    format!("returned {v:?}, not true"),
-                    t,
-                ),
-                Err(e) => check("postgres query", false, e, t),
-            });
-        }
+    if let Some(q) = cfg.query.as_deref().filter(|_| checks.iter().all(|c| c.ok)) {
+        checks.push(query_check(q, &|q| sql(&cfg.database, q)));
     }
     server::stop(&mut child, rustix::process::Signal::QUIT);
     checks
+}
+
+/// The configured query must return true.
+fn query_check(q: &str, sql: &dyn Fn(&str) -> Result<String, String>) -> Check {
+    let t = Instant::now();
+    match sql(q) {
+        Ok(v) if v == "t" || v == "true" => {
+            check("postgres query", true, "returned true".into(), t)
+        }
+        Ok(v) => check(
+            "postgres query",
+            false,
+            format!("returned {v:?}, not true"),
+            t,
+        ),
+        Err(e) => check("postgres query", false, e, t),
+    }
 }
 
 /// `pg_amcheck --all` where installed, else the amcheck functions over every relation of

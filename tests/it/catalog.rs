@@ -157,25 +157,6 @@ fn history_limit_and_since() {
         ["op-failed"]
     );
     assert!(c.history(None, Some(at(T0 + 7201))).unwrap().is_empty());
-
-    // The --since argument forms.
-    let now = at(T0 + 7200);
-    assert_eq!(catalog::parse_since("1h", now).unwrap(), at(T0 + 3600));
-    assert_eq!(
-        catalog::parse_since("2025-03-01T01:00:00Z", now).unwrap(),
-        at(T0 + 3600)
-    );
-    assert_eq!(
-        catalog::parse_since("@1740790800", now).unwrap(),
-        at(T0 + 3600)
-    );
-    assert!(catalog::parse_since("yesterday-ish", now).is_err());
-    assert_eq!(
-        ids(c
-            .history(None, Some(catalog::parse_since("90m", now).unwrap()))
-            .unwrap()),
-        ["op-failed", "op-degraded"]
-    );
 }
 
 #[test]
@@ -614,4 +595,112 @@ fn sigkill_mid_record_leaves_no_partial_run() {
     assert_eq!(h.len(), 3);
     assert_eq!(h[0].operation_id, "op-crashed");
     assert!(!journal.exists());
+}
+
+/// Retention deletes a run with everything recorded about it (the verifications of its
+/// snapshots, its group report), keeps the newest run whatever its age, and never lowers
+/// the totals the metrics count.
+#[test]
+fn retention_deletes_old_runs_with_their_rows_and_keeps_the_totals() {
+    let s = Scratch::new("catalog-retention");
+    let mut c = three_runs(&s.join("catalog.db"));
+    let totals = c.totals().unwrap();
+    c.record_verification(&catalog::VerificationRow {
+        provider: "btrfs".into(),
+        snapshot_id: "/srv/.snapshots/op-ok".into(),
+        started_unix: (T0 + 10) as i64,
+        finished_unix: (T0 + 20) as i64,
+        verified: true,
+        message: "verified".into(),
+        report_json: "{}".into(),
+    })
+    .unwrap();
+    c.record_group(&catalog::GroupRunRow {
+        group: "orders".into(),
+        operation_id: "op-ok".into(),
+        member: "db-1".into(),
+        coordinator: "admin-77".into(),
+        status: Status::Succeeded,
+        consistency: Consistency::Application,
+        // Recent: it goes with its run, not by its own age.
+        started_unix: (T0 + 7000) as i64,
+        report_json: "{}".into(),
+    })
+    .unwrap();
+    let ids = |c: &Catalog| -> Vec<String> {
+        c.history(None, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.operation_id)
+            .collect()
+    };
+
+    // keep_runs = 2: the oldest run goes, with its verification and group report.
+    let now = at(T0 + 7300);
+    assert_eq!(c.apply_retention(2, 400, now).unwrap(), 1);
+    assert_eq!(ids(&c), ["op-failed", "op-degraded"]);
+    let snapshot = "/srv/.snapshots/op-ok";
+    assert_eq!(c.verification_of_snapshot("btrfs", snapshot).unwrap(), None);
+    assert_eq!(c.group_report_json("orders", "op-ok").unwrap(), None);
+    assert_eq!(c.totals().unwrap(), totals, "the totals never go down");
+
+    // keep_days = 1, a day later: both are older, but the newest run is always kept.
+    let later = at(T0 + 7300 + 86_400);
+    assert_eq!(c.apply_retention(10, 1, later).unwrap(), 1);
+    assert_eq!(ids(&c), ["op-failed"]);
+    assert_eq!(c.totals().unwrap(), totals);
+    // Within both limits nothing changes.
+    assert_eq!(c.apply_retention(10, 400, later).unwrap(), 0);
+    assert_eq!(ids(&c), ["op-failed"]);
+}
+
+/// `[catalog] keep_runs` through the real binary: after five runs `history` shows the newest
+/// two, and the metrics still count all five.
+#[test]
+fn the_binary_keeps_only_the_newest_runs() {
+    let s = Scratch::new("catalog-keep");
+    let snap = s.script(
+        "snap.sh",
+        "#!/bin/sh\necho \"snap-$QUIESCE_OPERATION_ID\"\n",
+    );
+    let cfg = s.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {:?}\ncatalog = {:?}\nmetrics_file = {:?}\n\
+             [freeze]\nenabled = false\n\
+             [snapshot]\nprovider = \"command\"\ncommand = [{:?}]\n\
+             [catalog]\nkeep_runs = 2\n",
+            s.join("state").display().to_string(),
+            s.join("catalog.db").display().to_string(),
+            s.join("quiesce.prom").display().to_string(),
+            snap.display().to_string(),
+        ),
+        0o600,
+    );
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let run = support::quiesce(&["snapshot", "--json"]).config(&cfg).run();
+        assert_eq!(run.code, 0, "{}", run.describe());
+        made.push(run.report().operation_id);
+    }
+    // A --since beyond the epoch means everything (it used to overflow and panic).
+    for since in ["1d", "500000000000y"] {
+        let history = Command::new(support::quiesce_bin())
+            .args(["history", "--json", "--since", since, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(history.status.success(), "{history:?}");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&history.stdout).unwrap();
+        let shown: Vec<&str> = rows
+            .iter()
+            .map(|r| r["operation_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(shown, [made[4].as_str(), made[3].as_str()]);
+    }
+    let metrics = std::fs::read_to_string(s.join("quiesce.prom")).unwrap();
+    assert!(
+        metrics.contains("quiesce_runs_total{status=\"succeeded\"} 5"),
+        "{metrics}"
+    );
 }

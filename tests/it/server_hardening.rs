@@ -327,6 +327,12 @@ fn an_explicit_config_that_does_not_load_is_a_failure() {
             vec!["status", "--id", "x", "--config", c],
             vec!["release", "--id", "x", "--config", c],
             vec!["prepare", "--id", "x", "--config", c],
+            // These fell back to the default configuration (exit 0) before.
+            vec!["history", "--config", c],
+            vec!["snapshots", "--config", c],
+            vec!["mounts", "--config", c],
+            vec!["hook", "pre", "--platform", "gcp", "--config", c],
+            vec!["migrate-catalog", "--config", c],
         ] {
             let out = quiesce(&args);
             assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");

@@ -104,7 +104,6 @@ fn program() -> PathBuf {
 /// replaced with `dup3`), the handler can never write to an unrelated file.
 static SIGNAL_SLOT: AtomicI32 = AtomicI32::new(-1);
 static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
-static TERMINATION: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
 
 /// Install SIGTERM/SIGINT/SIGQUIT handlers for the agent. Call once at start (the CLI and
@@ -143,7 +142,7 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
                 unsafe {
                     signal_hook::low_level::register(sig, move || {
                         seen.store(true, Ordering::SeqCst);
-                        TERMINATION.store(true, Ordering::SeqCst);
+                        crate::termination::note();
                         let fd = SIGNAL_SLOT.load(Ordering::SeqCst);
                         if fd >= 0 {
                             // SAFETY: see above; the slot is open for the process lifetime.
@@ -161,7 +160,7 @@ pub fn install_signal_handlers() -> std::io::Result<()> {
 
 /// Has SIGTERM/SIGINT/SIGQUIT been received since [`install_signal_handlers`]?
 pub fn termination_requested() -> bool {
-    TERMINATION.load(Ordering::SeqCst)
+    crate::termination::requested()
 }
 
 /// Point the signal slot at `fd` (the armed guard's control pipe) or back at /dev/null.
@@ -358,11 +357,6 @@ impl GuardHandle {
     /// The freeze of target `idx` completed.
     pub fn frozen(&self, idx: usize) -> Result<(), Errno> {
         self.send(Command::Frozen { target: idx as u32 })
-    }
-
-    /// Ask the guard to thaw everything now (as the signal handler does).
-    pub fn request_thaw(&self) -> Result<(), Errno> {
-        self.send(Command::Thaw)
     }
 
     /// A duplicate of the guard's pidfd (readable once it has exited).

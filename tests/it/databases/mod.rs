@@ -31,7 +31,7 @@ mod postgres_two_volumes;
 /// Two heavy tests at a time at most (two cores shared with other builders).
 static SLOTS: Slots = Slots::new(2);
 
-/// Snapshots per database, as the issue asks.
+/// Snapshots taken of each database (each one checked for consistency).
 const SNAPSHOTS: usize = 10;
 
 fn p(path: &Path) -> &str {
