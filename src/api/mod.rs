@@ -31,7 +31,7 @@ use crate::codes::{ErrorCode, Problem};
 use crate::report::Report;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Ask for one operation to be prepared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,11 @@ pub struct PrepareRequest {
     /// From now until the guard thaws; None: `server.default_deadline`. Capped at
     /// `freeze.timeout` (the answer's `deadline_capped` says so).
     pub deadline: Option<Duration>,
+    /// An absolute time (wall clock) by which the guard thaws at the latest, whatever
+    /// `deadline` says: for a caller whose deadline is shared with other machines (a group
+    /// member). The guard thaws at min(freeze start + deadline, `thaw_by`); a prepare whose
+    /// pre hooks end after `thaw_by` freezes nothing and fails. None: `deadline` alone.
+    pub thaw_by: Option<SystemTime>,
     pub scope: FreezeScope,
     /// Recorded in the report and the catalog.
     pub caller: Caller,
@@ -52,6 +57,7 @@ impl PrepareRequest {
         PrepareRequest {
             id: id.into(),
             deadline: None,
+            thaw_by: None,
             scope: FreezeScope::Plan,
             caller,
         }

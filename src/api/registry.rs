@@ -7,7 +7,7 @@ use crate::pipeline::{self, opid, Operation};
 use crate::report::{Report, SnapshotRef};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Finished operations remembered for idempotent repeats and status.
 pub const REMEMBERED: usize = 256;
@@ -124,6 +124,19 @@ enum End {
     Abandoned(String),
 }
 
+/// How long the guard may hold a freeze that starts at `now`: `own` (the request's
+/// deadline, counted from the freeze), cut to what is left until `thaw_by`. None: `thaw_by`
+/// is not after `now`, so nothing may be frozen.
+fn guard_limit(own: Duration, thaw_by: Option<SystemTime>, now: SystemTime) -> Option<Duration> {
+    let Some(thaw_by) = thaw_by else {
+        return Some(own);
+    };
+    match thaw_by.duration_since(now) {
+        Ok(left) if !left.is_zero() => Some(own.min(left)),
+        _ => None,
+    }
+}
+
 /// The operation registry (one per process, shared as `Arc<Api>`).
 pub struct Api {
     cfg: Arc<Config>,
@@ -216,6 +229,17 @@ impl Api {
         op.freeze_timeout = deadline;
         op.caller = req.caller;
         op.pre_hooks();
+        // The guard's limit counts from the freeze; an absolute `thaw_by` cuts it.
+        let deadline = match guard_limit(deadline, req.thaw_by, SystemTime::now()) {
+            Some(limit) => limit,
+            None => {
+                op.interrupt(
+                    "the pre hooks ended after the shared deadline; nothing frozen, post hooks run",
+                );
+                Duration::ZERO
+            }
+        };
+        op.freeze_timeout = deadline;
         let thaws_at = Instant::now() + deadline;
         op.freeze();
         let state = if op.aborted() {
@@ -595,5 +619,40 @@ fn active_status(a: &Active) -> OpStatus {
         state,
         frozen,
         report: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guard_limit;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_guard_thaws_at_the_earlier_of_its_own_limit_and_the_absolute_deadline() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let cases = [
+            // (own limit, thaw_by relative to now in ms (None: no absolute deadline), limit)
+            (s(10), None, Some(s(10))),
+            (s(10), Some(4_000), Some(s(4))),
+            (s(3), Some(4_000), Some(s(3))),
+            (s(4), Some(4_000), Some(s(4))),
+            // The pre hooks took 70 ms of a 4 s group window: 3.93 s left, not 4 s.
+            (s(4), Some(3_930), Some(ms(3_930))),
+            (s(10), Some(1), Some(ms(1))),
+            (s(10), Some(0), None),
+            (s(10), Some(-5_000), None),
+        ];
+        for (own, rel, want) in cases {
+            let thaw_by = rel.map(|r: i64| {
+                if r >= 0 {
+                    now + ms(r as u64)
+                } else {
+                    now - ms(r.unsigned_abs())
+                }
+            });
+            assert_eq!(guard_limit(own, thaw_by, now), want, "{own:?} {rel:?}");
+        }
     }
 }

@@ -135,6 +135,16 @@ fn listen_keys(prefix: &str, spec_key: &str) -> [String; 3] {
     ]
 }
 
+/// The same keys as watched ranges: `release` and `snapshot` as one range (under
+/// `ops/OP/`, nothing sorts between them: `done/`, `ready/` come before, `snapshot/` after
+/// its end), and the spec. Two watch streams per member and operation instead of three.
+fn listen_ranges(prefix: &str, spec_key: &str) -> Vec<(String, Vec<u8>)> {
+    let [release, snapshot, spec] = listen_keys(prefix, spec_key);
+    let mut end = snapshot.into_bytes();
+    end.push(0);
+    vec![(release, end), (spec, Vec::new())]
+}
+
 /// What the keys say now (None: nothing new, or etcd not read yet).
 fn heard(keys: &Mirror, prefix: &str, spec_key: &str, wants_snapshot: bool) -> Option<Heard> {
     let [release, snapshot, _] = listen_keys(prefix, spec_key);
@@ -246,14 +256,14 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
     let id = &spec.operation_id;
     let prefix = op_prefix(&cfg.name, id);
     let spec_key = format!("{}specs/{id}", super::group_prefix(&cfg.name));
-    // Watch what the coordinator will write before preparing, so that the streams are open
-    // by the time it does (the copy starts at this revision: nothing is missed either way).
-    let keys = Mirror::keys(etcd, &listen_keys(&prefix, &spec_key), cfg.poll);
     let left = spec.deadline_ms.saturating_sub(now_ms());
     tracing::info!(operation_id = %id, deadline_ms = left, "group: preparing");
     let prepared = api.prepare(PrepareRequest {
         id: id.clone(),
         deadline: Some(Duration::from_millis(left)),
+        // The pre hooks take time: the guard counts from the freeze, the group's deadline
+        // does not move.
+        thaw_by: Some(std::time::UNIX_EPOCH + Duration::from_millis(spec.deadline_ms)),
         scope: FreezeScope::Plan,
         caller: Caller::Group {
             group: spec.group.clone(),
@@ -272,6 +282,9 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
     } else {
         let release_at = super::release_at_ms(spec.deadline_ms);
         let (tx, rx) = channel();
+        // Watched from after the ready answer: the coordinator writes nothing before every
+        // member is ready, and the copy starts from a read, so nothing is missed.
+        let keys = Mirror::ranges(etcd, listen_ranges(&prefix, &spec_key), cfg.poll);
         listen(
             keys,
             prefix.clone(),
@@ -420,5 +433,27 @@ mod tests {
         );
         assert_eq!(refused.errors[0].code, ErrorCode::OperationInProgress);
         assert!(refused.errors[0].message.contains("host-op"));
+    }
+
+    #[test]
+    fn the_release_range_holds_release_and_snapshot_only() {
+        let prefix = op_prefix("g", "op");
+        let ranges = listen_ranges(&prefix, "/quiesce/groups/g/specs/op");
+        let (start, end) = (&ranges[0].0, &ranges[0].1);
+        let inside = |k: &str| k.as_bytes() >= start.as_bytes() && k.as_bytes() < &end[..];
+        for (key, want) in [
+            ("release", true),
+            ("snapshot", true),
+            ("done/m", false),
+            ("ready/m", false),
+            ("ready/zzz", false),
+            ("snapshot/m", false),
+        ] {
+            assert_eq!(inside(&format!("{prefix}{key}")), want, "{key}");
+        }
+        assert_eq!(
+            ranges[1],
+            ("/quiesce/groups/g/specs/op".to_string(), Vec::new())
+        );
     }
 }

@@ -202,6 +202,7 @@ impl Agent {
         let req = PrepareRequest {
             id: id.clone(),
             deadline: Some(self.opts.max_freeze),
+            thaw_by: None,
             scope,
             caller: Caller::GuestAgent,
         };

@@ -122,6 +122,7 @@ impl Server {
                 let req = PrepareRequest {
                     id: id.to_string(),
                     deadline: Some(deadline),
+                    thaw_by: None,
                     scope,
                     caller,
                 };

@@ -2,9 +2,11 @@
 //! `promtool check rules`, and `promtool test rules` shows each alert firing (and not
 //! firing) on the metrics files that real `quiesce snapshot` runs wrote: a good run, a run
 //! whose pre hook failed, a run frozen for 11 s on a loop filesystem, a run whose
-//! freeze guard fired, and a run whose catalog was on a filesystem that had gone read-only.
-//! Each run's samples become one `instance` of the test, held constant;
-//! only the run's timestamp is moved to the test clock's origin (promtool starts at epoch 0).
+//! freeze guard fired, a run whose catalog was on a filesystem that had gone read-only, and
+//! a run whose snapshot `[verify]` proved restorable right after it was taken.
+//! Each run's samples become one `instance` of the test, held constant; only the
+//! timestamps are moved, all by the same amount, so that the run's is the test clock's
+//! origin (promtool starts at epoch 0).
 
 use crate::support;
 
@@ -50,8 +52,19 @@ fn run_with_catalog(s: &Scratch, name: &str, catalog: &Path, body: &str) -> Stri
 }
 
 /// `name{labels} value` samples of a Prometheus text file, as promtool input series with an
-/// `instance` label, constant over `n` minutes.
+/// `instance` label, constant over 60 h (past every evaluation time of the test).
 fn input_series(out: &mut String, instance: &str, text: &str) {
+    let stamp = |line: &str| -> Option<f64> {
+        let (series, value) = line.rsplit_once(' ')?;
+        let name = series.split('{').next()?;
+        name.ends_with("_timestamp_seconds")
+            .then(|| value.parse().unwrap())
+    };
+    let run_at = text
+        .lines()
+        .filter(|l| l.starts_with("quiesce_last_run_timestamp_seconds"))
+        .find_map(stamp)
+        .unwrap_or(0.0);
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -61,14 +74,13 @@ fn input_series(out: &mut String, instance: &str, text: &str) {
             Some((name, rest)) => format!("{name}{{instance=\"{instance}\",{rest}"),
             None => format!("{series}{{instance=\"{instance}\"}}"),
         };
-        let value = if series.starts_with("quiesce_last_run_timestamp_seconds") {
-            "0"
-        } else {
-            value
+        let value = match stamp(line) {
+            Some(at) => (at - run_at).to_string(),
+            None => value.to_string(),
         };
         let _ = writeln!(
             out,
-            "      - series: '{series}'\n        values: '{value}+0x1800'"
+            "      - series: '{series}'\n        values: '{value}+0x3600'"
         );
     }
 }
@@ -176,6 +188,30 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         "{unwritable}"
     );
     assert!(good.contains("quiesce_last_run_recorded 1"), "{good}");
+    // A snapshot (a directory the provider names) verified by a user verifier right after
+    // it was taken: the metrics file carries the verified gauges, the others do not.
+    let view = s.join("verified-snapshot");
+    std::fs::create_dir_all(&view).unwrap();
+    std::fs::write(view.join("data"), "kept\n").unwrap();
+    let verifier = s.script(
+        "verifier",
+        "#!/bin/sh\nset -e\ntest \"$(cat \"$QUIESCE_VERIFY_VIEW/data\")\" = kept\n",
+    );
+    let verified = run_and_read_metrics(
+        &s,
+        "verified",
+        &format!(
+            "[freeze]\nenabled = false\n[snapshot]\nprovider = \"command\"\n\
+             command = [\"/bin/echo\", \"{}\"]\n{}\
+             [verify]\nafter_snapshot = true\ntimeout = \"30s\"\nhooks = [[\"{}\"]]\n",
+            view.display(),
+            hook(&pre_ok),
+            verifier.display()
+        ),
+    );
+    let age = "quiesce_seconds_since_last_verified_application_snapshot";
+    assert!(verified.contains(&format!("\n{age} ")), "{verified}");
+    assert!(!good.contains(&format!("\n{age} ")), "{good}");
 
     let mut t = format!(
         "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
@@ -187,6 +223,7 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         ("slow", &slow),
         ("guard", &guard),
         ("unwritable", &unwritable),
+        ("verified", &verified),
     ] {
         input_series(&mut t, instance, text);
     }
@@ -204,7 +241,7 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         &mut t,
         "28h",
         "QuiesceNoConsistentSnapshot",
-        &["bad", "good", "guard", "slow", "unwritable"],
+        &["bad", "good", "guard", "slow", "unwritable", "verified"],
         "critical",
     );
     expect(
@@ -229,6 +266,17 @@ fn alert_rules_fire_on_the_metrics_of_real_runs() {
         "5m",
         "QuiesceCatalogNotWritable",
         &["unwritable"],
+        "warning",
+    );
+    // The verified snapshot ages: quiet for two nightly intervals, then (after `for: 1h`)
+    // firing; instances that never verified a snapshot stay quiet.
+    expect(&mut t, "2h", "QuiesceNoVerifiedSnapshot", &[], "warning");
+    expect(&mut t, "52h", "QuiesceNoVerifiedSnapshot", &[], "warning");
+    expect(
+        &mut t,
+        "54h",
+        "QuiesceNoVerifiedSnapshot",
+        &["verified"],
         "warning",
     );
     let file = s.file("alerts-test.yml", &t, 0o600);

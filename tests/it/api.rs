@@ -54,6 +54,7 @@ fn request(id: &str, scope: FreezeScope, deadline: Option<Duration>) -> PrepareR
     PrepareRequest {
         id: id.into(),
         deadline,
+        thaw_by: None,
         scope,
         caller: Caller::Platform("test".into()),
     }

@@ -1146,18 +1146,48 @@ fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapsh
 // quiesce verify: MariaDB with its redo log and undo tablespaces on a second volume
 // =========================================================================================
 
-/// `tree_digest` once it no longer changes (a quiet server's background flushing done).
-fn settled_digest(dir: &Path) -> BTreeMap<String, String> {
-    let mut last = tree_digest(dir);
-    for _ in 0..60 {
+/// The digests of `dirs` once none of them changed for 3 s (a quiet server's background
+/// flushing and checkpoints done).
+fn settled_digests(dirs: &[&Path]) -> Vec<BTreeMap<String, String>> {
+    let digest = || dirs.iter().map(|d| tree_digest(d)).collect::<Vec<_>>();
+    let mut last = digest();
+    let mut stable = 0;
+    for _ in 0..240 {
         std::thread::sleep(Duration::from_millis(500));
-        let now = tree_digest(dir);
-        if now == last {
+        let now = digest();
+        stable = if now == last { stable + 1 } else { 0 };
+        if stable == 6 {
             return now;
         }
         last = now;
     }
-    panic!("{} never settled", dir.display());
+    panic!("{dirs:?} never settled");
+}
+
+/// Entries that differ between two digests (for a readable failure).
+fn changed(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {:?} -> {:?}", a.get(k), b.get(k)))
+        .collect()
+}
+
+/// Make the live MariaDB quiet: every dirty page flushed, tables closed.
+fn quiet_mariadb(server: &MariaDb) {
+    server.sql(
+        "SET GLOBAL innodb_max_dirty_pages_pct_lwm = 0; \
+         SET GLOBAL innodb_max_dirty_pages_pct = 0; FLUSH TABLES",
+    );
+    wait_for("no dirty pages", Duration::from_secs(60), || {
+        server
+            .sql(
+                "SELECT variable_value FROM information_schema.global_status \
+                  WHERE variable_name = 'INNODB_BUFFER_POOL_PAGES_DIRTY'",
+            )
+            .trim()
+            == "0"
+    });
 }
 
 #[test]
@@ -1265,8 +1295,9 @@ fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and
     assert_eq!(code, 0, "{out}");
     let lone = report["snapshots"][0]["id"].as_str().unwrap().to_string();
     for (config, id, want) in [(&both, &ids[2], "verified"), (&data_only, &lone, "refused")] {
-        let data_before = settled_digest(&datadir);
-        let logs_before = settled_digest(&logdir);
+        quiet_mariadb(&server);
+        let before = settled_digests(&[&datadir, &logdir]);
+        let (data_before, logs_before) = (&before[0], &before[1]);
         let run_before = tree_digest(&rundir);
         let pids_before = pids_in(&datadir);
         assert!(!pids_before.is_empty());
@@ -1285,15 +1316,17 @@ fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and
                 "{out}"
             );
         }
-        assert_eq!(
-            tree_digest(&datadir),
-            data_before,
-            "the live data directory changed"
+        let data_after = tree_digest(&datadir);
+        assert!(
+            &data_after == data_before,
+            "the live data directory changed: {:?}",
+            changed(data_before, &data_after)
         );
-        assert_eq!(
-            tree_digest(&logdir),
-            logs_before,
-            "the live redo/undo volume changed"
+        let logs_after = tree_digest(&logdir);
+        assert!(
+            &logs_after == logs_before,
+            "the live redo/undo volume changed: {:?}",
+            changed(logs_before, &logs_after)
         );
         assert_eq!(
             tree_digest(&rundir),

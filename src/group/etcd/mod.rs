@@ -85,6 +85,19 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// An answer that says "try again": the cluster is electing a leader or is overloaded.
+fn transient(status: u16, msg: &str) -> bool {
+    status == 503
+        || [
+            "leader changed",
+            "no leader",
+            "request timed out",
+            "too many requests",
+        ]
+        .iter()
+        .any(|m| msg.contains(m))
+}
+
 /// etcd's error message in an answer, if any.
 fn error_text(v: &Value) -> String {
     v["error"]
@@ -233,25 +246,25 @@ impl Etcd {
         format!("etcd {ep}: HTTP {status}: {msg}")
     }
 
-    /// POST a JSON body; errors name every endpoint tried, or what etcd refused.
+    /// POST a JSON body; errors name every endpoint tried, or what etcd refused. While the
+    /// cluster elects a leader (a node stopped), etcd answers 503 "leader changed" or "no
+    /// leader": such answers are retried on the next endpoint for up to twice the timeout
+    /// (at least [`LEADERLESS`]).
     pub fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
         let body = body.to_string();
-        // While the cluster elects a new leader (a node stopped), etcd answers 503 for a
-        // moment: try again, on the next endpoint, for at most `LEADERLESS`.
-        let leaderless_until = Instant::now() + LEADERLESS;
+        let give_up = Instant::now() + LEADERLESS.max(2 * self.timeout);
         let (idx, status, v) = loop {
             let (idx, status, v) = self.post_any(path, &body)?;
-            if status != 503 || Instant::now() >= leaderless_until {
+            if status == 200 {
+                return Ok(v);
+            }
+            if !transient(status, &error_text(&v)) || Instant::now() >= give_up {
                 break (idx, status, v);
             }
-            let mut preferred = self.preferred.lock().unwrap_or_else(|e| e.into_inner());
-            *preferred = (idx + 1) % self.endpoints.len();
-            drop(preferred);
+            *self.preferred.lock().unwrap_or_else(|e| e.into_inner()) =
+                (idx + 1) % self.endpoints.len();
             std::thread::sleep(Duration::from_millis(50));
         };
-        if status == 200 {
-            return Ok(v);
-        }
         let msg = error_text(&v);
         if msg.contains("token") && self.credentials.is_some() && path != "/v3/auth/authenticate" {
             self.authenticate()?;
@@ -374,6 +387,25 @@ impl Etcd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_worth_retrying() {
+        for (status, msg, want) in [
+            (503, "etcdserver: leader changed", true),
+            (503, "connection closed", true),
+            (500, "etcdserver: no leader", true),
+            (500, "etcdserver: request timed out", true),
+            (400, "etcdserver: permission denied", false),
+            (
+                400,
+                "etcdserver: authentication failed, invalid user ID or password",
+                false,
+            ),
+            (404, "Not Found", false),
+        ] {
+            assert_eq!(transient(status, msg), want, "{status} {msg}");
+        }
+    }
 
     #[test]
     fn prefix_ends() {

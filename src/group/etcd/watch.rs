@@ -296,6 +296,11 @@ impl Mirror {
         Mirror::new(etcd, ranges, poll)
     }
 
+    /// Like [`Mirror::prefixes`], for `(key, range_end)` ranges (an empty end: the key alone).
+    pub fn ranges(etcd: &Arc<Etcd>, ranges: Vec<(String, Vec<u8>)>, poll: Duration) -> Mirror {
+        Mirror::new(etcd, ranges, poll)
+    }
+
     fn new(etcd: &Arc<Etcd>, ranges: Vec<(String, Vec<u8>)>, poll: Duration) -> Mirror {
         let (tx, rx) = channel();
         let mut m = Mirror {
