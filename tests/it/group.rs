@@ -303,6 +303,7 @@ fn control_snapshot(m: &Member, id: &str) -> PathBuf {
 
 #[test]
 fn group_cut_keeps_the_total_and_the_control_breaks_it() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     let cluster = EtcdCluster::start(3);
     let ctl = Scratch::new("group-ctl");
     let snaps = Scratch::new("group-snaps");
@@ -601,6 +602,7 @@ fn frozen_now(fs: &LoopFs) -> bool {
 
 #[test]
 fn coordinator_killed_while_frozen_every_member_thaws_by_the_deadline() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     let cluster = EtcdCluster::start(3);
     let members: Vec<Member> = ["k0", "k1", "k2"]
         .iter()
@@ -715,6 +717,7 @@ fn leader(endpoints: &[String]) -> usize {
 
 #[test]
 fn dead_member_fails_the_group_by_name_and_one_etcd_node_down_still_completes() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     let mut cluster = EtcdCluster::start(3);
     let mut members: Vec<Member> = ["d0", "d1", "d2"]
         .iter()
@@ -906,6 +909,7 @@ impl Drop for NetNs {
 
 #[test]
 fn member_losing_its_etcd_link_releases_by_the_deadline() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     let cluster = EtcdCluster::start(3);
     let dir = Scratch::new("group-netns");
     let netns = NetNs::new(&cluster.endpoints, &dir);
@@ -1049,6 +1053,7 @@ fn counting_relay(target: &str) -> (String, Arc<std::sync::atomic::AtomicUsize>)
 
 #[test]
 fn etcd_calls_share_one_kept_alive_connection() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     let cluster = EtcdCluster::start(1);
     let (relay, accepted) = counting_relay(&cluster.endpoints[0]);
     let etcd = quiesce::group::etcd::Etcd::new(&[relay], Duration::from_secs(2));
@@ -1068,6 +1073,7 @@ fn etcd_calls_share_one_kept_alive_connection() {
 
 #[test]
 fn a_watch_wakes_at_once_and_survives_a_stopped_etcd_node() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     use quiesce::group::etcd::{watch::Mirror, Etcd};
     let mut cluster = EtcdCluster::start(3);
     let etcd = Arc::new(Etcd::new(&cluster.endpoints, Duration::from_secs(2)));
@@ -1153,6 +1159,7 @@ fn a_watch_wakes_at_once_and_survives_a_stopped_etcd_node() {
 
 #[test]
 fn over_tls_a_member_joins_and_a_group_snapshot_completes_and_bad_certs_are_refused_in_words() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     let dir = Scratch::new("group-tls");
     let certs = etcd::Certs::make(&dir.path);
     let cluster = EtcdCluster::start_with(1, Some(&certs));
@@ -1270,6 +1277,7 @@ fn etcdctl(endpoint: &str, user: Option<&str>, args: &[&str]) -> String {
 
 #[test]
 fn with_etcd_auth_the_group_user_works_only_in_its_own_group() {
+    support::require_root!("members freeze loop filesystems and read root-owned key files");
     let cluster = EtcdCluster::start(1);
     let ep = &cluster.endpoints[0];
     let root = Some("root:rootpw");

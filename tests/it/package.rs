@@ -225,6 +225,7 @@ fn tree(root: &Path) -> Vec<String> {
 
 #[test]
 fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
+    support::require_root!("chroot, mmdebstrap and dpkg");
     let a = artefacts();
     // lintian-clean: no error or warning (the overrides in the package say why each is one).
     let lint = Command::new("lintian")
@@ -366,6 +367,7 @@ fn deb_installs_checks_and_purges_cleanly_in_a_fresh_debian() {
 
 #[test]
 fn static_binary_runs_in_a_root_without_libc() {
+    support::require_root!("chroot, mmdebstrap and dpkg");
     let a = artefacts();
     let r = Root::new("pkg-static", false, &[&a.static_bin]);
     let root = &r.path;
@@ -391,6 +393,7 @@ fn static_binary_runs_in_a_root_without_libc() {
 
 #[test]
 fn upgrade_from_the_previous_release_keeps_config_and_history() {
+    support::require_root!("chroot, mmdebstrap and dpkg");
     let a = artefacts();
     let r = Root::new("pkg-upgrade", true, &[&a.old_deb, &a.deb]);
     let root = &r.path;
@@ -486,6 +489,7 @@ fn serve_in_root(root: &Path) -> ServeProcess {
 /// the operation is released during the wait, the upgrade proceeds.
 #[test]
 fn upgrade_waits_for_a_frozen_operation_and_refuses_while_it_lasts() {
+    support::require_root!("chroot, mmdebstrap and dpkg");
     let a = artefacts();
     let r = Root::new("pkg-upgrade-busy", true, &[&a.old_deb, &a.deb]);
     let root = &r.path;
@@ -642,6 +646,7 @@ fn findings(console: &str) -> std::collections::BTreeMap<String, String> {
 /// the deleted old one).
 #[test]
 fn under_systemd_the_upgrade_restarts_serve_but_never_while_frozen() {
+    support::require_root!("chroot, mmdebstrap and dpkg");
     use crate::qemu_guest::{kernel, module_dir, need, Guest, CACHE, MODULES};
     let a = artefacts();
     let qemu = need(&Path::new(CACHE).join("root/usr/bin/qemu-system-x86_64"));

@@ -365,6 +365,7 @@ fn static_binary_snapshotted_its_own_disk(console: &str) {
 
 #[test]
 fn a_real_guest_is_frozen_and_snapshotted_through_qga_and_qmp() {
+    support::require_root!("the guest's disk is built on a loop device");
     let qemu = need(&Path::new(CACHE).join("root/usr/bin/qemu-system-x86_64"));
     let kernel = kernel();
     let dir = Scratch::new("qemu-guest");

@@ -36,13 +36,6 @@ use support::{LoopFs, Scratch};
 /// Two heavy tests at a time at most (two cores shared with other builders).
 static SLOTS: Slots = Slots::new(2);
 
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests create loop filesystems and start servers as other users: run as root"
-    );
-}
-
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -117,7 +110,7 @@ fn run_helper(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn restore_helper_never_writes_to_the_live_wal() {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let pg = User::get("postgres");
     let open = OpenDir::new("vrfy-restore");
@@ -386,7 +379,7 @@ fn views_in(snaps: &Path) -> Vec<String> {
 
 #[test]
 fn postgres_on_btrfs_every_snapshot_under_pgbench_verifies_and_damage_is_caught() {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let env = pg_on_btrfs("vrfy-pg", false, "");
     // A table nothing writes to: its heap pages are never replaced by WAL replay, so damage
@@ -478,7 +471,7 @@ fn postgres_on_btrfs_every_snapshot_under_pgbench_verifies_and_damage_is_caught(
 
 #[test]
 fn postgres_on_btrfs_two_volumes_view_into_live_wal_is_refused_and_original_untouched() {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let env = pg_on_btrfs("vrfy-pg2", true, "");
     let wal = env.wal.clone().unwrap();
@@ -526,7 +519,7 @@ fn postgres_on_btrfs_two_volumes_view_into_live_wal_is_refused_and_original_unto
 
 #[test]
 fn postgres_on_btrfs_kill_9_during_verify_leaves_nothing_after_the_next_start() {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let env = pg_on_btrfs("vrfy-pgk", false, "");
     env.server.pgbench_init(1);
@@ -631,7 +624,7 @@ fn mariadb_config(
 
 #[test]
 fn mariadb_on_btrfs_verified_under_load_control_copies_and_damage_caught() {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let my = User::get("mysql");
     let open = OpenDir::new("vrfy-my");
@@ -853,7 +846,7 @@ fn http_get(socket: &Path, path: &str) -> String {
 
 #[test]
 fn command_provider_image_copies_are_fsck_verified_after_each_snapshot_and_damage_is_caught() {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let private = Scratch::new("vrfy-img-v");
     let verifier = private.script(
@@ -1011,7 +1004,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn command_provider_verify_command_view_is_torn_down_also_after_kill_9_at_snapshot_and_serve_start()
 {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let work = Scratch::new("vrfy-cmdview-w");
     let views = work.join("views");
@@ -1193,7 +1186,7 @@ fn quiet_mariadb(server: &MariaDb) {
 #[test]
 fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and_original_untouched(
 ) {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let my = User::get("mysql");
     let open = OpenDir::new("vrfy-my2");
@@ -1348,7 +1341,7 @@ fn mariadb_on_btrfs_two_volumes_log_symlinks_resolve_into_the_view_or_refuse_and
 
 #[test]
 fn command_provider_xfs_and_btrfs_image_copies_are_checked_by_their_own_tools() {
-    require_root();
+    support::require_root!("loop filesystems, and database servers run as their own users");
     let _slot = SLOTS.take();
     let private = Scratch::new("vrfy-img-fs");
     let verifier = private.script(
