@@ -49,13 +49,13 @@ pub fn check(cfg: &Config, now: Instant, wall: SystemTime) -> Result<(), String>
         now_ns.checked_add(ns).ok_or_else(overflow)?;
         // The runtime's saturating helpers, exercised as a run calls them.
         let _ = deadline_after(now, d);
-        let _ = crate::hooks::deadline_unix(since_epoch, d);
+        let _ = crate::time::deadline_unix(since_epoch, d);
     }
     for h in &cfg.hooks {
         // Attempts: retries + 1, as the hook runner counts them.
         let _ = h.pre_retries.saturating_add(1);
         let _ = h.post_retries.saturating_add(1);
-        let _ = crate::hooks::hold::eof_wait(h.timeout, GRACE_BOUND);
+        let _ = crate::time::eof_wait(h.timeout, GRACE_BOUND);
     }
     Ok(())
 }

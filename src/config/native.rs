@@ -391,7 +391,7 @@ fn freeze(raw: RawFreeze, found: &mut Findings<'_>) -> FreezeConfig {
             found.push(
                 format!(
                     "freeze mount point {} must be an absolute path",
-                    crate::hooks::output::quote_path(p)
+                    crate::quote::quote_path(p)
                 ),
                 if freeze.include.contains(p) {
                     "include"

@@ -49,6 +49,7 @@ use super::{
 use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
 use crate::process::{self, LineWait, Process, StdinMode};
+pub use crate::time::eof_wait;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -173,7 +174,7 @@ impl HoldAttempts<'_> {
     }
 
     fn path(&self) -> String {
-        super::output::quote_path(&self.spec.path)
+        crate::quote::quote_path(&self.spec.path)
     }
 
     /// No more attempts: this was the last, or the deadline passed.
@@ -506,12 +507,4 @@ impl Drop for Held {
             drop(self.take_process());
         }
     }
-}
-
-/// How long a released hook may take after stdin EOF: its timeout less the two graces that
-/// SIGTERM and SIGKILL need after it, at least one grace. Saturating.
-pub fn eof_wait(timeout: Duration, kill_grace: Duration) -> Duration {
-    timeout
-        .saturating_sub(kill_grace.saturating_mul(2))
-        .max(kill_grace)
 }

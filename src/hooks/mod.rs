@@ -21,7 +21,7 @@
 //! those of the last attempt; every attempt's tails are logged when it fails.
 
 pub mod hold;
-pub mod output;
+use crate::quote as output;
 
 pub(crate) use crate::process::describe_end;
 pub use crate::process::{AttemptEnd, OUTPUT_TAIL_BYTES};
@@ -29,6 +29,7 @@ pub use crate::process::{AttemptEnd, OUTPUT_TAIL_BYTES};
 use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
 use crate::process;
+pub use crate::time::deadline_unix;
 use crate::trust::{TrustError, TrustedFile};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -426,12 +427,6 @@ pub(crate) fn export_deadline(ctx: &RunContext, timeout: Duration) -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     deadline_unix(now, timeout)
-}
-
-/// `QUIESCE_DEADLINE` for a script started `now` (since the epoch) with `timeout`: whole
-/// seconds, rounded up, saturating.
-pub fn deadline_unix(now: Duration, timeout: Duration) -> u64 {
-    now.saturating_add(timeout).as_secs().saturating_add(1)
 }
 
 /// Log one attempt and add it to `result` (its output tails become the result's).

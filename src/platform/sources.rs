@@ -372,8 +372,8 @@ pub fn describe_hooks(hooks: &[HookConfig]) -> Vec<String> {
         .iter()
         .map(|h| {
             // Names and paths may hold control characters: printed escaped.
-            let q = crate::hooks::output::quote;
-            let origin = crate::hooks::output::quote_path(&h.origin);
+            let q = crate::quote::quote;
+            let origin = crate::quote::quote_path(&h.origin);
             format!("{} (from {origin})", q(&h.name))
         })
         .collect()

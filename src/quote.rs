@@ -1,4 +1,5 @@
-//! The one quoting function for child output (and paths) shown to operators.
+//! The one quoting function for child output (and paths) shown to operators: a leaf, so
+//! codes, trust, config, hooks and the command provider all escape the same way.
 
 /// Child output (a hook's tails, the snapshot command's stderr) as it may appear in a log
 /// line or a message: every control character escaped (`\n`, `\r`, `\u{1b}`, ...), so output
