@@ -6,7 +6,9 @@
 
 pub mod arithmetic;
 pub mod azure;
+pub mod group;
 pub mod native;
+pub mod platforms;
 pub mod read;
 
 use crate::codes::{Problem, Warning};
@@ -33,7 +35,7 @@ pub struct Config {
     /// `[verify]`: proving that snapshots restore (see `quiesce verify`).
     pub verify: VerifyConfig,
     /// `[group]`: this machine is a member of a consistency group (`docs/groups.md`).
-    pub group: Option<crate::group::GroupConfig>,
+    pub group: Option<group::GroupConfig>,
     /// `[catalog]`: how much history the catalog keeps.
     pub catalog: CatalogConfig,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.

@@ -58,8 +58,8 @@ struct RawFile {
     hooks: Vec<RawHook>,
     server: RawServer,
     verify: RawVerify,
-    group: Option<crate::group::RawGroup>,
-    platforms: crate::platform::sources::PlatformSources,
+    group: Option<super::group::RawGroup>,
+    platforms: super::platforms::PlatformSources,
     catalog: RawCatalog,
 }
 
@@ -660,10 +660,10 @@ fn add_azure_plugins(cfg: &mut Config, plugins: &[PathBuf]) {
 /// The hooks of the platforms' own hook directories.
 fn add_platform_hooks(
     cfg: &mut Config,
-    platforms: &crate::platform::sources::PlatformSources,
+    platforms: &super::platforms::PlatformSources,
     problems: &mut Vec<Problem>,
 ) {
-    let found = crate::platform::sources::read(platforms);
+    let found = super::platforms::read(platforms);
     cfg.hooks.extend(found.hooks);
     // Configuration warnings carry no code (codes name errors).
     cfg.warnings

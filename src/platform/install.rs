@@ -21,11 +21,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// The line that marks a script as the installed bridge.
-pub const MARKER: &str = "# Installed by `quiesce install --platform";
-
-/// Suffix of the copy kept of a replaced file.
-pub const BACKUP_SUFFIX: &str = ".quiesce-orig";
+// Defined with the platform sources, which must recognise (and skip) what this installs.
+pub use crate::config::platforms::{BACKUP_SUFFIX, MARKER};
 
 /// One file the installer owns.
 #[derive(Debug, Clone, PartialEq)]

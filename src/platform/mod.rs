@@ -4,4 +4,5 @@
 
 pub mod bridge;
 pub mod install;
-pub mod sources;
+/// Read while a configuration loads, so kept under `config` (see [`crate::config::platforms`]).
+pub use crate::config::platforms as sources;

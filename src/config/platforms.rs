@@ -13,7 +13,9 @@
 //!   these hooks continue on failure (quiesce still records it and lowers the consistency).
 //!
 //! They become ordinary hooks (the same trust rules as every other hook) whose `origin` is
-//! the convention's directory. `docs/platforms/` describes each platform.
+//! the convention's directory. They are read while a configuration loads, so they live with
+//! the configuration; the platform module installs the bridges. `docs/platforms/` describes each
+//! platform.
 
 use crate::codes::{ErrorCode, Location, Problem};
 use crate::config::{HookConfig, ScriptSpec};
@@ -22,6 +24,13 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The line that marks a script as the installed bridge (`quiesce install --platform`):
+/// such a script is not one of the platform's own hooks.
+pub const MARKER: &str = "# Installed by `quiesce install --platform";
+
+/// Suffix of the copy kept of a replaced file.
+pub const BACKUP_SUFFIX: &str = ".quiesce-orig";
 
 /// Google's defaults.
 pub const GOOGLE_SCRIPTS: &str = "/etc/google/snapshots";
@@ -244,9 +253,9 @@ fn google(sources: &PlatformSources, found: &mut Found) {
     let script = |name: &str| {
         let mut path = sources.google_scripts.join(name);
         let text = std::fs::read(&path).unwrap_or_default();
-        if String::from_utf8_lossy(&text).contains(super::install::MARKER) {
+        if String::from_utf8_lossy(&text).contains(MARKER) {
             let mut kept = path.into_os_string();
-            kept.push(super::install::BACKUP_SUFFIX);
+            kept.push(BACKUP_SUFFIX);
             path = PathBuf::from(kept);
         }
         path.exists().then(|| ScriptSpec {
@@ -309,7 +318,7 @@ fn is_bridge(path: &Path) -> bool {
     let mut head = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(512).read_to_end(&mut head))
-        .is_ok_and(|_| String::from_utf8_lossy(&head).contains(super::install::MARKER))
+        .is_ok_and(|_| String::from_utf8_lossy(&head).contains(MARKER))
 }
 
 fn qemu_ga(dir: &Path, timeout: Duration, found: &mut Found) {
