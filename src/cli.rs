@@ -469,7 +469,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
             let (more, mut warnings) = check_environment(&cfg);
             problems.extend(more);
             warnings.splice(0..0, cfg.warnings.iter().cloned());
-            let hooks = crate::config::platforms::describe_hooks(&cfg.hooks);
+            let hooks = crate::config::platform::describe_hooks(&cfg.hooks);
             (problems, warnings, freeze, hooks)
         }
         Err(errs) => (errs.0, Vec::new(), Vec::new(), Vec::new()),
@@ -537,7 +537,7 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
                 print_json(&plan.decisions);
             } else {
                 print!("{}", crate::freeze::plan::render_table(&plan));
-                for h in crate::config::platforms::describe_hooks(&cfg.hooks) {
+                for h in crate::config::platform::describe_hooks(&cfg.hooks) {
                     println!("hook {h}");
                 }
             }

@@ -30,20 +30,6 @@ pub fn compact_utc(t: SystemTime) -> Option<String> {
     Some(rfc.chars().filter(|c| *c != '-' && *c != ':').collect())
 }
 
-/// `QUIESCE_DEADLINE` for a script started `now` (since the epoch) with `timeout`: whole
-/// seconds, rounded up, saturating.
-pub fn deadline_unix(now: Duration, timeout: Duration) -> u64 {
-    now.saturating_add(timeout).as_secs().saturating_add(1)
-}
-
-/// How long a released hook (a held process, `hooks::hold`) may take after stdin EOF: its timeout less the two graces that
-/// SIGTERM and SIGKILL need after it, at least one grace. Saturating.
-pub fn eof_wait(timeout: Duration, kill_grace: Duration) -> Duration {
-    timeout
-        .saturating_sub(kill_grace.saturating_mul(2))
-        .max(kill_grace)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,11 +4,10 @@
 //! `/etc/quiesce/quiesce.toml`, `/etc/azure/VMSnapshotPluginHost.conf`,
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
-pub mod arithmetic;
 pub mod azure;
 pub mod group;
 pub mod native;
-pub mod platforms;
+pub mod platform;
 pub mod read;
 
 use crate::codes::{Problem, Warning};

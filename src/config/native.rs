@@ -59,7 +59,7 @@ struct RawFile {
     server: RawServer,
     verify: RawVerify,
     group: Option<super::group::RawGroup>,
-    platforms: super::platforms::PlatformSources,
+    platforms: crate::config::platform::PlatformSources,
     catalog: RawCatalog,
 }
 
@@ -660,10 +660,10 @@ fn add_azure_plugins(cfg: &mut Config, plugins: &[PathBuf]) {
 /// The hooks of the platforms' own hook directories.
 fn add_platform_hooks(
     cfg: &mut Config,
-    platforms: &super::platforms::PlatformSources,
+    platforms: &crate::config::platform::PlatformSources,
     problems: &mut Vec<Problem>,
 ) {
-    let found = super::platforms::read(platforms);
+    let found = crate::config::platform::read(platforms);
     cfg.hooks.extend(found.hooks);
     // Configuration warnings carry no code (codes name errors).
     cfg.warnings

@@ -49,7 +49,6 @@ use super::{
 use crate::codes::ErrorCode;
 use crate::config::ScriptSpec;
 use crate::process::{self, LineWait, Process, StdinMode};
-pub use crate::time::eof_wait;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -507,4 +506,12 @@ impl Drop for Held {
             drop(self.take_process());
         }
     }
+}
+
+/// How long a released hook may take after stdin EOF: its timeout less the two graces that
+/// SIGTERM and SIGKILL need after it, at least one grace. Saturating.
+pub fn eof_wait(timeout: Duration, kill_grace: Duration) -> Duration {
+    timeout
+        .saturating_sub(kill_grace.saturating_mul(2))
+        .max(kill_grace)
 }

@@ -21,8 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-// Defined with the platform sources, which must recognise (and skip) what this installs.
-pub use crate::config::platforms::{BACKUP_SUFFIX, MARKER};
+use crate::config::platform::{BACKUP_SUFFIX, MARKER};
 
 /// One file the installer owns.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 //! grace periods), gathered in one checker so that unit tests and the config fuzz targets
 //! can prove that no configuration the loaders accept overflows at run time.
 
-use super::Config;
+use crate::config::Config;
 use crate::process::deadline_after;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ pub fn durations(cfg: &Config) -> Vec<(String, Duration)> {
             cfg.server.default_deadline,
         ),
     ];
-    if let super::ProviderConfig::Btrfs(b) = &cfg.snapshot.provider {
+    if let crate::config::ProviderConfig::Btrfs(b) = &cfg.snapshot.provider {
         if let Some(age) = b.max_age {
             out.push(("snapshot.max_age".to_string(), age));
         }
@@ -49,13 +49,13 @@ pub fn check(cfg: &Config, now: Instant, wall: SystemTime) -> Result<(), String>
         now_ns.checked_add(ns).ok_or_else(overflow)?;
         // The runtime's saturating helpers, exercised as a run calls them.
         let _ = deadline_after(now, d);
-        let _ = crate::time::deadline_unix(since_epoch, d);
+        let _ = crate::hooks::deadline_unix(since_epoch, d);
     }
     for h in &cfg.hooks {
         // Attempts: retries + 1, as the hook runner counts them.
         let _ = h.pre_retries.saturating_add(1);
         let _ = h.post_retries.saturating_add(1);
-        let _ = crate::time::eof_wait(h.timeout, GRACE_BOUND);
+        let _ = crate::hooks::hold::eof_wait(h.timeout, GRACE_BOUND);
     }
     Ok(())
 }

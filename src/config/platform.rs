@@ -13,9 +13,7 @@
 //!   these hooks continue on failure (quiesce still records it and lowers the consistency).
 //!
 //! They become ordinary hooks (the same trust rules as every other hook) whose `origin` is
-//! the convention's directory. They are read while a configuration loads, so they live with
-//! the configuration; the platform module installs the bridges. `docs/platforms/` describes each
-//! platform.
+//! the convention's directory. `docs/platforms/` describes each platform.
 
 use crate::codes::{ErrorCode, Location, Problem};
 use crate::config::{HookConfig, ScriptSpec};
@@ -25,18 +23,18 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The line that marks a script as the installed bridge (`quiesce install --platform`):
-/// such a script is not one of the platform's own hooks.
-pub const MARKER: &str = "# Installed by `quiesce install --platform";
-
-/// Suffix of the copy kept of a replaced file.
-pub const BACKUP_SUFFIX: &str = ".quiesce-orig";
-
 /// Google's defaults.
 pub const GOOGLE_SCRIPTS: &str = "/etc/google/snapshots";
 pub const GOOGLE_CONFIG: &str = "/etc/default/instance_configs.cfg";
 /// The guest agent's default `timeout_in_seconds`.
 pub const GOOGLE_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The line that marks a script as the bridge `quiesce install` put there (its hook sources
+/// skip it, or run the user's script it replaced).
+pub const MARKER: &str = "# Installed by `quiesce install --platform";
+
+/// Suffix of the copy `quiesce install` keeps of a file it replaced.
+pub const BACKUP_SUFFIX: &str = ".quiesce-orig";
 
 /// The `[platforms]` table of the native configuration (`examples/quiesce.toml`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
