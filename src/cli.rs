@@ -11,8 +11,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// Exit code for an invalid invocation.
-pub const EXIT_USAGE: i32 = 2;
+pub use crate::codes::EXIT_USAGE;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -256,7 +255,9 @@ pub fn run(cli: Cli) -> i32 {
         } => crate::platform::install::run(platform, &root, uninstall, cli.config.as_deref()),
         Command::History { json, limit, since } => history(cli.config, json, limit, since),
         Command::Snapshots { json } => snapshots(cli.config, json),
-        Command::Generate { what, dir } => crate::generate::run(what, &dir),
+        Command::Generate { what, dir } => {
+            crate::generate::run(<Cli as clap::CommandFactory>::command(), what, &dir)
+        }
         Command::MigrateCatalog => match load_strict(cli.config) {
             Some(cfg) => crate::generate::migrate_catalog(&cfg),
             None => 1,

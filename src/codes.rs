@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 
+/// Exit code for an invalid invocation (of `quiesce` or of one of its front ends, such as
+/// `quiesce guest-agent`).
+pub const EXIT_USAGE: i32 = 2;
+
 /// Every code quiesce can report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {

@@ -1,8 +1,8 @@
-//! Man pages and shell completions, generated from the clap definitions of [`crate::cli`]
-//! (`quiesce generate man DIR`, `quiesce generate completions DIR`; used by
-//! `scripts/release.sh`), so the command line is described in one place only.
+//! Man pages and shell completions, generated from the clap definitions of the command line
+//! (the caller passes them in), so the command line is described in one place only:
+//! `quiesce generate man DIR`, `quiesce generate completions DIR` (used by
+//! `scripts/release.sh`).
 
-use clap::CommandFactory;
 use std::path::Path;
 
 /// The version `quiesce --version` prints: the crate version and the commit it was built
@@ -23,9 +23,10 @@ pub enum Artefact {
     Completions,
 }
 
-/// Write `what` into `dir` (created if missing); returns the process exit code.
-pub fn run(what: Artefact, dir: &Path) -> i32 {
-    match write(what, dir) {
+/// Write `what` for the command line `cmd` into `dir` (created if missing); returns the
+/// process exit code.
+pub fn run(cmd: clap::Command, what: Artefact, dir: &Path) -> i32 {
+    match write(cmd, what, dir) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("quiesce: cannot write into {}: {e}", dir.display());
@@ -34,9 +35,8 @@ pub fn run(what: Artefact, dir: &Path) -> i32 {
     }
 }
 
-fn write(what: Artefact, dir: &Path) -> std::io::Result<()> {
+fn write(cmd: clap::Command, what: Artefact, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let cmd = crate::cli::Cli::command();
     match what {
         Artefact::Man => clap_mangen::generate_to(cmd, dir),
         Artefact::Completions => {
@@ -72,8 +72,9 @@ mod tests {
     #[test]
     fn writes_a_page_per_visible_subcommand_and_three_completions() {
         let dir = std::env::temp_dir().join(format!("quiesce-generate-{}", std::process::id()));
-        assert_eq!(run(Artefact::Man, &dir), 0);
-        assert_eq!(run(Artefact::Completions, &dir), 0);
+        let cmd = || <crate::cli::Cli as clap::CommandFactory>::command();
+        assert_eq!(run(cmd(), Artefact::Man, &dir), 0);
+        assert_eq!(run(cmd(), Artefact::Completions, &dir), 0);
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -30,3 +30,6 @@ pub mod termination;
 pub mod time;
 pub mod trust;
 pub mod verify;
+
+#[cfg(test)]
+mod dependency_rules;

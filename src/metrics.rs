@@ -52,7 +52,7 @@ pub struct HookMetric {
 }
 
 /// What the metrics need of the last run. Built from a [`Report`] in the process that ran
-/// it, or from the catalog ([`crate::catalog::Catalog::last_run`]) in another process
+/// it, or from the catalog (`Catalog::last_run`) in another process
 /// (`quiesce serve` showing the last timer-driven `quiesce snapshot`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastRun {

@@ -846,6 +846,23 @@ impl Catalog {
         })
     }
 
+    /// Every metric the catalog knows, as Prometheus text: the last run, the totals and the
+    /// verification gauges.
+    pub fn metrics_text(&self) -> String {
+        let last = self.last_run().ok().flatten();
+        let totals = self.totals().unwrap_or_default();
+        let mut text = crate::metrics::render_last_run(last.as_ref(), &totals);
+        text.push_str(&self.verified_metrics_text());
+        text
+    }
+
+    /// The verification gauges alone, as Prometheus text.
+    pub fn verified_metrics_text(&self) -> String {
+        let now = crate::time::unix_secs(SystemTime::now());
+        let verified = self.last_verified_application_unix().ok().flatten();
+        crate::metrics::render_verified(verified, now)
+    }
+
     fn count_groups(&self, query: &str) -> Result<BTreeMap<String, u64>, CatalogError> {
         let mut stmt = self
             .conn

@@ -5,6 +5,7 @@
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
 pub mod azure;
+pub mod group;
 pub mod native;
 pub mod platform;
 pub mod read;
@@ -33,7 +34,7 @@ pub struct Config {
     /// `[verify]`: proving that snapshots restore (see `quiesce verify`).
     pub verify: VerifyConfig,
     /// `[group]`: this machine is a member of a consistency group (`docs/groups.md`).
-    pub group: Option<crate::group::GroupConfig>,
+    pub group: Option<group::GroupConfig>,
     /// `[catalog]`: how much history the catalog keeps.
     pub catalog: CatalogConfig,
     /// Non-fatal findings (unknown keys, ...), shown by `quiesce check` and logged.

@@ -58,7 +58,7 @@ struct RawFile {
     hooks: Vec<RawHook>,
     server: RawServer,
     verify: RawVerify,
-    group: Option<crate::group::RawGroup>,
+    group: Option<super::group::RawGroup>,
     platforms: crate::config::platform::PlatformSources,
     catalog: RawCatalog,
 }

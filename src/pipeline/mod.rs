@@ -927,7 +927,7 @@ pub fn finish(cfg: &Config, report: &mut Report, kind: crate::catalog::RunKind) 
             .totals()
             .map(|totals| {
                 let mut text = crate::metrics::render(Some(report), &totals);
-                text.push_str(&verified_metrics(&catalog));
+                text.push_str(&catalog.verified_metrics_text());
                 text
             })
             .map_err(|e| e.to_string()),
@@ -970,20 +970,7 @@ fn apply_retention(cfg: &Config, catalog: &mut crate::catalog::Catalog, report: 
 pub fn metrics_text(cfg: &Config) -> String {
     use crate::catalog::Catalog;
     match Catalog::open_read_only(&cfg.paths.catalog) {
-        Ok(Some(c)) => catalog_metrics(&c),
+        Ok(Some(c)) => c.metrics_text(),
         _ => crate::metrics::render_last_run(None, &Default::default()),
     }
-}
-
-/// Every metric the catalog knows: the last run, the totals and the verification gauges.
-pub fn catalog_metrics(c: &crate::catalog::Catalog) -> String {
-    let last = c.last_run().ok().flatten();
-    let mut text = crate::metrics::render_last_run(last.as_ref(), &c.totals().unwrap_or_default());
-    text.push_str(&verified_metrics(c));
-    text
-}
-
-fn verified_metrics(c: &crate::catalog::Catalog) -> String {
-    let now = crate::time::unix_secs(SystemTime::now());
-    crate::metrics::render_verified(c.last_verified_application_unix().ok().flatten(), now)
 }

@@ -299,7 +299,7 @@ pub fn run(cfg: Config, args: GuestAgentArgs) -> i32 {
         ("unix-listen", Some(p)) => Channel::UnixListen(p),
         ("unix-listen", None) => {
             eprintln!("quiesce guest-agent: unix-listen needs --path SOCKET");
-            return crate::cli::EXIT_USAGE;
+            return crate::codes::EXIT_USAGE;
         }
         (_, Some(p)) => Channel::VirtioSerial(p),
         (_, None) => match default_port() {
@@ -312,7 +312,7 @@ pub fn run(cfg: Config, args: GuestAgentArgs) -> i32 {
     };
     if args.max_freeze.is_zero() {
         eprintln!("quiesce guest-agent: --max-freeze must be more than 0");
-        return crate::cli::EXIT_USAGE;
+        return crate::codes::EXIT_USAGE;
     }
     let opts = AgentOptions {
         max_freeze: args.max_freeze,

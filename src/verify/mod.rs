@@ -248,7 +248,7 @@ fn record_report(
             .map_err(|e| e.to_string())?;
     }
     if let Some(path) = &cfg.paths.metrics_file {
-        let text = crate::pipeline::catalog_metrics(&catalog);
+        let text = catalog.metrics_text();
         crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string())?;
     }
     Ok(())

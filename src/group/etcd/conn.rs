@@ -6,18 +6,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// TLS files of the `[group]` section: the CA that signed etcd's certificates, and this
-/// client's certificate and key (for etcd's `--client-cert-auth`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TlsFiles {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
+pub use crate::config::group::TlsFiles;
 
 /// The rustls client configuration for `files` (ring as the crypto provider).
 pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, String> {
