@@ -265,6 +265,38 @@ fn writer(
 const TOTAL: i64 = 3000;
 
 /// The snapshot a member's own provider took in a group operation (its image copy).
+/// Every member's own timing (in its `done/` report) lies inside the coordinator's: it heard
+/// the operation after it was written, prepared before all were ready, heard the release
+/// no earlier than it was written, and finished before all were released (1 ms of slack:
+/// the coordinator counts in milliseconds since its start, the members by the clock).
+fn assert_member_timings_fit(report: &Value) {
+    let at = |k: &str| report["started_at_ms"].as_u64().unwrap() + report[k].as_u64().unwrap();
+    let (ready, written, released) = (
+        at("all_ready_ms"),
+        at("release_written_ms"),
+        at("all_released_ms"),
+    );
+    for m in report["members"].as_array().unwrap() {
+        let t = &m["report"]["group_timing"];
+        let ms = |k: &str| {
+            t[k].as_u64()
+                .unwrap_or_else(|| panic!("no {k}: {report:#}"))
+        };
+        assert!(ms("heard_spec_at_ms") + 1 >= report["started_at_ms"].as_u64().unwrap());
+        assert!(ms("heard_spec_at_ms") <= ms("prepared_at_ms"), "{t}");
+        assert!(ms("prepared_at_ms") <= ready + 1, "{t} vs ready at {ready}");
+        assert!(
+            ms("heard_release_at_ms") + 1 >= written,
+            "{t} vs written at {written}"
+        );
+        assert!(ms("heard_release_at_ms") <= ms("released_at_ms"), "{t}");
+        assert!(
+            ms("released_at_ms") <= released + 1,
+            "{t} vs all at {released}"
+        );
+    }
+}
+
 fn own_snapshot(report: &Value, member: &str) -> PathBuf {
     let m = report["members"]
         .as_array()
@@ -343,6 +375,7 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
         }
         assert_eq!(report["catalogs"], serde_json::json!(names), "{report:#}");
         ready_ms.push(report["all_ready_ms"].as_u64().unwrap());
+        assert_member_timings_fit(&report);
         let images: Vec<PathBuf> = names.iter().map(|n| own_snapshot(&report, n)).collect();
         let total: i64 = images.iter().map(|i| balance_in_image(i)).sum();
         if total == TOTAL {
