@@ -1098,6 +1098,44 @@ fn etcd_calls_share_one_kept_alive_connection() {
     );
 }
 
+/// A copy opened while others keep writing (as members' ready answers do) hears the next
+/// change at once: a watch opened from the revision of an earlier read would be caught up
+/// only by etcd's background sync, every 100 ms.
+#[test]
+fn a_watch_opened_while_others_write_wakes_at_once() {
+    use quiesce::group::etcd::{watch::Mirror, Etcd};
+    let cluster = EtcdCluster::start(3);
+    let etcd = Arc::new(Etcd::new(&cluster.endpoints, Duration::from_secs(2)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (eps, stop) = (cluster.endpoints.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let other = Etcd::new(&eps, Duration::from_secs(2));
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                other.put("/busy/k", &i.to_string(), 0).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let writer = Etcd::new(&cluster.endpoints, Duration::from_secs(2));
+    let mut slow = Vec::new();
+    for i in 0..10 {
+        let key = format!("/fresh/{i}");
+        let mut m = Mirror::keys(&etcd, std::slice::from_ref(&key), Duration::from_secs(5));
+        let t = Instant::now();
+        writer.put(&key, "v", 0).unwrap();
+        assert!(m.wait(t + Duration::from_secs(3)), "no wake for {key}");
+        assert_eq!(m.get(&key), Some("v"));
+        if t.elapsed() >= Duration::from_millis(40) {
+            slow.push(t.elapsed());
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    busy.join().unwrap();
+    assert!(slow.len() <= 2, "woken late, after etcd's sync: {slow:?}");
+}
+
 #[test]
 fn a_watch_wakes_at_once_and_survives_a_stopped_etcd_node() {
     use quiesce::group::etcd::{watch::Mirror, Etcd};
