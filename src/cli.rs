@@ -383,7 +383,7 @@ pub fn check_config(cfg: &Config) -> (Vec<Problem>, Vec<String>) {
                 freeze = plan
                     .targets
                     .iter()
-                    .map(|t| crate::hooks::output::quote_path(&t.mount_point))
+                    .map(|t| crate::quote::quote_path(&t.mount_point))
                     .collect()
             }
             Err(mut p) => problems.append(&mut p),
@@ -438,7 +438,7 @@ pub fn freeze_warnings(freeze: &config::FreezeConfig) -> Vec<crate::codes::Warni
     let list = |paths: &[PathBuf]| {
         paths
             .iter()
-            .map(|p| crate::hooks::output::quote_path(p))
+            .map(|p| crate::quote::quote_path(p))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -468,7 +468,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
             let (more, mut warnings) = check_environment(&cfg);
             problems.extend(more);
             warnings.splice(0..0, cfg.warnings.iter().cloned());
-            let hooks = crate::platform::sources::describe_hooks(&cfg.hooks);
+            let hooks = crate::config::platform::describe_hooks(&cfg.hooks);
             (problems, warnings, freeze, hooks)
         }
         Err(errs) => (errs.0, Vec::new(), Vec::new(), Vec::new()),
@@ -485,7 +485,7 @@ fn check(config_path: Option<PathBuf>, json: bool) -> i32 {
         print_json(&out);
     } else {
         if let Some(c) = &out.config {
-            println!("config: {}", crate::hooks::output::quote_path(c));
+            println!("config: {}", crate::quote::quote_path(c));
         }
         for p in &out.problems {
             println!("error {p}");
@@ -536,7 +536,7 @@ fn mounts(config_path: Option<PathBuf>, json: bool) -> i32 {
                 print_json(&plan.decisions);
             } else {
                 print!("{}", crate::freeze::plan::render_table(&plan));
-                for h in crate::platform::sources::describe_hooks(&cfg.hooks) {
+                for h in crate::config::platform::describe_hooks(&cfg.hooks) {
                     println!("hook {h}");
                 }
             }
@@ -676,7 +676,7 @@ fn history(
             } else {
                 println!(
                     "no runs recorded yet ({})",
-                    crate::hooks::output::quote_path(&cfg.paths.catalog)
+                    crate::quote::quote_path(&cfg.paths.catalog)
                 );
             }
             return 0;

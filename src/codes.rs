@@ -151,7 +151,7 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", crate::hooks::output::quote_path(&self.file))?;
+        write!(f, "{}", crate::quote::quote_path(&self.file))?;
         if let Some(l) = self.line {
             write!(f, ":{l}")?;
             if let Some(c) = self.column {
@@ -215,7 +215,7 @@ impl fmt::Display for Warning {
             write!(f, "{loc}: ")?;
         }
         if let Some(h) = &self.hook {
-            write!(f, "hook `{}`: ", crate::hooks::output::quote(h))?;
+            write!(f, "hook `{}`: ", crate::quote::quote(h))?;
         }
         f.write_str(&self.message)
     }
@@ -260,7 +260,7 @@ impl fmt::Display for Problem {
             write!(f, "{loc}: ")?;
         }
         if let Some(h) = &self.hook {
-            write!(f, "hook `{}`: ", crate::hooks::output::quote(h))?;
+            write!(f, "hook `{}`: ", crate::quote::quote(h))?;
         }
         f.write_str(&self.message)
     }

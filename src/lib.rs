@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod platform;
 pub mod process;
 pub mod qga;
+pub mod quote;
 pub mod report;
 pub mod server;
 pub mod snapshot;

@@ -29,7 +29,7 @@
 //! When the file is missing that wins over insecure parents: nothing would run either way and
 //! the missing file is the first thing to fix.
 
-use crate::hooks::output::quote_path;
+use crate::quote::quote_path;
 use rustix::fs::{FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use std::ffi::OsStr;

@@ -4,7 +4,7 @@
 //! which fail the way a missing file does.
 //!
 //! Oracle: never panics (nor runs away with a huge `numberOfPlugins`, nor overflows the run's
-//! time arithmetic, `config::arithmetic::check`, once accepted); a rejected file yields problems whose codes are `IncorrectPluginhostFile` (the INI) or
+//! time arithmetic, `pipeline::arithmetic::check`, once accepted); a rejected file yields problems whose codes are `IncorrectPluginhostFile` (the INI) or
 //! `IncorrectJSONConfigFile` (a plugin); an accepted one has one hook per plugin, each with a
 //! positive timeout no longer than the host's `timeoutInSeconds`.
 #![no_main]
@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // The run's time arithmetic must never overflow for an accepted configuration.
             let now = (std::time::Instant::now(), std::time::SystemTime::now());
-            if let Err(e) = quiesce::config::arithmetic::check(&cfg, now.0, now.1) {
+            if let Err(e) = quiesce::pipeline::arithmetic::check(&cfg, now.0, now.1) {
                 panic!("accepted configuration overflows at run time: {e}");
             }
             for w in &cfg.warnings {

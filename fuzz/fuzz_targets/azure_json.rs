@@ -1,6 +1,6 @@
 //! The Azure plugin JSON loader (`quiesce::config::azure::parse_plugin_json`).
 //!
-//! Oracle: never panics (nor overflows the run's time arithmetic, `config::arithmetic::check`,
+//! Oracle: never panics (nor overflows the run's time arithmetic, `pipeline::arithmetic::check`,
 //! once accepted); a rejected file yields at least one problem, every problem carries
 //! `IncorrectJSONConfigFile` and names the file; an accepted one has a positive timeout and
 //! warnings without a code.
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             cfg.hooks.push(plugin.hook.clone());
             // The run's time arithmetic must never overflow for an accepted configuration.
             let now = (std::time::Instant::now(), std::time::SystemTime::now());
-            if let Err(e) = quiesce::config::arithmetic::check(&cfg, now.0, now.1) {
+            if let Err(e) = quiesce::pipeline::arithmetic::check(&cfg, now.0, now.1) {
                 panic!("accepted configuration overflows at run time: {e}");
             }
             for w in &plugin.warnings {

@@ -1,7 +1,7 @@
 //! The native TOML loader (`quiesce::config::native::parse`).
 //!
 //! Oracle: never panics (nor overflows the run's time arithmetic,
-//! `config::arithmetic::check`, once accepted); a rejected file yields problems that all carry
+//! `pipeline::arithmetic::check`, once accepted); a rejected file yields problems that all carry
 //! `IncorrectConfigFile`, name the file, and (when they give a line) point inside it, except
 //! problems about Azure plugin files the TOML imports (`azure_plugins`), which carry
 //! `IncorrectJSONConfigFile`; an accepted configuration has positive timeouts and valid hooks.
@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
             }
             // The run's time arithmetic must never overflow for an accepted configuration.
             let now = (std::time::Instant::now(), std::time::SystemTime::now());
-            if let Err(e) = quiesce::config::arithmetic::check(&cfg, now.0, now.1) {
+            if let Err(e) = quiesce::pipeline::arithmetic::check(&cfg, now.0, now.1) {
                 panic!("accepted configuration overflows at run time: {e}");
             }
             for w in &cfg.warnings {

@@ -4,9 +4,9 @@
 //! `/etc/quiesce/quiesce.toml`, `/etc/azure/VMSnapshotPluginHost.conf`,
 //! `/etc/azure/VMSnapshotScriptPluginConfig.json`, `/etc/azure/VMSnapshotPluginConfig.json`.
 
-pub mod arithmetic;
 pub mod azure;
 pub mod native;
+pub mod platform;
 pub mod read;
 
 use crate::codes::{Problem, Warning};

@@ -59,7 +59,7 @@ struct RawFile {
     server: RawServer,
     verify: RawVerify,
     group: Option<crate::group::RawGroup>,
-    platforms: crate::platform::sources::PlatformSources,
+    platforms: crate::config::platform::PlatformSources,
     catalog: RawCatalog,
 }
 
@@ -391,7 +391,7 @@ fn freeze(raw: RawFreeze, found: &mut Findings<'_>) -> FreezeConfig {
             found.push(
                 format!(
                     "freeze mount point {} must be an absolute path",
-                    crate::hooks::output::quote_path(p)
+                    crate::quote::quote_path(p)
                 ),
                 if freeze.include.contains(p) {
                     "include"
@@ -660,10 +660,10 @@ fn add_azure_plugins(cfg: &mut Config, plugins: &[PathBuf]) {
 /// The hooks of the platforms' own hook directories.
 fn add_platform_hooks(
     cfg: &mut Config,
-    platforms: &crate::platform::sources::PlatformSources,
+    platforms: &crate::config::platform::PlatformSources,
     problems: &mut Vec<Problem>,
 ) {
-    let found = crate::platform::sources::read(platforms);
+    let found = crate::config::platform::read(platforms);
     cfg.hooks.extend(found.hooks);
     // Configuration warnings carry no code (codes name errors).
     cfg.warnings

@@ -21,7 +21,7 @@
 use super::mountinfo::{self, Mount};
 use crate::codes::{ErrorCode, Problem};
 use crate::config::FreezeConfig;
-use crate::hooks::output::quote_path;
+use crate::quote::quote_path;
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 

@@ -173,7 +173,7 @@ impl HoldAttempts<'_> {
     }
 
     fn path(&self) -> String {
-        super::output::quote_path(&self.spec.path)
+        crate::quote::quote_path(&self.spec.path)
     }
 
     /// No more attempts: this was the last, or the deadline passed.

@@ -21,7 +21,6 @@
 //! those of the last attempt; every attempt's tails are logged when it fails.
 
 pub mod hold;
-pub mod output;
 
 pub(crate) use crate::process::describe_end;
 pub use crate::process::{AttemptEnd, OUTPUT_TAIL_BYTES};
@@ -255,7 +254,7 @@ impl Attempts<'_> {
                 }
                 tracing::info!(
                     hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
-                    of = self.max_attempts, pid = p.pid(), path = %output::quote_path(&spec.path),
+                    of = self.max_attempts, pid = p.pid(), path = %crate::quote::quote_path(&spec.path),
                     "hook attempt started"
                 );
                 let end = p.run(self.deadline, self.limits.kill_grace);
@@ -268,7 +267,10 @@ impl Attempts<'_> {
             }
             Err(e) => (
                 AttemptEnd::SpawnFailed {
-                    error: format!("cannot execute {}: {e}", output::quote_path(&spec.path)),
+                    error: format!(
+                        "cannot execute {}: {e}",
+                        crate::quote::quote_path(&spec.path)
+                    ),
                 },
                 String::new(),
                 String::new(),
@@ -283,7 +285,7 @@ impl Attempts<'_> {
     /// until its time runs out is a failure with its last exit status, and a timeout is
     /// reported only when an attempt was actually cut by the deadline.
     fn is_final(&self, result: &mut ScriptResult, end: &AttemptEnd, number: u32) -> bool {
-        let (path, max) = (output::quote_path(&self.spec.path), self.max_attempts);
+        let (path, max) = (crate::quote::quote_path(&self.spec.path), self.max_attempts);
         let last = number == max
             || self.deadline.saturating_duration_since(Instant::now()) < MIN_RETRY_TIME;
         match end {
@@ -474,7 +476,7 @@ pub(crate) fn log_attempt(
         tracing::warn!(
             hook = %ctx.hook, phase = ctx.phase.as_str(), attempt = number,
             duration_ms = ms(duration), end = %describe_end(end),
-            stdout_tail = %output::quote(stdout), stderr_tail = %output::quote(stderr),
+            stdout_tail = %crate::quote::quote(stdout), stderr_tail = %crate::quote::quote(stderr),
             "hook attempt failed"
         );
     }
@@ -490,7 +492,7 @@ pub(crate) fn stderr_hint(stderr: &str) -> String {
             }
             // Escaped: the hint ends up in messages printed to terminals and logs, and a
             // control character (a terminal escape, a carriage return) must not act there.
-            let shown = output::quote(&line[..cut]);
+            let shown = crate::quote::quote(&line[..cut]);
             format!("; stderr: {shown}")
         }
         None => String::new(),

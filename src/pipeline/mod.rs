@@ -17,6 +17,7 @@
 //!   run is degraded, otherwise it fails.
 //! - Post hooks run in reverse order for every hook whose pre was started, even if it failed.
 
+pub mod arithmetic;
 pub mod judge;
 pub mod opid;
 

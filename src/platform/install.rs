@@ -21,11 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The line that marks a script as the installed bridge.
-pub const MARKER: &str = "# Installed by `quiesce install --platform";
-
-/// Suffix of the copy kept of a replaced file.
-pub const BACKUP_SUFFIX: &str = ".quiesce-orig";
+use crate::config::platform::{BACKUP_SUFFIX, MARKER};
 
 /// One file the installer owns.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 //! normal exit are terminated, or kept running for a hold ([`KeptGroup`]).
 use super::capture::drain_to_eof;
 use super::cgroup::Cgroup;
-use super::tree::{descendants, live_group_members, stat_state_pgrp, tree_members};
+use super::tree::{cgroup_members, descendants, live_group_members, stat_state_pgrp, tree_members};
 use super::{deadline_after, AttemptEnd, Process, KILL_WAIT, LINGER};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal};
@@ -194,14 +194,21 @@ impl Process {
             // proves the group empty (the common case, one system call). If it succeeds, the
             // id is still pinned by our own leftovers (it cannot have been freed and handed
             // to a new group leader in between without the pid space wrapping around), and
-            // `/proc` tells the live ones from zombies.
+            // `/proc` tells the live ones from zombies. When the group is empty, only members
+            // that left it (setsid) can be left, and the cgroup holds every one of them: its
+            // one small file is read, not every `/proc/PID/stat` on the machine (a scan that
+            // costs milliseconds per hook on a busy machine).
             let pinned = rustix::process::test_kill_process_group(self.pid).is_ok();
-            match pinned || self.cgroup.is_some() {
-                false => {}
-                true => {
-                    let strays = self.members();
+            let strays = match (pinned, self.cgroup.as_deref()) {
+                (true, _) => self.members(),
+                (false, Some(cg)) => cgroup_members(cg),
+                (false, None) => Vec::new(),
+            };
+            match strays.is_empty() {
+                true => {}
+                false => {
                     let normal = matches!(self.exit, Some(AttemptEnd::Exited { .. }));
-                    if !strays.is_empty() && self.keep && normal {
+                    if self.keep && normal {
                         let fds: Vec<OwnedFd> = [self.stdout.take(), self.stderr.take()]
                             .into_iter()
                             .flatten()
@@ -216,7 +223,7 @@ impl Process {
                             pids: strays,
                             drain,
                         });
-                    } else if !strays.is_empty() {
+                    } else {
                         left.terminated = strays;
                         self.group_outlives_leader = true;
                         self.terminate(grace);

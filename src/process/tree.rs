@@ -6,16 +6,27 @@ use super::cgroup::Cgroup;
 pub(super) fn tree_members(pgid: i32, cgroup: Option<&Cgroup>, anchor: Option<i32>) -> Vec<i32> {
     let mut pids = live_group_members(pgid);
     let more = match (cgroup, anchor) {
-        (Some(cg), _) => cg.pids(),
-        (None, Some(a)) => descendants(a),
+        (Some(cg), _) => cgroup_members(cg),
+        (None, Some(a)) => live(descendants(a)),
         (None, None) => Vec::new(),
     };
     for p in more {
-        if !pids.contains(&p) && stat_state_pgrp(p).is_some_and(|(st, _)| st != 'Z' && st != 'X') {
+        if !pids.contains(&p) {
             pids.push(p);
         }
     }
     pids
+}
+
+/// Live (not zombie) members of `cgroup`.
+pub(super) fn cgroup_members(cgroup: &Cgroup) -> Vec<i32> {
+    live(cgroup.pids())
+}
+
+fn live(pids: Vec<i32>) -> Vec<i32> {
+    pids.into_iter()
+        .filter(|p| stat_state_pgrp(*p).is_some_and(|(st, _)| st != 'Z' && st != 'X'))
+        .collect()
 }
 
 /// Live descendants of `root` (not itself), following `/proc/PID/stat` parent pids.

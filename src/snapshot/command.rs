@@ -111,7 +111,7 @@ impl Provider for CommandProvider {
         let end = p.run(deadline_after(start, ctx.timeout), self.kill_grace);
         let elapsed = start.elapsed();
         // Quoted once: the command's output goes into log lines and messages.
-        let stderr = crate::hooks::output::quote(&p.stderr_tail().to_string_lossy());
+        let stderr = crate::quote::quote(&p.stderr_tail().to_string_lossy());
         let stderr_tail = end_of_text(stderr.trim(), STDERR_IN_MESSAGE).to_string();
         match end {
             AttemptEnd::Exited { code: 0 } => {}

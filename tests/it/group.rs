@@ -501,9 +501,10 @@ fn stuck_provider_is_cut_off_by_the_deadline(
     let late_ms = quiesce::group::now_ms() as i64 - spec.deadline_ms as i64;
     eprintln!("stuck provider: m2 writable {late_ms} ms after the deadline (negative: before)");
     // The guard thaws at the group's absolute deadline; what is left is the guard's own
-    // thaw and the probe's 5 ms polling (24 ms measured here).
+    // thaw and the probe's 5 ms polling (24-64 ms measured here, the more on a busy
+    // machine). Without the absolute deadline m2 is late by its pre hooks' 400 ms at least.
     assert!(
-        late_ms < 150,
+        late_ms < 250,
         "m2 thawed by the deadline: {late_ms} ms after it"
     );
     for m in &members[..2] {

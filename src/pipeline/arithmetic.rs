@@ -3,7 +3,7 @@
 //! grace periods), gathered in one checker so that unit tests and the config fuzz targets
 //! can prove that no configuration the loaders accept overflows at run time.
 
-use super::Config;
+use crate::config::Config;
 use crate::process::deadline_after;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ pub fn durations(cfg: &Config) -> Vec<(String, Duration)> {
             cfg.server.default_deadline,
         ),
     ];
-    if let super::ProviderConfig::Btrfs(b) = &cfg.snapshot.provider {
+    if let crate::config::ProviderConfig::Btrfs(b) = &cfg.snapshot.provider {
         if let Some(age) = b.max_age {
             out.push(("snapshot.max_age".to_string(), age));
         }

@@ -1,4 +1,5 @@
-//! The one quoting function for child output (and paths) shown to operators.
+//! The one quoting function for child output (and paths) shown to operators: every module
+//! that prints text it did not write (hook output, file names) goes through it.
 
 /// Child output (a hook's tails, the snapshot command's stderr) as it may appear in a log
 /// line or a message: every control character escaped (`\n`, `\r`, `\u{1b}`, ...), so output
@@ -22,7 +23,7 @@ pub fn quote_path(path: &std::path::Path) -> String {
 }
 
 #[cfg(test)]
-mod quote_tests {
+mod tests {
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(

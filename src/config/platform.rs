@@ -29,6 +29,13 @@ pub const GOOGLE_CONFIG: &str = "/etc/default/instance_configs.cfg";
 /// The guest agent's default `timeout_in_seconds`.
 pub const GOOGLE_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The line that marks a script as the bridge `quiesce install` put there (its hook sources
+/// skip it, or run the user's script it replaced).
+pub const MARKER: &str = "# Installed by `quiesce install --platform";
+
+/// Suffix of the copy `quiesce install` keeps of a file it replaced.
+pub const BACKUP_SUFFIX: &str = ".quiesce-orig";
+
 /// The `[platforms]` table of the native configuration (`examples/quiesce.toml`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -244,9 +251,9 @@ fn google(sources: &PlatformSources, found: &mut Found) {
     let script = |name: &str| {
         let mut path = sources.google_scripts.join(name);
         let text = std::fs::read(&path).unwrap_or_default();
-        if String::from_utf8_lossy(&text).contains(super::install::MARKER) {
+        if String::from_utf8_lossy(&text).contains(MARKER) {
             let mut kept = path.into_os_string();
-            kept.push(super::install::BACKUP_SUFFIX);
+            kept.push(BACKUP_SUFFIX);
             path = PathBuf::from(kept);
         }
         path.exists().then(|| ScriptSpec {
@@ -309,7 +316,7 @@ fn is_bridge(path: &Path) -> bool {
     let mut head = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(512).read_to_end(&mut head))
-        .is_ok_and(|_| String::from_utf8_lossy(&head).contains(super::install::MARKER))
+        .is_ok_and(|_| String::from_utf8_lossy(&head).contains(MARKER))
 }
 
 fn qemu_ga(dir: &Path, timeout: Duration, found: &mut Found) {
@@ -372,8 +379,8 @@ pub fn describe_hooks(hooks: &[HookConfig]) -> Vec<String> {
         .iter()
         .map(|h| {
             // Names and paths may hold control characters: printed escaped.
-            let q = crate::hooks::output::quote;
-            let origin = crate::hooks::output::quote_path(&h.origin);
+            let q = crate::quote::quote;
+            let origin = crate::quote::quote_path(&h.origin);
             format!("{} (from {origin})", q(&h.name))
         })
         .collect()
