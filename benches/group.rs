@@ -81,6 +81,7 @@ fn main() {
         "before: ready/released"
     );
     let mut members: Vec<SimMember> = Vec::new();
+    let mut split_rows = Vec::new();
     for &n in &sizes {
         while members.len() < n {
             members.push(start(&format!("sim{}", members.len()), &cluster.endpoints));
@@ -120,6 +121,7 @@ fn main() {
             base.push(t.elapsed().as_millis() as u64);
         }
         let (mut ready, mut released) = (Vec::new(), Vec::new());
+        let (mut own_release, mut fan_out) = (Vec::new(), Vec::new());
         for i in 0..ops {
             let out = Command::new(quiesce_bin())
                 .args(["group", "snapshot", "bench", "--json", "--deadline", "30s"])
@@ -136,10 +138,15 @@ fn main() {
             assert_eq!(r["status"], "succeeded", "{r:#}");
             ready.push(r["all_ready_ms"].as_u64().unwrap());
             released.push(r["all_released_ms"].as_u64().unwrap());
+            let (own, heard) = release_split(&r);
+            own_release.push(own);
+            fan_out.push(heard);
         }
         let (rm, rx) = median_max(ready);
         let (lm, lx) = median_max(released);
         let (bm, _) = median_max(base);
+        let (om, ox) = median_max(own_release);
+        let (fm, fx) = median_max(fan_out);
         let before = BEFORE_WATCH
             .iter()
             .find(|(size, _, _)| *size == n)
@@ -154,5 +161,39 @@ fn main() {
             lm.saturating_sub(bm),
             before
         );
+        split_rows.push(format!(
+            "{n:>7} {:>13} ms {:>12} ms {:>18} ms {:>14} ms",
+            format!("{lm} / {lx}"),
+            format!("{om} / {ox}"),
+            format!("{} / {}", lm.saturating_sub(om), lx.saturating_sub(ox)),
+            format!("{fm} / {fx}"),
+        ));
     }
+    println!(
+        "\nwhere \"released\" goes (median / max over the operations): the slowest member's own \
+         release work\n(heard the release -> its registry released: hooks, thaw, catalog), the \
+         rest (coordination),\nand \"release written\" -> the last member heard it (watch fan-out)"
+    );
+    println!(
+        "{:>7} {:>16} {:>15} {:>21} {:>17}",
+        "members", "all released", "slowest own", "rest (coordination)", "release fan-out"
+    );
+    for row in split_rows {
+        println!("{row}");
+    }
+}
+
+/// From one group report: the slowest member's own release work (from hearing the release
+/// to its registry's release done, as the member timed it), and the time from the release
+/// written to the last member hearing it. Same machine: the clocks are the same.
+fn release_split(r: &serde_json::Value) -> (u64, u64) {
+    let written = r["started_at_ms"].as_u64().unwrap() + r["release_written_ms"].as_u64().unwrap();
+    let (mut own, mut last_heard) = (0, written);
+    for m in r["members"].as_array().unwrap() {
+        let t = &m["report"]["group_timing"];
+        let heard = t["heard_release_at_ms"].as_u64().unwrap();
+        own = own.max(t["released_at_ms"].as_u64().unwrap().saturating_sub(heard));
+        last_heard = last_heard.max(heard);
+    }
+    (own, last_heard - written)
 }

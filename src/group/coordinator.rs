@@ -266,10 +266,16 @@ pub fn snapshot(
         None => (BTreeMap::new(), false),
     };
     let decision = if barrier_held { "release" } else { "abort" };
-    if let Err(e) = etcd.put(&format!("{prefix}release"), decision, spec.lease) {
-        errors.push(format!("could not write the release: {e}"));
-        barrier_held = false;
-    }
+    // Counted from when the write is sent: etcd's commit is part of the fan-out.
+    let writing_ms = started.elapsed().as_millis() as u64;
+    let release_written_ms = match etcd.put(&format!("{prefix}release"), decision, spec.lease) {
+        Ok(()) => Some(writing_ms),
+        Err(e) => {
+            errors.push(format!("could not write the release: {e}"));
+            barrier_held = false;
+            None
+        }
+    };
 
     // Wait for every member to report its release; never past the deadline (plus the
     // time a member needs to notice it).
@@ -287,6 +293,7 @@ pub fn snapshot(
         members,
         all_ready_ms,
         all_released_ms,
+        release_written_ms,
         started_at_ms,
         deadline_ms: spec.deadline_ms,
         catalogs: Vec::new(),

@@ -258,6 +258,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
     let spec_key = format!("{}specs/{id}", super::group_prefix(&cfg.name));
     let left = spec.deadline_ms.saturating_sub(now_ms());
     tracing::info!(operation_id = %id, deadline_ms = left, "group: preparing");
+    let heard_spec_at_ms = now_ms();
     let prepared = api.prepare(PrepareRequest {
         id: id.clone(),
         deadline: Some(Duration::from_millis(left)),
@@ -270,6 +271,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
             coordinator: spec.coordinator.clone(),
         },
     });
+    let prepared_at_ms = now_ms();
     let ready = ready_answer(&prepared, takes_snapshots(api));
     let _ = etcd.put(
         &format!("{prefix}ready/{}", cfg.member),
@@ -277,6 +279,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         spec.lease,
     );
     let mut own_snapshot_taken = false;
+    let mut heard_release_at_ms = now_ms();
     let why = if ready.state == OpState::Failed.as_str() {
         "this member failed to prepare"
     } else {
@@ -305,7 +308,10 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
                         spec.lease,
                     );
                 }
-                Ok(Heard::Release(why)) => break why,
+                Ok(Heard::Release(why)) => {
+                    heard_release_at_ms = now_ms();
+                    break why;
+                }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     break "the deadline passed"
                 }
@@ -319,12 +325,31 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
     let abandoned = (why != RELEASED && !own_snapshot_taken).then_some(why);
     let mut report = final_report(api, id, &prepared, abandoned);
     report["group_release_reason"] = json!(why);
+    report["group_timing"] = json!(MemberTiming {
+        heard_spec_at_ms,
+        prepared_at_ms,
+        heard_release_at_ms,
+        released_at_ms: now_ms(),
+    });
     let _ = etcd.put(
         &format!("{prefix}done/{}", cfg.member),
         &report.to_string(),
         spec.lease,
     );
     record_group_report_later(cfg, etcd, api, spec);
+}
+
+/// When this member did its own work in an operation (milliseconds since the epoch), in its
+/// `done/` report: what the coordinator's latencies spent in the members themselves
+/// (prepare: `heard_spec`..`prepared`, release: `heard_release`..`released`) rather than
+/// in coordination. `heard_release_at_ms` is also when the member heard the release (or
+/// stopped waiting for it).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct MemberTiming {
+    pub heard_spec_at_ms: u64,
+    pub prepared_at_ms: u64,
+    pub heard_release_at_ms: u64,
+    pub released_at_ms: u64,
 }
 
 /// This member's own provider takes its snapshot inside the prepared operation.

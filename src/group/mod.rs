@@ -212,6 +212,10 @@ pub struct GroupReport {
     /// From "operation written" to every member ready, and to every member released.
     pub all_ready_ms: Option<u64>,
     pub all_released_ms: Option<u64>,
+    /// From "operation written" to the release (or abort) written: the members' own
+    /// timings (`members[].report.group_timing`) tell from there what was theirs.
+    #[serde(default)]
+    pub release_written_ms: Option<u64>,
     pub started_at_ms: u64,
     pub deadline_ms: u64,
     /// Members whose catalog holds this report (filled in when read back from etcd, and by

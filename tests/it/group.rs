@@ -265,6 +265,38 @@ fn writer(
 const TOTAL: i64 = 3000;
 
 /// The snapshot a member's own provider took in a group operation (its image copy).
+/// Every member's own timing (in its `done/` report) lies inside the coordinator's: it heard
+/// the operation after it was written, prepared before all were ready, heard the release
+/// no earlier than it was written, and finished before all were released (1 ms of slack:
+/// the coordinator counts in milliseconds since its start, the members by the clock).
+fn assert_member_timings_fit(report: &Value) {
+    let at = |k: &str| report["started_at_ms"].as_u64().unwrap() + report[k].as_u64().unwrap();
+    let (ready, written, released) = (
+        at("all_ready_ms"),
+        at("release_written_ms"),
+        at("all_released_ms"),
+    );
+    for m in report["members"].as_array().unwrap() {
+        let t = &m["report"]["group_timing"];
+        let ms = |k: &str| {
+            t[k].as_u64()
+                .unwrap_or_else(|| panic!("no {k}: {report:#}"))
+        };
+        assert!(ms("heard_spec_at_ms") + 1 >= report["started_at_ms"].as_u64().unwrap());
+        assert!(ms("heard_spec_at_ms") <= ms("prepared_at_ms"), "{t}");
+        assert!(ms("prepared_at_ms") <= ready + 1, "{t} vs ready at {ready}");
+        assert!(
+            ms("heard_release_at_ms") + 1 >= written,
+            "{t} vs written at {written}"
+        );
+        assert!(ms("heard_release_at_ms") <= ms("released_at_ms"), "{t}");
+        assert!(
+            ms("released_at_ms") <= released + 1,
+            "{t} vs all at {released}"
+        );
+    }
+}
+
 fn own_snapshot(report: &Value, member: &str) -> PathBuf {
     let m = report["members"]
         .as_array()
@@ -344,6 +376,7 @@ fn group_cut_keeps_the_total_and_the_control_breaks_it() {
         }
         assert_eq!(report["catalogs"], serde_json::json!(names), "{report:#}");
         ready_ms.push(report["all_ready_ms"].as_u64().unwrap());
+        assert_member_timings_fit(&report);
         let images: Vec<PathBuf> = names.iter().map(|n| own_snapshot(&report, n)).collect();
         let total: i64 = images.iter().map(|i| balance_in_image(i)).sum();
         if total == TOTAL {
@@ -1069,6 +1102,44 @@ fn etcd_calls_share_one_kept_alive_connection() {
         1,
         "40 calls on one kept-alive connection"
     );
+}
+
+/// A copy opened while others keep writing (as members' ready answers do) hears the next
+/// change at once: a watch opened from the revision of an earlier read would be caught up
+/// only by etcd's background sync, every 100 ms.
+#[test]
+fn a_watch_opened_while_others_write_wakes_at_once() {
+    use quiesce::group::etcd::{watch::Mirror, Etcd};
+    let cluster = EtcdCluster::start(3);
+    let etcd = Arc::new(Etcd::new(&cluster.endpoints, Duration::from_secs(2)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (eps, stop) = (cluster.endpoints.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let other = Etcd::new(&eps, Duration::from_secs(2));
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                other.put("/busy/k", &i.to_string(), 0).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let writer = Etcd::new(&cluster.endpoints, Duration::from_secs(2));
+    let mut slow = Vec::new();
+    for i in 0..10 {
+        let key = format!("/fresh/{i}");
+        let mut m = Mirror::keys(&etcd, std::slice::from_ref(&key), Duration::from_secs(5));
+        let t = Instant::now();
+        writer.put(&key, "v", 0).unwrap();
+        assert!(m.wait(t + Duration::from_secs(3)), "no wake for {key}");
+        assert_eq!(m.get(&key), Some("v"));
+        if t.elapsed() >= Duration::from_millis(40) {
+            slow.push(t.elapsed());
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    busy.join().unwrap();
+    assert!(slow.len() <= 2, "woken late, after etcd's sync: {slow:?}");
 }
 
 #[test]

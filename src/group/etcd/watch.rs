@@ -14,6 +14,9 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long [`Mirror`] waits for its streams to open before it reads anyway.
+const OPENING: Duration = Duration::from_millis(500);
+
 /// A watch stream with no message for this long is reopened (from the last revision seen),
 /// so that a connection that died silently is not trusted for long.
 const IDLE: Duration = Duration::from_secs(15);
@@ -276,6 +279,8 @@ pub struct Mirror {
     poll: Duration,
     next_read: Instant,
     stops: Vec<Arc<Stop>>,
+    /// The revision of the last read: events up to it are already in the copy.
+    read_rev: i64,
 }
 
 impl Mirror {
@@ -301,6 +306,11 @@ impl Mirror {
         Mirror::new(etcd, ranges, poll)
     }
 
+    /// Open the streams from now, then read. In this order because etcd delivers at once
+    /// only to a watch that starts at its current revision: a watch opened from an older one
+    /// (read, then watch from the revision read, while others write) is caught up by etcd's
+    /// background sync, every 100 ms, and this copy would hear changes that late. What the
+    /// streams carry from before the read is older than the read and is dropped.
     fn new(etcd: &Arc<Etcd>, ranges: Vec<(String, Vec<u8>)>, poll: Duration) -> Mirror {
         let (tx, rx) = channel();
         let mut m = Mirror {
@@ -314,15 +324,35 @@ impl Mirror {
             poll,
             next_read: Instant::now(),
             stops: Vec::new(),
+            read_rev: 0,
         };
-        let rev = m.read().unwrap_or(0);
         for (key, end) in m.ranges.clone() {
             let stop = Arc::new(Stop::default());
             m.stops.push(Arc::clone(&stop));
             let (etcd, tx) = (Arc::clone(etcd), tx.clone());
-            let from = if rev > 0 { rev + 1 } else { 0 };
-            std::thread::spawn(move || watch_thread(etcd, key, end, from, tx, stop));
+            std::thread::spawn(move || watch_thread(etcd, key, end, 0, tx, stop));
         }
+        // Until every stream is open, one is lost, or a short while passes (etcd
+        // unreachable: the copy is read, or starts empty, and the streams come later).
+        let until = Instant::now() + OPENING;
+        let mut early = Vec::new();
+        while m.lost > 0 {
+            match m
+                .rx
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(Note::Live) => m.lost -= 1,
+                Ok(Note::Events(evs)) => early.extend(evs),
+                Ok(Note::Lost(why)) => {
+                    tracing::debug!(error = %why, "etcd watch not open; reading instead until it is");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        m.live = m.lost == 0;
+        let _ = m.read();
+        m.apply(early);
         m
     }
 
@@ -358,6 +388,7 @@ impl Mirror {
             fresh.extend(kvs.into_iter().map(|kv| (kv.key.clone(), kv)));
         }
         self.kvs = fresh;
+        self.read_rev = rev;
         self.known = true;
         self.next_read = Instant::now() + if self.live { REFRESH } else { self.poll };
         Ok(rev)
@@ -366,6 +397,9 @@ impl Mirror {
     fn apply(&mut self, events: Vec<Event>) -> bool {
         let mut changed = false;
         for e in events {
+            if e.kv.mod_revision <= self.read_rev {
+                continue;
+            }
             if e.deleted {
                 changed |= self.kvs.remove(&e.kv.key).is_some();
             } else if self
