@@ -33,3 +33,16 @@ pub mod verify;
 
 #[cfg(test)]
 mod dependency_rules;
+
+/// Unit tests that need root (root-owned files, FIFREEZE, test scratch under `/var/lib`)
+/// call this first: as an ordinary user they return early and say so on stderr, past the
+/// harness's output capture, so a plain `cargo test` shows what it did not run.
+#[cfg(test)]
+pub(crate) fn skipped_unless_root(test: &str, why: &str) -> bool {
+    use std::io::Write;
+    if rustix::process::geteuid().is_root() {
+        return false;
+    }
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: needs root ({why})");
+    true
+}

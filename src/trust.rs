@@ -488,6 +488,12 @@ mod tests {
 
     #[test]
     fn accepts_root_0700_script_and_detects_magic() {
+        if crate::skipped_unless_root(
+            "accepts_root_0700_script_and_detects_magic",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         let t = open_script(&d.file("a", "#!/bin/sh\nexit 0\n", 0o700)).unwrap();
         assert!(t.shebang && !t.elf);
@@ -508,6 +514,12 @@ mod tests {
 
     #[test]
     fn config_0600_accepted_and_readable() {
+        if crate::skipped_unless_root(
+            "config_0600_accepted_and_readable",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         let p = d.file("c.toml", "x = 1\n", 0o600);
         let mut f = open_config(&p).unwrap();
@@ -520,6 +532,12 @@ mod tests {
 
     #[test]
     fn missing_and_non_regular_are_not_found() {
+        if crate::skipped_unless_root(
+            "missing_and_non_regular_are_not_found",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         let e = open_script(&d.0.join("nope")).unwrap_err();
         assert!(matches!(e, TrustError::NotFound { .. }), "{e:?}");
@@ -560,6 +578,12 @@ mod tests {
 
     #[test]
     fn group_or_other_bits_refused() {
+        if crate::skipped_unless_root(
+            "group_or_other_bits_refused",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         for mode in [0o740, 0o710, 0o704, 0o701, 0o750, 0o777] {
             let r = insecure_reason(open_script(&d.file(&format!("m{mode:o}"), "", mode)));
@@ -569,6 +593,12 @@ mod tests {
 
     #[test]
     fn setuid_and_setgid_refused() {
+        if crate::skipped_unless_root(
+            "setuid_and_setgid_refused",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         let r = insecure_reason(open_script(&d.file("su", "", 0o4700)));
         assert!(r.contains("set-uid"), "{r}");
@@ -578,6 +608,12 @@ mod tests {
 
     #[test]
     fn non_root_owner_refused() {
+        if crate::skipped_unless_root(
+            "non_root_owner_refused",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         let p = d.file("owned", "", 0o700);
         rustix::fs::chown(&p, Some(rustix::process::Uid::from_raw(1000)), None).unwrap();
@@ -587,6 +623,12 @@ mod tests {
 
     #[test]
     fn unsafe_parent_directories_refused() {
+        if crate::skipped_unless_root(
+            "unsafe_parent_directories_refused",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         let p = d.file("s", "", 0o700);
         for mode in [0o770, 0o702, 0o1777] {
@@ -615,6 +657,12 @@ mod tests {
 
     #[test]
     fn symlink_last_component_refused_parent_symlink_resolved() {
+        if crate::skipped_unless_root(
+            "symlink_last_component_refused_parent_symlink_resolved",
+            "root-owned files under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let d = Dir::new();
         let real = d.file("real", "#!/bin/sh\n", 0o700);
         let link = d.0.join("link");

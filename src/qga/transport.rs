@@ -130,6 +130,12 @@ mod tests {
 
     #[test]
     fn finds_the_port_through_sysfs_without_udev() {
+        if crate::skipped_unless_root(
+            "finds_the_port_through_sysfs_without_udev",
+            "scratch under /var/lib/quiesce-tests",
+        ) {
+            return;
+        }
         let dir =
             Path::new("/var/lib/quiesce-tests").join(format!("qga-port-{}", std::process::id()));
         let sys = dir.join("sys");
