@@ -173,19 +173,22 @@ fn listen(
     spec_key: String,
     mut wants_snapshot: bool,
     release_at: u64,
-    tx: Sender<Heard>,
+    tx: Sender<(Heard, Option<u64>)>,
 ) {
     std::thread::spawn(move || loop {
         match heard(&keys, &prefix, &spec_key, wants_snapshot) {
             Some(Heard::Snapshot) => {
                 wants_snapshot = false;
-                if tx.send(Heard::Snapshot).is_err() {
+                if tx
+                    .send((Heard::Snapshot, keys.changed_read_at_ms()))
+                    .is_err()
+                {
                     return;
                 }
                 continue;
             }
             Some(heard) => {
-                let _ = tx.send(heard);
+                let _ = tx.send((heard, keys.changed_read_at_ms()));
                 return;
             }
             None => {}
@@ -278,8 +281,10 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         &serde_json::to_string(&ready).unwrap_or_default(),
         spec.lease,
     );
+    let ready_written_at_ms = now_ms();
     let mut own_snapshot_taken = false;
     let mut heard_release_at_ms = now_ms();
+    let (mut listening_at_ms, mut release_read_at_ms) = (0, None);
     let why = if ready.state == OpState::Failed.as_str() {
         "this member failed to prepare"
     } else {
@@ -288,6 +293,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         // Watched from after the ready answer: the coordinator writes nothing before every
         // member is ready, and the copy starts from a read, so nothing is missed.
         let keys = Mirror::ranges(etcd, listen_ranges(&prefix, &spec_key), cfg.poll);
+        listening_at_ms = now_ms();
         listen(
             keys,
             prefix.clone(),
@@ -299,7 +305,7 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         loop {
             let left = Duration::from_millis(release_at.saturating_sub(now_ms()));
             match rx.recv_timeout(left) {
-                Ok(Heard::Snapshot) => {
+                Ok((Heard::Snapshot, _)) => {
                     let taken = take_snapshot(api, id);
                     own_snapshot_taken = taken.error.is_none();
                     let _ = etcd.put(
@@ -308,8 +314,9 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
                         spec.lease,
                     );
                 }
-                Ok(Heard::Release(why)) => {
+                Ok((Heard::Release(why), read_at)) => {
                     heard_release_at_ms = now_ms();
+                    release_read_at_ms = read_at;
                     break why;
                 }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
@@ -330,6 +337,9 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
         prepared_at_ms,
         heard_release_at_ms,
         released_at_ms: now_ms(),
+        ready_written_at_ms,
+        listening_at_ms,
+        release_read_at_ms,
     });
     let _ = etcd.put(
         &format!("{prefix}done/{}", cfg.member),
@@ -350,6 +360,16 @@ pub struct MemberTiming {
     pub prepared_at_ms: u64,
     pub heard_release_at_ms: u64,
     pub released_at_ms: u64,
+    /// Its ready answer written to etcd.
+    #[serde(default)]
+    pub ready_written_at_ms: u64,
+    /// Its watch on the coordinator's keys open (0: never opened, it failed to prepare).
+    #[serde(default)]
+    pub listening_at_ms: u64,
+    /// When its watch stream read the release (None: a plain read of etcd found it, or it
+    /// was not heard).
+    #[serde(default)]
+    pub release_read_at_ms: Option<u64>,
 }
 
 /// This member's own provider takes its snapshot inside the prepared operation.

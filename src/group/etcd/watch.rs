@@ -165,7 +165,8 @@ impl Etcd {
 enum Note {
     /// The stream is (again) open.
     Live,
-    Events(Vec<Event>),
+    /// Changes, and when the stream thread read them (milliseconds since the epoch).
+    Events(Vec<Event>, u64),
     /// The stream is gone; the thread keeps trying to reopen it.
     Lost(String),
 }
@@ -228,7 +229,8 @@ fn watch_thread(
                     }
                     if let Some(last) = msg.events.last() {
                         next_rev = last.kv.mod_revision + 1;
-                        if tx.send(Note::Events(msg.events)).is_err() {
+                        let read_at = crate::group::now_ms();
+                        if tx.send(Note::Events(msg.events, read_at)).is_err() {
                             return;
                         }
                     }
@@ -281,6 +283,9 @@ pub struct Mirror {
     stops: Vec<Arc<Stop>>,
     /// The revision of the last read: events up to it are already in the copy.
     read_rev: i64,
+    /// When the stream thread read the last change that [`Mirror::wait`] woke for
+    /// (milliseconds since the epoch; None when a plain read found it).
+    changed_read_at_ms: Option<u64>,
 }
 
 impl Mirror {
@@ -325,6 +330,7 @@ impl Mirror {
             next_read: Instant::now(),
             stops: Vec::new(),
             read_rev: 0,
+            changed_read_at_ms: None,
         };
         for (key, end) in m.ranges.clone() {
             let stop = Arc::new(Stop::default());
@@ -342,7 +348,7 @@ impl Mirror {
                 .recv_timeout(until.saturating_duration_since(Instant::now()))
             {
                 Ok(Note::Live) => m.lost -= 1,
-                Ok(Note::Events(evs)) => early.extend(evs),
+                Ok(Note::Events(evs, _)) => early.extend(evs),
                 Ok(Note::Lost(why)) => {
                     tracing::debug!(error = %why, "etcd watch not open; reading instead until it is");
                     break;
@@ -370,6 +376,12 @@ impl Mirror {
     /// (as of the last change seen).
     pub fn is_known(&self) -> bool {
         self.known
+    }
+
+    /// When the stream thread read the change the last [`Mirror::wait`] woke for
+    /// (milliseconds since the epoch), or None when a plain read found it.
+    pub fn changed_read_at_ms(&self) -> Option<u64> {
+        self.changed_read_at_ms
     }
 
     /// Every stream is open (false while one is being reopened).
@@ -423,8 +435,9 @@ impl Mirror {
             }
             let wake = until.min(self.next_read);
             match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Note::Events(evs)) => {
+                Ok(Note::Events(evs, read_at)) => {
                     if self.apply(evs) {
+                        self.changed_read_at_ms = Some(read_at);
                         return true;
                     }
                 }
@@ -454,6 +467,7 @@ impl Mirror {
                         self.next_read = Instant::now() + self.poll;
                     }
                     if self.kvs != before {
+                        self.changed_read_at_ms = None;
                         return true;
                     }
                 }
