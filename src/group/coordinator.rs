@@ -8,7 +8,8 @@
 
 use super::etcd::watch::Mirror;
 use super::etcd::{Etcd, Kv};
-use super::{catalog_key, group_outcome, group_prefix, now_ms, op_prefix, report_key};
+use super::{catalog_key, decision_key, group_outcome, group_prefix, now_ms, op_prefix};
+use super::{report_key, spec_key};
 use super::{GroupConfig, GroupReport, MemberOutcome, MemberSnapshot, OpSpec, ReadyAnswer};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -177,7 +178,8 @@ fn snapshot_step(
         .collect();
     let mut held = true;
     if !takers.is_empty() {
-        if let Err(e) = etcd.put(&format!("{prefix}snapshot"), "take", spec.lease) {
+        let key = decision_key(&spec.group, &spec.operation_id, "snapshot");
+        if let Err(e) = etcd.put(&key, "take", spec.lease) {
             errors.push(format!(
                 "could not ask the members for their snapshots: {e}"
             ));
@@ -252,9 +254,8 @@ pub fn snapshot(
         members: names.clone(),
         lease: keeper.lease,
     };
-    let spec_key = format!("{}specs/{id}", group_prefix(group));
     let spec_json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
-    if !etcd.create(&spec_key, &spec_json, spec.lease)? {
+    if !etcd.create(&spec_key(group, id), &spec_json, spec.lease)? {
         keeper.stop(etcd);
         return Err(format!("operation {id} already exists in group {group}"));
     }
@@ -268,7 +269,8 @@ pub fn snapshot(
     let decision = if barrier_held { "release" } else { "abort" };
     // Counted from when the write is sent: etcd's commit is part of the fan-out.
     let writing_ms = started.elapsed().as_millis() as u64;
-    let release_written_ms = match etcd.put(&format!("{prefix}release"), decision, spec.lease) {
+    let release_key = decision_key(group, id, "release");
+    let release_written_ms = match etcd.put(&release_key, decision, spec.lease) {
         Ok(()) => Some(writing_ms),
         Err(e) => {
             errors.push(format!("could not write the release: {e}"));

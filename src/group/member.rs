@@ -9,15 +9,15 @@
 //! a member that loses etcd altogether is still thawed by its guard on time.
 
 use super::etcd::watch::Mirror;
-use super::etcd::{Etcd, Kv};
+use super::etcd::Etcd;
 use super::{now_ms, op_prefix, GroupConfig, GroupReport, MemberSnapshot, OpSpec, ReadyAnswer};
 use crate::api::{Api, ApiError, Caller, FreezeScope, OpState, PrepareAnswer, PrepareRequest};
 use crate::codes::Problem;
 use crate::config::ProviderConfig;
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Start the member in the background (for the life of the process).
@@ -65,18 +65,101 @@ fn run(cfg: GroupConfig, api: Arc<Api>) {
             std::thread::sleep(cfg.lease_ttl / 3);
         });
     }
-    // Operations appear under `specs/`: a watch wakes the member as one is written.
+    // Operations and the coordinator's decisions appear under `specs/`: one watch, kept
+    // for the life of the member, wakes every thread that waits on them.
     let specs = format!("{}specs/", super::group_prefix(&cfg.name));
-    let mut ops = Mirror::prefixes(&etcd, &[specs], cfg.poll);
+    let board = Board::start(Mirror::prefixes(&etcd, &[specs.clone()], cfg.poll));
     let mut handled: HashSet<String> = HashSet::new();
+    let mut version = 0;
     loop {
-        if ops.is_known() {
-            let kvs: Vec<Kv> = ops.kvs().values().cloned().collect();
-            run_new_operations(&cfg, &etcd, &api, kvs, &mut handled);
+        let seen = board.wait_past(version, Instant::now() + Duration::from_secs(60));
+        version = seen.version;
+        if seen.known {
+            let ops: Vec<(String, String)> = seen
+                .kvs
+                .into_iter()
+                .filter(|(k, _)| is_spec(&specs, k))
+                .collect();
+            run_new_operations(&cfg, &etcd, &board, &api, ops, &mut handled);
         } else {
             tracing::debug!("group: etcd unreachable");
         }
-        ops.wait(Instant::now() + Duration::from_secs(60));
+    }
+}
+
+/// Is `key` (under `specs`) an operation's spec, rather than one of its decisions?
+fn is_spec(specs: &str, key: &str) -> bool {
+    key.strip_prefix(specs)
+        .is_some_and(|op| !op.is_empty() && !op.contains('/'))
+}
+
+/// What the member's watch on `specs/` holds now.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Seen {
+    /// Key to value.
+    kvs: BTreeMap<String, String>,
+    /// Read from etcd at least once: an absent key is really absent.
+    known: bool,
+    /// Bumped at each change.
+    version: u64,
+    /// When the watch stream read the last change (ms since the epoch; None: a plain read).
+    read_at_ms: Option<u64>,
+}
+
+/// The member's copy of `specs/`, kept by one watch thread for the life of the member and
+/// shared by the threads that wait on it (the operations loop, and each operation's
+/// listener). A waiter never blocks past its own time limit, whatever etcd does.
+struct Board {
+    seen: Mutex<Seen>,
+    changed: Condvar,
+}
+
+impl Board {
+    fn start(mut mirror: Mirror) -> Arc<Board> {
+        let board = Arc::new(Board {
+            seen: Mutex::new(Seen::default()),
+            changed: Condvar::new(),
+        });
+        let keeper = Arc::clone(&board);
+        std::thread::spawn(move || loop {
+            keeper.publish(&mirror);
+            mirror.wait(Instant::now() + Duration::from_secs(60));
+        });
+        board
+    }
+
+    fn publish(&self, mirror: &Mirror) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let kvs = mirror
+            .kvs()
+            .iter()
+            .map(|(k, kv)| (k.clone(), kv.value.clone()))
+            .collect();
+        if seen.version > 0 && seen.kvs == kvs && seen.known == mirror.is_known() {
+            return;
+        }
+        seen.kvs = kvs;
+        seen.known = mirror.is_known();
+        seen.read_at_ms = mirror.changed_read_at_ms();
+        seen.version += 1;
+        self.changed.notify_all();
+    }
+
+    /// The keys once they are newer than `version`, or as they are at `until`.
+    fn wait_past(&self, version: u64, until: Instant) -> Seen {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        while seen.version <= version {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            seen = self
+                .changed
+                .wait_timeout(seen, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        seen.clone()
     }
 }
 
@@ -84,23 +167,24 @@ fn run(cfg: GroupConfig, api: Arc<Api>) {
 fn run_new_operations(
     cfg: &GroupConfig,
     etcd: &Arc<Etcd>,
+    board: &Arc<Board>,
     api: &Arc<Api>,
-    specs: Vec<Kv>,
+    specs: Vec<(String, String)>,
     handled: &mut HashSet<String>,
 ) {
-    let live: HashSet<&String> = specs.iter().map(|kv| &kv.key).collect();
+    let live: HashSet<&String> = specs.iter().map(|(k, _)| k).collect();
     handled.retain(|k| live.contains(k));
-    for kv in &specs {
-        if !handled.insert(kv.key.clone()) {
+    for (key, value) in &specs {
+        if !handled.insert(key.clone()) {
             continue;
         }
-        match serde_json::from_str::<OpSpec>(&kv.value) {
-            Ok(spec) if acts_on(cfg, &spec) => run_operation(cfg, etcd, api, &spec),
+        match serde_json::from_str::<OpSpec>(value) {
+            Ok(spec) if acts_on(cfg, &spec) => run_operation(cfg, etcd, board, api, &spec),
             Ok(spec) => tracing::warn!(
                 group = %spec.group, operation_id = %spec.operation_id,
                 "group: ignoring an operation not meant for this member"
             ),
-            Err(e) => tracing::warn!(key = %kv.key, error = %e, "group: unreadable operation"),
+            Err(e) => tracing::warn!(key = %key, error = %e, "group: unreadable operation"),
         }
     }
 }
@@ -125,38 +209,25 @@ enum Heard {
     Release(&'static str),
 }
 
-/// The keys a prepared member listens to: the coordinator's `release` and `snapshot`, and
-/// the operation's spec (gone when the coordinator's lease expires).
-fn listen_keys(prefix: &str, spec_key: &str) -> [String; 3] {
-    [
-        format!("{prefix}release"),
-        format!("{prefix}snapshot"),
-        spec_key.to_string(),
-    ]
-}
-
-/// The same keys as watched ranges: `release` and `snapshot` as one range (under
-/// `ops/OP/`, nothing sorts between them: `done/`, `ready/` come before, `snapshot/` after
-/// its end), and the spec. Two watch streams per member and operation instead of three.
-fn listen_ranges(prefix: &str, spec_key: &str) -> Vec<(String, Vec<u8>)> {
-    let [release, snapshot, spec] = listen_keys(prefix, spec_key);
-    let mut end = snapshot.into_bytes();
-    end.push(0);
-    vec![(release, end), (spec, Vec::new())]
-}
-
-/// What the keys say now (None: nothing new, or etcd not read yet).
-fn heard(keys: &Mirror, prefix: &str, spec_key: &str, wants_snapshot: bool) -> Option<Heard> {
-    let [release, snapshot, _] = listen_keys(prefix, spec_key);
-    match keys.get(&release) {
+/// What the member hears about operation `op` of `group` from `seen` (None: nothing new).
+fn heard(seen: &Seen, group: &str, op: &str, wants_snapshot: bool) -> Option<Heard> {
+    match seen
+        .kvs
+        .get(&super::decision_key(group, op, "release"))
+        .map(String::as_str)
+    {
         Some("release") => return Some(Heard::Release(RELEASED)),
         Some(_) => return Some(Heard::Release("the coordinator aborted the operation")),
         None => {}
     }
-    if wants_snapshot && keys.get(&snapshot).is_some() {
+    if wants_snapshot
+        && seen
+            .kvs
+            .contains_key(&super::decision_key(group, op, "snapshot"))
+    {
         return Some(Heard::Snapshot);
     }
-    if keys.is_known() && keys.get(spec_key).is_none() {
+    if seen.known && !seen.kvs.contains_key(&super::spec_key(group, op)) {
         return Some(Heard::Release(
             "the coordinator disappeared (its lease expired)",
         ));
@@ -165,39 +236,42 @@ fn heard(keys: &Mirror, prefix: &str, spec_key: &str, wants_snapshot: bool) -> O
 }
 
 /// Listen on another thread (so that an etcd call hanging on a lost network can never
-/// hold the release past the deadline): at most one `Snapshot`, then one `Release`. The
-/// watch on `keys` wakes it at the change; while the stream is lost it re-reads every poll.
+/// hold the release past the deadline): at most one `Snapshot`, then one `Release`, each
+/// with when the watch stream read it. The member's watch on `specs/` wakes it at the change.
 fn listen(
-    mut keys: Mirror,
-    prefix: String,
-    spec_key: String,
+    board: Arc<Board>,
+    group: String,
+    op: String,
     mut wants_snapshot: bool,
     release_at: u64,
     tx: Sender<(Heard, Option<u64>)>,
 ) {
-    std::thread::spawn(move || loop {
-        match heard(&keys, &prefix, &spec_key, wants_snapshot) {
-            Some(Heard::Snapshot) => {
-                wants_snapshot = false;
-                if tx
-                    .send((Heard::Snapshot, keys.changed_read_at_ms()))
-                    .is_err()
-                {
+    std::thread::spawn(move || {
+        let mut version = 0;
+        loop {
+            let until = Instant::now() + Duration::from_millis(release_at.saturating_sub(now_ms()));
+            let seen = board.wait_past(version, until);
+            version = seen.version;
+            match heard(&seen, &group, &op, wants_snapshot) {
+                Some(Heard::Snapshot) => {
+                    wants_snapshot = false;
+                    if tx.send((Heard::Snapshot, seen.read_at_ms)).is_err() {
+                        return;
+                    }
+                    // The release may already be there.
+                    version = version.saturating_sub(1);
+                    continue;
+                }
+                Some(heard) => {
+                    let _ = tx.send((heard, seen.read_at_ms));
                     return;
                 }
-                continue;
+                None => {}
             }
-            Some(heard) => {
-                let _ = tx.send((heard, keys.changed_read_at_ms()));
+            if now_ms() >= release_at {
                 return;
             }
-            None => {}
         }
-        let now = now_ms();
-        if now >= release_at {
-            return;
-        }
-        keys.wait(Instant::now() + Duration::from_millis(release_at - now));
     });
 }
 
@@ -255,10 +329,15 @@ fn final_report(
     }
 }
 
-fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpSpec) {
+fn run_operation(
+    cfg: &GroupConfig,
+    etcd: &Arc<Etcd>,
+    board: &Arc<Board>,
+    api: &Arc<Api>,
+    spec: &OpSpec,
+) {
     let id = &spec.operation_id;
     let prefix = op_prefix(&cfg.name, id);
-    let spec_key = format!("{}specs/{id}", super::group_prefix(&cfg.name));
     let left = spec.deadline_ms.saturating_sub(now_ms());
     tracing::info!(operation_id = %id, deadline_ms = left, "group: preparing");
     let heard_spec_at_ms = now_ms();
@@ -290,14 +369,13 @@ fn run_operation(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpS
     } else {
         let release_at = super::release_at_ms(spec.deadline_ms);
         let (tx, rx) = channel();
-        // Watched from after the ready answer: the coordinator writes nothing before every
-        // member is ready, and the copy starts from a read, so nothing is missed.
-        let keys = Mirror::ranges(etcd, listen_ranges(&prefix, &spec_key), cfg.poll);
+        // The member's watch on `specs/` is open since its start: nothing to set up now,
+        // and a decision already written is in the copy.
         listening_at_ms = now_ms();
         listen(
-            keys,
-            prefix.clone(),
-            spec_key,
+            Arc::clone(board),
+            cfg.name.clone(),
+            id.clone(),
             ready.takes_snapshot,
             release_at,
             tx,
@@ -480,25 +558,109 @@ mod tests {
         assert!(refused.errors[0].message.contains("host-op"));
     }
 
+    /// The operations loop takes only the specs under `specs/`, not the coordinator's
+    /// decisions beside them.
     #[test]
-    fn the_release_range_holds_release_and_snapshot_only() {
-        let prefix = op_prefix("g", "op");
-        let ranges = listen_ranges(&prefix, "/quiesce/groups/g/specs/op");
-        let (start, end) = (&ranges[0].0, &ranges[0].1);
-        let inside = |k: &str| k.as_bytes() >= start.as_bytes() && k.as_bytes() < &end[..];
+    fn specs_are_told_from_decisions() {
+        let specs = "/quiesce/groups/g/specs/";
+        assert_eq!(super::super::spec_key("g", "op"), format!("{specs}op"));
         for (key, want) in [
-            ("release", true),
-            ("snapshot", true),
-            ("done/m", false),
-            ("ready/m", false),
-            ("ready/zzz", false),
-            ("snapshot/m", false),
+            (format!("{specs}op"), true),
+            (super::super::decision_key("g", "op", "release"), false),
+            (super::super::decision_key("g", "op", "snapshot"), false),
+            (specs.to_string(), false),
+            ("/quiesce/groups/g/ops/op/ready/m".to_string(), false),
         ] {
-            assert_eq!(inside(&format!("{prefix}{key}")), want, "{key}");
+            assert_eq!(is_spec(specs, &key), want, "{key}");
         }
+    }
+
+    /// What a prepared member hears, from the keys under `specs/`: the release (or abort)
+    /// first, the snapshot request only when it wants one, the coordinator gone when its
+    /// spec is; nothing before etcd was read, or about another operation.
+    #[test]
+    fn heard_from_the_decisions_beside_the_spec() {
+        let spec = super::super::spec_key("g", "op");
+        let release = super::super::decision_key("g", "op", "release");
+        let snapshot = super::super::decision_key("g", "op", "snapshot");
+        let other = super::super::decision_key("g", "other", "release");
+        let seen = |keys: &[(&String, &str)], known: bool| Seen {
+            kvs: keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            known,
+            ..Seen::default()
+        };
+        let aborted = Some(Heard::Release("the coordinator aborted the operation"));
+        let gone = Some(Heard::Release(
+            "the coordinator disappeared (its lease expired)",
+        ));
+        let cases = [
+            (seen(&[(&spec, "{}")], true), true, None),
+            (
+                seen(&[(&spec, "{}"), (&other, "release")], true),
+                true,
+                None,
+            ),
+            (
+                seen(&[(&spec, "{}"), (&snapshot, "take")], true),
+                true,
+                Some(Heard::Snapshot),
+            ),
+            (
+                seen(&[(&spec, "{}"), (&snapshot, "take")], true),
+                false,
+                None,
+            ),
+            (
+                seen(
+                    &[(&spec, "{}"), (&snapshot, "take"), (&release, "release")],
+                    true,
+                ),
+                true,
+                Some(Heard::Release(RELEASED)),
+            ),
+            (
+                seen(&[(&spec, "{}"), (&release, "abort")], true),
+                false,
+                aborted,
+            ),
+            (seen(&[], true), false, gone),
+            (seen(&[], false), false, None),
+        ];
+        for (seen, wants, want) in cases {
+            assert_eq!(heard(&seen, "g", "op", wants), want, "{seen:?} {wants}");
+        }
+    }
+
+    /// A waiter on the board wakes at a change, and never waits past its own limit.
+    #[test]
+    fn the_board_wakes_waiters_and_keeps_their_time_limit() {
+        let board = Arc::new(Board {
+            seen: Mutex::new(Seen::default()),
+            changed: Condvar::new(),
+        });
+        let t = Instant::now();
+        let seen = board.wait_past(0, Instant::now() + Duration::from_millis(50));
+        assert_eq!(seen.version, 0);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let waiter = {
+            let board = Arc::clone(&board);
+            std::thread::spawn(move || board.wait_past(0, Instant::now() + Duration::from_secs(20)))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        {
+            let mut s = board.seen.lock().unwrap();
+            s.kvs.insert("k".into(), "v".into());
+            s.version = 1;
+            board.changed.notify_all();
+        }
+        let seen = waiter.join().unwrap();
         assert_eq!(
-            ranges[1],
-            ("/quiesce/groups/g/specs/op".to_string(), Vec::new())
+            (seen.version, seen.kvs.get("k").map(String::as_str)),
+            (1, Some("v"))
         );
+        assert!(t.elapsed() < Duration::from_secs(10));
     }
 }

@@ -9,16 +9,20 @@
 //!
 //! Keys, all under `/quiesce/groups/{group}/`:
 //! - `members/{member}`: one per live member, under the member's kept-alive lease.
-//! - `ops/{op}/spec`: the operation (coordinator, absolute deadline), under the coordinator's
+//! - `specs/{op}`: the operation (coordinator, absolute deadline), under the coordinator's
 //!   lease: when the coordinator dies, the key disappears and members release.
+//! - `specs/{op}/snapshot`: written by the coordinator when every member is ready and at
+//!   least one member's provider takes snapshots: those members take theirs now.
+//! - `specs/{op}/release`: written by the coordinator once the snapshot step is over
+//!   (`release`) or abandoned (`abort`).
+//!
+//!   The coordinator's decisions sit beside the spec so that the one watch each member keeps
+//!   on `specs/` from its start carries them: a watch opened per operation costs a new
+//!   stream and a read at every member just when the barrier is reached.
 //! - `ops/{op}/ready/{member}`: the member's prepare answer (frozen, prepared or failed)
 //!   and whether its own provider takes a snapshot ([`ReadyAnswer`]).
-//! - `ops/{op}/snapshot`: written by the coordinator when every member is ready and at
-//!   least one member's provider takes snapshots: those members take theirs now.
 //! - `ops/{op}/snapshot/{member}`: the snapshots a member's provider took, or why it could
 //!   not ([`MemberSnapshot`]).
-//! - `ops/{op}/release`: written by the coordinator once the snapshot step is over (or
-//!   abandoned).
 //! - `ops/{op}/done/{member}`: the member's final report.
 //! - `reports/{op}`: the group report (no lease: it is the history).
 //! - `catalogs/{op}/{member}`: the member recorded the group report in its catalog (no
@@ -78,6 +82,16 @@ pub fn group_prefix(group: &str) -> String {
 /// Key prefix of one operation.
 pub fn op_prefix(group: &str, op: &str) -> String {
     format!("{}ops/{op}/", group_prefix(group))
+}
+
+/// Key of the operation's spec.
+pub fn spec_key(group: &str, op: &str) -> String {
+    format!("{}specs/{op}", group_prefix(group))
+}
+
+/// Key of one of the coordinator's decisions about an operation (`snapshot`, `release`).
+pub fn decision_key(group: &str, op: &str, decision: &str) -> String {
+    format!("{}/{decision}", spec_key(group, op))
 }
 
 /// Key of the group report of one operation.

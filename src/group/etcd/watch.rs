@@ -306,11 +306,6 @@ impl Mirror {
         Mirror::new(etcd, ranges, poll)
     }
 
-    /// Like [`Mirror::prefixes`], for `(key, range_end)` ranges (an empty end: the key alone).
-    pub fn ranges(etcd: &Arc<Etcd>, ranges: Vec<(String, Vec<u8>)>, poll: Duration) -> Mirror {
-        Mirror::new(etcd, ranges, poll)
-    }
-
     /// Open the streams from now, then read. In this order because etcd delivers at once
     /// only to a watch that starts at its current revision: a watch opened from an older one
     /// (read, then watch from the revision read, while others write) is caught up by etcd's
