@@ -68,7 +68,11 @@ fn run(cfg: GroupConfig, api: Arc<Api>) {
     // Operations and the coordinator's decisions appear under `specs/`: one watch, kept
     // for the life of the member, wakes every thread that waits on them.
     let specs = format!("{}specs/", super::group_prefix(&cfg.name));
-    let board = Board::start(Mirror::prefixes(&etcd, &[specs.clone()], cfg.poll));
+    let board = Board::start(Mirror::prefixes(
+        &etcd,
+        std::slice::from_ref(&specs),
+        cfg.poll,
+    ));
     let mut handled: HashSet<String> = HashSet::new();
     let mut version = 0;
     loop {
