@@ -554,10 +554,8 @@ fn recover(config_path: Option<PathBuf>, json: bool) -> i32 {
     let Some(cfg) = load_strict(config_path) else {
         return 1;
     };
-    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir).and_then(|_lock| {
-        crate::verify::leftovers::clean(&cfg.paths.state_dir);
-        crate::freeze::state::recover(&cfg.paths.state_dir)
-    });
+    let result = crate::freeze::lock::OpLock::acquire(&cfg.paths.state_dir)
+        .and_then(|_lock| pipeline::recover_leftovers(&cfg.paths.state_dir));
     match result {
         Ok(thawed) => {
             if json {

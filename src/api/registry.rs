@@ -162,13 +162,8 @@ impl Api {
     pub fn recover_at_start(&self) -> Result<Vec<String>, Problem> {
         let state_dir = &self.cfg.paths.state_dir;
         let _lock = crate::freeze::lock::OpLock::acquire(state_dir)?;
-        let thawed = crate::freeze::state::recover(state_dir)?;
-        crate::verify::leftovers::clean(state_dir);
+        let thawed = pipeline::recover_leftovers(state_dir)?;
         if !thawed.is_empty() {
-            tracing::warn!(
-                ?thawed,
-                "recovered filesystems left frozen by a crashed run"
-            );
             eprintln!(
                 "quiesce: recovered at start: thawed {} (left frozen by a crashed run)",
                 thawed.join(", ")

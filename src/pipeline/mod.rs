@@ -252,15 +252,27 @@ impl Operation {
 
 /// Thaw what a crashed run left frozen (its state file says what). Returns the warning to
 /// report when something was thawed; a failed recovery is added to `errors`.
+/// What every start does under the operation lock: thaw what a crashed run left frozen
+/// (first: nothing else may wait on a frozen filesystem), then undo the views and throwaway
+/// servers of a verification killed before it cleaned up (the lock says it is gone).
+/// Returns the mount points thawed. The one place for this: runs, the API's start and
+/// `quiesce recover` all call it.
+pub fn recover_leftovers(state_dir: &Path) -> Result<Vec<String>, Problem> {
+    let thawed = freeze::state::recover(state_dir);
+    crate::verify::leftovers::clean(state_dir);
+    let thawed = thawed?;
+    if !thawed.is_empty() {
+        tracing::warn!(
+            ?thawed,
+            "recovered filesystems left frozen by a crashed run"
+        );
+    }
+    Ok(thawed)
+}
+
 fn recover_at_start(state_dir: &Path, errors: &mut Vec<Problem>) -> Vec<Problem> {
-    match freeze::state::recover(state_dir) {
-        Ok(thawed) if !thawed.is_empty() => {
-            tracing::warn!(
-                ?thawed,
-                "recovered filesystems left frozen by a crashed run"
-            );
-            vec![recovered_problem(&thawed)]
-        }
+    match recover_leftovers(state_dir) {
+        Ok(thawed) if !thawed.is_empty() => vec![recovered_problem(&thawed)],
         Ok(_) => Vec::new(),
         Err(p) => {
             errors.push(p);
@@ -308,9 +320,6 @@ impl Operation {
         let mut lock = OpLock::acquire(&cfg.paths.state_dir).map_err(|p| fail(vec![p]))?;
         let mut errors = cfg.skipped.clone();
         let recovered = recover_at_start(&cfg.paths.state_dir, &mut errors);
-        // Views and throwaway servers of a verification killed before it cleaned up (the
-        // lock says it is gone).
-        crate::verify::leftovers::clean(&cfg.paths.state_dir);
         let provider = snapshot::from_config(&cfg.snapshot);
         let plan = match plan_for(&cfg, scope, &provider.must_not_freeze()) {
             Ok(plan) => plan,
