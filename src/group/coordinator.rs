@@ -11,6 +11,7 @@ use super::etcd::{Etcd, Kv};
 use super::{catalog_key, decision_key, group_outcome, group_prefix, now_ms, op_prefix};
 use super::{report_key, spec_key};
 use super::{GroupConfig, GroupReport, MemberOutcome, MemberSnapshot, OpSpec, ReadyAnswer};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -41,20 +42,12 @@ pub fn members(etcd: &Etcd, group: &str) -> Result<Vec<String>, String> {
 /// The values under `prefix`, by the key's last part (the member).
 fn by_member(etcd: &Etcd, prefix: &str) -> BTreeMap<String, Value> {
     let kvs = etcd.range_prefix(prefix).unwrap_or_default();
-    by_member_in(kvs.iter().map(|kv| (&kv.key, kv)), prefix)
-}
-
-/// The values of the keys under `prefix` among `kvs`, by the key's last part.
-fn by_member_in<'a>(
-    kvs: impl Iterator<Item = (&'a String, &'a Kv)>,
-    prefix: &str,
-) -> BTreeMap<String, Value> {
-    kvs.filter_map(|(k, kv)| {
-        let member = k.strip_prefix(prefix)?;
-        let v = serde_json::from_str(&kv.value).unwrap_or(Value::Null);
-        Some((member.to_string(), v))
-    })
-    .collect()
+    kvs.iter()
+        .filter_map(|kv| {
+            let member = kv.key.strip_prefix(prefix)?;
+            Some((member.to_string(), parse_value(&kv.value)))
+        })
+        .collect()
 }
 
 /// Run the group-level snapshot step, killed at the deadline.
@@ -124,14 +117,29 @@ impl LeaseKeeper {
 
 /// Wait until `enough` says so about the values under `prefix` (by member), or `until_ms`
 /// passes; `keys` wakes this at each change (a watch, re-read when the stream is lost).
+/// Each value is parsed once, when it first appears or changes: with 50 members the
+/// final reports are many kilobytes each and the watch wakes this once per member.
 fn wait_for<T>(
     keys: &mut Mirror,
     prefix: &str,
     until_ms: u64,
     mut enough: impl FnMut(&BTreeMap<String, Value>) -> Option<T>,
 ) -> (BTreeMap<String, Value>, Option<T>) {
+    let (mut seen, mut revisions) = (BTreeMap::new(), BTreeMap::new());
     loop {
-        let seen = by_member_in(keys.kvs().range(prefix.to_string()..), prefix);
+        let under: BTreeMap<&str, &Kv> = keys
+            .kvs()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, kv)| (&k[prefix.len()..], kv))
+            .collect();
+        seen.retain(|member: &String, _| under.contains_key(member.as_str()));
+        for (member, kv) in under {
+            if revisions.insert(member.to_string(), kv.mod_revision) != Some(kv.mod_revision) {
+                seen.insert(member.to_string(), parse_value(&kv.value));
+            }
+        }
+        revisions.retain(|member, _| seen.contains_key(member));
         if let Some(t) = enough(&seen) {
             return (seen, Some(t));
         }
@@ -143,11 +151,16 @@ fn wait_for<T>(
     }
 }
 
+/// A member's value as JSON (an unreadable one is null).
+fn parse_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
 /// The ready answers as written by members (an unreadable one counts as failed).
 fn ready_answers(raw: &BTreeMap<String, Value>) -> BTreeMap<String, ReadyAnswer> {
     raw.iter()
         .map(|(k, v)| {
-            let a = serde_json::from_value(v.clone()).unwrap_or(ReadyAnswer {
+            let a = ReadyAnswer::deserialize(v).unwrap_or(ReadyAnswer {
                 state: "failed".into(),
                 frozen: Vec::new(),
                 errors: Vec::new(),
