@@ -16,7 +16,6 @@ use crate::codes::Problem;
 use crate::config::ProviderConfig;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -239,46 +238,6 @@ fn heard(seen: &Seen, group: &str, op: &str, wants_snapshot: bool) -> Option<Hea
     None
 }
 
-/// Listen on another thread (so that an etcd call hanging on a lost network can never
-/// hold the release past the deadline): at most one `Snapshot`, then one `Release`, each
-/// with when the watch stream read it. The member's watch on `specs/` wakes it at the change.
-fn listen(
-    board: Arc<Board>,
-    group: String,
-    op: String,
-    mut wants_snapshot: bool,
-    release_at: u64,
-    tx: Sender<(Heard, Option<u64>)>,
-) {
-    std::thread::spawn(move || {
-        let mut version = 0;
-        loop {
-            let until = Instant::now() + Duration::from_millis(release_at.saturating_sub(now_ms()));
-            let seen = board.wait_past(version, until);
-            version = seen.version;
-            match heard(&seen, &group, &op, wants_snapshot) {
-                Some(Heard::Snapshot) => {
-                    wants_snapshot = false;
-                    if tx.send((Heard::Snapshot, seen.read_at_ms)).is_err() {
-                        return;
-                    }
-                    // The release may already be there.
-                    version = version.saturating_sub(1);
-                    continue;
-                }
-                Some(heard) => {
-                    let _ = tx.send((heard, seen.read_at_ms));
-                    return;
-                }
-                None => {}
-            }
-            if now_ms() >= release_at {
-                return;
-            }
-        }
-    });
-}
-
 /// Does this member's configured provider take snapshots (rather than someone else)?
 fn takes_snapshots(api: &Api) -> bool {
     !matches!(api.config().snapshot.provider, ProviderConfig::None)
@@ -372,22 +331,20 @@ fn run_operation(
         "this member failed to prepare"
     } else {
         let release_at = super::release_at_ms(spec.deadline_ms);
-        let (tx, rx) = channel();
         // The member's watch on `specs/` is open since its start: nothing to set up now,
-        // and a decision already written is in the copy.
+        // and a decision already written is in the copy. Waiting on the copy never blocks
+        // past the release time, whatever etcd or the network does.
         listening_at_ms = now_ms();
-        listen(
-            Arc::clone(board),
-            cfg.name.clone(),
-            id.clone(),
-            ready.takes_snapshot,
-            release_at,
-            tx,
-        );
+        let (mut version, mut wants_snapshot) = (0, ready.takes_snapshot);
         loop {
-            let left = Duration::from_millis(release_at.saturating_sub(now_ms()));
-            match rx.recv_timeout(left) {
-                Ok((Heard::Snapshot, _)) => {
+            let until = Instant::now() + Duration::from_millis(release_at.saturating_sub(now_ms()));
+            let seen = board.wait_past(version, until);
+            version = seen.version;
+            match heard(&seen, &cfg.name, id, wants_snapshot) {
+                Some(Heard::Snapshot) => {
+                    // `heard` puts a release first, so none was there yet; one written
+                    // while the snapshot is taken wakes the next wait at once.
+                    wants_snapshot = false;
                     let taken = take_snapshot(api, id);
                     own_snapshot_taken = taken.error.is_none();
                     let _ = etcd.put(
@@ -396,14 +353,13 @@ fn run_operation(
                         spec.lease,
                     );
                 }
-                Ok((Heard::Release(why), read_at)) => {
+                Some(Heard::Release(why)) => {
                     heard_release_at_ms = now_ms();
-                    release_read_at_ms = read_at;
+                    release_read_at_ms = seen.read_at_ms;
                     break why;
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                    break "the deadline passed"
-                }
+                None if now_ms() >= release_at => break "the deadline passed",
+                None => {}
             }
         }
     };
@@ -428,7 +384,7 @@ fn run_operation(
         &report.to_string(),
         spec.lease,
     );
-    record_group_report_later(cfg, etcd, api, spec);
+    record_group_report_later(cfg, etcd, board, api, spec);
 }
 
 /// When this member did its own work in an operation (milliseconds since the epoch), in its
@@ -472,28 +428,26 @@ fn take_snapshot(api: &Arc<Api>, id: &str) -> MemberSnapshot {
 /// Once the coordinator has written the group report, record it in this member's catalog
 /// and say so under `catalogs/OP/MEMBER`. On another thread: the next operation does not
 /// wait for it. Gives up when no report came by the time the coordinator stops waiting.
-fn record_group_report_later(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>, spec: &OpSpec) {
+fn record_group_report_later(
+    cfg: &GroupConfig,
+    etcd: &Arc<Etcd>,
+    board: &Arc<Board>,
+    api: &Arc<Api>,
+    spec: &OpSpec,
+) {
     let (cfg, etcd, api, spec) = (cfg.clone(), Arc::clone(etcd), Arc::clone(api), spec.clone());
+    let board = Arc::clone(board);
     std::thread::spawn(move || {
-        let key = super::report_key(&cfg.name, &spec.operation_id);
-        let give_up = super::report_written_by_ms(&spec, cfg.lease_ttl);
-        let mut keys = Mirror::keys(&etcd, std::slice::from_ref(&key), cfg.poll);
-        let report = loop {
-            if let Some(text) = keys.get(&key) {
-                match serde_json::from_str::<GroupReport>(text) {
-                    Ok(r) => break r,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "group: unreadable group report");
-                        return;
-                    }
-                }
-            }
-            let now = now_ms();
-            if now >= give_up {
-                tracing::warn!(operation_id = %spec.operation_id, "group: no group report came");
+        let Some(text) = group_report_text(&cfg, &etcd, &board, &spec) else {
+            tracing::warn!(operation_id = %spec.operation_id, "group: no group report came");
+            return;
+        };
+        let report = match serde_json::from_str::<GroupReport>(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "group: unreadable group report");
                 return;
             }
-            keys.wait(Instant::now() + Duration::from_millis(give_up - now));
         };
         let recorded = crate::catalog::Catalog::open(&api.config().paths.catalog)
             .and_then(|mut c| c.record_group(&report.catalog_row(&cfg.member)?));
@@ -507,6 +461,47 @@ fn record_group_report_later(cfg: &GroupConfig, etcd: &Arc<Etcd>, api: &Arc<Api>
             Err(e) => tracing::error!(error = %e, "group: cannot record the group report"),
         }
     });
+}
+
+/// The group report of `spec`'s operation, as stored, or None when none came in time.
+///
+/// The coordinator writes the report, then revokes its lease, which takes the spec out of
+/// `specs/`: the member's own watch shows that, and one read fetches the report. Only when
+/// the report is not there then (the coordinator died, or its lease ran out before it
+/// wrote) does the member watch the report's key until the coordinator would have given
+/// up. A watch per member per operation, opened while the other members still release,
+/// is load on etcd just when the group is measured.
+fn group_report_text(
+    cfg: &GroupConfig,
+    etcd: &Arc<Etcd>,
+    board: &Board,
+    spec: &OpSpec,
+) -> Option<String> {
+    let key = super::report_key(&cfg.name, &spec.operation_id);
+    let spec_key = super::spec_key(&cfg.name, &spec.operation_id);
+    let give_up = super::report_written_by_ms(spec, cfg.lease_ttl);
+    let until = || Instant::now() + Duration::from_millis(give_up.saturating_sub(now_ms()));
+    let mut version = 0;
+    loop {
+        let seen = board.wait_past(version, until());
+        version = seen.version;
+        if (seen.known && !seen.kvs.contains_key(&spec_key)) || now_ms() >= give_up {
+            break;
+        }
+    }
+    if let Ok(Some(text)) = etcd.get(&key) {
+        return Some(text);
+    }
+    let mut keys = Mirror::keys(etcd, std::slice::from_ref(&key), cfg.poll);
+    loop {
+        if let Some(text) = keys.get(&key) {
+            return Some(text.to_string());
+        }
+        if now_ms() >= give_up {
+            return None;
+        }
+        keys.wait(until());
+    }
 }
 
 #[cfg(test)]
