@@ -7,7 +7,13 @@
 //! beside the baseline: one member's prepare + release straight through its socket, with no
 //! group (the time the members themselves need, so the difference is coordination), and
 //! beside the figures measured before watches (members polled etcd every 20 ms with one
-//! connection per call).
+//! connection per call). One operation per size runs first and is not counted: each new
+//! member creates its catalog then, which a deployed member does once.
+//!
+//! It then splits "all released" with the members' own timings, and prints the coordination
+//! overhead against the 100 ms target, and the CPU time one operation costs the members,
+//! the etcd nodes and the coordinator (from `/proc`): with every process on this machine's
+//! cores, that is how much of the latency is simply waiting for a core.
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 use support::{quiesce_bin, Scratch, ServeProcess};
 
 struct SimMember {
-    _server: ServeProcess,
+    server: ServeProcess,
     socket: std::path::PathBuf,
     _dir: Scratch,
 }
@@ -39,7 +45,7 @@ fn start(name: &str, endpoints: &[String]) -> SimMember {
     );
     let config = dir.file("quiesce.toml", &text, 0o600);
     SimMember {
-        _server: ServeProcess::start(&config, &socket),
+        server: ServeProcess::start(&config, &socket),
         socket,
         _dir: dir,
     }
@@ -48,6 +54,46 @@ fn start(name: &str, endpoints: &[String]) -> SimMember {
 /// Medians measured before watches and kept-alive connections (members polled every 20 ms,
 /// one HTTP/1.0 connection per call), same bench, same machine: (members, ready, released).
 const BEFORE_WATCH: [(usize, u64, u64); 3] = [(3, 83, 247), (10, 225, 411), (50, 522, 999)];
+
+/// CPU time of a process from its `/proc/PID/stat`, in milliseconds: its own (user +
+/// system), or with `children`, that of its children it has waited for.
+fn cpu_ms(stat: &str, children: bool) -> u64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // After the command name's closing parenthesis the fields count from 3 (state):
+    // utime 14, stime 15, cutime 16, cstime 17.
+    let fields: Vec<u64> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i - 3).copied().unwrap_or(0);
+    let first = if children { 16 } else { 14 };
+    (ticks(first) + ticks(first + 1)) * 1000 / clock_ticks()
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// The CPU time so far of (the members, the etcd nodes, the coordinators), in milliseconds.
+fn cpu_split(members: &[SimMember], cluster: &etcd::EtcdCluster) -> [u64; 3] {
+    let of = |pid: u32| cpu_ms(&format!("/proc/{pid}/stat"), false);
+    let members = members.iter().map(|m| of(m.server.child.id())).sum();
+    let nodes = cluster.nodes.iter().flatten().map(|c| of(c.id())).sum();
+    [members, nodes, cpu_ms("/proc/self/stat", true)]
+}
+
+/// Coordination overhead the issue sets a target for, at 50 members.
+const TARGET_MS: u64 = 100;
 
 fn median_max(mut v: Vec<u64>) -> (u64, u64) {
     v.sort();
@@ -81,7 +127,7 @@ fn main() {
         "before: ready/released"
     );
     let mut members: Vec<SimMember> = Vec::new();
-    let mut split_rows = Vec::new();
+    let (mut split_rows, mut cpu_rows, mut verdict) = (Vec::new(), Vec::new(), None);
     for &n in &sizes {
         while members.len() < n {
             members.push(start(&format!("sim{}", members.len()), &cluster.endpoints));
@@ -122,20 +168,10 @@ fn main() {
         }
         let (mut ready, mut released) = (Vec::new(), Vec::new());
         let (mut own_release, mut fan_out) = (Vec::new(), Vec::new());
+        group_snapshot(&format!("warm-{n}"), &cluster.endpoints);
+        let cpu_before = cpu_split(&members, &cluster);
         for i in 0..ops {
-            let out = Command::new(quiesce_bin())
-                .args(["group", "snapshot", "bench", "--json", "--deadline", "30s"])
-                .args([
-                    "--id",
-                    &format!("op-{n}-{i}"),
-                    "--endpoints",
-                    &cluster.endpoints.join(","),
-                ])
-                .output()
-                .unwrap();
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
-            assert_eq!(r["status"], "succeeded", "{r:#}");
+            let r = group_snapshot(&format!("op-{n}-{i}"), &cluster.endpoints);
             ready.push(r["all_ready_ms"].as_u64().unwrap());
             released.push(r["all_released_ms"].as_u64().unwrap());
             let (own, heard) = release_split(&r);
@@ -143,6 +179,17 @@ fn main() {
             own_release.push(own);
             fan_out.push(heard);
         }
+        let cpu_after = cpu_split(&members, &cluster);
+        let per_op: Vec<u64> = (0..3)
+            .map(|k| (cpu_after[k] - cpu_before[k]) / ops as u64)
+            .collect();
+        cpu_rows.push(format!(
+            "{n:>7} {:>11} ms {:>10} ms {:>14} ms {:>10} ms",
+            per_op[0],
+            per_op[1],
+            per_op[2],
+            per_op.iter().sum::<u64>() / cores() as u64
+        ));
         let (rm, rx) = median_max(ready);
         let (lm, lx) = median_max(released);
         let (bm, _) = median_max(base);
@@ -162,6 +209,21 @@ fn main() {
             lm.saturating_sub(bm),
             before
         );
+        if n == 50 {
+            let (rest_m, rest_x) = (lm.saturating_sub(om), lx.saturating_sub(ox));
+            verdict = Some(format!(
+                "coordination overhead at 50 members (all released minus the slowest member's \
+                 own release work): median {rest_m} ms, max {rest_x} ms; target under \
+                 {TARGET_MS} ms: {}",
+                if rest_x < TARGET_MS {
+                    "met in every operation"
+                } else if rest_m < TARGET_MS {
+                    "met by the median, not in every operation"
+                } else {
+                    "not met"
+                }
+            ));
+        }
         split_rows.push(format!(
             "{n:>7} {:>13} ms {:>12} ms {:>18} ms {:>14} ms",
             format!("{lm} / {lx}"),
@@ -182,6 +244,38 @@ fn main() {
     for row in split_rows {
         println!("{row}");
     }
+    println!(
+        "\nCPU time per operation (whole cycle: coordinator start to every catalog recording), \
+         and that total spread over this machine's {} cores",
+        cores()
+    );
+    println!(
+        "{:>7} {:>14} {:>13} {:>17} {:>13}",
+        "members", "all members", "etcd nodes", "coordinator", "per core"
+    );
+    for row in cpu_rows {
+        println!("{row}");
+    }
+    if let Some(v) = verdict {
+        println!("\n{v}");
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Run one group operation through the real `quiesce group snapshot`; its report.
+fn group_snapshot(id: &str, endpoints: &[String]) -> serde_json::Value {
+    let out = Command::new(quiesce_bin())
+        .args(["group", "snapshot", "bench", "--json", "--deadline", "30s"])
+        .args(["--id", id, "--endpoints", &endpoints.join(",")])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["status"], "succeeded", "{r:#}");
+    r
 }
 
 /// From one group report: the slowest member's own release work (from hearing the release
