@@ -882,7 +882,11 @@ impl NetNs {
     /// outside connects to the node. The namespace's only link is its loopback.
     fn new(endpoints: &[String], dir: &Scratch) -> NetNs {
         let name = format!("qgroup-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // One left by an earlier run of this pid, if any (none is the usual case: quiet).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         support::sh("ip", &["netns", "add", &name]);
         let mut ns = NetNs {
             name: name.clone(),
