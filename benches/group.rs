@@ -128,6 +128,16 @@ fn main() {
     );
     let mut members: Vec<SimMember> = Vec::new();
     let (mut split_rows, mut cpu_rows, mut verdict) = (Vec::new(), Vec::new(), None);
+    let mut idle_rows = Vec::new();
+    let idle_before = cpu_split(&[], &cluster);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_after = cpu_split(&[], &cluster);
+    idle_rows.push(format!(
+        "{:>7} {:>11} ms {:>10} ms",
+        0,
+        0,
+        (idle_after[1] - idle_before[1]) / 3
+    ));
     for &n in &sizes {
         while members.len() < n {
             members.push(start(&format!("sim{}", members.len()), &cluster.endpoints));
@@ -142,6 +152,15 @@ fn main() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // What an idle group costs (keep-alives, the members' periodic re-reads).
+        let idle_before = cpu_split(&members, &cluster);
+        std::thread::sleep(Duration::from_secs(3));
+        let idle_after = cpu_split(&members, &cluster);
+        idle_rows.push(format!(
+            "{n:>7} {:>11} ms {:>10} ms",
+            (idle_after[0] - idle_before[0]) / 3,
+            (idle_after[1] - idle_before[1]) / 3
+        ));
         // Baseline: one member alone, straight through its socket.
         let mut base = Vec::new();
         for i in 0..ops {
@@ -167,7 +186,7 @@ fn main() {
             base.push(t.elapsed().as_millis() as u64);
         }
         let (mut ready, mut released) = (Vec::new(), Vec::new());
-        let (mut own_release, mut fan_out) = (Vec::new(), Vec::new());
+        let (mut own_release, mut fan_out, mut rest) = (Vec::new(), Vec::new(), Vec::new());
         group_snapshot(&format!("warm-{n}"), &cluster.endpoints);
         let cpu_before = cpu_split(&members, &cluster);
         for i in 0..ops {
@@ -176,6 +195,7 @@ fn main() {
             released.push(r["all_released_ms"].as_u64().unwrap());
             let (own, heard) = release_split(&r);
             println!("  {}", release_path(&r));
+            rest.push(released.last().unwrap().saturating_sub(own));
             own_release.push(own);
             fan_out.push(heard);
         }
@@ -195,6 +215,8 @@ fn main() {
         let (bm, _) = median_max(base);
         let (om, ox) = median_max(own_release);
         let (fm, fx) = median_max(fan_out);
+        // Per operation: its "all released" minus its slowest member's own release work.
+        let (rest_m, rest_x) = median_max(rest);
         let before = BEFORE_WATCH
             .iter()
             .find(|(size, _, _)| *size == n)
@@ -210,7 +232,6 @@ fn main() {
             before
         );
         if n == 50 {
-            let (rest_m, rest_x) = (lm.saturating_sub(om), lx.saturating_sub(ox));
             verdict = Some(format!(
                 "coordination overhead at 50 members (all released minus the slowest member's \
                  own release work): median {rest_m} ms, max {rest_x} ms; target under \
@@ -228,7 +249,7 @@ fn main() {
             "{n:>7} {:>13} ms {:>12} ms {:>18} ms {:>14} ms",
             format!("{lm} / {lx}"),
             format!("{om} / {ox}"),
-            format!("{} / {}", lm.saturating_sub(om), lx.saturating_sub(ox)),
+            format!("{rest_m} / {rest_x}"),
             format!("{fm} / {fx}"),
         ));
     }
@@ -254,6 +275,14 @@ fn main() {
         "members", "all members", "etcd nodes", "coordinator", "per core"
     );
     for row in cpu_rows {
+        println!("{row}");
+    }
+    println!("\nCPU time per second of an idle group (no operation)");
+    println!(
+        "{:>7} {:>14} {:>13}",
+        "members", "all members", "etcd nodes"
+    );
+    for row in idle_rows {
         println!("{row}");
     }
     if let Some(v) = verdict {
