@@ -216,7 +216,7 @@ fn main() {
         let (om, ox) = median_max(own_release);
         let (fm, fx) = median_max(fan_out);
         // Per operation: its "all released" minus its slowest member's own release work.
-        let (rest_m, rest_x) = median_max(rest);
+        let (rest_m, rest_x) = median_max(rest.clone());
         let before = BEFORE_WATCH
             .iter()
             .find(|(size, _, _)| *size == n)
@@ -232,11 +232,12 @@ fn main() {
             before
         );
         if n == 50 {
+            let over = rest.iter().filter(|&&ms| ms >= TARGET_MS).count();
             verdict = Some(format!(
                 "coordination overhead at 50 members (all released minus the slowest member's \
                  own release work): median {rest_m} ms, max {rest_x} ms; target under \
-                 {TARGET_MS} ms: {}",
-                if rest_x < TARGET_MS {
+                 {TARGET_MS} ms: {} ({over} of {ops} operations at or over it)",
+                if over == 0 {
                     "met in every operation"
                 } else if rest_m < TARGET_MS {
                     "met by the median, not in every operation"
