@@ -442,6 +442,12 @@ impl Mirror {
                 Ok(Note::Live) => {
                     self.lost = self.lost.saturating_sub(1);
                     self.live = self.lost == 0;
+                    // A stream that etcd could not resume (it compacted past the last
+                    // revision seen) starts from now: what changed in between is only in a
+                    // read, so read at once rather than at the next poll.
+                    if self.live {
+                        self.next_read = Instant::now();
+                    }
                 }
                 Ok(Note::Lost(why)) => {
                     tracing::debug!(error = %why, "etcd watch lost; reading instead until it is back");
