@@ -712,17 +712,31 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
         return 1;
     };
     let provider = crate::snapshot::from_config(&cfg.snapshot);
-    let mut list = match provider.list() {
-        Ok(l) => l,
-        Err(e) => {
-            print_problems(&[e.to_problem()]);
-            return 1;
-        }
-    };
     let catalog = crate::catalog::Catalog::open_read_only(&cfg.paths.catalog)
         .ok()
         .flatten();
-    if let Some(catalog) = &catalog {
+    let mut list = if provider.can_list() {
+        match provider.list() {
+            Ok(l) => l,
+            Err(e) => {
+                print_problems(&[e.to_problem()]);
+                return 1;
+            }
+        }
+    } else {
+        match catalog
+            .as_ref()
+            .map(|c| recorded_snapshots(c, provider.name()))
+        {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                print_problems(&[e.problem()]);
+                return 1;
+            }
+            None => Vec::new(),
+        }
+    };
+    if let Some(catalog) = catalog.as_ref().filter(|_| provider.can_list()) {
         for s in &mut list {
             s.consistency = catalog
                 .consistency_of_snapshot(&s.provider, &s.id)
@@ -742,6 +756,13 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
     } else if list.is_empty() {
         println!("no snapshots (provider {})", provider.name());
     } else {
+        if !provider.can_list() {
+            println!(
+                "as recorded in the catalog: the {} provider cannot see its snapshots, which \
+                 may have been deleted since",
+                provider.name()
+            );
+        }
         println!(
             "{:<26} {:<12} {:<8} {:<14} ID",
             "CREATED", "CONSISTENCY", "PROVIDER", "VERIFICATION"
@@ -764,6 +785,27 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
         }
     }
     0
+}
+
+/// The snapshots of `provider` that the catalog recorded, as `quiesce snapshots` lists them.
+fn recorded_snapshots(
+    catalog: &crate::catalog::Catalog,
+    provider: &str,
+) -> Result<Vec<crate::snapshot::SnapshotInfo>, crate::catalog::CatalogError> {
+    Ok(catalog
+        .recorded_snapshots(provider)?
+        .into_iter()
+        .map(|r| crate::snapshot::SnapshotInfo {
+            provider: provider.to_string(),
+            id: r.id,
+            location: None,
+            created_unix: Some(r.started_unix),
+            operation_id: Some(r.operation_id),
+            consistency: r.consistency,
+            verification: None,
+            from_catalog: true,
+        })
+        .collect())
 }
 
 fn verify(config_path: Option<PathBuf>, snapshot: Option<String>, json: bool, verbose: u8) -> i32 {

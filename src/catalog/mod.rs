@@ -187,6 +187,16 @@ pub struct GroupRunRow {
 pub use crate::metrics::Totals;
 
 /// One verification of a snapshot, as recorded.
+/// A snapshot as the catalog recorded it (for providers that cannot list their own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedSnapshot {
+    pub id: String,
+    /// When the run that made it started (seconds since the epoch).
+    pub started_unix: i64,
+    pub operation_id: String,
+    pub consistency: Option<Consistency>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerificationRow {
     pub provider: String,
@@ -738,6 +748,39 @@ impl Catalog {
             .optional()
             .map_err(self.sql("query snapshot consistency"))?;
         Ok(found.as_deref().and_then(Consistency::parse))
+    }
+
+    /// Every snapshot of `provider` that a recorded run made, newest first (a snapshot id
+    /// claimed by several runs is listed once, with the newest of them).
+    pub fn recorded_snapshots(
+        &self,
+        provider: &str,
+    ) -> Result<Vec<RecordedSnapshot>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT s.snapshot_id, r.started_unix, r.operation_id, r.consistency
+                 FROM run_snapshots s JOIN runs r ON r.id = s.run_id
+                 WHERE s.provider = ?1
+                 ORDER BY r.started_unix DESC, r.id DESC, s.seq",
+            )
+            .map_err(self.sql("list recorded snapshots"))?;
+        let rows = stmt
+            .query_map([provider], |r| {
+                Ok(RecordedSnapshot {
+                    id: r.get(0)?,
+                    started_unix: r.get(1)?,
+                    operation_id: r.get(2)?,
+                    consistency: Consistency::parse(&r.get::<_, String>(3)?),
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(self.sql("list recorded snapshots"))?;
+        let mut seen = std::collections::HashSet::new();
+        Ok(rows
+            .into_iter()
+            .filter(|r| seen.insert(r.id.clone()))
+            .collect())
     }
 
     /// The operation id of the run that made snapshot `id` of `provider` (the newest one if

@@ -371,8 +371,13 @@ impl Provider for BtrfsProvider {
                 operation_id: Some(f.parsed.operation_id),
                 consistency: None,
                 verification: None,
+                from_catalog: false,
             })
             .collect())
+    }
+
+    fn can_list(&self) -> bool {
+        true
     }
 
     fn prune(&self, just_made: &[SnapshotRef]) -> Result<Vec<String>, SnapshotError> {

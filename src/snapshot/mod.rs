@@ -36,6 +36,10 @@ pub struct SnapshotInfo {
     /// `verified`, `verification failed: …` or `not verified`, from the catalog.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<String>,
+    /// Listed from what the catalog recorded, not seen by the provider: the snapshot may
+    /// have been deleted since, outside quiesce.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_catalog: bool,
 }
 
 /// One way of taking snapshots.
@@ -64,6 +68,13 @@ pub trait Provider: Send {
     /// The snapshots this provider can see (empty for providers that cannot list).
     fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
         Ok(Vec::new())
+    }
+
+    /// Whether [`Provider::list`] sees the snapshots themselves. The `command` provider
+    /// cannot: its snapshots are wherever its command put them (a cloud, an image file), so
+    /// `quiesce snapshots` lists what the catalog recorded of it instead.
+    fn can_list(&self) -> bool {
+        false
     }
 
     /// Apply retention after a successful run; never removes `just_made`. Returns removed ids.

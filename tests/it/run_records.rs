@@ -263,3 +263,82 @@ fn snapshots_lists_btrfs_snapshots_with_their_consistency_and_retention() {
         "snapshots are read-only"
     );
 }
+
+/// The `command` provider cannot see its snapshots (they are wherever its command put
+/// them): `quiesce snapshots` lists what the catalog recorded of it, newest first, with
+/// each run's consistency, and says where the list comes from.
+#[test]
+fn snapshots_lists_command_provider_snapshots_from_the_catalog() {
+    let dir = Scratch::new("command-snapshots");
+    let script = dir.file(
+        "take.sh",
+        "#!/bin/sh\necho \"img-$QUIESCE_OPERATION_ID-a\"\necho \"img-$QUIESCE_OPERATION_ID-b\"\n",
+        0o700,
+    );
+    let cfg = dir.file(
+        "quiesce.toml",
+        &format!(
+            "[paths]\nstate_dir = {}\ncatalog = {}\n[freeze]\nenabled = false\n\
+             [snapshot]\nprovider = \"command\"\ncommand = [{}]\n",
+            q(&dir.join("state")),
+            q(&dir.join("catalog.db")),
+            q(&script),
+        ),
+        0o600,
+    );
+    let c = cfg.to_str().unwrap();
+    let (code, list) = quiesce_json(&["snapshots", "--json", "--config", c]);
+    assert_eq!((code, list), (0, Value::Array(Vec::new())), "nothing yet");
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let run = snapshot(&cfg);
+        assert_eq!(run.code, 0, "{}", run.describe());
+        runs.push(run.report());
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let (code, list) = quiesce_json(&["snapshots", "--json", "--config", c]);
+    assert_eq!(code, 0);
+    let listed: Vec<(&str, &str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert_eq!(
+                (&s["provider"], &s["from_catalog"]),
+                (&"command".into(), &true.into())
+            );
+            (
+                s["id"].as_str().unwrap(),
+                s["operation_id"].as_str().unwrap(),
+                s["consistency"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, &str, &str)> = runs
+        .iter()
+        .rev()
+        .flat_map(|r| {
+            r.snapshots.iter().map(move |s| {
+                (
+                    s.id.clone(),
+                    r.operation_id.as_str(),
+                    r.consistency.as_str(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(want.len(), 4, "two ids per run");
+    let want: Vec<(&str, &str, &str)> = want.iter().map(|(i, o, c)| (i.as_str(), *o, *c)).collect();
+    assert_eq!(
+        listed, want,
+        "newest run first, ids in the order the command printed"
+    );
+    let human = support::quiesce(&["snapshots"]).config(&cfg).run();
+    assert_eq!(human.code, 0, "{}", human.describe());
+    assert!(
+        human.stdout.contains("as recorded in the catalog")
+            && human.stdout.contains(&runs[1].snapshots[0].id),
+        "{}",
+        human.stdout
+    );
+}
