@@ -342,9 +342,19 @@ pub fn first_json(bytes: &[u8]) -> Option<serde_json::Value> {
         .and_then(Result::ok)
 }
 
-/// Read a unary answer's body. Returns the first JSON value, and whether the connection can
-/// carry another request. A chunked body (a streaming call such as lease keep-alive) is read
-/// up to its first message; the connection is then not reused.
+/// The first JSON value of a body or, when it is not JSON (etcd answers some refusals in
+/// plain text), its text as a JSON string (at most 300 characters), so the words reach the
+/// error message.
+fn json_or_text(bytes: &[u8]) -> serde_json::Value {
+    first_json(bytes).unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(bytes);
+        serde_json::Value::String(text.trim().chars().take(300).collect())
+    })
+}
+
+/// Read a unary answer's body. Returns the first JSON value (see [`json_or_text`]), and
+/// whether the connection can carry another request. A chunked body (a streaming call such
+/// as lease keep-alive) is read up to its first message; the connection is then not reused.
 pub fn read_body(r: &mut impl BufRead, head: &Head) -> io::Result<(serde_json::Value, bool)> {
     if head.chunked {
         let mut buf = Vec::new();
@@ -354,19 +364,19 @@ pub fn read_body(r: &mut impl BufRead, head: &Head) -> io::Result<(serde_json::V
                 return Ok((v, false));
             }
         }
-        return Ok((first_json(&buf).unwrap_or_default(), false));
+        return Ok((json_or_text(&buf), false));
     }
     match head.length {
         Some(n) if n <= 64 << 20 => {
             let mut buf = vec![0; n];
             r.read_exact(&mut buf)?;
-            Ok((first_json(&buf).unwrap_or_default(), !head.close))
+            Ok((json_or_text(&buf), !head.close))
         }
         Some(_) => Err(bad("answer too large")),
         None => {
             let mut buf = Vec::new();
             r.take(64 << 20).read_to_end(&mut buf)?;
-            Ok((first_json(&buf).unwrap_or_default(), false))
+            Ok((json_or_text(&buf), false))
         }
     }
 }
@@ -394,6 +404,12 @@ mod tests {
         assert_eq!((head.status, head.length, head.close), (400, Some(7), true));
         let (v, reuse) = read_body(&mut r, &head).unwrap();
         assert_eq!((v["e"].as_i64(), reuse), (Some(1), false));
+
+        // A refusal in plain text keeps its words (as a JSON string).
+        let mut r = &b"HTTP/1.1 400 Bad\r\ncontent-length: 11\r\n\r\nno, because"[..];
+        let head = read_head(&mut r).unwrap();
+        let (v, _) = read_body(&mut r, &head).unwrap();
+        assert_eq!(v.as_str(), Some("no, because"));
 
         for broken in [&b"garbage\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\nX: y", b""] {
             assert!(read_head(&mut &broken[..]).is_err(), "{broken:?}");

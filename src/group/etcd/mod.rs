@@ -104,6 +104,7 @@ fn error_text(v: &Value) -> String {
         .as_str()
         .or(v["message"].as_str())
         .or(v["error"]["message"].as_str())
+        .or(v.as_str())
         .unwrap_or("")
         .to_string()
 }
@@ -235,6 +236,14 @@ impl Etcd {
         if msg.contains("user name is empty") || msg.contains("invalid auth token") {
             return format!(
                 "etcd {ep} refused: it has authentication on; set `group.user` and `group.password_file`"
+            );
+        }
+        if msg.contains("CommonName of client sending a request against gateway") {
+            return format!(
+                "etcd {ep} refused: with authentication on, etcd's HTTP gateway refuses every \
+                 request that shows a client certificate. Use etcd users over TLS without client \
+                 certificates (`group.ca_file`, `group.user`, `group.password_file`; etcd without \
+                 --client-cert-auth), or client certificates with etcd authentication off"
             );
         }
         if msg.contains("authentication failed") {

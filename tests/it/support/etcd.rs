@@ -141,6 +141,17 @@ impl EtcdCluster {
     /// Like [`EtcdCluster::start`]; with `tls`, clients must speak TLS and show a
     /// certificate signed by the test CA (`--client-cert-auth`).
     pub fn start_with(n: usize, tls: Option<&Certs>) -> EtcdCluster {
+        EtcdCluster::launch(n, tls.map(|c| (c, true)))
+    }
+
+    /// TLS on the client port, but no client certificate asked for (etcd without
+    /// `--client-cert-auth`): clients check the server's certificate only.
+    pub fn start_tls_server_only(n: usize, certs: &Certs) -> EtcdCluster {
+        EtcdCluster::launch(n, Some((certs, false)))
+    }
+
+    /// `tls`: the certificates, and whether clients must show one of their own.
+    fn launch(n: usize, tls: Option<(&Certs, bool)>) -> EtcdCluster {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let dir = Scratch::new("etcd");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -164,14 +175,17 @@ impl EtcdCluster {
             let data = cluster._dir.join(&format!("n{i}"));
             let log = std::fs::File::create(cluster._dir.join(&format!("n{i}.log"))).unwrap();
             let mut cmd = Command::new("etcd");
-            if let Some(c) = tls {
+            if let Some((c, client_certs)) = tls {
                 cmd.arg("--cert-file")
                     .arg(&c.server_cert)
                     .arg("--key-file")
-                    .arg(&c.server_key)
-                    .arg("--trusted-ca-file")
-                    .arg(&c.ca)
-                    .arg("--client-cert-auth");
+                    .arg(&c.server_key);
+                // A trusted CA alone already makes etcd ask clients for a certificate.
+                if client_certs {
+                    cmd.arg("--trusted-ca-file")
+                        .arg(&c.ca)
+                        .arg("--client-cert-auth");
+                }
             }
             let child = cmd
                 .args([
@@ -202,7 +216,7 @@ impl EtcdCluster {
             cluster.nodes.push(Some(child));
         }
         let mut etcd = quiesce::group::etcd::Etcd::new(&cluster.endpoints, Duration::from_secs(2));
-        if let Some(c) = tls {
+        if let Some((c, _)) = tls {
             etcd = etcd.with_tls(&c.client_files()).unwrap();
         }
         let start = Instant::now();
