@@ -1397,6 +1397,48 @@ fn command_provider_xfs_and_btrfs_image_copies_are_checked_by_their_own_tools() 
                 "{out}"
             );
             assert!(loops_backed_in(&env.snaps).is_empty());
+        } else {
+            // The newest copy's FS tree leaf overwritten in both of its metadata copies (DUP):
+            // its checksum no longer matches.
+            let dump = support::sh(
+                "btrfs",
+                &["inspect-internal", "dump-tree", "-t", "5", &last],
+            );
+            let leaf: u64 = dump
+                .lines()
+                .find_map(|l| {
+                    let mut w = l.split_whitespace();
+                    matches!(w.next(), Some("leaf" | "node")).then(|| w.next()?.parse().ok())?
+                })
+                .unwrap_or_else(|| panic!("no FS tree root in {dump}"));
+            let map = support::sh("btrfs-map-logical", &["-l", &leaf.to_string(), &last]);
+            let mut damaged = 0;
+            for physical in map.lines().filter_map(|l| {
+                l.split_whitespace()
+                    .skip_while(|w| *w != "physical")
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            }) {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+                f.write_all_at(b"damaged by the test", physical + 200)
+                    .unwrap();
+                damaged += 1;
+            }
+            assert!(damaged >= 1, "{map}");
+            let (code, v, out) = quiesce(&env.config, &["verify", "--json", &last]);
+            eprintln!("damaged btrfs copy: {}", v["status"]);
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                v["status"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("verification failed: btrfs check: "),
+                "{out}"
+            );
+            assert!(loops_backed_in(&env.snaps).is_empty());
+            assert!(verify_mounts().is_empty());
         }
     }
 }
