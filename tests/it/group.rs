@@ -1247,30 +1247,8 @@ fn over_tls_a_member_joins_and_a_group_snapshot_completes_and_bad_certs_are_refu
     );
     let member = start_member("t0", &cluster.endpoints, &tls);
     let good = admin_config(&dir, "good.toml", &cluster.endpoints, &tls);
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = group_cli(&good, &["members", "grp", "--json"]);
-        if String::from_utf8_lossy(&out.stdout).contains("t0") {
-            break;
-        }
-        assert!(Instant::now() < until, "t0 never joined over TLS: {out:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = group_cli(
-        &good,
-        &[
-            "snapshot",
-            "grp",
-            "--id",
-            "tls-1",
-            "--deadline",
-            "15s",
-            "--json",
-            "--",
-            "true",
-        ],
-    );
-    let report = report_of(&out);
+    wait_until_joined(&good, "t0");
+    let report = group_snapshot_of_grp(&good, "tls-1");
     assert_eq!(report["status"], "succeeded", "{report:#}");
     assert_eq!(report["members"][0]["ready"], "frozen", "{report:#}");
     assert!(thawed_within(&member.fs, Duration::from_secs(1)));
@@ -1356,6 +1334,37 @@ fn etcdctl_with(endpoint: &str, flags: &[&str], args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Wait (up to 20 s) until `quiesce group members grp` with `config` lists `member`.
+fn wait_until_joined(config: &Path, member: &str) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = group_cli(config, &["members", "grp"]);
+        if String::from_utf8_lossy(&out.stdout).contains(member) {
+            return;
+        }
+        assert!(Instant::now() < until, "{member} never joined: {out:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `quiesce group snapshot grp --id ID --deadline 15s -- true` with `config`: its report.
+fn group_snapshot_of_grp(config: &Path, id: &str) -> Value {
+    report_of(&group_cli(
+        config,
+        &[
+            "snapshot",
+            "grp",
+            "--id",
+            id,
+            "--deadline",
+            "15s",
+            "--json",
+            "--",
+            "true",
+        ],
+    ))
+}
+
 #[test]
 fn with_etcd_auth_the_group_user_works_only_in_its_own_group() {
     support::require_root!("members freeze loop filesystems and read root-owned key files");
@@ -1393,26 +1402,9 @@ fn with_etcd_auth_the_group_user_works_only_in_its_own_group() {
     };
     let member = start_member("a0", &cluster.endpoints, &auth(&good_pw));
     let good = admin_config(&dir, "good.toml", &cluster.endpoints, &auth(&good_pw));
-    let until = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&group_cli(&good, &["members", "grp"]).stdout).contains("a0") {
-        assert!(Instant::now() < until, "a0 never joined with etcd auth on");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_joined(&good, "a0");
     // The right password: a group snapshot completes.
-    let report = report_of(&group_cli(
-        &good,
-        &[
-            "snapshot",
-            "grp",
-            "--id",
-            "auth-1",
-            "--deadline",
-            "15s",
-            "--json",
-            "--",
-            "true",
-        ],
-    ));
+    let report = group_snapshot_of_grp(&good, "auth-1");
     assert_eq!(report["status"], "succeeded", "{report:#}");
 
     // A wrong password, and no credentials at all: refused in words.
@@ -1730,32 +1722,8 @@ fn over_tls_with_etcd_auth_a_group_snapshot_completes() {
         &cluster.endpoints,
         &settings(&good_pw, false),
     );
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = group_cli(&good, &["members", "grp"]);
-        if String::from_utf8_lossy(&out.stdout).contains("ta0") {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "ta0 never joined over TLS with etcd auth on: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let report = report_of(&group_cli(
-        &good,
-        &[
-            "snapshot",
-            "grp",
-            "--id",
-            "tls-auth-1",
-            "--deadline",
-            "15s",
-            "--json",
-            "--",
-            "true",
-        ],
-    ));
+    wait_until_joined(&good, "ta0");
+    let report = group_snapshot_of_grp(&good, "tls-auth-1");
     assert_eq!(report["status"], "succeeded", "{report:#}");
     assert_eq!(report["members"][0]["ready"], "frozen", "{report:#}");
     assert!(thawed_within(&member.fs, Duration::from_secs(1)));
