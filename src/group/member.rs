@@ -324,60 +324,33 @@ fn run_operation(
         spec.lease,
     );
     let ready_written_at_ms = now_ms();
-    let mut own_snapshot_taken = false;
-    let mut heard_release_at_ms = now_ms();
-    let (mut listening_at_ms, mut release_read_at_ms) = (0, None);
-    let why = if ready.state == OpState::Failed.as_str() {
-        "this member failed to prepare"
-    } else {
-        let release_at = super::release_at_ms(spec.deadline_ms);
-        // The member's watch on `specs/` is open since its start: nothing to set up now,
-        // and a decision already written is in the copy. Waiting on the copy never blocks
-        // past the release time, whatever etcd or the network does.
-        listening_at_ms = now_ms();
-        let (mut version, mut wants_snapshot) = (0, ready.takes_snapshot);
-        loop {
-            let until = Instant::now() + Duration::from_millis(release_at.saturating_sub(now_ms()));
-            let seen = board.wait_past(version, until);
-            version = seen.version;
-            match heard(&seen, &cfg.name, id, wants_snapshot) {
-                Some(Heard::Snapshot) => {
-                    // `heard` puts a release first, so none was there yet; one written
-                    // while the snapshot is taken wakes the next wait at once.
-                    wants_snapshot = false;
-                    let taken = take_snapshot(api, id);
-                    own_snapshot_taken = taken.error.is_none();
-                    let _ = etcd.put(
-                        &format!("{prefix}snapshot/{}", cfg.member),
-                        &serde_json::to_string(&taken).unwrap_or_default(),
-                        spec.lease,
-                    );
-                }
-                Some(Heard::Release(why)) => {
-                    heard_release_at_ms = now_ms();
-                    release_read_at_ms = seen.read_at_ms;
-                    break why;
-                }
-                None if now_ms() >= release_at => break "the deadline passed",
-                None => {}
-            }
+    let heard = if ready.state == OpState::Failed.as_str() {
+        Outcome {
+            why: "this member failed to prepare",
+            own_snapshot_taken: false,
+            listening_at_ms: 0,
+            heard_release_at_ms: now_ms(),
+            release_read_at_ms: None,
         }
+    } else {
+        await_release(cfg, etcd, board, api, spec, ready.takes_snapshot)
     };
+    let why = heard.why;
     tracing::info!(operation_id = %id, reason = why, "group: releasing");
     // A member whose own provider took its snapshot keeps it (a snapshot of this machine
     // alone, whatever became of the group); any other member that was not released by the
     // coordinator after the whole snapshot step has no snapshot to speak of.
-    let abandoned = (why != RELEASED && !own_snapshot_taken).then_some(why);
+    let abandoned = (why != RELEASED && !heard.own_snapshot_taken).then_some(why);
     let mut report = final_report(api, id, &prepared, abandoned);
     report["group_release_reason"] = json!(why);
     report["group_timing"] = json!(MemberTiming {
         heard_spec_at_ms,
         prepared_at_ms,
-        heard_release_at_ms,
+        heard_release_at_ms: heard.heard_release_at_ms,
         released_at_ms: now_ms(),
         ready_written_at_ms,
-        listening_at_ms,
-        release_read_at_ms,
+        listening_at_ms: heard.listening_at_ms,
+        release_read_at_ms: heard.release_read_at_ms,
     });
     let _ = etcd.put(
         &format!("{prefix}done/{}", cfg.member),
@@ -385,6 +358,72 @@ fn run_operation(
         spec.lease,
     );
     record_group_report_later(cfg, etcd, board, api, spec);
+}
+
+/// How a prepared member's wait for the coordinator ended.
+struct Outcome {
+    /// Why it releases.
+    why: &'static str,
+    /// Its own provider took its snapshot (when the coordinator asked).
+    own_snapshot_taken: bool,
+    /// When it started listening (ms since the epoch; 0: it never did).
+    listening_at_ms: u64,
+    heard_release_at_ms: u64,
+    /// When the watch stream read the release (None: a plain read found it, or none came).
+    release_read_at_ms: Option<u64>,
+}
+
+/// A prepared member waits for the coordinator: takes its own snapshot when asked (and says
+/// what it took under `ops/OP/snapshot/MEMBER`), until the release, the coordinator's
+/// disappearance, or the release time. The member's watch on `specs/` is open since its
+/// start: nothing to set up now, and a decision already written is in the copy. Waiting on
+/// the copy never blocks past the release time, whatever etcd or the network does.
+fn await_release(
+    cfg: &GroupConfig,
+    etcd: &Etcd,
+    board: &Board,
+    api: &Arc<Api>,
+    spec: &OpSpec,
+    mut wants_snapshot: bool,
+) -> Outcome {
+    let id = &spec.operation_id;
+    let release_at = super::release_at_ms(spec.deadline_ms);
+    let mut out = Outcome {
+        why: "the deadline passed",
+        own_snapshot_taken: false,
+        listening_at_ms: now_ms(),
+        heard_release_at_ms: 0,
+        release_read_at_ms: None,
+    };
+    let mut version = 0;
+    loop {
+        let until = Instant::now() + Duration::from_millis(release_at.saturating_sub(now_ms()));
+        let seen = board.wait_past(version, until);
+        version = seen.version;
+        match heard(&seen, &cfg.name, id, wants_snapshot) {
+            Some(Heard::Snapshot) => {
+                // `heard` puts a release first, so none was there yet; one written while
+                // the snapshot is taken wakes the next wait at once.
+                wants_snapshot = false;
+                let taken = take_snapshot(api, id);
+                out.own_snapshot_taken = taken.error.is_none();
+                let _ = etcd.put(
+                    &format!("{}snapshot/{}", op_prefix(&cfg.name, id), cfg.member),
+                    &serde_json::to_string(&taken).unwrap_or_default(),
+                    spec.lease,
+                );
+            }
+            Some(Heard::Release(why)) => {
+                out.why = why;
+                out.release_read_at_ms = seen.read_at_ms;
+                break;
+            }
+            None if now_ms() >= release_at => break,
+            None => {}
+        }
+    }
+    out.heard_release_at_ms = now_ms();
+    out
 }
 
 /// When this member did its own work in an operation (milliseconds since the epoch), in its
