@@ -5,8 +5,9 @@
 //!
 //! Oracle: never panics (nor runs away with a huge `numberOfPlugins`, nor overflows the run's
 //! time arithmetic, `pipeline::arithmetic::check`, once accepted); a rejected file yields problems whose codes are `IncorrectPluginhostFile` (the INI) or
-//! `IncorrectJSONConfigFile` (a plugin); an accepted one has one hook per plugin, each with a
-//! positive timeout no longer than the host's `timeoutInSeconds`.
+//! `IncorrectJSONConfigFile` (a plugin); an accepted one has one hook per plugin that
+//! loaded, each with a positive timeout, and every plugin that did not load is skipped with
+//! its problem (Azure still takes the backup without it), never dropped silently.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,11 +26,11 @@ fuzz_target!(|data: &[u8]| {
     let (Ok(ini), Ok(json)) = (std::str::from_utf8(ini), std::str::from_utf8(json)) else {
         return;
     };
-    let loads = Cell::new(0usize);
+    let (loads, failed) = (Cell::new(0usize), Cell::new(0usize));
     let load = |p: &Path| -> Result<PluginJson, Vec<Problem>> {
         loads.set(loads.get() + 1);
-        if p.to_string_lossy().contains("missing") {
-            return Err(vec![Problem::new(
+        let loaded = if p.to_string_lossy().contains("missing") {
+            Err(vec![Problem::new(
                 ErrorCode::IncorrectJsonConfigFile,
                 "refused: no such file",
             )
@@ -37,9 +38,14 @@ fuzz_target!(|data: &[u8]| {
                 file: p.to_path_buf(),
                 line: None,
                 column: None,
-            })]);
+            })])
+        } else {
+            parse_plugin_json(p, json)
+        };
+        if loaded.is_err() {
+            failed.set(failed.get() + 1);
         }
-        parse_plugin_json(p, json)
+        loaded
     };
     match parse_plugin_host(Path::new(PATH), ini, &load) {
         Err(e) => {
@@ -57,7 +63,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(cfg) => {
-            assert_eq!(cfg.hooks.len(), loads.get(), "one hook per plugin loaded");
+            assert_eq!(
+                cfg.hooks.len() + failed.get(),
+                loads.get(),
+                "one hook per plugin loaded, the others skipped"
+            );
+            assert_eq!(failed.get() > 0, !cfg.skipped.is_empty(), "skipped without a word");
+            for p in &cfg.skipped {
+                assert_eq!(p.code, ErrorCode::IncorrectJsonConfigFile, "{p}");
+                assert!(p.location.is_some(), "{p}");
+            }
             for h in &cfg.hooks {
                 assert!(!h.timeout.is_zero());
             }
