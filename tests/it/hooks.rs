@@ -681,16 +681,18 @@ fn hold_releases_when_the_agent_dies() {
         d.join("agent-ready").exists(),
         "the agent held the hook first"
     );
+    // The shell creates the file before `echo` writes to it: wait for the words, not the
+    // file.
     let released = d.join("released");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !released.exists() {
-        assert!(Instant::now() < deadline, "held hook never saw EOF");
+    while std::fs::read_to_string(&released).unwrap_or_default() != "released-by-eof\n" {
+        assert!(
+            Instant::now() < deadline,
+            "held hook never saw EOF: {:?}",
+            std::fs::read_to_string(&released)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(
-        std::fs::read_to_string(&released).unwrap(),
-        "released-by-eof\n"
-    );
     let pid = read_pid(&d.join("pid"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid, pid) {
@@ -742,15 +744,8 @@ fn setsid_grandchild_ignoring_sigterm_dies_with_the_timed_out_tree() {
             launch = launch.without_cgroup();
         }
         let mut p = launch.spawn().unwrap();
-        let t = Instant::now();
-        while !pidfile.exists() && t.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        // Not just "exists": the shell creates the file before it writes the number.
+        let pid = read_pid(&pidfile);
         let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         assert!(
             sid.contains(&format!(" {pid} {pid} ")),
