@@ -1334,6 +1334,29 @@ fn etcdctl_with(endpoint: &str, flags: &[&str], args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// etcd's `root` (password `rootpw`) and the group user `quiesce` (password `s3cret`) whose
+/// role reads and writes `/quiesce/groups/grp/` only; `flags` for etcdctl (TLS files).
+/// Authentication is not turned on.
+fn add_group_users(endpoint: &str, flags: &[&str]) {
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "quiesce-grp"],
+        &[
+            "role",
+            "grant-permission",
+            "quiesce-grp",
+            "--prefix=true",
+            "readwrite",
+            "/quiesce/groups/grp/",
+        ],
+        &["user", "add", "quiesce:s3cret"],
+        &["user", "grant-role", "quiesce", "quiesce-grp"],
+    ] {
+        etcdctl_with(endpoint, flags, args);
+    }
+}
+
 /// Wait (up to 20 s) until `quiesce group members grp` with `config` lists `member`.
 fn wait_until_joined(config: &Path, member: &str) {
     let until = Instant::now() + Duration::from_secs(20);
@@ -1371,23 +1394,7 @@ fn with_etcd_auth_the_group_user_works_only_in_its_own_group() {
     let cluster = EtcdCluster::start(1);
     let ep = &cluster.endpoints[0];
     let root = Some("root:rootpw");
-    etcdctl(ep, None, &["user", "add", "root:rootpw"]);
-    etcdctl(ep, None, &["user", "grant-role", "root", "root"]);
-    etcdctl(ep, None, &["role", "add", "quiesce-grp"]);
-    etcdctl(
-        ep,
-        None,
-        &[
-            "role",
-            "grant-permission",
-            "quiesce-grp",
-            "--prefix=true",
-            "readwrite",
-            "/quiesce/groups/grp/",
-        ],
-    );
-    etcdctl(ep, None, &["user", "add", "quiesce:s3cret"]);
-    etcdctl(ep, None, &["user", "grant-role", "quiesce", "quiesce-grp"]);
+    add_group_users(ep, &[]);
     etcdctl(ep, None, &["put", "/quiesce/groups/other/secret", "x"]);
     etcdctl(ep, None, &["auth", "enable"]);
 
@@ -1683,23 +1690,7 @@ fn over_tls_with_etcd_auth_a_group_snapshot_completes() {
     let ep = &cluster.endpoints[0];
     let files = [&certs.ca, &certs.client_cert, &certs.client_key].map(|p| p.display().to_string());
     let tls = ["--cacert", files[0].as_str()];
-    etcdctl_with(ep, &tls, &["user", "add", "root:rootpw"]);
-    etcdctl_with(ep, &tls, &["user", "grant-role", "root", "root"]);
-    etcdctl_with(ep, &tls, &["role", "add", "quiesce-grp"]);
-    etcdctl_with(
-        ep,
-        &tls,
-        &[
-            "role",
-            "grant-permission",
-            "quiesce-grp",
-            "--prefix=true",
-            "readwrite",
-            "/quiesce/groups/grp/",
-        ],
-    );
-    etcdctl_with(ep, &tls, &["user", "add", "quiesce:s3cret"]);
-    etcdctl_with(ep, &tls, &["user", "grant-role", "quiesce", "quiesce-grp"]);
+    add_group_users(ep, &tls);
     etcdctl_with(ep, &tls, &["auth", "enable"]);
 
     let good_pw = dir.file("pw", "s3cret\n", 0o600);
