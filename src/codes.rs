@@ -96,6 +96,10 @@ pub enum ErrorCode {
     /// A host-driven operation id is unknown.
     #[serde(rename = "UnknownOperation")]
     UnknownOperation,
+    /// A consistency group's etcd could not be reached or refused the call, or a group
+    /// operation could not start (no live member, the id already taken).
+    #[serde(rename = "GroupCoordinationFailed")]
+    GroupCoordinationFailed,
 }
 
 impl ErrorCode {
@@ -133,6 +137,7 @@ impl ErrorCode {
             InvalidRequest => "InvalidRequest",
             Unauthorized => "Unauthorized",
             UnknownOperation => "UnknownOperation",
+            GroupCoordinationFailed => "GroupCoordinationFailed",
         }
     }
 }

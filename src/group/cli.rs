@@ -1,6 +1,7 @@
 //! `quiesce group snapshot | history | members`.
 
 use super::{coordinator, GroupConfig, RawGroup};
+use crate::codes::{ErrorCode, Problem, EXIT_USAGE};
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,33 +46,82 @@ pub enum GroupCommand {
     },
 }
 
+/// Why a group command failed; each is said and exits its own way.
+#[derive(Debug)]
+enum Failure {
+    /// The command line is wrong (a name quiesce refuses, no endpoint to use): exit 2.
+    Usage(String),
+    /// The configuration does not load: its problems, with their codes.
+    Config(Vec<Problem>),
+    /// etcd cannot be reached or refuses, or the operation cannot start:
+    /// `GroupCoordinationFailed`.
+    Coordination(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Coordination(e)
+    }
+}
+
+impl Failure {
+    /// Say it on stderr; the exit code.
+    fn report(self) -> i32 {
+        match self {
+            Failure::Usage(m) => {
+                eprintln!("quiesce: {m}");
+                EXIT_USAGE
+            }
+            Failure::Config(problems) => {
+                for p in problems {
+                    eprintln!("quiesce: {p}");
+                }
+                1
+            }
+            Failure::Coordination(m) => {
+                let p = Problem::new(ErrorCode::GroupCoordinationFailed, m);
+                eprintln!("quiesce: {p}");
+                1
+            }
+        }
+    }
+}
+
+/// A name (group or operation) that quiesce refuses, in words.
+fn check_name(what: &str, name: &str) -> Result<(), Failure> {
+    if super::valid_name(name) {
+        return Ok(());
+    }
+    Err(Failure::Usage(format!(
+        "{what} {name:?} may hold only letters, digits, '-', '_' and '.'"
+    )))
+}
+
 /// The group settings for NAME: the configuration's `[group]` (its etcd and auth), with
 /// `--endpoints` for a machine that is not a member.
 fn settings(
     config: Option<PathBuf>,
     name: &str,
     endpoints: &[String],
-) -> Result<GroupConfig, String> {
+) -> Result<GroupConfig, Failure> {
     // An explicit configuration that does not load is an error (its `[group]` may hold the
     // TLS or auth settings); the default one may be absent on an admin box.
     let from_file = match crate::config::load(config.as_deref()) {
         Ok(c) => c.group,
-        Err(e) if config.is_some() => return Err(e.to_string()),
+        Err(e) if config.is_some() => return Err(Failure::Config(e.0)),
         Err(_) => None,
     };
     let mut g = match from_file {
         Some(g) => g,
-        None => RawGroup::default().into_config_for(name, endpoints)?,
+        None => RawGroup::default()
+            .into_config_for(name, endpoints)
+            .map_err(Failure::Usage)?,
     };
     g.name = name.to_string();
     if !endpoints.is_empty() {
         g.endpoints = endpoints.to_vec();
     }
-    if !super::valid_name(name) {
-        return Err(format!(
-            "group name {name:?} may hold only letters, digits, '-', '_' and '.'"
-        ));
-    }
+    check_name("group name", name)?;
     Ok(g)
 }
 
@@ -89,15 +139,11 @@ pub fn run(config: Option<PathBuf>, cmd: GroupCommand) -> i32 {
             endpoints,
             json,
             command,
-        } => (|| {
+        } => (|| -> Result<i32, Failure> {
             let cfg = settings(config, &name, &endpoints)?;
             let etcd = std::sync::Arc::new(cfg.client()?);
             let operation_id = id.unwrap_or_else(crate::pipeline::opid::generate);
-            if !super::valid_name(&operation_id) {
-                return Err(format!(
-                    "operation id {operation_id:?} may hold only letters, digits, '-', '_' and '.'"
-                ));
-            }
+            check_name("operation id", &operation_id)?;
             let opts = coordinator::SnapshotOptions {
                 operation_id,
                 deadline,
@@ -116,7 +162,7 @@ pub fn run(config: Option<PathBuf>, cmd: GroupCommand) -> i32 {
             endpoints,
             json,
             limit,
-        } => (|| {
+        } => (|| -> Result<i32, Failure> {
             let cfg = settings(config, &name, &endpoints)?;
             let mut reports = coordinator::history(&cfg.client()?, &name)?;
             reports.truncate(limit.unwrap_or(usize::MAX));
@@ -133,7 +179,7 @@ pub fn run(config: Option<PathBuf>, cmd: GroupCommand) -> i32 {
             name,
             endpoints,
             json,
-        } => (|| {
+        } => (|| -> Result<i32, Failure> {
             let cfg = settings(config, &name, &endpoints)?;
             let names = coordinator::members(&cfg.client()?, &name)?;
             if json {
@@ -146,10 +192,7 @@ pub fn run(config: Option<PathBuf>, cmd: GroupCommand) -> i32 {
             Ok(0)
         })(),
     };
-    result.unwrap_or_else(|e| {
-        eprintln!("quiesce: {e}");
-        1
-    })
+    result.unwrap_or_else(Failure::report)
 }
 
 /// One group report in lines.

@@ -1757,3 +1757,51 @@ fn over_tls_with_etcd_auth_a_group_snapshot_completes() {
         assert!(stderr.contains(words), "{name}: {stderr}");
     }
 }
+
+/// `quiesce group` failures are said with their code: a name quiesce refuses is an invalid
+/// invocation (exit 2), an etcd that cannot be reached is `GroupCoordinationFailed` (exit 1),
+/// a configuration that does not load is `IncorrectConfigFile`.
+#[test]
+fn group_command_failures_carry_their_code_and_exit_code() {
+    let port = support::free_port();
+    let nowhere = format!("127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = Command::new(quiesce_bin())
+            .args(["--config", "/nonexistent/quiesce.toml", "group"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["members", "grp"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("quiesce: IncorrectConfigFile: "),
+        "{stderr}"
+    );
+
+    let without_config = |args: &[&str]| {
+        let out = Command::new(quiesce_bin())
+            .arg("group")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = without_config(&["members", "a/b", "--endpoints", &nowhere]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("\"a/b\" may hold only"), "{stderr}");
+    let (code, stderr) = without_config(&["members", "grp", "--endpoints", &nowhere]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("quiesce: GroupCoordinationFailed: could not reach etcd"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
