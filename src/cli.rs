@@ -736,8 +736,9 @@ fn snapshots(config_path: Option<PathBuf>, json: bool) -> i32 {
             None => Vec::new(),
         }
     };
-    if let Some(catalog) = catalog.as_ref().filter(|_| provider.can_list()) {
-        for s in &mut list {
+    if let Some(catalog) = &catalog {
+        // What the provider saw, the catalog completes (a listed row already has it).
+        for s in list.iter_mut().filter(|s| !s.from_catalog) {
             s.consistency = catalog
                 .consistency_of_snapshot(&s.provider, &s.id)
                 .ok()

@@ -186,7 +186,6 @@ pub struct GroupRunRow {
 
 pub use crate::metrics::Totals;
 
-/// One verification of a snapshot, as recorded.
 /// A snapshot as the catalog recorded it (for providers that cannot list their own).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedSnapshot {
@@ -197,6 +196,7 @@ pub struct RecordedSnapshot {
     pub consistency: Option<Consistency>,
 }
 
+/// One verification of a snapshot, as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerificationRow {
     pub provider: String,
