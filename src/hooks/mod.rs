@@ -285,25 +285,29 @@ impl Attempts<'_> {
     /// until its time runs out is a failure with its last exit status, and a timeout is
     /// reported only when an attempt was actually cut by the deadline.
     fn is_final(&self, result: &mut ScriptResult, end: &AttemptEnd, number: u32) -> bool {
-        let (path, max) = (crate::quote::quote_path(&self.spec.path), self.max_attempts);
+        // Quoted only for the message of the attempt that ends the script.
+        let path = || crate::quote::quote_path(&self.spec.path);
+        let max = self.max_attempts;
         let last = number == max
             || self.deadline.saturating_duration_since(Instant::now()) < MIN_RETRY_TIME;
         match end {
             AttemptEnd::Exited { code: 0 } => {
-                result.message = format!("{path} succeeded on attempt {number} of {max}");
+                result.message = format!("{} succeeded on attempt {number} of {max}", path());
             }
             AttemptEnd::TimedOut => {
                 result.error = Some(self.ctx.phase.timeout());
                 result.message = format!(
-                    "{path} did not finish within {} (attempt {number} of {max} was killed \
+                    "{} did not finish within {} (attempt {number} of {max} was killed \
                      with its process group)",
+                    path(),
                     humantime::format_duration(self.limits.timeout)
                 );
             }
             other if last => {
                 result.error = Some(self.ctx.phase.failed());
                 result.message = format!(
-                    "{path} failed after {number} attempt(s): {}{}",
+                    "{} failed after {number} attempt(s): {}{}",
+                    path(),
                     describe_end(other),
                     stderr_hint(&result.stderr_tail)
                 );

@@ -250,8 +250,6 @@ impl Operation {
     }
 }
 
-/// Thaw what a crashed run left frozen (its state file says what). Returns the warning to
-/// report when something was thawed; a failed recovery is added to `errors`.
 /// What every start does under the operation lock: thaw what a crashed run left frozen
 /// (first: nothing else may wait on a frozen filesystem), then undo the views and throwaway
 /// servers of a verification killed before it cleaned up (the lock says it is gone).
@@ -270,6 +268,8 @@ pub fn recover_leftovers(state_dir: &Path) -> Result<Vec<String>, Problem> {
     Ok(thawed)
 }
 
+/// [`recover_leftovers`] at a run's start: the warning to report when something was thawed;
+/// a failed recovery is added to `errors`.
 fn recover_at_start(state_dir: &Path, errors: &mut Vec<Problem>) -> Vec<Problem> {
     match recover_leftovers(state_dir) {
         Ok(thawed) if !thawed.is_empty() => vec![recovered_problem(&thawed)],
