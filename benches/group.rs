@@ -324,24 +324,19 @@ fn release_split(r: &serde_json::Value) -> (u64, u64) {
 }
 
 /// One operation's release path, from the members' timings (ms after the release was
-/// written; "last" is the latest member): when the last member's watch on the coordinator's
-/// keys was open and how many opened it only after the release was written, when the last
-/// stream read the release, how many heard it from a plain read instead, and when the last
+/// written; "last" is the latest member): when the last stream read the release, how many heard it from a plain read instead, and when the last
 /// member's main thread heard it (the hand-off from the stream thread); then the members'
 /// own release work summed (on a shared machine they run at once) and when the last one and
 /// the coordinator were done.
 fn release_path(r: &serde_json::Value) -> String {
     let written = r["started_at_ms"].as_u64().unwrap() + r["release_written_ms"].as_u64().unwrap();
     let after = |t: u64| t as i64 - written as i64;
-    let (mut open_last, mut open_late, mut read_last, mut by_read) = (i64::MIN, 0, i64::MIN, 0);
-    let (mut heard_last, mut setup_max, mut handoff_max) = (i64::MIN, 0, 0);
+    let (mut read_last, mut by_read) = (i64::MIN, 0);
+    let (mut heard_last, mut handoff_max) = (i64::MIN, 0);
     let (mut own_sum, mut released_last) = (0, i64::MIN);
     for m in r["members"].as_array().unwrap() {
         let t = &m["report"]["group_timing"];
         let ms = |k: &str| t[k].as_u64().unwrap_or(0);
-        open_last = open_last.max(after(ms("listening_at_ms")));
-        open_late += usize::from(ms("listening_at_ms") > written);
-        setup_max = setup_max.max(ms("listening_at_ms").saturating_sub(ms("ready_written_at_ms")));
         heard_last = heard_last.max(after(ms("heard_release_at_ms")));
         released_last = released_last.max(after(ms("released_at_ms")));
         own_sum += ms("released_at_ms").saturating_sub(ms("heard_release_at_ms"));
@@ -354,8 +349,7 @@ fn release_path(r: &serde_json::Value) -> String {
         }
     }
     format!(
-        "{}: watch open: last {open_last} ms ({open_late} after the release was written, \
-         setup after ready up to {setup_max} ms); stream read the release: last {read_last} ms \
+        "{}: stream read the release: last {read_last} ms \
          ({by_read} heard it by a plain read); heard: last {heard_last} ms (hand-off up to \
          {handoff_max} ms); own release work: {own_sum} ms summed over the members, the last \
          done at {released_last} ms; all released (the coordinator saw every report) at {} ms",

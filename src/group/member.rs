@@ -328,7 +328,6 @@ fn run_operation(
         Outcome {
             why: "this member failed to prepare",
             own_snapshot_taken: false,
-            listening_at_ms: 0,
             heard_release_at_ms: now_ms(),
             release_read_at_ms: None,
         }
@@ -349,7 +348,6 @@ fn run_operation(
         heard_release_at_ms: heard.heard_release_at_ms,
         released_at_ms: now_ms(),
         ready_written_at_ms,
-        listening_at_ms: heard.listening_at_ms,
         release_read_at_ms: heard.release_read_at_ms,
     });
     let _ = etcd.put(
@@ -366,8 +364,6 @@ struct Outcome {
     why: &'static str,
     /// Its own provider took its snapshot (when the coordinator asked).
     own_snapshot_taken: bool,
-    /// When it started listening (ms since the epoch; 0: it never did).
-    listening_at_ms: u64,
     heard_release_at_ms: u64,
     /// When the watch stream read the release (None: a plain read found it, or none came).
     release_read_at_ms: Option<u64>,
@@ -391,7 +387,6 @@ fn await_release(
     let mut out = Outcome {
         why: "the deadline passed",
         own_snapshot_taken: false,
-        listening_at_ms: now_ms(),
         heard_release_at_ms: 0,
         release_read_at_ms: None,
     };
@@ -440,9 +435,6 @@ pub struct MemberTiming {
     /// Its ready answer written to etcd.
     #[serde(default)]
     pub ready_written_at_ms: u64,
-    /// Its watch on the coordinator's keys open (0: never opened, it failed to prepare).
-    #[serde(default)]
-    pub listening_at_ms: u64,
     /// When its watch stream read the release (None: a plain read of etcd found it, or it
     /// was not heard).
     #[serde(default)]
